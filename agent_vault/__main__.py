@@ -1,0 +1,3 @@
+from agent_vault.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""The control API (FastAPI): routers per noun translate HTTP to domain calls."""

@@ -1,0 +1,94 @@
+"""Agent-facing and public routes: discover, CA, status, health, ready (SPEC §8, §13)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from agent_vault import __version__
+from agent_vault.api.deps import CoreDep, PrincipalDep, select_vault
+from agent_vault.domain.services import public
+from agent_vault.errors import NotFound, ProxyDisabled
+
+router = APIRouter()
+J = dict[str, Any]
+
+SUPPORTED_AUTH_TYPES = ["bearer", "basic", "api-key", "custom", "passthrough"]
+
+
+def discover_body(core: Any, vault: str, role: str) -> J:
+    view = core.runtime.snapshot.vaults.get(vault)
+    if view is None:
+        raise NotFound(f"vault {vault} not found")
+    svcs = []
+    for svc in view.services:
+        d = public(svc)
+        svcs.append({"name": d["name"], "host": d["host"], "port": d["port"], "path": d["path"],
+                     "methods": d["methods"], "auth_type": svc.auth.type, "enabled": svc.enabled,
+                     "placeholders": list(svc.substitution_keys)})
+    base = core.public_url
+    return {
+        "vault": vault, "role": role, "services": svcs,
+        "available_credentials": sorted(view.values),
+        "unmatched_policy": view.unmatched_policy,
+        "enforcement": view.enforcement,
+        "proposals_url": f"{base}/v1/proposals",
+        "ca_url": f"{base}/v1/mitm/ca.pem",
+        "placeholder_syntax": "{{KEY}}",
+        "supported_auth_types": SUPPORTED_AUTH_TYPES,
+    }
+
+
+@router.get("/v1/discover")
+@router.get("/discover", include_in_schema=False)
+def discover(request: Request, core: CoreDep, p: PrincipalDep) -> J:
+    vault = select_vault(core, p, request.headers.get("x-vault"))
+    role = p.role_on(vault) or "proxy"
+    body = discover_body(core, vault, role)
+    if p.kind == "session" and p.session_policy:
+        body["unmatched_policy"] = p.session_policy
+    return body
+
+
+@router.get("/v1/mitm/ca.pem")
+def ca_pem(core: CoreDep) -> Response:
+    if core.settings.disable_proxy or core.proxy_port is None:
+        raise ProxyDisabled("the proxy listener is disabled on this server")
+    return Response(core.ca.cert_pem, media_type="application/x-pem-file",
+                    headers={"X-MITM-Port": str(core.proxy_port)})
+
+
+@router.get("/v1/status")
+def status(request: Request) -> J:
+    core = getattr(request.app.state, "core", None)
+    if core is None:
+        return {"initialized": True, "version": __version__, "key_mode": None, "proxy_port": None,
+                "public_url": None, "locked": True}
+    return {"initialized": True, "version": __version__, "key_mode": core.key_mode, "proxy_port": core.proxy_port,
+            "public_url": core.public_url, "instance_id": core.instance_id}
+
+
+@router.get("/health")
+def health() -> J:
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+def ready(request: Request) -> Response:
+    core = getattr(request.app.state, "core", None)
+    parts: J = {"status": "ready", "proxy": False, "db": False, "audit_queue": 0}
+    if core is not None:
+        parts["proxy"] = core.proxy_ready or core.settings.disable_proxy
+        try:
+            with core.store.read() as s:
+                s.connection().exec_driver_sql("SELECT 1")
+            parts["db"] = True
+        except Exception:  # readiness reports the failure instead of raising
+            parts["db"] = False
+        parts["audit_queue"] = core.audit.depth
+    ok = core is not None and parts["proxy"] and parts["db"]
+    if not ok:
+        parts["status"] = "not_ready"
+    return JSONResponse(parts, status_code=200 if ok else 503)

@@ -1,0 +1,74 @@
+"""FastAPI app factory: routers, the SPEC §6 error shape, 422 without input values, Host guard."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from agent_vault import __version__
+from agent_vault.api import admin, agent, identity
+from agent_vault.errors import AgentVaultError
+
+log = logging.getLogger("agent_vault.api")
+MAX_BODY = 1 << 20
+
+
+def error_response(err: AgentVaultError) -> JSONResponse:
+    headers = {}
+    if err.status == 429 and "retry_after" in err.extra:
+        headers["Retry-After"] = str(err.extra["retry_after"])
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
+
+
+def create_app(allowed_hosts: Callable[[], set[str]] | None = None) -> FastAPI:
+    """The API. `allowed_hosts` returns acceptable Host header values (DNS-rebinding guard, 421)."""
+    app = FastAPI(title="agent-vault", version=__version__, docs_url=None, redoc_url=None)
+    for r in (admin.router, identity.router, agent.router):
+        app.include_router(r)
+    extra_routers = getattr(create_app, "extra_routers", [])
+    for r in extra_routers:
+        app.include_router(r)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if allowed_hosts is not None:
+            host = request.headers.get("host", "")
+            if host not in allowed_hosts():
+                return JSONResponse({"error": "misdirected_request", "message": "unexpected Host header",
+                                     "hint": "Use the server's bound address."}, status_code=421)
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > MAX_BODY:
+            return JSONResponse({"error": "body_too_large", "message": "request body over 1 MiB",
+                                 "hint": "Send less data.", "limit_bytes": MAX_BODY}, status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(AgentVaultError)
+    async def on_error(_request: Request, exc: AgentVaultError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = [{"loc": ".".join(str(x) for x in e.get("loc", ())), "msg": e.get("msg", "invalid")}
+                  for e in exc.errors()]
+        return JSONResponse({"error": "invalid_request", "message": "the request body or parameters are invalid",
+                             "hint": "Fix the fields listed.", "fields": fields}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": code, "message": str(exc.detail), "hint": ""}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def on_crash(_request: Request, exc: Exception) -> JSONResponse:
+        incident = uuid.uuid4().hex[:12]
+        log.error("internal error %s: %s", incident, type(exc).__name__)
+        return JSONResponse({"error": "internal", "message": "internal error", "hint": "See the server log.",
+                             "incident": incident}, status_code=500)
+
+    return app

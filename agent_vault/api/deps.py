@@ -1,0 +1,74 @@
+"""Request dependencies: the Core, the caller's Principal, vault selection (SPEC §8, §9)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from agent_vault import crypto
+from agent_vault.core import Core
+from agent_vault.domain.principal import Principal
+from agent_vault.errors import Locked, Unauthenticated, VaultForbidden, VaultRequired
+
+
+def get_core(request: Request) -> Core:
+    core = getattr(request.app.state, "core", None)
+    if core is None:
+        raise Locked("the server is not unlocked yet")
+    assert isinstance(core, Core)
+    return core
+
+
+CoreDep = Annotated[Core, Depends(get_core)]
+
+
+def bearer_token(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    cookie = request.cookies.get("av_ui")
+    return cookie or None
+
+
+def get_principal(request: Request, core: CoreDep) -> Principal:
+    token = bearer_token(request)
+    if token is None:
+        raise Unauthenticated("missing bearer token")
+    p = core.runtime.principal(crypto.digest(token))
+    if p is None:
+        raise Unauthenticated("invalid, expired or revoked token")
+    return p
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def select_vault(core: Core, p: Principal, hint: str | None) -> str:
+    """SPEC §5.2 resolution of the vault for agent-facing endpoints."""
+    if p.kind == "session":
+        if hint and hint != p.session_vault:
+            raise VaultForbidden(f"this session is bound to vault {p.session_vault}")
+        assert p.session_vault is not None
+        return p.session_vault
+    if hint:
+        if p.role_on(hint) is None or hint not in core.runtime.snapshot.vaults:
+            raise VaultForbidden(f"this token may not use vault {hint}")
+        return hint
+    names = sorted(core.runtime.snapshot.vaults) if p.is_owner else sorted(p.grants)
+    if len(names) == 1:
+        return names[0]
+    raise VaultRequired(
+        "this token can use several vaults (or none): name one",
+        hint="Send the X-Vault header.",
+        vaults=names,
+    )
+
+
+def vault_for(request: Request, core: CoreDep, p: PrincipalDep,
+              x_vault: Annotated[str | None, Header()] = None) -> str:
+    return select_vault(core, p, x_vault)
+
+
+VaultDep = Annotated[str, Depends(vault_for)]

@@ -1,0 +1,45 @@
+"""The audit log (SPEC §12): one append-only hash chain per instance, written by one thread.
+
+Build records with `proxy_record` / `admin_record` (never values, tokens, passwords, query strings or
+header values), hand them to `AuditWriter.submit` (never blocks), read them with `list_records`, and
+check the chain with `verify_db`.
+"""
+
+from agent_vault.audit.chain import (
+    DECISIONS,
+    GAP_KIND,
+    GENESIS,
+    PROXY_KINDS,
+    PRUNE_KIND,
+    VerifyResult,
+    admin_record,
+    canonical,
+    link_hash,
+    proxy_record,
+    utc_ts,
+    verify_chain,
+)
+from agent_vault.audit.query import latest_seq, list_records, read_head, verify_db
+from agent_vault.audit.writer import AuditWriter, prune, write_head
+
+__all__ = [
+    "DECISIONS",
+    "GAP_KIND",
+    "GENESIS",
+    "PROXY_KINDS",
+    "PRUNE_KIND",
+    "AuditWriter",
+    "VerifyResult",
+    "admin_record",
+    "canonical",
+    "latest_seq",
+    "link_hash",
+    "list_records",
+    "proxy_record",
+    "prune",
+    "read_head",
+    "utc_ts",
+    "verify_chain",
+    "verify_db",
+    "write_head",
+]

@@ -1,0 +1,99 @@
+"""The CLI's HTTP client: base URL + bearer token; API errors become AgentVaultError (exit 1)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from agent_vault.errors import AgentVaultError, Unauthenticated
+from agent_vault.home import ensure_dir, write_private
+
+DEFAULT_ADDR = "http://127.0.0.1:14321"
+
+
+class ApiError(AgentVaultError):
+    """An error answered by the server, carrying its code and status."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(str(body.get("message") or f"HTTP {status}"), hint=str(body.get("hint") or ""))
+        self.status = status
+        self.code = str(body.get("error") or "error")
+        self.extra = {k: v for k, v in body.items() if k not in ("error", "message", "hint")}
+
+
+def session_file(home: Path) -> Path:
+    return home / "cli" / "session.json"
+
+
+def load_login(home: Path) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(session_file(home).read_text())
+        return data
+    except (OSError, ValueError):
+        return None
+
+
+def save_login(home: Path, data: dict[str, Any]) -> None:
+    ensure_dir(home)
+    ensure_dir(home / "cli")
+    write_private(session_file(home), json.dumps(data))
+
+
+def clear_login(home: Path) -> None:
+    session_file(home).unlink(missing_ok=True)
+
+
+class Client:
+    """Talks to the control API. Token: AGENT_VAULT_TOKEN, else the stored CLI login."""
+
+    def __init__(self, addr: str | None, home: Path, token: str | None = None) -> None:
+        login = load_login(home)
+        self.addr = (addr or os.environ.get("AGENT_VAULT_ADDR") or (login or {}).get("addr") or DEFAULT_ADDR)
+        self.addr = self.addr.rstrip("/")
+        self.token = token or os.environ.get("AGENT_VAULT_TOKEN") or (
+            (login or {}).get("token") if login and login.get("addr", self.addr).rstrip("/") == self.addr else None)
+        self.home = home
+
+    def request(self, method: str, path: str, *, json_body: Any = None, params: dict[str, Any] | None = None,
+                headers: dict[str, str] | None = None, auth: bool = True, raw: bool = False) -> Any:
+        h = dict(headers or {})
+        if auth:
+            if not self.token:
+                raise Unauthenticated("not logged in", hint="Run 'agent-vault auth login' or set AGENT_VAULT_TOKEN.")
+            h["Authorization"] = f"Bearer {self.token}"
+        try:
+            with httpx.Client(timeout=30.0, trust_env=False) as c:
+                r = c.request(method, self.addr + path, json=json_body, params=params, headers=h)
+        except httpx.HTTPError as e:
+            raise AgentVaultError(f"cannot reach the server at {self.addr} ({type(e).__name__})",
+                                  hint="Start it with 'agent-vault server' or check --addr.") from None
+        if r.status_code >= 400:
+            try:
+                body = r.json()
+            except ValueError:
+                body = {"error": "http_error", "message": f"HTTP {r.status_code}"}
+            raise ApiError(r.status_code, body if isinstance(body, dict) else {"message": str(body)})
+        if raw:
+            return r
+        if r.status_code == 204 or not r.content:
+            return None
+        return r.json()
+
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> Any:
+        return self.request("POST", path, json_body=body if body is not None else {}, **kw)
+
+    def put(self, path: str, body: Any, **kw: Any) -> Any:
+        return self.request("PUT", path, json_body=body, **kw)
+
+    def patch(self, path: str, body: Any, **kw: Any) -> Any:
+        return self.request("PATCH", path, json_body=body, **kw)
+
+    def delete(self, path: str, body: Any = None, **kw: Any) -> Any:
+        return self.request("DELETE", path, json_body=body, **kw)

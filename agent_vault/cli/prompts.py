@@ -1,0 +1,53 @@
+"""Reading secrets: hidden prompt, stdin, env or file — never argv."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from pathlib import Path
+
+from agent_vault.errors import InvalidRequest
+
+
+def read_stdin_line() -> str:
+    line = sys.stdin.readline()
+    if not line:
+        raise InvalidRequest("expected a line on standard input")
+    return line.rstrip("\r\n")
+
+
+def password(prompt: str, password_stdin: bool) -> str:
+    """The user's password for step-up/login: first stdin line with --password-stdin, else a prompt."""
+    if password_stdin:
+        return read_stdin_line()
+    if not sys.stdin.isatty():
+        raise InvalidRequest("a password is required", hint="Pass --password-stdin and pipe it on stdin.")
+    return getpass.getpass(prompt)
+
+
+def secret_value(name: str, *, stdin: bool, from_env: str | None, from_file: Path | None) -> str:
+    """A credential value from exactly one of: --stdin, --from-env VAR, --from-file PATH, a hidden prompt."""
+    chosen = sum(bool(x) for x in (stdin, from_env, from_file))
+    if chosen > 1:
+        raise InvalidRequest("use only one of --stdin, --from-env and --from-file")
+    if stdin:
+        value = sys.stdin.read()
+        value = value[:-1] if value.endswith("\n") else value
+        value = value[:-1] if value.endswith("\r") else value
+    elif from_env:
+        if from_env not in os.environ:
+            raise InvalidRequest(f"environment variable {from_env} is not set")
+        value = os.environ[from_env]
+    elif from_file:
+        try:
+            value = from_file.read_text().rstrip("\r\n")
+        except OSError:
+            raise InvalidRequest(f"cannot read {from_file}") from None
+    elif sys.stdin.isatty():
+        value = getpass.getpass(f"Value for {name}: ")
+    else:
+        raise InvalidRequest("no value given", hint="Use --stdin, --from-env VAR or --from-file PATH.")
+    if not value:
+        raise InvalidRequest("the credential value is empty")
+    return value

@@ -1,0 +1,121 @@
+"""Local commands: init, server, status."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agent_vault import keys
+from agent_vault.cli import G, app
+from agent_vault.cli.client import Client
+from agent_vault.cli.output import out
+from agent_vault.cli.prompts import password, read_stdin_line
+from agent_vault.config import env_settings
+from agent_vault.errors import AgentVaultError, InvalidRequest
+from agent_vault.home import Home
+
+
+@app.command()
+def init(
+    key_mode: Annotated[str, typer.Option(help="password | keyring | passwordless")] = "password",
+    owner_email: Annotated[str | None, typer.Option(help="The owner's login email.")] = None,
+    password_stdin: Annotated[bool, typer.Option(help="Read the owner's login password from stdin.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Skip confirmations.")] = False,
+) -> None:
+    """Create the home, database, keys, CA, the owner and vault `default` (server stopped)."""
+    from agent_vault.instance import init_instance
+
+    if key_mode not in keys.KEY_MODES:
+        raise typer.BadParameter("must be password, keyring or passwordless", param_hint="--key-mode")
+    if owner_email is None:
+        if not sys.stdin.isatty():
+            raise InvalidRequest("--owner-email is required without a terminal")
+        owner_email = typer.prompt("Owner email")
+    if password_stdin:
+        owner_pw = read_stdin_line()
+    else:
+        owner_pw = password("Owner login password: ", False)
+        if password("Repeat: ", False) != owner_pw:
+            raise InvalidRequest("the passwords do not match")
+    master: str | None = None
+    if key_mode != "passwordless":
+        master = keys.master_password_from_env()
+        if master is None:
+            if not sys.stdin.isatty():
+                raise InvalidRequest("the master password is required", hint="Set AGENT_VAULT_MASTER_PASSWORD.")
+            master = password("Master password (>= 12 chars): ", False)
+            if password("Repeat: ", False) != master:
+                raise InvalidRequest("the passwords do not match")
+    settings = env_settings(home=G.home)
+    instance_id = init_instance(settings, key_mode=key_mode, owner_email=owner_email, owner_password=owner_pw,
+                                master_password=master)
+    if key_mode == "passwordless":
+        out.warn(keys.PASSWORDLESS_WARNING.format(path=Home(settings.home).dek_file))
+    out.data({"instance_id": instance_id, "home": str(settings.home), "key_mode": key_mode},
+             f"initialised {settings.home} (instance {instance_id[:8]}, key mode {key_mode}); "
+             f"start it with 'agent-vault server'")
+
+
+@app.command()
+def server(
+    host: Annotated[str | None, typer.Option(help="API bind host.")] = None,
+    port: Annotated[int | None, typer.Option(help="API port (0 = any free port).")] = None,
+    proxy_host: Annotated[str | None, typer.Option(help="Proxy bind host.")] = None,
+    proxy_port: Annotated[int | None, typer.Option(help="Proxy port (0 = any free port).")] = None,
+    disable_proxy: Annotated[bool, typer.Option(help="Run the API only.")] = False,
+    public_url: Annotated[str | None, typer.Option(help="Base URL for approval links.")] = None,
+    database_url: Annotated[str | None, typer.Option(help="sqlite:///PATH")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug | info | warning")] = None,
+    allow_net: Annotated[list[str] | None, typer.Option(help="Allow upstreams in this CIDR (repeatable).")] = None,
+    upstream_ca: Annotated[Path | None, typer.Option(help="Extra CA file for upstream TLS.")] = None,
+    max_request_bytes: Annotated[int | None, typer.Option()] = None,
+    max_buffered_bytes: Annotated[int | None, typer.Option()] = None,
+    rate_limits: Annotated[str | None, typer.Option(help="default | strict | off")] = None,
+    audit_retention_days: Annotated[int | None, typer.Option()] = None,
+    idle_timeout: Annotated[int | None, typer.Option()] = None,
+    no_step_up: Annotated[bool, typer.Option(help="Throwaway instances only: no password re-entry.")] = False,
+    password_stdin: Annotated[bool, typer.Option(help="Read the master password from stdin.")] = False,
+) -> None:
+    """Run the control API and the injecting proxy on one event loop."""
+    from pydantic import ValidationError
+
+    from agent_vault import server as srv
+
+    try:
+        settings = env_settings(
+            home=G.home, host=host, port=port, proxy_host=proxy_host, proxy_port=proxy_port,
+            disable_proxy=disable_proxy or None, public_url=public_url, database_url=database_url,
+            log_level=log_level, allow_net=tuple(allow_net or ()), upstream_ca=upstream_ca,
+            max_request_bytes=max_request_bytes, max_buffered_bytes=max_buffered_bytes, rate_limits=rate_limits,
+            audit_retention_days=audit_retention_days, idle_timeout=idle_timeout, no_step_up=no_step_up or None,
+        )
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise InvalidRequest(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    home = Home(settings.home)
+    if not home.initialised():
+        if sys.stdin.isatty():
+            init(owner_email=None)
+        else:
+            raise AgentVaultError("not initialised: run 'agent-vault init'")
+    srv.run(settings, password_stdin=password_stdin)
+
+
+@app.command()
+def status() -> None:
+    """Server reachable?, version, key mode, login, ports."""
+    client = Client(G.addr, G.home)
+    info = client.request("GET", "/v1/status", auth=False)
+    me = None
+    if client.token:
+        try:
+            me = client.get("/v1/auth/me")
+        except AgentVaultError:
+            me = None
+    info = {**info, "addr": client.addr, "logged_in_as": (me or {}).get("name")}
+    if info.get("key_mode") == "passwordless":
+        out.warn(keys.PASSWORDLESS_WARNING.format(path=G.home / "dek.key"))
+    out.data(info, "\n".join(f"{k}: {v}" for k, v in info.items()))

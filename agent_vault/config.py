@@ -1,0 +1,100 @@
+"""Server settings (SPEC §2.1): flags override AGENT_VAULT_* env vars override defaults.
+
+Validated once at start; the rest of the code receives a frozen `Settings`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from agent_vault.errors import InvalidRequest
+
+RateProfile = Literal["default", "strict", "off"]
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("AGENT_VAULT_HOME") or Path.home() / ".agent-vault").expanduser()
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    home: Path = Field(default_factory=default_home)
+    host: str = "127.0.0.1"
+    port: int = Field(default=14321, ge=0, le=65535)
+    proxy_host: str | None = None
+    proxy_port: int = Field(default=14322, ge=0, le=65535)
+    disable_proxy: bool = False
+    public_url: str | None = None
+    database_url: str | None = None
+    log_level: Literal["debug", "info", "warning"] = "info"
+    allow_net: tuple[str, ...] = ()
+    upstream_ca: Path | None = None
+    max_request_bytes: int = 1 << 30
+    max_buffered_bytes: int = 32 << 20
+    rate_limits: RateProfile = "default"
+    audit_retention_days: int = 30
+    idle_timeout: int = 900
+    no_step_up: bool = False
+
+    @field_validator("allow_net")
+    @classmethod
+    def _cidrs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for c in v:
+            try:
+                ipaddress.ip_network(c, strict=False)
+            except ValueError:
+                raise ValueError(f"--allow-net {c!r} is not a CIDR") from None
+        return v
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "agent-vault.db"
+
+    @property
+    def effective_proxy_host(self) -> str:
+        return self.proxy_host or self.host
+
+    def sqlalchemy_url(self) -> str:
+        """The SQLite URL; a postgresql:// DATABASE_URL is reserved (SPEC §2.1) and refused."""
+        url = self.database_url
+        if url is None:
+            return f"sqlite:///{self.db_path}"
+        if url.startswith(("postgresql:", "postgres:")):
+            raise InvalidRequest("postgresql backend is not available in this version")
+        if not url.startswith("sqlite:///"):
+            raise InvalidRequest("DATABASE_URL must be sqlite:///PATH")
+        return url
+
+
+def env_settings(**overrides: object) -> Settings:
+    """Settings from AGENT_VAULT_* env vars, then explicit (non-None) overrides."""
+    env = os.environ
+    values: dict[str, object] = {}
+    mapping = {
+        "host": "AGENT_VAULT_HOST",
+        "port": "AGENT_VAULT_PORT",
+        "proxy_host": "AGENT_VAULT_PROXY_HOST",
+        "proxy_port": "AGENT_VAULT_PROXY_PORT",
+        "public_url": "AGENT_VAULT_PUBLIC_URL",
+        "database_url": "DATABASE_URL",
+        "log_level": "AGENT_VAULT_LOG_LEVEL",
+        "upstream_ca": "AGENT_VAULT_UPSTREAM_CA",
+        "max_request_bytes": "AGENT_VAULT_MAX_REQUEST_BYTES",
+        "max_buffered_bytes": "AGENT_VAULT_MAX_BUFFERED_BYTES",
+        "rate_limits": "AGENT_VAULT_RATE_LIMITS",
+        "audit_retention_days": "AGENT_VAULT_AUDIT_RETENTION_DAYS",
+        "idle_timeout": "AGENT_VAULT_IDLE_TIMEOUT",
+    }
+    for field, var in mapping.items():
+        if env.get(var):
+            values[field] = env[var]
+    if env.get("AGENT_VAULT_ALLOW_NET"):
+        values["allow_net"] = tuple(x.strip() for x in env["AGENT_VAULT_ALLOW_NET"].split(",") if x.strip())
+    values.update({k: v for k, v in overrides.items() if v is not None and v != ()})
+    return Settings.model_validate(values)

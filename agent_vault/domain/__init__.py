@@ -1,0 +1,1 @@
+"""Domain operations: authorisation + validation + one transaction + one audit record each."""

@@ -1,0 +1,113 @@
+"""Credential values: write-only for members, reveal for admins after step-up (SPEC §3.3, §4.3).
+
+Danger: values pass through here in clear. They are sealed before any row is written and are
+never put into messages, audit details or return values (except `reveal`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlmodel import select
+
+from agent_vault import crypto
+from agent_vault.core import Core
+from agent_vault.domain.common import get_vault, iso, step_up
+from agent_vault.domain.names import check_key
+from agent_vault.domain.principal import Principal
+from agent_vault.errors import CredentialCorrupt, InUse, InvalidRequest, NotFound
+from agent_vault.models import Credential, utcnow
+
+
+def check_value(value: str) -> str:
+    if not value:
+        raise InvalidRequest("the credential value is empty", hint="Provide a non-empty value.")
+    if len(value) > 64 * 1024:
+        raise InvalidRequest("the credential value is larger than 64 KiB")
+    return value
+
+
+def _used_by(core: Core, vault: str, key: str) -> list[str]:
+    view = core.runtime.snapshot.vaults.get(vault)
+    if view is None:
+        return []
+    return [svc.name for svc in view.services if key in svc.all_referenced_keys]
+
+
+def list_credentials(core: Core, p: Principal, vault: str) -> dict[str, Any]:
+    p.require(vault, "proxy")
+    with core.store.read() as s:
+        v = get_vault(s, vault)
+        rows = list(s.exec(select(Credential).where(Credential.vault_id == v.id).order_by(Credential.key)))
+    return {"credentials": [
+        {"key": c.key, "description": c.description, "has_value": c.ciphertext is not None,
+         "version": c.version, "updated_at": iso(c.updated_at), "updated_by": c.updated_by,
+         "used_by": _used_by(core, vault, c.key)}
+        for c in rows
+    ]}
+
+
+def set_credential(core: Core, p: Principal, vault: str, key: str, value: str,
+                   description: str | None = None, *, must_exist: bool = False) -> dict[str, Any]:
+    """Create or replace (or, with must_exist, rotate) a value. Needs member on the vault."""
+    p.require(vault, "member")
+    check_key(key)
+    check_value(value)
+    if description is not None and len(description) > 500:
+        raise InvalidRequest("description is longer than 500 characters")
+    with core.store.write() as s:
+        v = get_vault(s, vault)
+        assert v.id is not None
+        c = s.exec(select(Credential).where(Credential.vault_id == v.id, Credential.key == key)).first()
+        if c is None:
+            if must_exist:
+                raise NotFound(f"credential {key} not found in vault {vault}")
+            c = Credential(vault_id=v.id, key=key)
+        existed = c.ciphertext is not None
+        write_value(c, value, core.dek)
+        if description is not None:
+            c.description = description
+        c.updated_by = p.actor
+        s.add(c)
+    core.runtime.reload()
+    core.record("credential.rotate" if existed else "credential.set", p.actor, vault=vault, target=key,
+                details={"version": c.version})
+    return {"key": key, "version": c.version}
+
+
+def write_value(c: Credential, value: str, dek: bytes) -> None:
+    """Seal `value` into row `c` (AAD binds vault id, key and key version) and bump its version."""
+    c.ciphertext = crypto.seal(dek, value.encode(), crypto.credential_aad(c.vault_id, c.key, c.key_version))
+    c.version += 1
+    c.updated_at = utcnow()
+
+
+def delete_credential(core: Core, p: Principal, vault: str, key: str, force: bool = False) -> None:
+    p.require(vault, "member")
+    used = _used_by(core, vault, key)
+    if used and not force:
+        raise InUse(f"credential {key} is used by services: {', '.join(used)}")
+    with core.store.write() as s:
+        v = get_vault(s, vault)
+        c = s.exec(select(Credential).where(Credential.vault_id == v.id, Credential.key == key)).first()
+        if c is None:
+            raise NotFound(f"credential {key} not found in vault {vault}")
+        s.delete(c)
+    core.runtime.reload()
+    core.record("credential.delete", p.actor, vault=vault, target=key)
+
+
+def reveal(core: Core, p: Principal, vault: str, key: str, password: str | None) -> dict[str, Any]:
+    p.require(vault, "admin", human=True)
+    step_up(core, p, password)
+    with core.store.read() as s:
+        v = get_vault(s, vault)
+        c = s.exec(select(Credential).where(Credential.vault_id == v.id, Credential.key == key)).first()
+    if c is None or c.ciphertext is None:
+        raise NotFound(f"credential {key} not found in vault {vault}")
+    try:
+        value = crypto.open_sealed(core.dek, c.ciphertext, crypto.credential_aad(c.vault_id, c.key, c.key_version))
+    except crypto.DecryptionError:
+        raise CredentialCorrupt(vault, key) from None
+    core.record("credential.reveal", p.actor, vault=vault, target=key)
+    return {"key": key, "value": value.decode()}

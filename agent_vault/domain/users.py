@@ -1,0 +1,156 @@
+"""Users: login/logout, invites, roles (SPEC §3, §9)."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+from sqlmodel import select
+
+from agent_vault import crypto
+from agent_vault.core import Core
+from agent_vault.domain.common import check_limiter, get_vault, iso, login_limiter, step_up
+from agent_vault.domain.names import check_email
+from agent_vault.domain.principal import ROLE_RANK, Principal
+from agent_vault.errors import Conflict, InvalidRequest, NotFound, Unauthenticated
+from agent_vault.models import Grant, Invite, Token, User, utcnow
+from agent_vault.passwords import hash_password, verify_password
+
+USER_TOKEN_TTL = timedelta(days=30)
+
+
+def login(core: Core, email: str, password: str, label: str = "") -> dict[str, Any]:
+    email = email.strip().lower()
+    limiter = login_limiter(core)
+    check_limiter(limiter, email)
+    with core.store.read() as s:
+        user = s.exec(select(User).where(User.email == email)).first()
+    if not verify_password(user.password_hash if user else None, password) or user is None:
+        limiter.fail(email)
+        core.record("auth.login_failed", f"user:{email}")
+        raise Unauthenticated("wrong email or password")
+    token = crypto.mint_token("av_usr_")
+    expires = utcnow() + USER_TOKEN_TTL
+    with core.store.write() as s:
+        s.add(Token(digest=crypto.digest(token), kind="user", user_id=user.id, label=label, expires_at=expires))
+    core.runtime.reload()
+    return {"token": token, "expires_at": iso(expires), "user": {"email": user.email, "role": user.role}}
+
+
+def logout(core: Core, p: Principal) -> None:
+    p.require_user()
+    with core.store.write() as s:
+        t = s.get(Token, p.token_id)
+        if t is not None:
+            t.revoked_at = utcnow()
+            s.add(t)
+    core.runtime.reload()
+
+
+def me(p: Principal) -> dict[str, Any]:
+    vaults: list[dict[str, str | None]]
+    if p.kind == "session":
+        vaults = [{"name": p.session_vault, "role": "proxy"}]
+    elif p.is_owner:
+        vaults = []  # filled by the API with every vault
+    else:
+        vaults = [{"name": n, "role": r} for n, r in sorted(p.grants.items())]
+    role = p.instance_role if p.kind == "user" else "proxy"
+    return {"kind": p.kind, "name": p.name, "role": role, "vaults": vaults}
+
+
+def list_users(core: Core, p: Principal) -> dict[str, Any]:
+    p.require_owner()
+    with core.store.read() as s:
+        users = list(s.exec(select(User).order_by(User.id)))
+    return {"users": [{"email": u.email, "role": u.role, "created_at": iso(u.created_at)} for u in users]}
+
+
+def _owners(core: Core) -> int:
+    with core.store.read() as s:
+        return len(list(s.exec(select(User).where(User.role == "owner"))))
+
+
+def invite(core: Core, p: Principal, password: str | None, email: str, role: str,
+           vaults: list[dict[str, str]]) -> dict[str, Any]:
+    p.require_owner()
+    step_up(core, p, password)
+    email = check_email(email)
+    if role not in ("owner", "member"):
+        raise InvalidRequest("role must be owner or member")
+    with core.store.read() as s:
+        if s.exec(select(User).where(User.email == email)).first():
+            raise Conflict(f"user {email} already exists")
+        for g in vaults:
+            get_vault(s, g["vault"])
+            if g.get("role", "member") not in ROLE_RANK:
+                raise InvalidRequest("vault role must be proxy, member or admin")
+    token = crypto.mint_token("av_inv_")
+    expires = utcnow() + timedelta(hours=48)
+    with core.store.write() as s:
+        s.add(Invite(digest=crypto.digest(token), email=email, role=role, vaults=json.dumps(vaults),
+                     expires_at=expires, created_by=p.actor))
+    core.record("user.invite", p.actor, target=email, details={"role": role})
+    return {"invite_url": f"{core.public_url}/ui/invite?token={token}", "token": token, "expires_at": iso(expires)}
+
+
+def accept_invite(core: Core, token: str, password: str) -> dict[str, Any]:
+    if len(password) < 8:
+        raise InvalidRequest("the password must be at least 8 characters")
+    d = crypto.digest(token)
+    with core.store.write() as s:
+        inv = s.exec(select(Invite).where(Invite.digest == d)).first()
+        if inv is None or inv.accepted_at is not None or inv.expires_at <= utcnow():
+            raise NotFound("invite not found, used or expired", hint="Ask the owner for a new invite.")
+        if s.exec(select(User).where(User.email == inv.email)).first():
+            raise Conflict(f"user {inv.email} already exists")
+        user = User(email=inv.email, password_hash=hash_password(password), role=inv.role)
+        s.add(user)
+        s.flush()
+        assert user.id is not None
+        for g in json.loads(inv.vaults):
+            v = get_vault(s, g["vault"])
+            assert v.id is not None
+            s.add(Grant(vault_id=v.id, subject_kind="user", subject_id=user.id, role=g.get("role", "member")))
+        inv.accepted_at = utcnow()
+        s.add(inv)
+    core.record("user.accept", f"user:{user.email}")
+    return login(core, user.email, password)
+
+
+def remove_user(core: Core, p: Principal, password: str | None, email: str) -> None:
+    p.require_owner()
+    step_up(core, p, password)
+    email = email.lower()
+    with core.store.write() as s:
+        u = s.exec(select(User).where(User.email == email)).first()
+        if u is None:
+            raise NotFound(f"user {email} not found")
+        if u.role == "owner" and _owners(core) <= 1:
+            raise Conflict("the last owner cannot be removed")
+        for g in s.exec(select(Grant).where(Grant.subject_kind == "user", Grant.subject_id == u.id)):
+            s.delete(g)
+        for t in s.exec(select(Token).where(Token.user_id == u.id)):
+            s.delete(t)
+        s.delete(u)
+    core.runtime.reload()
+    core.record("user.remove", p.actor, target=email)
+
+
+def set_role(core: Core, p: Principal, password: str | None, email: str, role: str) -> dict[str, Any]:
+    p.require_owner()
+    step_up(core, p, password)
+    if role not in ("owner", "member"):
+        raise InvalidRequest("role must be owner or member")
+    with core.store.write() as s:
+        u = s.exec(select(User).where(User.email == email.lower())).first()
+        if u is None:
+            raise NotFound(f"user {email} not found")
+        if u.role == "owner" and role != "owner" and _owners(core) <= 1:
+            raise Conflict("the last owner cannot be demoted")
+        u.role = role
+        s.add(u)
+    core.runtime.reload()
+    core.record("user.role", p.actor, target=email, details={"role": role})
+    return {"email": u.email, "role": u.role}

@@ -1,0 +1,178 @@
+"""Key management: DEK creation/unwrap per key mode, master-password sources, the instance CA.
+
+Dangers: the DEK and the CA private key live only in server memory after unlock. The CA key is
+stored AES-GCM-sealed under the DEK; its plaintext touches disk only inside run/ (0600), briefly.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from mitmproxy import certs
+from sqlmodel import select
+
+from agent_vault import crypto
+from agent_vault.errors import AgentVaultError, InvalidRequest, WrongMasterPassword
+from agent_vault.home import Home, ensure_dir, write_private
+from agent_vault.models import MasterKey
+from agent_vault.store import Store
+
+KEY_MODES = ("password", "keyring", "passwordless")
+KEYRING_SERVICE = "agent-vault"
+PASSWORDLESS_WARNING = (
+    "WARNING: passwordless mode — anyone who can read {path} can decrypt every credential"
+)
+
+
+def dek_aad(instance_id: str) -> bytes:
+    return crypto.aad_for("dek", instance_id)
+
+
+def ca_key_aad(instance_id: str) -> bytes:
+    return crypto.aad_for("ca-key", instance_id)
+
+
+def kdf_profile() -> crypto.KdfProfile:
+    """PRODUCTION unless AGENT_VAULT_TEST_KDF=1 (test suites only: makes Argon2 cheap)."""
+    return crypto.TEST if os.environ.get("AGENT_VAULT_TEST_KDF") == "1" else crypto.PRODUCTION
+
+
+def check_master_password(password: str) -> None:
+    if len(password) < 12:
+        raise InvalidRequest("the master password must be at least 12 characters")
+
+
+def create_dek(home: Home, store: Store, instance_id: str, mode: str, master_password: str | None) -> bytes:
+    """Create and persist a new DEK for `mode`; returns it (keep it in memory only)."""
+    dek = crypto.new_key()
+    if mode == "passwordless":
+        write_private(home.dek_file, base64.b64encode(dek))
+        return dek
+    if master_password is None:
+        raise InvalidRequest("a master password is required for key mode " + mode)
+    check_master_password(master_password)
+    profile = kdf_profile()
+    salt = os.urandom(16)
+    kek = crypto.derive_kek(master_password, salt, profile)
+    row = MasterKey(
+        wrapped_dek=crypto.seal(kek, dek, dek_aad(instance_id)),
+        salt=salt,
+        time_cost=profile.time_cost,
+        memory_kib=profile.memory_kib,
+        parallelism=profile.parallelism,
+    )
+    with store.write() as s:
+        s.add(row)
+    if mode == "keyring":
+        keyring_set(instance_id, master_password)
+    return dek
+
+
+def unwrap_dek(home: Home, store: Store, instance_id: str, mode: str, master_password: str | None) -> bytes:
+    """The DEK from dek.key (passwordless) or by unwrapping with the master password.
+
+    Raises WrongMasterPassword when the GCM tag fails (never returns garbage).
+    """
+    if mode == "passwordless":
+        try:
+            return base64.b64decode(home.dek_file.read_bytes(), validate=True)
+        except (OSError, ValueError):
+            raise AgentVaultError(f"cannot read {home.dek_file}") from None
+    if master_password is None:
+        raise WrongMasterPassword("a master password is required to unlock this instance")
+    with store.read() as s:
+        row = s.exec(select(MasterKey)).first()
+    if row is None:
+        raise AgentVaultError("the wrapped data key is missing from the database")
+    profile = crypto.KdfProfile(row.time_cost, row.memory_kib, row.parallelism)
+    kek = crypto.derive_kek(master_password, row.salt, profile)
+    try:
+        return crypto.open_sealed(kek, row.wrapped_dek, dek_aad(instance_id))
+    except crypto.DecryptionError:
+        raise WrongMasterPassword("wrong master password", hint="Check AGENT_VAULT_MASTER_PASSWORD.") from None
+
+
+def keyring_get(instance_id: str) -> str | None:
+    """The master password from the OS keyring, or None if absent or no backend is usable."""
+    try:
+        import keyring
+
+        value = keyring.get_password(KEYRING_SERVICE, f"master-password:{instance_id}")
+    except Exception:  # any backend failure means "not available"; never fatal
+        return None
+    return value if isinstance(value, str) else None
+
+
+def keyring_set(instance_id: str, password: str) -> bool:
+    try:
+        import keyring
+
+        keyring.set_password(KEYRING_SERVICE, f"master-password:{instance_id}", password)
+    except Exception:  # no usable backend: the password sources of mode `password` apply
+        return False
+    return True
+
+
+def master_password_from_env() -> str | None:
+    """Read AGENT_VAULT_MASTER_PASSWORD and remove it from the process environment at once."""
+    return os.environ.pop("AGENT_VAULT_MASTER_PASSWORD", None) or None
+
+
+@dataclass(frozen=True)
+class CA:
+    cert_pem: bytes
+    key_pem: bytes  # plaintext; in memory only
+
+    def __repr__(self) -> str:
+        return "CA(<certificate>, <key hidden>)"
+
+    @property
+    def fingerprint_sha256(self) -> str:
+        from cryptography.hazmat.primitives import hashes
+
+        return x509.load_pem_x509_certificate(self.cert_pem).fingerprint(hashes.SHA256()).hex()
+
+
+def create_ca(home: Home, instance_id: str, dek: bytes) -> CA:
+    """A new self-signed CA: cert in ca/ca-cert.pem (0644), key sealed in ca/ca-key.enc (0600)."""
+    key, cert = certs.create_ca(
+        organization="agent-vault", cn=f"agent-vault CA {instance_id[:8]}", key_size=2048
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    ensure_dir(home.ca_dir)
+    write_private(home.ca_dir / "ca-key.enc", crypto.seal(dek, key_pem, ca_key_aad(instance_id)))
+    write_private(home.ca_dir / "ca-cert.pem", cert_pem, mode=0o644)
+    return CA(cert_pem, key_pem)
+
+
+def load_ca(home: Home, instance_id: str, dek: bytes) -> CA:
+    try:
+        sealed = (home.ca_dir / "ca-key.enc").read_bytes()
+        cert_pem = (home.ca_dir / "ca-cert.pem").read_bytes()
+    except OSError:
+        raise AgentVaultError(f"the instance CA is missing under {home.ca_dir}") from None
+    try:
+        key_pem = crypto.open_sealed(dek, sealed, ca_key_aad(instance_id))
+    except crypto.DecryptionError:
+        raise AgentVaultError("the CA private key failed to decrypt (tampered or wrong key)") from None
+    return CA(cert_pem, key_pem)
+
+
+def write_engine_ca(run_dir: Path, ca: CA) -> Path:
+    """Write key+cert where mitmproxy loads its CA (run/mitmproxy-ca.pem, 0600). Caller deletes it."""
+    path = run_dir / "mitmproxy-ca.pem"
+    write_private(path, ca.key_pem + ca.cert_pem)
+    return path
+
+
+def warn(message: str) -> None:
+    print(message, file=sys.stderr)

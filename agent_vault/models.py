@@ -1,0 +1,163 @@
+"""SQLModel tables (rows only). Portable types; timestamps are aware UTC.
+
+Danger: some rows hold ciphertexts or digests. `repr=False` keeps them out of reprs and logs.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import Column, LargeBinary, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    """Current time, timezone-aware UTC (what every timestamp column stores)."""
+    return datetime.now(UTC)
+
+
+class MasterKey(SQLModel, table=True):
+    """The DEK wrapped under the Argon2id KEK (password/keyring modes only)."""
+
+    __tablename__ = "master_key"
+    id: int = Field(default=1, primary_key=True)
+    wrapped_dek: bytes = Field(sa_column=Column(LargeBinary, nullable=False), repr=False)
+    salt: bytes = Field(sa_column=Column(LargeBinary, nullable=False), repr=False)
+    time_cost: int
+    memory_kib: int
+    parallelism: int
+    key_version: int = 1
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(unique=True, index=True)
+    password_hash: str = Field(repr=False)
+    role: str = "member"  # owner | member
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Agent(SQLModel, table=True):
+    __tablename__ = "agents"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    description: str = ""
+    status: str = "active"  # active | revoked
+    created_at: datetime = Field(default_factory=utcnow)
+    last_used_at: datetime | None = None
+
+
+class Vault(SQLModel, table=True):
+    __tablename__ = "vaults"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
+    unmatched_policy: str = "tunnel"  # tunnel | passthrough | deny
+    enforcement: str = "enforce"  # enforce | dry-run
+    next_proposal_seq: int = 1
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Grant(SQLModel, table=True):
+    """A role of a user or an agent on one vault."""
+
+    __tablename__ = "grants"
+    __table_args__ = (UniqueConstraint("vault_id", "subject_kind", "subject_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    vault_id: int = Field(foreign_key="vaults.id", index=True, ondelete="CASCADE")
+    subject_kind: str  # user | agent
+    subject_id: int
+    role: str  # proxy | member | admin
+
+
+class Token(SQLModel, table=True):
+    """Any bearer token, stored only as the SHA-256 digest of its text."""
+
+    __tablename__ = "tokens"
+    id: int | None = Field(default=None, primary_key=True)
+    digest: str = Field(unique=True, index=True, repr=False)
+    kind: str  # user | agent | session | approval | invite
+    user_id: int | None = Field(default=None, foreign_key="users.id", ondelete="CASCADE")
+    agent_id: int | None = Field(default=None, foreign_key="agents.id", ondelete="CASCADE")
+    vault_id: int | None = Field(default=None, foreign_key="vaults.id", ondelete="CASCADE")
+    label: str = ""
+    unmatched_policy: str | None = None  # session override (stricter only)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+
+class Credential(SQLModel, table=True):
+    __tablename__ = "credentials"
+    __table_args__ = (UniqueConstraint("vault_id", "key"),)
+    id: int | None = Field(default=None, primary_key=True)
+    vault_id: int = Field(foreign_key="vaults.id", index=True, ondelete="CASCADE")
+    key: str
+    ciphertext: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True), repr=False)
+    key_version: int = 1
+    description: str = ""
+    version: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    updated_by: str = ""
+
+
+class Service(SQLModel, table=True):
+    __tablename__ = "services"
+    __table_args__ = (UniqueConstraint("vault_id", "name"),)
+    id: int | None = Field(default=None, primary_key=True)
+    vault_id: int = Field(foreign_key="vaults.id", index=True, ondelete="CASCADE")
+    name: str
+    position: int
+    enabled: bool = True
+    definition: str = Field(sa_column=Column(Text, nullable=False))  # ServiceDef JSON
+
+
+class Proposal(SQLModel, table=True):
+    __tablename__ = "proposals"
+    __table_args__ = (UniqueConstraint("vault_id", "seq"),)
+    id: int | None = Field(default=None, primary_key=True)
+    vault_id: int = Field(foreign_key="vaults.id", index=True, ondelete="CASCADE")
+    seq: int
+    status: str = "pending"  # pending | applied | rejected | expired
+    actor: str  # e.g. agent:ci-bot, session:12:agent:ci-bot
+    message: str = ""
+    services: str = Field(default="[]", sa_column=Column(Text, nullable=False))
+    credentials: str = Field(default="[]", sa_column=Column(Text, nullable=False))
+    review_note: str | None = None
+    reviewed_by: str | None = None
+    approval_digest: str | None = Field(default=None, repr=False)
+    approval_expires_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    reviewed_at: datetime | None = None
+    expires_at: datetime
+
+
+class Invite(SQLModel, table=True):
+    __tablename__ = "invites"
+    id: int | None = Field(default=None, primary_key=True)
+    digest: str = Field(unique=True, index=True, repr=False)
+    email: str
+    role: str = "member"
+    vaults: str = Field(default="[]", sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+    accepted_at: datetime | None = None
+    created_by: str = ""
+
+
+class AuditEvent(SQLModel, table=True):
+    """One link of the audit hash chain. `record` is the canonical JSON without the hash."""
+
+    __tablename__ = "audit_events"
+    seq: int = Field(primary_key=True)
+    ts: str = Field(index=True)
+    kind: str = Field(index=True)
+    actor: str = ""
+    vault: str | None = Field(default=None, index=True)
+    decision: str | None = None
+    host: str | None = None
+    status: int | None = None
+    record: str = Field(sa_column=Column(Text, nullable=False))
+    hash: str

@@ -1,0 +1,1 @@
+"""The proxy data plane: pure cores (auth, policy, inject) and the thin mitmproxy adapters."""

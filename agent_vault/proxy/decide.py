@@ -1,0 +1,179 @@
+"""Who is asking and what happens to their request: pure decisions over the runtime snapshot.
+
+No mitmproxy here. The addon calls `authenticate` once per connection (CONNECT) or per
+absolute-form request, and `decide` once per request. Both raise AgentVaultError subclasses
+carrying the SPEC §6 code; the addon turns them into proxy error responses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from agent_vault.domain.principal import Principal
+from agent_vault.errors import (
+    InvalidPath,
+    MethodNotAllowed,
+    ProxyAuthRequired,
+    ServiceDisabled,
+    ServiceNotAllowed,
+    VaultForbidden,
+    VaultRequired,
+)
+from agent_vault.proxy.auth import MalformedProxyAuth, parse_proxy_authorization, token_digest
+from agent_vault.proxy.inject import Injection, build_injection
+from agent_vault.proxy.policy import Denied, Match, path_is_safe
+from agent_vault.runtime import Runtime, VaultView
+from agent_vault.servicedef import ServiceDef
+
+POLICY_RANK = {"tunnel": 0, "passthrough": 1, "deny": 2}
+SUPPORTED_AUTH_TYPES = ["bearer", "basic", "api-key", "custom", "passthrough"]
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """An authenticated proxy caller bound to one vault. Holds the token digest, never the token."""
+
+    digest: str
+    principal: Principal
+    vault: str
+    policy: str  # effective unmatched policy (session override applied)
+
+
+def authenticate(runtime: Runtime, proxy_authorization: str | None, x_vault: str | None) -> Identity:
+    """SPEC §5.2: token from Proxy-Authorization, vault from its password part or X-Vault."""
+    try:
+        creds = parse_proxy_authorization(proxy_authorization)
+    except MalformedProxyAuth:
+        raise ProxyAuthRequired("the Proxy-Authorization header is malformed") from None
+    if creds is None:
+        raise ProxyAuthRequired("proxy authentication required")
+    digest = token_digest(creds.token)
+    p = runtime.principal(digest)
+    if p is None:
+        raise ProxyAuthRequired("the proxy token is unknown, expired or revoked")
+    hint = creds.vault_hint or x_vault or None
+    vault = resolve_vault(runtime, p, hint)
+    view = runtime.snapshot.vaults[vault]
+    policy = view.unmatched_policy
+    if p.session_policy and POLICY_RANK[p.session_policy] > POLICY_RANK[policy]:
+        policy = p.session_policy
+    return Identity(digest, p, vault, policy)
+
+
+def resolve_vault(runtime: Runtime, p: Principal, hint: str | None) -> str:
+    vaults = runtime.snapshot.vaults
+    if p.kind == "user":
+        raise VaultForbidden(
+            "user login tokens are not proxy credentials",
+            hint="Use 'agent-vault vault run -- CMD' to get a session token.",
+        )
+    if p.kind == "session":
+        if hint and hint != p.session_vault:
+            raise VaultForbidden(f"this session is bound to vault {p.session_vault}")
+        assert p.session_vault is not None
+        if p.session_vault not in vaults:
+            raise VaultForbidden(f"vault {p.session_vault} no longer exists")
+        return p.session_vault
+    if hint:
+        if hint not in p.grants or hint not in vaults:
+            raise VaultForbidden(f"this token may not use vault {hint}")
+        return hint
+    names = sorted(n for n in p.grants if n in vaults)
+    if len(names) == 1:
+        return names[0]
+    raise VaultRequired(
+        "this agent can use several vaults (or none): name one",
+        hint="HTTPS_PROXY=http://<token>:<vault>@host:port",
+        vaults=names,
+    )
+
+
+def recheck(runtime: Runtime, ident: Identity) -> Identity:
+    """Re-validate a connection-bound identity for the next request (revocation is immediate)."""
+    p = runtime.principal(ident.digest)
+    if p is None:
+        raise ProxyAuthRequired("the proxy token is expired or revoked")
+    if ident.vault not in runtime.snapshot.vaults or p.role_on(ident.vault) is None:
+        raise VaultForbidden(f"this token may no longer use vault {ident.vault}")
+    return ident if p is ident.principal else Identity(ident.digest, p, ident.vault, ident.policy)
+
+
+def wants_mitm(view: VaultView, policy: str, host: str, port: int) -> bool:
+    """SPEC §5.3: intercept if a service could match the target, or the policy is not `tunnel`."""
+    return policy != "tunnel" or view.index.could_match(host, port)
+
+
+@dataclass(slots=True)
+class Decision:
+    """What to do with one request. `injection` holds secrets: never log or store it."""
+
+    kind: str  # injected | passthrough | unmatched_passthrough | would_deny
+    service: ServiceDef | None = None
+    injection: Injection | None = field(default=None, repr=False)
+    would_deny_code: str | None = None
+
+
+def decide(
+    view: VaultView,
+    ident: Identity,
+    host: str,
+    port: int,
+    method: str,
+    path: str,
+    proposals_url: str,
+    discover_url: str,
+) -> Decision:
+    """Match and authorise one request; raise the proxy error it deserves (or note it in dry-run)."""
+    bare_path = path.split("?", 1)[0]
+    result = view.index.match(host, port, method, bare_path)
+    dry_run = view.enforcement == "dry-run"
+    if isinstance(result, Match):
+        svc = result.service
+        if svc.auth.type == "passthrough":
+            return Decision("passthrough", svc)
+        if not path_is_safe(bare_path):
+            raise InvalidPath(f"path to service {svc.name} has dot segments or encoded slashes")
+        return Decision("injected", svc, build_injection(svc.auth, view.values))
+    err: Exception
+    if isinstance(result, Denied):
+        if result.code == "service_disabled":
+            err = ServiceDisabled(
+                f"service {result.service} is disabled in vault {view.name}", service=result.service
+            )
+        else:
+            err = MethodNotAllowed(
+                f"service {result.service} does not allow {method}",
+                service=result.service,
+                allowed_methods=result.allowed_methods,
+            )
+    elif ident.policy == "deny":
+        err = ServiceNotAllowed(
+            f"no service in vault {view.name} allows {host}:{port}",
+            proposal_hint={
+                "host": host,
+                "port": port,
+                "endpoint": "POST /v1/proposals",
+                "proposals_url": proposals_url,
+                "discover": discover_url,
+                "supported_auth_types": SUPPORTED_AUTH_TYPES,
+                "example": {
+                    "services": [
+                        {
+                            "action": "set",
+                            "name": "my-service",
+                            "host": host,
+                            "auth": {"type": "bearer", "token": "MY_TOKEN"},
+                        }
+                    ],
+                    "credentials": [
+                        {"action": "set", "key": "MY_TOKEN", "description": "what the token is for"}
+                    ],
+                    "message": "why the agent needs it",
+                },
+            },
+        )
+    else:
+        return Decision("unmatched_passthrough")
+    if dry_run:
+        return Decision("would_deny", would_deny_code=getattr(err, "code", "denied"))
+    raise err

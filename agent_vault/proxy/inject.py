@@ -1,0 +1,456 @@
+"""Credential injection, placeholder substitution, header hygiene and response redaction (SPEC §5.5-§5.9).
+
+Pure: works on plain Python types and on any `MutableMapping[str, str]` whose keys are
+case-insensitive (mitmproxy's `Headers` is one; a plain dict is handled too). No mitmproxy import.
+
+Dangers: the values handled here are live credentials. They never go into an exception message, a
+repr or a log line; errors name the key only (`CredentialNotFound`, `SubstitutionError`).
+Order per request: `substitute_request`, `strip_request_headers`, `apply_injection` -- so the
+injected value always wins and no client header can remove it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Callable, Collection, Iterable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import quote, quote_plus, unquote_plus
+
+from agent_vault.errors import CredentialNotFound, SubstitutionError
+from agent_vault.servicedef import (
+    PLACEHOLDER_PATTERN,
+    ApiKeyAuth,
+    BasicAuth,
+    BearerAuth,
+    CustomAuth,
+    PassthroughAuth,
+)
+
+AuthSpec = BearerAuth | BasicAuth | ApiKeyAuth | CustomAuth | PassthroughAuth
+
+#: Values shorter than this are not redacted from responses (SPEC §5.9): too many false positives.
+MIN_REDACT_LEN = 8
+PLACEHOLDER_RE = re.compile(PLACEHOLDER_PATTERN)
+_KEY = r"([A-Z][A-Z0-9_]{0,127})"
+_URL_PLACEHOLDER_RE = re.compile(r"(?:\{|%7[bB]){2}(?: |%20)*" + _KEY + r"(?: |%20)*(?:\}|%7[dD]){2}")
+_FORM_PLACEHOLDER_RE = re.compile(r"(?:\{|%7[bB]){2}(?: |%20|\+)*" + _KEY + r"(?: |%20|\+)*(?:\}|%7[dD]){2}")
+_CRLFNUL = re.compile(r"[\r\n\x00]")
+
+
+@dataclass
+class Injection:
+    """What one request gets: headers to set, query params to set, keys used, secrets to redact.
+
+    `secrets` holds (key name, exact value bytes) pairs of at least MIN_REDACT_LEN characters.
+    The repr shows names only.
+    """
+
+    headers: dict[str, str] = field(default_factory=dict)
+    query: dict[str, str] = field(default_factory=dict)
+    used_keys: list[str] = field(default_factory=list)
+    secrets: list[tuple[str, bytes]] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return (
+            f"Injection(headers={sorted(self.headers)}, query={sorted(self.query)}, "
+            f"used_keys={self.used_keys}, secrets={[k for k, _ in self.secrets]})"
+        )
+
+    def _use(self, key: str, value: str) -> str:
+        if key not in self.used_keys:
+            self.used_keys.append(key)
+        self._secret(key, value)
+        return value
+
+    def _secret(self, key: str, value: str) -> None:
+        if len(value) >= MIN_REDACT_LEN:
+            item = (key, value.encode("utf-8", "surrogateescape"))
+            if item not in self.secrets:
+                self.secrets.append(item)
+
+
+def _value(values: Mapping[str, str], key: str) -> str:
+    try:
+        v = values[key]
+    except KeyError:
+        raise CredentialNotFound(key) from None
+    if _CRLFNUL.search(v):
+        raise SubstitutionError(key)
+    return v
+
+
+def build_injection(auth: AuthSpec, values: Mapping[str, str]) -> Injection:
+    """Compute what `auth` injects (SPEC §5.5) from decrypted `values` (key -> value).
+
+    Raises CredentialNotFound(key) for a missing value and SubstitutionError(key) for a value with
+    CR, LF or NUL (or a `:` in a basic username, which would change the password boundary).
+    """
+    inj = Injection()
+    if isinstance(auth, BearerAuth):
+        inj.headers["Authorization"] = "Bearer " + inj._use(auth.token, _value(values, auth.token))
+    elif isinstance(auth, BasicAuth):
+        if auth.username is not None:
+            user = inj._use(auth.username, _value(values, auth.username))
+            if ":" in user:
+                raise SubstitutionError(auth.username)
+        else:
+            user = auth.username_literal or ""
+        password = inj._use(auth.password, _value(values, auth.password)) if auth.password else ""
+        encoded = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        inj.headers["Authorization"] = "Basic " + encoded
+        owner = auth.password or auth.username
+        if owner is not None and (password or auth.username is not None):
+            inj._secret(owner, encoded)
+    elif isinstance(auth, ApiKeyAuth):
+        value = auth.prefix + inj._use(auth.key, _value(values, auth.key))
+        header = auth.header_name
+        if header is not None:
+            inj.headers[header] = value
+        else:
+            assert auth.query is not None
+            inj.query[auth.query] = value
+            inj._secret(auth.key, quote(values[auth.key], safe=""))
+    elif isinstance(auth, CustomAuth):
+
+        def render(template: str) -> str:
+            return PLACEHOLDER_RE.sub(lambda m: inj._use(m.group(1), _value(values, m.group(1))), template)
+
+        for name, template in auth.headers.items():
+            inj.headers[name] = render(template)
+        for param, template in auth.query.items():
+            inj.query[param] = render(template)
+    return inj
+
+
+def _remove_header(headers: MutableMapping[str, str], name: str) -> None:
+    low = name.lower()
+    for k in [k for k in headers if k.lower() == low]:
+        headers.pop(k, None)
+
+
+def set_query_params(path: str, params: Mapping[str, str]) -> str:
+    """Set each param in `path`'s query string, replacing any existing value; others keep their raw bytes."""
+    if not params:
+        return path
+    base, sep, qs = path.partition("?")
+    wanted = set(params)
+    kept = [p for p in qs.split("&") if p and unquote_plus(p.partition("=")[0]) not in wanted] if sep else []
+    kept += [f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in params.items()]
+    return base + "?" + "&".join(kept)
+
+
+def apply_injection(headers: MutableMapping[str, str], path: str, inj: Injection) -> str:
+    """Replace every client header named like an injected one (case-insensitive), set the injected
+    headers and query params, and return the new path (path + query string)."""
+    for name, value in inj.headers.items():
+        _remove_header(headers, name)
+        headers[name] = value
+    return set_query_params(path, inj.query)
+
+
+# --- placeholder substitution (SPEC §5.6) ---------------------------------------------------------
+
+
+def _sub(
+    pattern: re.Pattern[str],
+    text: str,
+    values: Mapping[str, str],
+    allowed: Collection[str],
+    encode: Callable[[str, str], str],
+    used: list[str],
+) -> str:
+    def repl(m: re.Match[str]) -> str:
+        key = m.group(1)
+        if key not in allowed or key not in values:
+            return m.group(0)
+        if key not in used:
+            used.append(key)
+        return encode(key, values[key])
+
+    return pattern.sub(repl, text)
+
+
+def _raw(_key: str, v: str) -> str:
+    return v
+
+
+def _url(_key: str, v: str) -> str:
+    return quote(v, safe="")
+
+
+def _header_value(key: str, v: str) -> str:
+    if _CRLFNUL.search(v):
+        raise SubstitutionError(key)
+    return v
+
+
+def substitute_text(
+    text: str,
+    values: Mapping[str, str],
+    allowed: Collection[str],
+    *,
+    encoding: Literal["raw", "url"],
+) -> tuple[str, list[str]]:
+    """Replace `{{KEY}}` placeholders for keys in `allowed` that have a value; leave others literal.
+
+    `url` also recognises percent-encoded braces (`%7B%7BKEY%7D%7D`, hex any case) and inserts the
+    value percent-encoded. Returns (new text, keys used in order).
+    """
+    used: list[str] = []
+    if encoding == "url":
+        if "{" not in text and "%7" not in text:
+            return text, used
+        return _sub(_URL_PLACEHOLDER_RE, text, values, allowed, _url, used), used
+    if "{{" not in text:
+        return text, used
+    return _sub(PLACEHOLDER_RE, text, values, allowed, _raw, used), used
+
+
+def substitute_request(
+    headers: MutableMapping[str, str],
+    path: str,
+    allowed_values: Mapping[str, str],
+    surfaces: Collection[str],
+) -> tuple[str, list[str]]:
+    """Substitute placeholders for the keys of `allowed_values` into header values (raw), the path
+    and the query (url-encoded), as enabled by `surfaces`. Headers are edited in place; returns
+    (new path, keys used). A value with CR, LF or NUL bound for a header -> SubstitutionError(key).
+    """
+    used: list[str] = []
+    if not allowed_values:
+        return path, used
+    allowed = allowed_values.keys()
+    if "header" in surfaces:
+        # mitmproxy's Headers joins repeated fields on __getitem__; edit each field separately.
+        get_all, set_all = getattr(headers, "get_all", None), getattr(headers, "set_all", None)
+        for name in list(headers):
+            old = get_all(name) if get_all and set_all else [headers[name]]
+            if any("{{" in v for v in old):
+                new = [_sub(PLACEHOLDER_RE, v, allowed_values, allowed, _header_value, used) for v in old]
+                if get_all and set_all:
+                    set_all(name, new)
+                else:
+                    headers[name] = new[0]
+    base, sep, qs = path.partition("?")
+    for surface, part in (("path", base), ("query", qs)):
+        if surface in surfaces and part and ("{" in part or "%7" in part):
+            new_part = _sub(_URL_PLACEHOLDER_RE, part, allowed_values, allowed, _url, used)
+            base, qs = (new_part, qs) if surface == "path" else (base, new_part)
+    return base + sep + qs, used
+
+
+_TEXT_TYPES = frozenset(
+    "application/" + t for t in ("xml", "javascript", "graphql", "x-ndjson", "yaml", "x-yaml")
+)
+
+
+def substitute_body(
+    body: bytes,
+    content_type: str | None,
+    content_encoding: str | None,
+    values: Mapping[str, str],
+    allowed: Collection[str],
+) -> tuple[bytes, list[str]]:
+    """Substitute placeholders in a buffered request body (the caller recomputes Content-Length).
+
+    JSON (`application/json`, `*+json`): value JSON-string-escaped. Form
+    (`application/x-www-form-urlencoded`): raw and percent-encoded placeholders, value form-encoded.
+    Other text (`text/*`, xml, ...; or no/unknown type if the body is valid UTF-8): raw. Multipart,
+    a `Content-Encoding` other than identity, and non-UTF-8 unknown bodies are returned unchanged.
+    """
+    used: list[str] = []
+    if not body or (b"{" not in body and b"%7" not in body):
+        return body, used
+    if content_encoding and content_encoding.strip().lower() not in ("", "identity"):
+        return body, used
+    mime = (content_type or "").split(";", 1)[0].strip().lower()
+    if mime.startswith("multipart/"):
+        return body, used
+    text = body.decode("utf-8", "surrogateescape")
+    if mime == "application/json" or mime.endswith("+json"):
+        out = _sub(PLACEHOLDER_RE, text, values, allowed, lambda _k, v: json.dumps(v)[1:-1], used)
+    elif mime == "application/x-www-form-urlencoded":
+        out = _sub(_FORM_PLACEHOLDER_RE, text, values, allowed, lambda _k, v: quote_plus(v, safe=""), used)
+    elif mime.startswith("text/") or mime in _TEXT_TYPES or mime.endswith("+xml") or _is_utf8(body):
+        out = _sub(PLACEHOLDER_RE, text, values, allowed, _raw, used)
+    else:
+        return body, used
+    return (out.encode("utf-8", "surrogateescape") if used else body), used
+
+
+def _is_utf8(body: bytes) -> bool:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+# --- response redaction (SPEC §5.9) ---------------------------------------------------------------
+
+
+def _compile(secrets: Iterable[tuple[str, bytes]]) -> tuple[re.Pattern[bytes] | None, dict[bytes, str]]:
+    keys: dict[bytes, str] = {}
+    for key, value in secrets:
+        if value and value not in keys:
+            keys[value] = key
+    if not keys:
+        return None, keys
+    # Longest first: at one position the longest secret wins, as the reference semantics require.
+    alternatives = sorted(keys, key=len, reverse=True)
+    return re.compile(b"|".join(re.escape(s) for s in alternatives)), keys
+
+
+def _marker(key: str) -> bytes:
+    return b"[REDACTED:" + key.encode("ascii", "replace") + b"]"
+
+
+class StreamRedactor:
+    """Incremental redaction of a byte stream.
+
+    Output equals `redact_bytes` over the whole stream however it is chunked: leftmost occurrence
+    first, the longest secret at one position, each replaced by `[REDACTED:KEY]`. `feed` holds back
+    only the longest buffered suffix that is a proper prefix of some secret, so SSE events are not
+    delayed. It redacts every secret it is given; filtering short values is the caller's job
+    (`Injection.secrets` already does). Danger: a secret that is a substring of a marker such as
+    `[REDACTED:KEY]` would reappear in the output; credential values of 8+ characters are not that.
+    """
+
+    __slots__ = ("_buf", "_keys", "_multi", "_pattern", "redacted_keys")
+
+    def __init__(self, secrets: Sequence[tuple[str, bytes]]) -> None:
+        self._pattern, self._keys = _compile(secrets)
+        self._multi = tuple((s, s[:1]) for s in self._keys if len(s) > 1)
+        self._buf = b""
+        self.redacted_keys: set[str] = set()
+
+    def _repl(self, m: re.Match[bytes]) -> bytes:
+        key = self._keys[m.group(0)]
+        self.redacted_keys.add(key)
+        return _marker(key)
+
+    def _holdback(self, buf: bytes) -> int:
+        """Start of the longest suffix of `buf` that is a proper prefix of a secret (len(buf) if none)."""
+        n = best = len(buf)
+        for s, first in self._multi:
+            i = buf.find(first, max(0, n - len(s) + 1))
+            while i != -1 and i < best:
+                if buf.startswith(s[: n - i], i):
+                    best = i
+                    break
+                i = buf.find(first, i + 1)
+        return best
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Return the redacted bytes that can be released now; keep the undecidable tail."""
+        if self._pattern is None:
+            return chunk
+        buf = self._buf + chunk if self._buf else chunk
+        out: list[bytes] = []
+        while True:
+            hold = self._holdback(buf)
+            pos = 0
+            for m in self._pattern.finditer(buf):
+                if m.start() >= hold:
+                    break
+                out.append(buf[pos : m.start()])
+                out.append(self._repl(m))
+                pos = m.end()
+            if pos <= hold:
+                if pos == 0 and hold == len(buf):
+                    self._buf = b""
+                    return buf if not out else b"".join(out) + buf
+                out.append(buf[pos:hold])
+                self._buf = buf[hold:]
+                return b"".join(out)
+            buf = buf[pos:]  # a match ran past the old hold-back point: re-decide the rest
+
+    def flush(self) -> bytes:
+        """Release everything still held (end of stream)."""
+        buf, self._buf = self._buf, b""
+        if self._pattern is None or not buf:
+            return buf
+        return self._pattern.sub(self._repl, buf)
+
+
+def redact_bytes(data: bytes, secrets: Sequence[tuple[str, bytes]]) -> tuple[bytes, set[str]]:
+    """Replace every occurrence of each secret with `[REDACTED:KEY]`; returns (data, keys redacted)."""
+    pattern, keys = _compile(secrets)
+    found: set[str] = set()
+    if pattern is None:
+        return data, found
+
+    def repl(m: re.Match[bytes]) -> bytes:
+        found.add(keys[m.group(0)])
+        return _marker(keys[m.group(0)])
+
+    return pattern.sub(repl, data), found
+
+
+def redact_text(text: str, secrets: Sequence[tuple[str, bytes]]) -> tuple[str, set[str]]:
+    """`redact_bytes` for a header value (UTF-8 with surrogateescape, as mitmproxy decodes headers)."""
+    out, found = redact_bytes(text.encode("utf-8", "surrogateescape"), secrets)
+    return (out.decode("utf-8", "surrogateescape") if found else text), found
+
+
+# --- header hygiene (SPEC §5.7) ---------------------------------------------------------------------
+
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"}
+)
+_FRAMING = frozenset({"transfer-encoding", "content-length"})
+_NEVER_BY_CONNECTION = frozenset({"host"})
+
+
+def _tokens(value: str) -> set[str]:
+    return {t.strip().lower() for t in value.split(",") if t.strip()}
+
+
+def _strip(
+    headers: MutableMapping[str, str], extra: Collection[str], prefixes: tuple[str, ...], keep_framing: bool
+) -> None:
+    connection = _tokens(", ".join(v for k, v in headers.items() if k.lower() == "connection"))
+    upgrade = _tokens(", ".join(v for k, v in headers.items() if k.lower() == "upgrade"))
+    websocket = "upgrade" in connection and "websocket" in upgrade
+    protected = set(_NEVER_BY_CONNECTION) | (set(_FRAMING) if keep_framing else set())
+    remove = (HOP_BY_HOP | set(extra) | (connection - protected)) - (_FRAMING if keep_framing else set())
+    if websocket:
+        remove = remove - {"upgrade", "connection"}
+    for k in list(headers):
+        low = k.lower()
+        if low in remove or low.startswith(prefixes):
+            if low == "te" and headers[k].strip().lower() == "trailers":
+                continue
+            headers.pop(k, None)
+    if websocket:
+        _remove_header(headers, "connection")
+        headers["Connection"] = "Upgrade"
+
+
+def strip_request_headers(
+    headers: MutableMapping[str, str], injected_names: Collection[str] = (), *, keep_framing: bool = True
+) -> None:
+    """Remove what must not reach the upstream (SPEC §5.7), in place.
+
+    Removes Proxy-Authorization, Proxy-Connection, X-Vault, `X-Agent-Vault-*`, hop-by-hop headers
+    (Connection, Keep-Alive, TE unless exactly `trailers`, Trailer, Transfer-Encoding, Upgrade unless a
+    websocket handshake), every header named in Connection, and `injected_names`. A websocket
+    handshake keeps `Upgrade` and gets `Connection: Upgrade`. With `keep_framing` (default)
+    Transfer-Encoding and Content-Length are kept: mitmproxy needs them to frame the body and rewrites
+    them for the wire itself; pass False only for a message you frame yourself.
+    """
+    extra = {"proxy-authorization", "proxy-connection", "x-vault"} | {n.lower() for n in injected_names}
+    _strip(headers, extra, ("x-agent-vault-",), keep_framing)
+
+
+def strip_response_headers(
+    headers: MutableMapping[str, str], strip_set_cookie: bool, *, keep_framing: bool = True
+) -> None:
+    """Remove hop-by-hop headers, Proxy-Authenticate, `X-Agent-Vault-*` (an upstream must not forge a
+    proxy error) and, if asked, Set-Cookie, in place. `keep_framing` as in `strip_request_headers`;
+    a websocket 101 keeps its Upgrade/Connection."""
+    extra = {"proxy-authenticate"} | ({"set-cookie", "set-cookie2"} if strip_set_cookie else set())
+    _strip(headers, extra, ("x-agent-vault-",), keep_framing)

@@ -1,0 +1,327 @@
+"""Target normalisation and request -> service matching (SPEC §5.3, §5.4). Pure: no mitmproxy, no ORM.
+
+Dangers:
+* Decide only from the connection target (CONNECT authority or absolute URL), never from the
+  `Host` header. Pass hosts through `normalize_host` once, on the way in, before `ServiceIndex`.
+* Matching must not cost more with more services: `ServiceIndex` uses two hash lookups (exact host,
+  wildcard parent) and then walks only that host's pre-sorted candidates.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+try:
+    import idna
+
+    _HAVE_IDNA = True
+except ImportError:  # pragma: no cover - idna ships with httpx; the stdlib codec is the fallback
+    _HAVE_IDNA = False
+
+if TYPE_CHECKING:
+    from agent_vault.servicedef import ServiceDef
+
+__all__ = [
+    "Denied",
+    "InvalidHost",
+    "Match",
+    "ServiceIndex",
+    "canonical_path",
+    "ip_of",
+    "normalize_host",
+    "path_is_safe",
+]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class InvalidHost(ValueError):
+    """A host that cannot be a request target. The message never repeats the host."""
+
+
+_BAD_HOST_CHARS = re.compile(r"[\x00-\x20\x7f/@%\\?#]")
+_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
+_DIGITS = re.compile(r"[0-9]+")
+_HEX_NUMBER = re.compile(r"0x[0-9a-f]*")
+
+
+def normalize_host(host: str) -> str:
+    """Return the canonical form of a request or service host.
+
+    Strips whitespace and one pair of `[]`, lowercases, drops one trailing dot, IDNA-encodes unicode
+    labels (UTS-46 mapping), and canonicalises IP literals the way browsers do: IPv4 in integer, octal
+    or hex forms (`2130706433`, `0x7f.1`, `017700000001`) becomes a dotted quad; IPv6 becomes its
+    compressed text without brackets (IPv4-mapped stays IPv6; use `ip_of` to unmap).
+    Raises InvalidHost for empty hosts, spaces, `/ @ % \\ ? #`, control characters, bad labels
+    (empty or > 63 characters) or a total length > 253.
+    """
+    h = host.strip()
+    if len(h) >= 2 and h[0] == "[" and h[-1] == "]":
+        h = h[1:-1]
+    if not h:
+        raise InvalidHost("host is empty")
+    if _BAD_HOST_CHARS.search(h):
+        raise InvalidHost("host contains a space, control character or one of / @ % \\ ? #")
+    if ":" in h:
+        try:
+            return ipaddress.IPv6Address(h).compressed
+        except ValueError:
+            raise InvalidHost("host contains ':' but is not an IPv6 address") from None
+    if not h.isascii():
+        h = _idna_encode(h)
+    h = h.lower()
+    if h.endswith("."):
+        h = h[:-1]
+    if not h:
+        raise InvalidHost("host is empty")
+    v4 = _parse_ipv4(h)
+    if v4 is not None:
+        return v4
+    if len(h) > 253:
+        raise InvalidHost("host is longer than 253 characters")
+    for label in h.split("."):
+        if not _LABEL.fullmatch(label):
+            raise InvalidHost(
+                "host has an empty label, a label over 63 characters or a character not allowed"
+            )
+    return h
+
+
+def _idna_encode(h: str) -> str:
+    try:
+        if _HAVE_IDNA:
+            mapped = idna.uts46_remap(h, std3_rules=False, transitional=False)
+            labels = [lbl if lbl.isascii() else idna.alabel(lbl).decode("ascii") for lbl in mapped.split(".")]
+        else:  # pragma: no cover
+            labels = [lbl if lbl.isascii() else lbl.encode("idna").decode("ascii") for lbl in h.split(".")]
+    except (UnicodeError, ValueError):  # idna.IDNAError is a UnicodeError
+        raise InvalidHost("host is not a valid internationalised domain name") from None
+    return ".".join(labels)
+
+
+def _ipv4_number(part: str) -> int:
+    if _HEX_NUMBER.fullmatch(part):
+        return int(part[2:] or "0", 16)
+    if not _DIGITS.fullmatch(part):
+        raise InvalidHost("host looks like an IPv4 address but is not one")
+    if len(part) > 1 and part[0] == "0":
+        if not all(c in "01234567" for c in part):
+            raise InvalidHost("host looks like an IPv4 address but is not one")
+        return int(part, 8)
+    return int(part)
+
+
+def _parse_ipv4(h: str) -> str | None:
+    """WHATWG URL IPv4 parser: a host whose last label is a number is an IPv4 address or invalid."""
+    parts = h.split(".")
+    last = parts[-1]
+    if not (_DIGITS.fullmatch(last) or _HEX_NUMBER.fullmatch(last)):
+        return None
+    if len(parts) > 4:
+        raise InvalidHost("host looks like an IPv4 address but is not one")
+    nums = [_ipv4_number(p) for p in parts]
+    if any(n > 255 for n in nums[:-1]) or nums[-1] >= 256 ** (5 - len(nums)):
+        raise InvalidHost("host looks like an IPv4 address but is out of range")
+    value = nums[-1]
+    for i, n in enumerate(nums[:-1]):
+        value += n * 256 ** (3 - i)
+    return str(ipaddress.IPv4Address(value))
+
+
+def ip_of(host: str) -> IPAddress | None:
+    """The IP address of a normalised host if it is an IP literal, IPv4-mapped IPv6 unmapped; else None."""
+    h = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        addr = ipaddress.ip_address(h)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+_DOT_SEGMENT = re.compile(r"(?:\.|%2e){1,2}", re.IGNORECASE)
+_ESCAPE = re.compile(r"%([0-9a-fA-F]{2})")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_SLASHES = re.compile(r"/{2,}")
+
+
+def path_is_safe(path: str) -> bool:
+    """False if the path (query ignored) could escape a prefix rule once the upstream decodes it.
+
+    Refused: `.`/`..` segments, literal or percent-encoded (also as `..;params`, Tomcat style), an
+    encoded `/` or `\\` (`%2F`, `%5C`, any case) and a literal backslash.
+    """
+    p = path.split("?", 1)[0]
+    if "\\" in p:
+        return False
+    if "%" in p:
+        low = p.lower()
+        if "%2f" in low or "%5c" in low:
+            return False
+    if "." not in p and "%" not in p:
+        return True
+    return not any(_DOT_SEGMENT.fullmatch(seg.split(";", 1)[0]) for seg in p.split("/"))
+
+
+def _unescape_unreserved(m: re.Match[str]) -> str:
+    c = chr(int(m.group(1), 16))
+    return c if c in _UNRESERVED else "%" + m.group(1).upper()
+
+
+def canonical_path(path: str) -> str:
+    """The path as matching sees it: query/fragment dropped, `%XX` of unreserved characters decoded
+    (other escapes upper-cased), repeated slashes collapsed and dot segments resolved (RFC 3986).
+
+    This keeps `/%61dmin`, `//admin` and `/public/../admin` from slipping past a rule for `/admin`.
+    It is for matching only; the request is forwarded with its original path.
+    """
+    p = path.split("?", 1)[0].split("#", 1)[0]
+    if "%" in p:
+        p = _ESCAPE.sub(_unescape_unreserved, p)
+    if not p.startswith("/"):
+        p = "/" + p
+    if "//" in p:
+        p = _SLASHES.sub("/", p)
+    if "/." not in p:
+        return p
+    out: list[str] = []
+    segments = p.split("/")[1:]
+    for seg in segments:
+        if seg == "..":
+            if out:
+                out.pop()
+        elif seg != ".":
+            out.append(seg)
+    trailing = "/" if segments[-1] in (".", "..") and out else ""
+    return "/" + "/".join(out) + trailing
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """The service that handles the request; `position` is its index in definition order."""
+
+    service: ServiceDef
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Denied:
+    """A service matched by host/port/path but refuses the request (403 with this code)."""
+
+    code: Literal["service_disabled", "method_not_allowed"]
+    service: str
+    allowed_methods: list[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    service: ServiceDef
+    position: int
+    port: int | None
+    prefix: str
+    prefix_slash: str
+    methods: frozenset[str] | None
+    enabled: bool
+
+    def covers(self, port: int, path: str) -> bool:
+        if self.port is not None and self.port != port:
+            return False
+        return self.prefix == "/" or path == self.prefix or path.startswith(self.prefix_slash)
+
+
+def _precedence(e: _Entry) -> tuple[bool, int, int]:
+    return (e.port is None, -len(e.prefix), e.position)
+
+
+class ServiceIndex:
+    """An immutable match index over one vault's services (disabled ones included); rebuild on change.
+
+    `match(host, port, method, path)` expects `host` already passed through `normalize_host` and the
+    port already defaulted from the scheme; `path` may carry a query (it is ignored). The rule:
+
+    1. Candidates are the services whose host (exact, or `*.parent` for a request host of exactly one
+       more label), port (None = any) and path (whole-segment prefix of `canonical_path(path)`) match,
+       ordered by SPEC §5.4 precedence: exact host before wildcard, with port before without, longer
+       path prefix first, then definition order.
+    2. No candidate -> None (the vault's unmatched policy applies).
+    3. The first candidate is disabled -> Denied("service_disabled"): disabling a specific rule never
+       falls through to a broader one.
+    4. Otherwise the first *enabled* candidate whose `methods` is None or contains `method` (compared
+       exactly, case-sensitively) -> Match. Disabled candidates further down are skipped.
+    5. Otherwise -> Denied("method_not_allowed", service=<first candidate>, allowed_methods=sorted union of
+       the enabled candidates' methods): a method list restricts, it does not fall through.
+    """
+
+    __slots__ = ("_exact", "_ports", "_services", "_wild")
+
+    def __init__(self, services: Sequence[ServiceDef]) -> None:
+        self._services: tuple[ServiceDef, ...] = tuple(services)
+        exact: dict[str, list[_Entry]] = {}
+        wild: dict[str, list[_Entry]] = {}
+        ports: dict[str, set[int | None]] = {}
+        for pos, svc in enumerate(self._services):
+            prefix = "/" if svc.path == "/" else canonical_path(svc.path).rstrip("/") or "/"
+            entry = _Entry(
+                service=svc,
+                position=pos,
+                port=svc.port,
+                prefix=prefix,
+                prefix_slash=prefix + "/",
+                methods=frozenset(svc.methods) if svc.methods is not None else None,
+                enabled=svc.enabled,
+            )
+            (wild if svc.host.startswith("*.") else exact).setdefault(svc.host.removeprefix("*."), []).append(
+                entry
+            )
+            ports.setdefault(svc.host, set()).add(svc.port)
+        self._exact = {h: tuple(sorted(es, key=_precedence)) for h, es in exact.items()}
+        self._wild = {h: tuple(sorted(es, key=_precedence)) for h, es in wild.items()}
+        self._ports: dict[str, frozenset[int | None]] = {h: frozenset(p) for h, p in ports.items()}
+
+    def __len__(self) -> int:
+        return len(self._services)
+
+    @property
+    def services(self) -> tuple[ServiceDef, ...]:
+        """The services in definition order."""
+        return self._services
+
+    def _candidate_lists(self, host: str) -> tuple[tuple[_Entry, ...], tuple[_Entry, ...]]:
+        parent = host.partition(".")[2]
+        return self._exact.get(host, ()), (self._wild.get(parent, ()) if parent else ())
+
+    def could_match(self, host: str, port: int) -> bool:
+        """True if any service (enabled or not) matches (host, port) for some path: the CONNECT MITM test."""
+        parent = host.partition(".")[2]
+        for key in (host, "*." + parent if parent else None):
+            p = self._ports.get(key) if key else None
+            if p is not None and (None in p or port in p):
+                return True
+        return False
+
+    def match(self, host: str, port: int, method: str, path: str) -> Match | Denied | None:
+        """Apply the rule in the class docstring. `host` must be normalised by the caller."""
+        cpath = canonical_path(path)
+        first: _Entry | None = None
+        allowed: set[str] = set()
+        for entries in self._candidate_lists(host):
+            for e in entries:
+                if not e.covers(port, cpath):
+                    continue
+                if first is None:
+                    first = e
+                    if not e.enabled:
+                        return Denied("service_disabled", e.service.name, None)
+                if not e.enabled:
+                    continue
+                if e.methods is None or method in e.methods:
+                    return Match(e.service, e.position)
+                allowed |= e.methods
+        if first is None:
+            return None
+        return Denied("method_not_allowed", first.service.name, sorted(allowed))

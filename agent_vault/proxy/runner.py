@@ -1,0 +1,118 @@
+"""ProxyRunner: an embedded mitmproxy Master with a lean addon chain, as an async context manager.
+
+Lean chain (PERF-NOTES): core, proxyserver, nextlayer, tlsconfig + VaultAddon. No dumper, save,
+HAR, web UI or onboarding (SPEC §14.13). The CA key file mitmproxy loads is written into run/
+(0600) and deleted as soon as the engine has read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from types import TracebackType
+
+import certifi
+from mitmproxy import master, options
+from mitmproxy.addons import core as mcore
+from mitmproxy.addons import next_layer, proxyserver, tlsconfig
+
+from agent_vault.errors import AgentVaultError
+from agent_vault.home import write_private
+from agent_vault.keys import CA, write_engine_ca
+
+log = logging.getLogger("agent_vault.proxy")
+
+
+class BindError(AgentVaultError):
+    code = "bind_failed"
+    status = 500
+
+
+def upstream_bundle(run_dir: Path, extra_ca: Path | None) -> Path:
+    """certifi roots + the system bundle + --upstream-ca, for upstream verification."""
+    parts = [Path(certifi.where()).read_bytes()]
+    system = Path("/etc/ssl/certs/ca-certificates.crt")
+    if system.is_file():
+        parts.append(system.read_bytes())
+    if extra_ca is not None:
+        try:
+            parts.append(extra_ca.read_bytes())
+        except OSError:
+            raise AgentVaultError(f"cannot read --upstream-ca {extra_ca}") from None
+    path = run_dir / "upstream-ca.pem"
+    write_private(path, b"\n".join(parts), mode=0o644)
+    return path
+
+
+class ProxyRunner:
+    """Start/stop the proxy listener on the running loop; `port` is the bound port."""
+
+    def __init__(
+        self,
+        addon: object,
+        *,
+        host: str,
+        port: int,
+        run_dir: Path,
+        ca: CA,
+        upstream_ca: Path | None,
+        idle_timeout: int = 900,
+    ) -> None:
+        self.addon, self.host, self.port = addon, host, port
+        self.run_dir, self.ca, self.upstream_ca = run_dir, ca, upstream_ca
+        self.idle_timeout = idle_timeout
+        self.master: master.Master | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> ProxyRunner:
+        ca_file = write_engine_ca(self.run_dir, self.ca)
+        bundle = upstream_bundle(self.run_dir, self.upstream_ca)
+        logging.getLogger("mitmproxy").setLevel(logging.ERROR)
+        opts = options.Options(listen_host=self.host, listen_port=self.port, confdir=str(self.run_dir))
+        m = master.Master(opts)
+        ps = proxyserver.Proxyserver()
+        m.addons.add(mcore.Core(), ps, next_layer.NextLayer(), tlsconfig.TlsConfig(), self.addon)
+        opts.update(
+            connection_strategy="lazy",
+            ssl_verify_upstream_trusted_ca=str(bundle),
+            http2=True,
+            websocket=True,
+            stream_large_bodies="1m",
+            tcp_timeout=self.idle_timeout,
+        )
+        self.master = m
+        self._task = asyncio.create_task(m.run())
+        try:
+            for _ in range(200):
+                if ps.listen_addrs() or self._task.done():
+                    break
+                await asyncio.sleep(0.01)
+            addrs = ps.listen_addrs()
+            if not addrs:
+                raise BindError(
+                    f"cannot bind the proxy listener on {self.host}:{self.port}",
+                    hint="Pick another --proxy-port or stop what uses it.",
+                )
+            self.port = addrs[0][1]
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        finally:
+            ca_file.unlink(missing_ok=True)
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        m, task = self.master, self._task
+        if m is None or task is None:
+            return
+        ps = m.addons.get("proxyserver")
+        with contextlib.suppress(Exception):
+            await ps.servers.update([])
+        m.shutdown()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(task, timeout=10)
+        self.master = None

@@ -1,0 +1,164 @@
+"""The in-memory view the proxy and the API read on every request (no DB on the hot path).
+
+`Runtime.reload()` rebuilds immutable snapshots from the store and swaps them in one assignment,
+so readers on the event loop always see a consistent view. Any admin change calls it
+synchronously before answering, so revocations apply to the very next request.
+Danger: `VaultView.values` holds decrypted credential values; never log or repr it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlmodel import select
+
+from agent_vault import crypto
+from agent_vault.domain.principal import Principal
+from agent_vault.models import Agent, Credential, Grant, Service, Token, User, Vault, utcnow
+from agent_vault.proxy.policy import ServiceIndex
+from agent_vault.servicedef import ServiceDef
+from agent_vault.store import Store
+
+log = logging.getLogger("agent_vault.runtime")
+
+
+@dataclass(frozen=True, slots=True)
+class VaultView:
+    id: int
+    name: str
+    unmatched_policy: str
+    enforcement: str
+    index: ServiceIndex
+    services: tuple[ServiceDef, ...]
+    values: dict[str, str] = field(repr=False)
+    corrupt: frozenset[str] = frozenset()
+
+    def __repr__(self) -> str:
+        return f"VaultView({self.name!r}, services={len(self.services)}, keys={sorted(self.values)})"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    principals: dict[str, Principal]  # token digest -> principal
+    vaults: dict[str, VaultView]
+    version: int = 0
+
+
+class Runtime:
+    """Holds the current Snapshot; `reload()` is thread-safe and cheap enough per admin change."""
+
+    def __init__(self, store: Store, dek: bytes) -> None:
+        self._store = store
+        self._dek = dek
+        self._lock = threading.Lock()
+        self.snapshot = Snapshot({}, {})
+        self.listeners: list[callable] = []  # type: ignore[valid-type]
+
+    def principal(self, token_digest: str) -> Principal | None:
+        """The live principal for a token digest, or None if unknown, revoked or expired."""
+        p = self.snapshot.principals.get(token_digest)
+        if p is None:
+            return None
+        if p.expires_at is not None and p.expires_at <= utcnow():
+            return None
+        return p
+
+    def reload(self) -> None:
+        with self._lock:
+            with self._store.read() as s:
+                vault_rows = list(s.exec(select(Vault)))
+                grants = list(s.exec(select(Grant)))
+                tokens = list(s.exec(select(Token).where(Token.revoked_at == None)))  # noqa: E711
+                users = {u.id: u for u in s.exec(select(User))}
+                agents = {a.id: a for a in s.exec(select(Agent))}
+                services = list(s.exec(select(Service).order_by(Service.vault_id, Service.position)))
+                creds = list(s.exec(select(Credential)))
+            vault_name = {v.id: v.name for v in vault_rows}
+            principals = self._principals(tokens, grants, users, agents, vault_name)
+            vaults = self._vaults(vault_rows, services, creds)
+            self.snapshot = Snapshot(principals, vaults, self.snapshot.version + 1)
+        for fn in self.listeners:
+            fn()
+
+    @staticmethod
+    def _principals(
+        tokens: list[Token],
+        grants: list[Grant],
+        users: dict[int | None, User],
+        agents: dict[int | None, Agent],
+        vault_name: dict[int | None, str],
+    ) -> dict[str, Principal]:
+        by_subject: dict[tuple[str, int], dict[str, str]] = {}
+        for g in grants:
+            by_subject.setdefault((g.subject_kind, g.subject_id), {})[vault_name[g.vault_id]] = g.role
+        out: dict[str, Principal] = {}
+        for t in tokens:
+            assert t.id is not None
+            if t.kind == "user" and t.user_id in users:
+                u = users[t.user_id]
+                assert u.id is not None
+                out[t.digest] = Principal(
+                    "user", t.id, u.email, user_id=u.id, instance_role=u.role,
+                    expires_at=t.expires_at, grants=by_subject.get(("user", u.id), {}),
+                )
+            elif t.kind == "agent" and t.agent_id in agents:
+                a = agents[t.agent_id]
+                assert a.id is not None
+                if a.status != "active":
+                    continue
+                out[t.digest] = Principal(
+                    "agent", t.id, a.name, agent_id=a.id, expires_at=t.expires_at,
+                    grants=by_subject.get(("agent", a.id), {}),
+                )
+            elif t.kind == "session" and t.vault_id in vault_name:
+                if t.agent_id is not None:
+                    a2 = agents.get(t.agent_id)
+                    if a2 is None or a2.status != "active":
+                        continue
+                    creator = f"agent:{a2.name}"
+                else:
+                    u2 = users.get(t.user_id)
+                    if u2 is None:
+                        continue
+                    creator = f"user:{u2.email}"
+                out[t.digest] = Principal(
+                    "session", t.id, creator, user_id=t.user_id, agent_id=t.agent_id,
+                    session_vault=vault_name[t.vault_id], session_policy=t.unmatched_policy,
+                    expires_at=t.expires_at,
+                )
+        return out
+
+    def _vaults(self, vault_rows: list[Vault], services: list[Service], creds: list[Credential]) -> dict[str, VaultView]:
+        svc_by_vault: dict[int, list[ServiceDef]] = {}
+        for row in services:
+            d = json.loads(row.definition)
+            d["enabled"] = row.enabled
+            svc_by_vault.setdefault(row.vault_id, []).append(ServiceDef.model_validate(d))
+        values: dict[int, dict[str, str]] = {}
+        corrupt: dict[int, set[str]] = {}
+        for c in creds:
+            if c.ciphertext is None:
+                continue
+            try:
+                plain = crypto.open_sealed(self._dek, c.ciphertext, crypto.credential_aad(c.vault_id, c.key, c.key_version))
+                values.setdefault(c.vault_id, {})[c.key] = plain.decode()
+            except (crypto.DecryptionError, UnicodeDecodeError):
+                log.error("credential %s in vault id %s failed to decrypt", c.key, c.vault_id)
+                corrupt.setdefault(c.vault_id, set()).add(c.key)
+        out: dict[str, VaultView] = {}
+        for v in vault_rows:
+            assert v.id is not None
+            svcs = tuple(svc_by_vault.get(v.id, []))
+            out[v.name] = VaultView(
+                v.id, v.name, v.unmatched_policy, v.enforcement, ServiceIndex(svcs), svcs,
+                values.get(v.id, {}), frozenset(corrupt.get(v.id, set())),
+            )
+        return out
+
+
+def is_expired(when: datetime | None) -> bool:
+    return when is not None and when <= utcnow()

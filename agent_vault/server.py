@@ -1,0 +1,204 @@
+"""`agent-vault server`: one asyncio loop = store + keys + ProxyRunner + uvicorn + signals.
+
+Prints exactly one line to stdout when both listeners are bound:
+`agent-vault ready api=http://H:P proxy=http://H:Q key-mode=M`. Everything else goes to stderr.
+A bind failure on either listener is fatal (exit 1) and leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Generator, Iterator
+
+import uvicorn
+
+from agent_vault import keys
+from agent_vault.api.app import create_app
+from agent_vault.audit import AuditWriter
+from agent_vault.config import Settings
+from agent_vault.core import Core
+from agent_vault.errors import AgentVaultError
+from agent_vault.home import Home
+from agent_vault.instance import Unlocked, unlock
+from agent_vault.metrics import Metrics
+from agent_vault.proxy.addon import VaultAddon
+from agent_vault.proxy.runner import BindError, ProxyRunner
+from agent_vault.runtime import Runtime
+
+log = logging.getLogger("agent_vault")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the server owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise BindError(f"cannot bind the API listener on {host}:{port} (address in use or not allowed)",
+                        hint="Pick another --port or stop what uses it.") from None
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def master_password(key_mode: str, instance_id: str, password_stdin: bool) -> str | None:
+    """SPEC §4.2 sources: env (then removed) > stdin > keyring (keyring mode) > prompt (TTY)."""
+    if key_mode == "passwordless":
+        return None
+    env = keys.master_password_from_env()
+    if env:
+        return env
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if key_mode == "keyring":
+        kr = keys.keyring_get(instance_id)
+        if kr:
+            return kr
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass("Master password: ")
+    raise AgentVaultError("the master password is required",
+                          hint="Set AGENT_VAULT_MASTER_PASSWORD or pass --password-stdin.")
+
+
+def resolve_overrides() -> dict[str, str]:
+    """AGENT_VAULT_RESOLVE=host=ip,... : static name overrides (split DNS, tests). Still SSRF-checked."""
+    out: dict[str, str] = {}
+    for item in os.environ.get("AGENT_VAULT_RESOLVE", "").split(","):
+        name, _, ip = item.strip().partition("=")
+        if name and ip:
+            out[name.lower()] = ip
+    return out
+
+
+async def serve(settings: Settings, unlocked: Unlocked, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGINT/SIGTERM (or `stop` in core.extras is set)."""
+    home = Home(settings.home)
+    home.reset_run_dir()
+    store = unlocked.store
+    runtime = Runtime(store, unlocked.dek)
+    await asyncio.to_thread(runtime.reload)
+    audit = AuditWriter(store.engine, home.audit_head)
+    audit.start()
+    metrics = Metrics()
+    core = Core(settings, home, store, unlocked.instance_id, unlocked.key_mode, unlocked.dek, unlocked.ca,
+                runtime, audit)
+    core.extras["metrics"] = metrics
+    core.extras["resolve"] = resolve_overrides()
+    stop = asyncio.Event()
+    core.extras["stop"] = stop
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            api_sock = _bind(settings.host, settings.port)
+            stack.callback(api_sock.close)
+            api_port = api_sock.getsockname()[1]
+            core.api_url = f"http://{_fmt(settings.host)}:{api_port}"
+            if not settings.disable_proxy:
+                runner = ProxyRunner(VaultAddon(core, metrics), host=settings.effective_proxy_host,
+                                     port=settings.proxy_port, run_dir=home.run_dir, ca=unlocked.ca,
+                                     upstream_ca=settings.upstream_ca, idle_timeout=settings.idle_timeout)
+                await stack.enter_async_context(runner)
+                core.proxy_port = runner.port
+                core.proxy_ready = True
+            app = create_app(allowed_hosts=lambda: _allowed_hosts(core))
+            app.state.core = core
+            config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
+                                    timeout_keep_alive=30)
+            server = _Server(config)
+            task = asyncio.create_task(server.serve(sockets=[api_sock]))
+            while not server.started and not task.done():
+                await asyncio.sleep(0.01)
+            if task.done():
+                task.result()
+                raise BindError("the API server failed to start")
+            _warnings(settings, unlocked.key_mode, home)
+            core.record("server.start", "server", details={"no_step_up": settings.no_step_up})
+            proxy = f"http://{_fmt(settings.effective_proxy_host)}:{core.proxy_port}" if core.proxy_port else "off"
+            print(f"agent-vault ready api={core.api_url} proxy={proxy} key-mode={unlocked.key_mode}", flush=True)
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+            log.info("shutting down")
+            server.should_exit = True
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(task, timeout=10)
+    finally:
+        with contextlib.suppress(Exception):
+            core.record("server.stop", "server")
+        audit.close()
+        home.wipe_run_dir()
+        store.close()
+
+
+def _fmt(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _allowed_hosts(core: Core) -> set[str]:
+    """Host header values the API accepts (DNS-rebinding guard)."""
+    port = core.api_url.rsplit(":", 1)[-1]
+    hosts = {f"{_fmt(core.settings.host)}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"}
+    if core.settings.public_url:
+        from urllib.parse import urlsplit
+
+        netloc = urlsplit(core.settings.public_url).netloc
+        hosts |= {netloc, netloc.split(":")[0]}
+    return hosts
+
+
+def _warnings(settings: Settings, key_mode: str, home: Home) -> None:
+    if key_mode == "passwordless":
+        print(keys.PASSWORDLESS_WARNING.format(path=home.dek_file), file=sys.stderr)
+    if settings.no_step_up:
+        print("WARNING: step-up authentication is disabled (--no-step-up): throwaway instances only",
+              file=sys.stderr)
+    for h in (settings.host, settings.effective_proxy_host):
+        if not _is_loopback(h):
+            print(f"WARNING: listening on {h}: tokens cross that link in cleartext", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _logging(level: str) -> Iterator[None]:
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    yield
+
+
+def run(settings: Settings, password_stdin: bool = False) -> None:
+    """Blocking entry point used by the CLI. Raises AgentVaultError for user-facing failures."""
+    settings.sqlalchemy_url()  # refuses postgresql early
+    home = Home(settings.home)
+    info = home.instance()
+    with _logging(settings.log_level):
+        password = master_password(info["key_mode"], info["instance_id"], password_stdin)
+        unlocked = unlock(settings, password)
+        asyncio.run(serve(settings, unlocked))

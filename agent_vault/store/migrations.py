@@ -1,0 +1,43 @@
+"""Numbered migrations, each applied in one transaction; re-running is a no-op.
+
+Migration 1 creates the v1 schema from the SQLModel tables as they were at v1. Later
+migrations are explicit portable DDL appended to MIGRATIONS; never edit an applied one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import Connection, text
+from sqlalchemy.engine import Engine
+from sqlmodel import SQLModel
+
+from agent_vault import models  # noqa: F401  (registers the tables)
+
+
+def _v1(conn: Connection) -> None:
+    SQLModel.metadata.create_all(conn)
+
+
+MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
+    (1, "initial schema", _v1),
+]
+LATEST = MIGRATIONS[-1][0]
+
+
+def migrate(engine: Engine) -> int:
+    """Apply pending migrations in order; return the schema version."""
+    with engine.begin() as conn:
+        conn.execute(
+            text("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+        )
+        done = {row[0] for row in conn.execute(text("SELECT version FROM schema_migrations"))}
+    for version, name, step in MIGRATIONS:
+        if version in done:
+            continue
+        with engine.begin() as conn:
+            step(conn)
+            conn.execute(
+                text("INSERT INTO schema_migrations (version, name) VALUES (:v, :n)"), {"v": version, "n": name}
+            )
+    return LATEST

@@ -1,0 +1,3 @@
+module agentvault/bench/loadgen
+
+go 1.19
