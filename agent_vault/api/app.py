@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ from agent_vault.errors import AgentVaultError
 
 log = logging.getLogger("agent_vault.api")
 MAX_BODY = 1 << 20
+OPTIONAL_ROUTERS = ("proposals", "observability", "ui")
 
 
 def error_response(err: AgentVaultError) -> JSONResponse:
@@ -31,9 +33,14 @@ def create_app(allowed_hosts: Callable[[], set[str]] | None = None) -> FastAPI:
     app = FastAPI(title="agent-vault", version=__version__, docs_url=None, redoc_url=None)
     for r in (admin.router, identity.router, agent.router):
         app.include_router(r)
-    extra_routers = getattr(create_app, "extra_routers", [])
-    for r in extra_routers:
-        app.include_router(r)
+    for name in OPTIONAL_ROUTERS:
+        try:
+            module = importlib.import_module(f"agent_vault.api.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"agent_vault.api.{name}":
+                raise
+            continue
+        app.include_router(module.router)
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -89,7 +89,7 @@ def version_cmd() -> None:
 def _register() -> None:
     from agent_vault.cli import setup  # noqa: F401  (registers init/server/status)
 
-    for mod in ("auth", "vault", "agents", "users", "misc", "run"):
+    for mod in ("auth", "vault", "agents", "users", "misc", "run", "logs", "proposals"):
         try:
             __import__(f"agent_vault.cli.{mod}")
         except ModuleNotFoundError as e:
