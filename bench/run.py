@@ -50,6 +50,8 @@ OWNER_EMAIL = "bench@example.com"
 OWNER_PASSWORD = "owner-password-123"
 SECRET = "sk-bench-secret-value"
 
+BENCH_SERVICE = {"name": "bench", "host": BENCH_HOST, "auth": {"type": "bearer", "token": "BENCH_TOKEN"}}
+
 SCENARIOS = {  # key -> (label, concurrency, new_conn)
     "ka1": ("keep-alive c=1", 1, False),
     "ka16": ("keep-alive c=16", 16, False),
@@ -402,6 +404,7 @@ class AgentVault:
     services_load_s: float | None = None
     error: str | None = None
     error_big: str | None = None
+    cli_fallbacks: list[str] = field(default_factory=list)
     rss_10_services_kb: int | None = None
     rss_big_services_kb: int | None = None
 
@@ -477,15 +480,40 @@ def start_agent_vault(work: Path, pki: dict[str, Any], av: AgentVault) -> None:
         raise BenchError(f"`agent-vault server` printed an unexpected ready line: {line!r}")
     av.api, av.proxy_port = m.group(1).rstrip("/"), int(m.group(3))
     g = [exe, "--addr", av.api]
-    run([*g, "auth", "login", "--email", OWNER_EMAIL, "--password-stdin"], timeout=60, env=env,
-        stdin=OWNER_PASSWORD + "\n")
-    run([*g, "vault", "credential", "set", "BENCH_TOKEN", "--stdin"], timeout=60, env=env, stdin=SECRET + "\n")
-    run([*g, "vault", "service", "add", "bench", "--host", BENCH_HOST, "--auth-type", "bearer",
-         "--token-key", "BENCH_TOKEN"], timeout=60, env=env)
-    cp = run([*g, "agent", "create", "bench-agent", "--vault", "default", "--json"], timeout=60, env=env)
-    av.token = extract_token(cp.stdout)
-    # Nine more services so the vault holds 10, the baseline of the 10 000-service case.
+    user_tok = ""
+
+    def step(cmd: list[str], stdin: str | None, api_fallback: Any) -> str:
+        """Run a CLI step; if the CLI fails, do the same through the HTTP API (SPEC §9) and say so."""
+        try:
+            return run([*g, *cmd], timeout=60, env=env, stdin=stdin).stdout
+        except BenchError as e:
+            if not user_tok:
+                raise
+            out = api_fallback()
+            av.cli_fallbacks.append(f"{e} -> used the HTTP API instead")
+            log(f"agent-vault CLI step failed, used the HTTP API instead: {e}")
+            return out
+
+    try:
+        run([*g, "auth", "login", "--email", OWNER_EMAIL, "--password-stdin"], timeout=60, env=env,
+            stdin=OWNER_PASSWORD + "\n")
+    except BenchError as e:
+        av.cli_fallbacks.append(f"{e} -> logged in with POST /v1/auth/login")
+        log(f"agent-vault CLI step failed: {e}")
     user_tok = api_call(av.api, "POST", "/v1/auth/login", {"email": OWNER_EMAIL, "password": OWNER_PASSWORD})["token"]
+    step(["vault", "credential", "set", "BENCH_TOKEN", "--stdin"], SECRET + "\n",
+         lambda: api_call(av.api, "PUT", "/v1/vaults/default/credentials/BENCH_TOKEN", {"value": SECRET},
+                          token=user_tok))
+    step(["vault", "service", "add", "bench", "--host", BENCH_HOST, "--auth-type", "bearer", "--token-key",
+          "BENCH_TOKEN"], None,
+         lambda: api_call(av.api, "POST", "/v1/vaults/default/services",
+                          {"password": OWNER_PASSWORD, "service": BENCH_SERVICE}, token=user_tok))
+    out = step(["agent", "create", "bench-agent", "--vault", "default", "--json"], None,
+               lambda: json.dumps(api_call(av.api, "POST", "/v1/agents",
+                                           {"name": "bench-agent", "password": OWNER_PASSWORD,
+                                            "vaults": [{"vault": "default", "role": "proxy"}]}, token=user_tok)))
+    av.token = extract_token(out)
+    # Nine more services so the vault holds 10, the baseline of the 10 000-service case.
     for i in range(1, 10):
         api_call(av.api, "POST", "/v1/vaults/default/services",
                  {"password": OWNER_PASSWORD, "service": filler_service(i)}, token=user_tok)
@@ -500,8 +528,8 @@ def start_agent_vault(work: Path, pki: dict[str, Any], av: AgentVault) -> None:
 
 def filler_service(i: int) -> dict[str, Any]:
     if i % 10 == 0:  # one in ten is a wildcard
-        return {"name": f"w{i}", "host": f"*.w{i}.example.com", "auth": {"type": "bearer", "token": "BENCH_TOKEN"}}
-    return {"name": f"s{i}", "host": f"h{i}.example.com", "auth": {"type": "bearer", "token": "BENCH_TOKEN"}}
+        return {"name": f"wild-{i}", "host": f"*.w{i}.example.com", "auth": {"type": "bearer", "token": "BENCH_TOKEN"}}
+    return {"name": f"svc-{i}", "host": f"h{i}.example.com", "auth": {"type": "bearer", "token": "BENCH_TOKEN"}}
 
 
 def load_big_vault(work: Path, av: AgentVault, n: int) -> None:
@@ -512,7 +540,7 @@ def load_big_vault(work: Path, av: AgentVault, n: int) -> None:
     api_call(av.api, "POST", "/v1/vaults", {"name": "big"}, token=user_tok)
     api_call(av.api, "PUT", "/v1/vaults/big/credentials/BENCH_TOKEN", {"value": SECRET}, token=user_tok)
     services = [filler_service(i) for i in range(1, n)]
-    services.append({"name": "bench", "host": BENCH_HOST, "auth": {"type": "bearer", "token": "BENCH_TOKEN"}})
+    services.append(BENCH_SERVICE)
     t0 = time.monotonic()
     try:
         api_call(av.api, "PUT", "/v1/vaults/big/services", {"password": OWNER_PASSWORD, "services": services},
@@ -525,9 +553,15 @@ def load_big_vault(work: Path, av: AgentVault, n: int) -> None:
     av.services_load_s = round(time.monotonic() - t0, 2)
     got = api_call(av.api, "GET", "/v1/vaults/big/services", token=user_tok, timeout=120)
     av.services_big = len(got.get("services", [])) if isinstance(got, dict) else 0
-    cp = run([exe, "--addr", av.api, "agent", "create", "bench-agent-big", "--vault", "big", "--json"],
-             timeout=60, env=env)
-    av.token_big = extract_token(cp.stdout)
+    try:
+        out = run([exe, "--addr", av.api, "agent", "create", "bench-agent-big", "--vault", "big", "--json"],
+                  timeout=60, env=env).stdout
+    except BenchError as e:
+        av.cli_fallbacks.append(f"{e} -> used POST /v1/agents instead")
+        out = json.dumps(api_call(av.api, "POST", "/v1/agents", {"name": "bench-agent-big", "password": OWNER_PASSWORD,
+                                                                  "vaults": [{"vault": "big", "role": "proxy"}]},
+                                  token=user_tok))
+    av.token_big = extract_token(out)
 
 
 # --------------------------------------------------------------------------- load generator
@@ -670,6 +704,8 @@ def main() -> int:
     ap.add_argument("--services", type=int, help="services in the big vault (default 10000, quick 2000)")
     ap.add_argument("--idle-conns", type=int, help="idle keep-alive connections held (default 1000, quick 100)")
     ap.add_argument("--skip-agent-vault", action="store_true", help="only direct and mitmdump")
+    ap.add_argument("--nice", type=int, default=10,
+                    help="run the bench's processes at nice -N (root only; 0 = leave priority alone)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, configs)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     a = ap.parse_args()
@@ -678,7 +714,7 @@ def main() -> int:
         "mode": "quick" if q else "full",
         "rounds": a.rounds or (1 if q else 3),
         "duration_s": a.duration or (0.5 if q else 2.0),
-        "warmup_s": 0.25 if q else 0.5,
+        "warmup_s": 0.5,
         "services_big": a.services or (2000 if q else 10000),
         "idle_conns": a.idle_conns or (100 if q else 1000),
         "sse_samples": 3 if q else 5,
@@ -692,6 +728,13 @@ def main() -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, soft), max(hard, want)))
     except (ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    # On a shared machine other tenants' processes land on our cores; a higher CFS weight (inherited
+    # by every child) keeps them from stealing most of the proxy core mid-measurement.
+    if a.nice:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, -abs(a.nice))
+        except OSError:
+            pass
     ncpu = len(os.sched_getaffinity(0))
     if ncpu >= 2:
         cpus = sorted(os.sched_getaffinity(0))
@@ -709,6 +752,7 @@ def main() -> int:
     if bg > 0.25:
         notes.append(f"machine busy before start: other processes used {bg} cores; numbers will be noisy")
         log(f"WARNING: {notes[-1]}")
+    cfg["nice"] = os.getpriority(os.PRIO_PROCESS, 0)
     result: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                               "config": cfg, "pinning": pinning, "notes": notes, "background_load_cores": bg}
 
@@ -932,6 +976,7 @@ def main() -> int:
             "columns": {k: {"label": cols[k].label, **summary[k]} for k in summary},
             "sse": sse_sum, "download": dl_sum, "rss": rss, "idle_connections": idle,
             "agent_vault": {"error": av.error, "error_10k": av.error_big, "ready_s": av.ready_s,
+                            "cli_fallbacks": av.cli_fallbacks,
                             "services_big": av.services_big, "services_load_s": av.services_load_s,
                             "rss_10_services_kb": av.rss_10_services_kb,
                             "rss_big_services_kb": av.rss_big_services_kb},
@@ -1047,6 +1092,8 @@ def render_md(res: dict[str, Any]) -> str:
     av = res.get("agent_vault", {})
     if av.get("error"):
         L.append(f"**agent-vault column failed:** {av['error']}\n")
+    for fb in av.get("cli_fallbacks") or []:
+        L.append(f"**agent-vault CLI step failed** (set-up continued through the HTTP API): {fb}\n")
 
     def row(label: str, vals: list[str]) -> None:
         L.append(f"| {label} | " + " | ".join(vals) + " |")

@@ -195,10 +195,11 @@ def verify_chain(
 
 def utc_ts(when: datetime | None = None) -> str:
     """`when` (naive = UTC; default now) as ISO-8601 UTC with microseconds: 2026-11-23T10:00:00.123456Z."""
-    when = datetime.now(UTC) if when is None else when
-    if when.tzinfo is not None:
-        when = when.astimezone(UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if when is None:
+        when = datetime.now(UTC)
+    else:
+        when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    return when.isoformat(timespec="microseconds")[:-6] + "Z"  # drop "+00:00"
 
 
 PROXY_KINDS = frozenset({"proxy.request", "proxy.tunnel"})
@@ -213,7 +214,7 @@ def proxy_record(
     *,
     kind: Literal["proxy.request", "proxy.tunnel"] = "proxy.request",
     actor: str,
-    vault: str,
+    vault: str | None,
     decision: str,
     scheme: str,
     host: str,
@@ -227,8 +228,8 @@ def proxy_record(
     redacted_keys: Iterable[str] = (),
     status: int | None = None,
     error: str | None = None,
-    bytes_up: int = 0,
-    bytes_down: int = 0,
+    bytes_up: int | None = 0,
+    bytes_down: int | None = 0,
     duration_ms: float = 0.0,
     http_version: str | None = None,
     would_deny_code: str | None = None,
@@ -237,6 +238,7 @@ def proxy_record(
 ) -> dict[str, Any]:
     """A SPEC §12 proxy record. Key lists hold key NAMES only; `path` must be the path as the agent sent
     it (before any substitution) — its query and fragment are stripped here. Never pass header values.
+    `vault` is None when unknown (refused before authentication), byte counts None when unknown.
     `would_deny_code` and `redaction` appear only when set. Raises ValueError for an unknown kind or
     decision (a programming error)."""
     if kind not in PROXY_KINDS or decision not in DECISIONS:

@@ -215,7 +215,8 @@ class AuditWriter:
         if not isinstance(kind, str) or not kind or kind in RESERVED_KINDS:
             raise ValueError(f"cannot submit an audit record of kind {kind!r}")
         rec = dict(record)
-        rec.setdefault("ts", utc_ts())
+        if "ts" not in rec:
+            rec["ts"] = utc_ts()
         with self._lock:
             if self._stopping or len(self._queue) >= self._max_queue:
                 self._dropped_pending += 1
@@ -251,8 +252,8 @@ class AuditWriter:
             raise TimeoutError(f"audit writer: {pending} records not committed after {timeout}s")
 
     def close(self, timeout: float = 5.0) -> None:
-        """Flush, stop and join the writer thread. Records still uncommitted after `timeout` (the DB
-        keeps failing) are given up and their count is logged."""
+        """Flush, stop and join the writer thread (blocking: not on the event loop). Records still
+        uncommitted after `timeout` (the DB keeps failing) are given up and their count is logged."""
         thread = self._thread
         if thread is None:
             return

@@ -226,7 +226,9 @@ def substitute_request(
     if "header" in surfaces:
         # mitmproxy's Headers joins repeated fields on __getitem__; edit each field separately.
         get_all, set_all = getattr(headers, "get_all", None), getattr(headers, "set_all", None)
-        for name in list(headers):
+        fields = getattr(headers, "fields", None)  # mitmproxy: raw (name, value) bytes, a cheap pre-check
+        names = [] if fields is not None and not any(b"{{" in v for _, v in fields) else list(headers)
+        for name in names:
             old = get_all(name) if get_all and set_all else [headers[name]]
             if any("{{" in v for v in old):
                 new = [_sub(PLACEHOLDER_RE, v, allowed_values, allowed, _header_value, used) for v in old]
@@ -353,7 +355,9 @@ class StreamRedactor:
         while True:
             hold = self._holdback(buf)
             pos = 0
-            for m in self._pattern.finditer(buf):
+            # `in` is a fast C scan; the regex (slower over large chunks) runs only when needed.
+            matches = self._pattern.finditer(buf) if any(s in buf for s in self._keys) else ()
+            for m in matches:
                 if m.start() >= hold:
                     break
                 out.append(buf[pos : m.start()])
@@ -380,7 +384,7 @@ def redact_bytes(data: bytes, secrets: Sequence[tuple[str, bytes]]) -> tuple[byt
     """Replace every occurrence of each secret with `[REDACTED:KEY]`; returns (data, keys redacted)."""
     pattern, keys = _compile(secrets)
     found: set[str] = set()
-    if pattern is None:
+    if pattern is None or not any(s in data for s in keys):
         return data, found
 
     def repl(m: re.Match[bytes]) -> bytes:
@@ -405,26 +409,25 @@ _FRAMING = frozenset({"transfer-encoding", "content-length"})
 _NEVER_BY_CONNECTION = frozenset({"host"})
 
 
-def _tokens(value: str) -> set[str]:
-    return {t.strip().lower() for t in value.split(",") if t.strip()}
+def _strip(headers: MutableMapping[str, str], extra: Collection[str], keep_framing: bool) -> None:
+    keys = list(headers)  # one pass: every lookup on mitmproxy's Headers is a scan of all fields
+    lows = [k.lower() for k in keys]
 
+    def tokens(name: str) -> set[str]:
+        value = ", ".join(headers[k] for k, low in zip(keys, lows, strict=True) if low == name)
+        return {t.strip().lower() for t in value.split(",") if t.strip()}
 
-def _strip(
-    headers: MutableMapping[str, str], extra: Collection[str], prefixes: tuple[str, ...], keep_framing: bool
-) -> None:
-    connection = _tokens(", ".join(v for k, v in headers.items() if k.lower() == "connection"))
-    upgrade = _tokens(", ".join(v for k, v in headers.items() if k.lower() == "upgrade"))
-    websocket = "upgrade" in connection and "websocket" in upgrade
-    protected = set(_NEVER_BY_CONNECTION) | (set(_FRAMING) if keep_framing else set())
-    remove = (HOP_BY_HOP | set(extra) | (connection - protected)) - (_FRAMING if keep_framing else set())
+    connection = tokens("connection") if "connection" in lows else set()
+    websocket = "upgrade" in connection and "upgrade" in lows and "websocket" in tokens("upgrade")
+    framing = _FRAMING if keep_framing else frozenset()
+    remove = (HOP_BY_HOP | set(extra) | (connection - _NEVER_BY_CONNECTION)) - framing
     if websocket:
-        remove = remove - {"upgrade", "connection"}
-    for k in list(headers):
-        low = k.lower()
-        if low in remove or low.startswith(prefixes):
+        remove -= {"upgrade", "connection"}
+    for k, low in zip(keys, lows, strict=True):
+        if low in remove or low.startswith("x-agent-vault-"):
             if low == "te" and headers[k].strip().lower() == "trailers":
                 continue
-            headers.pop(k, None)
+            del headers[k]
     if websocket:
         _remove_header(headers, "connection")
         headers["Connection"] = "Upgrade"
@@ -443,7 +446,7 @@ def strip_request_headers(
     them for the wire itself; pass False only for a message you frame yourself.
     """
     extra = {"proxy-authorization", "proxy-connection", "x-vault"} | {n.lower() for n in injected_names}
-    _strip(headers, extra, ("x-agent-vault-",), keep_framing)
+    _strip(headers, extra, keep_framing)
 
 
 def strip_response_headers(
@@ -453,4 +456,4 @@ def strip_response_headers(
     proxy error) and, if asked, Set-Cookie, in place. `keep_framing` as in `strip_request_headers`;
     a websocket 101 keeps its Upgrade/Connection."""
     extra = {"proxy-authenticate"} | ({"set-cookie", "set-cookie2"} if strip_set_cookie else set())
-    _strip(headers, extra, ("x-agent-vault-",), keep_framing)
+    _strip(headers, extra, keep_framing)

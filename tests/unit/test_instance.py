@@ -1,0 +1,94 @@
+"""init/unlock: key modes, wrong master password, nothing half-written, private files."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from agent_vault.config import Settings
+from agent_vault.errors import AgentVaultError, Conflict, InvalidRequest, NotInitialised, WrongMasterPassword
+from agent_vault.instance import init_instance, unlock
+
+MASTER = "master-password-123456"
+
+
+def _init(home: Path, mode: str = "password", master: str | None = MASTER) -> Settings:
+    s = Settings(home=home)
+    init_instance(s, key_mode=mode, owner_email="Owner@Example.com", owner_password="owner-pass-1",
+                  master_password=master)
+    return s
+
+
+def test_password_mode_unlocks_only_with_the_right_password(tmp_path: Path) -> None:
+    s = _init(tmp_path / "h")
+    u = unlock(s, MASTER)
+    assert len(u.dek) == 32 and b"PRIVATE KEY" in u.ca.key_pem
+    assert "PRIVATE" not in repr(u.ca) and repr(u.dek) not in repr(u)
+    u.store.close()
+    with pytest.raises(WrongMasterPassword) as e:
+        unlock(s, "not-the-password-at-all")
+    assert "wrong master password" in e.value.message
+
+
+def test_home_and_secret_files_are_private(tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    _init(home)
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    for f in ("agent-vault.db", "instance.json", "ca/ca-key.enc"):
+        assert stat.S_IMODE((home / f).stat().st_mode) == 0o600, f
+    assert b"PRIVATE KEY" not in (home / "ca" / "ca-key.enc").read_bytes()
+    assert stat.S_IMODE((home / "ca" / "ca-cert.pem").stat().st_mode) == 0o644
+    assert not (home / "dek.key").exists()
+
+
+def test_passwordless_mode_keeps_dek_in_a_private_file(tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    s = _init(home, "passwordless", None)
+    assert stat.S_IMODE((home / "dek.key").stat().st_mode) == 0o600
+    unlock(s, None).store.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "err"),
+    [
+        ({"master_password": "short"}, InvalidRequest),
+        ({"master_password": None}, InvalidRequest),
+        ({"master_password": "owner-pass-1"}, InvalidRequest),  # must differ from the login password
+        ({"key_mode": "bogus"}, InvalidRequest),
+        ({"owner_email": "not-an-email"}, InvalidRequest),
+        ({"owner_password": "short"}, InvalidRequest),
+    ],
+)
+def test_bad_init_input_changes_nothing(tmp_path: Path, kwargs: dict[str, object], err: type[Exception]) -> None:
+    home = tmp_path / "h"
+    args: dict[str, object] = {"key_mode": "password", "owner_email": "o@example.com",
+                               "owner_password": "owner-pass-1", "master_password": MASTER, **kwargs}
+    with pytest.raises(err):
+        init_instance(Settings(home=home), **args)  # type: ignore[arg-type]
+    assert not (home / "instance.json").exists()
+    assert not (home / "agent-vault.db").exists()
+
+
+def test_init_twice_is_refused_and_keeps_the_instance(tmp_path: Path) -> None:
+    s = _init(tmp_path / "h")
+    before = (tmp_path / "h" / "instance.json").read_text()
+    with pytest.raises(Conflict):
+        _init(tmp_path / "h")
+    assert (tmp_path / "h" / "instance.json").read_text() == before
+    unlock(s, MASTER).store.close()
+
+
+def test_uninitialised_and_unreadable_home(tmp_path: Path) -> None:
+    with pytest.raises(NotInitialised):
+        unlock(Settings(home=tmp_path / "nothing"), MASTER)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(AgentVaultError):
+        _init(blocker / "h")
+
+
+def test_postgres_url_is_reserved(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequest, match="postgresql backend is not available"):
+        Settings(home=tmp_path, database_url="postgresql://x/y").sqlalchemy_url()
