@@ -48,9 +48,14 @@ VaultForbidden = _kind("VaultForbidden", "vault_forbidden", 403, "Use a vault th
 InUse = _kind("InUse", "in_use", 409, "Remove the services that use it, or pass force.")
 MissingValue = _kind("MissingValue", "missing_value", 400, "Provide a value for every missing credential.")
 ValueNotAllowed = _kind(
-    "ValueNotAllowed", "value_not_allowed", 400, "Agents name credential keys; humans enter values at approval."
+    "ValueNotAllowed",
+    "value_not_allowed",
+    400,
+    "Agents name credential keys; humans enter values at approval.",
 )
-UnknownCredential = _kind("UnknownCredential", "unknown_credential", 400, "Propose the credential slot as well.")
+UnknownCredential = _kind(
+    "UnknownCredential", "unknown_credential", 400, "Propose the credential slot as well."
+)
 TooManyPending = _kind(
     "TooManyPending", "too_many_pending_proposals", 429, "Wait for a human to review the pending proposals."
 )
@@ -102,7 +107,9 @@ ProxyAuthRequired = _kind(
 ServiceNotAllowed = _kind(
     "ServiceNotAllowed", "service_not_allowed", 403, "Propose the service with POST /v1/proposals."
 )
-ServiceDisabled = _kind("ServiceDisabled", "service_disabled", 403, "Ask a vault admin to enable the service.")
+ServiceDisabled = _kind(
+    "ServiceDisabled", "service_disabled", 403, "Ask a vault admin to enable the service."
+)
 MethodNotAllowed = _kind(
     "MethodNotAllowed", "method_not_allowed", 403, "Use an allowed method or propose a broader service."
 )
@@ -110,11 +117,16 @@ InvalidPath = _kind(
     "InvalidPath", "invalid_path", 400, "Send a normalised path without dot segments or encoded slashes."
 )
 SsrfBlocked = _kind(
-    "SsrfBlocked", "ssrf_blocked", 403, "An admin can allow the range with 'agent-vault server --allow-net CIDR'."
+    "SsrfBlocked",
+    "ssrf_blocked",
+    403,
+    "An admin can allow the range with 'agent-vault server --allow-net CIDR'.",
 )
 BodyTooLarge = _kind("BodyTooLarge", "body_too_large", 413, "Send a smaller body.")
 UpstreamDns = _kind("UpstreamDns", "upstream_dns", 502, "Check the host name.")
 UpstreamUnreachable = _kind("UpstreamUnreachable", "upstream_unreachable", 502, "Check the upstream is up.")
-UpstreamTls = _kind("UpstreamTls", "upstream_tls", 502, "Check the upstream's certificate (or --upstream-ca).")
+UpstreamTls = _kind(
+    "UpstreamTls", "upstream_tls", 502, "Check the upstream's certificate (or --upstream-ca)."
+)
 UpstreamTimeout = _kind("UpstreamTimeout", "upstream_timeout", 504, "Retry later.")
 ProxyInternal = _kind("ProxyInternal", "internal", 502, "Retry; report the incident id to an admin.")

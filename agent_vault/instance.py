@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlmodel import select
 

@@ -25,9 +25,7 @@ from agent_vault.store import Store
 
 KEY_MODES = ("password", "keyring", "passwordless")
 KEYRING_SERVICE = "agent-vault"
-PASSWORDLESS_WARNING = (
-    "WARNING: passwordless mode — anyone who can read {path} can decrypt every credential"
-)
+PASSWORDLESS_WARNING = "WARNING: passwordless mode — anyone who can read {path} can decrypt every credential"
 
 
 def dek_aad(instance_id: str) -> bytes:
@@ -95,7 +93,9 @@ def unwrap_dek(home: Home, store: Store, instance_id: str, mode: str, master_pas
     try:
         return crypto.open_sealed(kek, row.wrapped_dek, dek_aad(instance_id))
     except crypto.DecryptionError:
-        raise WrongMasterPassword("wrong master password", hint="Check AGENT_VAULT_MASTER_PASSWORD.") from None
+        raise WrongMasterPassword(
+            "wrong master password", hint="Check AGENT_VAULT_MASTER_PASSWORD."
+        ) from None
 
 
 def keyring_get(instance_id: str) -> str | None:

@@ -10,22 +10,41 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.requests = Counter("agent_vault_proxy_requests", "Proxied requests", ["vault", "decision", "status_class"],
-                                registry=r)
+        self.requests = Counter(
+            "agent_vault_proxy_requests",
+            "Proxied requests",
+            ["vault", "decision", "status_class"],
+            registry=r,
+        )
         self.added_latency = Histogram(
-            "agent_vault_proxy_added_latency_seconds", "Time spent in the proxy before forwarding", ["decision"],
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0), registry=r)
-        self.duration = Histogram("agent_vault_proxy_request_duration_seconds", "Request duration", ["decision"],
-                                  registry=r)
-        self.injections = Counter("agent_vault_injections", "Injected requests", ["vault", "auth_type"], registry=r)
+            "agent_vault_proxy_added_latency_seconds",
+            "Time spent in the proxy before forwarding",
+            ["decision"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
+        self.duration = Histogram(
+            "agent_vault_proxy_request_duration_seconds", "Request duration", ["decision"], registry=r
+        )
+        self.injections = Counter(
+            "agent_vault_injections", "Injected requests", ["vault", "auth_type"], registry=r
+        )
         self.denials = Counter("agent_vault_denials", "Denied requests", ["vault", "code"], registry=r)
-        self.rate_limited = Counter("agent_vault_rate_limited", "Rate-limited requests", ["limiter"], registry=r)
-        self.redactions = Counter("agent_vault_redactions", "Responses with a redaction", ["vault"], registry=r)
+        self.rate_limited = Counter(
+            "agent_vault_rate_limited", "Rate-limited requests", ["limiter"], registry=r
+        )
+        self.redactions = Counter(
+            "agent_vault_redactions", "Responses with a redaction", ["vault"], registry=r
+        )
         self.active_tunnels = Gauge("agent_vault_active_tunnels", "Open raw tunnels", registry=r)
-        self.active_connections = Gauge("agent_vault_active_connections", "Open client connections", registry=r)
+        self.active_connections = Gauge(
+            "agent_vault_active_connections", "Open client connections", registry=r
+        )
         self.audit_depth = Gauge("agent_vault_audit_queue_depth", "Audit records waiting", registry=r)
         self.audit_dropped = Gauge("agent_vault_audit_dropped_total", "Audit records dropped", registry=r)
-        self.proposals_pending = Gauge("agent_vault_proposals_pending", "Pending proposals", ["vault"], registry=r)
+        self.proposals_pending = Gauge(
+            "agent_vault_proposals_pending", "Pending proposals", ["vault"], registry=r
+        )
 
 
 def status_class(status: int | None) -> str:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlmodel import select
+from sqlmodel import col, select
 
 from agent_vault import crypto
 from agent_vault.domain.principal import Principal
@@ -56,7 +57,7 @@ class Runtime:
         self._dek = dek
         self._lock = threading.Lock()
         self.snapshot = Snapshot({}, {})
-        self.listeners: list[callable] = []  # type: ignore[valid-type]
+        self.listeners: list[Callable[[], None]] = []
 
     def principal(self, token_digest: str) -> Principal | None:
         """The live principal for a token digest, or None if unknown, revoked or expired."""
@@ -72,10 +73,12 @@ class Runtime:
             with self._store.read() as s:
                 vault_rows = list(s.exec(select(Vault)))
                 grants = list(s.exec(select(Grant)))
-                tokens = list(s.exec(select(Token).where(Token.revoked_at == None)))  # noqa: E711
+                tokens = list(s.exec(select(Token).where(col(Token.revoked_at).is_(None))))
                 users = {u.id: u for u in s.exec(select(User))}
                 agents = {a.id: a for a in s.exec(select(Agent))}
-                services = list(s.exec(select(Service).order_by(Service.vault_id, Service.position)))
+                services = list(
+                    s.exec(select(Service).order_by(col(Service.vault_id), col(Service.position)))
+                )
                 creds = list(s.exec(select(Credential)))
             vault_name = {v.id: v.name for v in vault_rows}
             principals = self._principals(tokens, grants, users, agents, vault_name)
@@ -102,8 +105,13 @@ class Runtime:
                 u = users[t.user_id]
                 assert u.id is not None
                 out[t.digest] = Principal(
-                    "user", t.id, u.email, user_id=u.id, instance_role=u.role,
-                    expires_at=t.expires_at, grants=by_subject.get(("user", u.id), {}),
+                    "user",
+                    t.id,
+                    u.email,
+                    user_id=u.id,
+                    instance_role=u.role,
+                    expires_at=t.expires_at,
+                    grants=by_subject.get(("user", u.id), {}),
                 )
             elif t.kind == "agent" and t.agent_id in agents:
                 a = agents[t.agent_id]
@@ -111,7 +119,11 @@ class Runtime:
                 if a.status != "active":
                     continue
                 out[t.digest] = Principal(
-                    "agent", t.id, a.name, agent_id=a.id, expires_at=t.expires_at,
+                    "agent",
+                    t.id,
+                    a.name,
+                    agent_id=a.id,
+                    expires_at=t.expires_at,
                     grants=by_subject.get(("agent", a.id), {}),
                 )
             elif t.kind == "session" and t.vault_id in vault_name:
@@ -126,13 +138,20 @@ class Runtime:
                         continue
                     creator = f"user:{u2.email}"
                 out[t.digest] = Principal(
-                    "session", t.id, creator, user_id=t.user_id, agent_id=t.agent_id,
-                    session_vault=vault_name[t.vault_id], session_policy=t.unmatched_policy,
+                    "session",
+                    t.id,
+                    creator,
+                    user_id=t.user_id,
+                    agent_id=t.agent_id,
+                    session_vault=vault_name[t.vault_id],
+                    session_policy=t.unmatched_policy,
                     expires_at=t.expires_at,
                 )
         return out
 
-    def _vaults(self, vault_rows: list[Vault], services: list[Service], creds: list[Credential]) -> dict[str, VaultView]:
+    def _vaults(
+        self, vault_rows: list[Vault], services: list[Service], creds: list[Credential]
+    ) -> dict[str, VaultView]:
         svc_by_vault: dict[int, list[ServiceDef]] = {}
         for row in services:
             d = json.loads(row.definition)
@@ -144,7 +163,9 @@ class Runtime:
             if c.ciphertext is None:
                 continue
             try:
-                plain = crypto.open_sealed(self._dek, c.ciphertext, crypto.credential_aad(c.vault_id, c.key, c.key_version))
+                plain = crypto.open_sealed(
+                    self._dek, c.ciphertext, crypto.credential_aad(c.vault_id, c.key, c.key_version)
+                )
                 values.setdefault(c.vault_id, {})[c.key] = plain.decode()
             except (crypto.DecryptionError, UnicodeDecodeError):
                 log.error("credential %s in vault id %s failed to decrypt", c.key, c.vault_id)
@@ -154,8 +175,14 @@ class Runtime:
             assert v.id is not None
             svcs = tuple(svc_by_vault.get(v.id, []))
             out[v.name] = VaultView(
-                v.id, v.name, v.unmatched_policy, v.enforcement, ServiceIndex(svcs), svcs,
-                values.get(v.id, {}), frozenset(corrupt.get(v.id, set())),
+                v.id,
+                v.name,
+                v.unmatched_policy,
+                v.enforcement,
+                ServiceIndex(svcs),
+                svcs,
+                values.get(v.id, {}),
+                frozenset(corrupt.get(v.id, set())),
             )
         return out
 

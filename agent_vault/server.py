@@ -51,8 +51,10 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError:
         sock.close()
-        raise BindError(f"cannot bind the API listener on {host}:{port} (address in use or not allowed)",
-                        hint="Pick another --port or stop what uses it.") from None
+        raise BindError(
+            f"cannot bind the API listener on {host}:{port} (address in use or not allowed)",
+            hint="Pick another --port or stop what uses it.",
+        ) from None
     sock.listen(512)
     sock.setblocking(False)
     return sock
@@ -82,8 +84,9 @@ def master_password(key_mode: str, instance_id: str, password_stdin: bool) -> st
         import getpass
 
         return getpass.getpass("Master password: ")
-    raise AgentVaultError("the master password is required",
-                          hint="Set AGENT_VAULT_MASTER_PASSWORD or pass --password-stdin.")
+    raise AgentVaultError(
+        "the master password is required", hint="Set AGENT_VAULT_MASTER_PASSWORD or pass --password-stdin."
+    )
 
 
 def resolve_overrides() -> dict[str, str]:
@@ -106,8 +109,17 @@ async def serve(settings: Settings, unlocked: Unlocked, ready: asyncio.Event | N
     audit = AuditWriter(store.engine, home.audit_head)
     audit.start()
     metrics = Metrics()
-    core = Core(settings, home, store, unlocked.instance_id, unlocked.key_mode, unlocked.dek, unlocked.ca,
-                runtime, audit)
+    core = Core(
+        settings,
+        home,
+        store,
+        unlocked.instance_id,
+        unlocked.key_mode,
+        unlocked.dek,
+        unlocked.ca,
+        runtime,
+        audit,
+    )
     core.extras["metrics"] = metrics
     core.extras["resolve"] = resolve_overrides()
     stop = asyncio.Event()
@@ -123,16 +135,23 @@ async def serve(settings: Settings, unlocked: Unlocked, ready: asyncio.Event | N
             api_port = api_sock.getsockname()[1]
             core.api_url = f"http://{_fmt(settings.host)}:{api_port}"
             if not settings.disable_proxy:
-                runner = ProxyRunner(VaultAddon(core, metrics), host=settings.effective_proxy_host,
-                                     port=settings.proxy_port, run_dir=home.run_dir, ca=unlocked.ca,
-                                     upstream_ca=settings.upstream_ca, idle_timeout=settings.idle_timeout)
+                runner = ProxyRunner(
+                    VaultAddon(core, metrics),
+                    host=settings.effective_proxy_host,
+                    port=settings.proxy_port,
+                    run_dir=home.run_dir,
+                    ca=unlocked.ca,
+                    upstream_ca=settings.upstream_ca,
+                    idle_timeout=settings.idle_timeout,
+                )
                 await stack.enter_async_context(runner)
                 core.proxy_port = runner.port
                 core.proxy_ready = True
             app = create_app(allowed_hosts=lambda: _allowed_hosts(core))
             app.state.core = core
-            config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
-                                    timeout_keep_alive=30)
+            config = uvicorn.Config(
+                app, log_level="warning", lifespan="off", access_log=False, timeout_keep_alive=30
+            )
             server = _Server(config)
             task = asyncio.create_task(server.serve(sockets=[api_sock]))
             while not server.started and not task.done():
@@ -142,8 +161,14 @@ async def serve(settings: Settings, unlocked: Unlocked, ready: asyncio.Event | N
                 raise BindError("the API server failed to start")
             _warnings(settings, unlocked.key_mode, home)
             core.record("server.start", "server", details={"no_step_up": settings.no_step_up})
-            proxy = f"http://{_fmt(settings.effective_proxy_host)}:{core.proxy_port}" if core.proxy_port else "off"
-            print(f"agent-vault ready api={core.api_url} proxy={proxy} key-mode={unlocked.key_mode}", flush=True)
+            proxy = (
+                f"http://{_fmt(settings.effective_proxy_host)}:{core.proxy_port}"
+                if core.proxy_port
+                else "off"
+            )
+            print(
+                f"agent-vault ready api={core.api_url} proxy={proxy} key-mode={unlocked.key_mode}", flush=True
+            )
             if ready is not None:
                 ready.set()
             await stop.wait()
@@ -154,7 +179,7 @@ async def serve(settings: Settings, unlocked: Unlocked, ready: asyncio.Event | N
     finally:
         with contextlib.suppress(Exception):
             core.record("server.stop", "server")
-        audit.close()
+        await asyncio.to_thread(audit.close)
         home.wipe_run_dir()
         store.close()
 
@@ -179,8 +204,10 @@ def _warnings(settings: Settings, key_mode: str, home: Home) -> None:
     if key_mode == "passwordless":
         print(keys.PASSWORDLESS_WARNING.format(path=home.dek_file), file=sys.stderr)
     if settings.no_step_up:
-        print("WARNING: step-up authentication is disabled (--no-step-up): throwaway instances only",
-              file=sys.stderr)
+        print(
+            "WARNING: step-up authentication is disabled (--no-step-up): throwaway instances only",
+            file=sys.stderr,
+        )
     for h in (settings.host, settings.effective_proxy_host):
         if not _is_loopback(h):
             print(f"WARNING: listening on {h}: tokens cross that link in cleartext", file=sys.stderr)
@@ -188,8 +215,11 @@ def _warnings(settings: Settings, key_mode: str, home: Home) -> None:
 
 @contextlib.contextmanager
 def _logging(level: str) -> Iterator[None]:
-    logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     yield
 
 

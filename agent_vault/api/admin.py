@@ -45,8 +45,15 @@ def get_vault(v: str, core: CoreDep, p: PrincipalDep) -> J:
 
 @router.patch("/{v}")
 def update_vault(v: str, body: VaultUpdate, core: CoreDep, p: PrincipalDep) -> J:
-    return vaults.update_vault(core, p, v, body.pw(), new_name=body.name, unmatched_policy=body.unmatched_policy,
-                               enforcement=body.enforcement)
+    return vaults.update_vault(
+        core,
+        p,
+        v,
+        body.pw(),
+        new_name=body.name,
+        unmatched_policy=body.unmatched_policy,
+        enforcement=body.enforcement,
+    )
 
 
 @router.delete("/{v}", status_code=204)
@@ -112,8 +119,10 @@ def patch_service(v: str, name: str, body: ServiceEnable, core: CoreDep, p: Prin
 
 
 @router.delete("/{v}/services/{name}", status_code=204)
-def delete_service(v: str, name: str, body: StepUp | None = None, *, core: CoreDep, p: PrincipalDep) -> Response:
-    services.remove_service(core, p, v, body.pw(), name)
+def delete_service(
+    v: str, name: str, body: StepUp | None = None, *, core: CoreDep, p: PrincipalDep
+) -> Response:
+    services.remove_service(core, p, v, _pw(body), name)
     return Response(status_code=204)
 
 
@@ -128,8 +137,10 @@ def put_agent_grant(v: str, name: str, body: GrantIn, core: CoreDep, p: Principa
 
 
 @router.delete("/{v}/agents/{name}", status_code=204)
-def delete_agent_grant(v: str, name: str, body: StepUp | None = None, *, core: CoreDep, p: PrincipalDep) -> Response:
-    vaults.remove_grant(core, p, v, body.pw(), "agent", name)
+def delete_agent_grant(
+    v: str, name: str, body: StepUp | None = None, *, core: CoreDep, p: PrincipalDep
+) -> Response:
+    vaults.remove_grant(core, p, v, _pw(body), "agent", name)
     return Response(status_code=204)
 
 
@@ -144,6 +155,8 @@ def put_user_grant(v: str, email: str, body: GrantIn, core: CoreDep, p: Principa
 
 
 @router.delete("/{v}/users/{email}", status_code=204)
-def delete_user_grant(v: str, email: str, body: StepUp | None = None, *, core: CoreDep, p: PrincipalDep) -> Response:
-    vaults.remove_grant(core, p, v, body.pw(), "user", email)
+def delete_user_grant(
+    v: str, email: str, body: StepUp | None = None, *, core: CoreDep, p: PrincipalDep
+) -> Response:
+    vaults.remove_grant(core, p, v, _pw(body), "user", email)
     return Response(status_code=204)

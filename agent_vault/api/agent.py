@@ -25,12 +25,23 @@ def discover_body(core: Any, vault: str, role: str) -> J:
     svcs = []
     for svc in view.services:
         d = public(svc)
-        svcs.append({"name": d["name"], "host": d["host"], "port": d["port"], "path": d["path"],
-                     "methods": d["methods"], "auth_type": svc.auth.type, "enabled": svc.enabled,
-                     "placeholders": list(svc.substitution_keys)})
+        svcs.append(
+            {
+                "name": d["name"],
+                "host": d["host"],
+                "port": d["port"],
+                "path": d["path"],
+                "methods": d["methods"],
+                "auth_type": svc.auth.type,
+                "enabled": svc.enabled,
+                "placeholders": list(svc.substitution_keys),
+            }
+        )
     base = core.public_url
     return {
-        "vault": vault, "role": role, "services": svcs,
+        "vault": vault,
+        "role": role,
+        "services": svcs,
         "available_credentials": sorted(view.values),
         "unmatched_policy": view.unmatched_policy,
         "enforcement": view.enforcement,
@@ -56,18 +67,31 @@ def discover(request: Request, core: CoreDep, p: PrincipalDep) -> J:
 def ca_pem(core: CoreDep) -> Response:
     if core.settings.disable_proxy or core.proxy_port is None:
         raise ProxyDisabled("the proxy listener is disabled on this server")
-    return Response(core.ca.cert_pem, media_type="application/x-pem-file",
-                    headers={"X-MITM-Port": str(core.proxy_port)})
+    return Response(
+        core.ca.cert_pem, media_type="application/x-pem-file", headers={"X-MITM-Port": str(core.proxy_port)}
+    )
 
 
 @router.get("/v1/status")
 def status(request: Request) -> J:
     core = getattr(request.app.state, "core", None)
     if core is None:
-        return {"initialized": True, "version": __version__, "key_mode": None, "proxy_port": None,
-                "public_url": None, "locked": True}
-    return {"initialized": True, "version": __version__, "key_mode": core.key_mode, "proxy_port": core.proxy_port,
-            "public_url": core.public_url, "instance_id": core.instance_id}
+        return {
+            "initialized": True,
+            "version": __version__,
+            "key_mode": None,
+            "proxy_port": None,
+            "public_url": None,
+            "locked": True,
+        }
+    return {
+        "initialized": True,
+        "version": __version__,
+        "key_mode": core.key_mode,
+        "proxy_port": core.proxy_port,
+        "public_url": core.public_url,
+        "instance_id": core.instance_id,
+    }
 
 
 @router.get("/health")

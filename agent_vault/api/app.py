@@ -47,12 +47,25 @@ def create_app(allowed_hosts: Callable[[], set[str]] | None = None) -> FastAPI:
         if allowed_hosts is not None:
             host = request.headers.get("host", "")
             if host not in allowed_hosts():
-                return JSONResponse({"error": "misdirected_request", "message": "unexpected Host header",
-                                     "hint": "Use the server's bound address."}, status_code=421)
+                return JSONResponse(
+                    {
+                        "error": "misdirected_request",
+                        "message": "unexpected Host header",
+                        "hint": "Use the server's bound address.",
+                    },
+                    status_code=421,
+                )
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > MAX_BODY:
-            return JSONResponse({"error": "body_too_large", "message": "request body over 1 MiB",
-                                 "hint": "Send less data.", "limit_bytes": MAX_BODY}, status_code=413)
+            return JSONResponse(
+                {
+                    "error": "body_too_large",
+                    "message": "request body over 1 MiB",
+                    "hint": "Send less data.",
+                    "limit_bytes": MAX_BODY,
+                },
+                status_code=413,
+            )
         return await call_next(request)
 
     @app.exception_handler(AgentVaultError)
@@ -61,21 +74,39 @@ def create_app(allowed_hosts: Callable[[], set[str]] | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        fields = [{"loc": ".".join(str(x) for x in e.get("loc", ())), "msg": e.get("msg", "invalid")}
-                  for e in exc.errors()]
-        return JSONResponse({"error": "invalid_request", "message": "the request body or parameters are invalid",
-                             "hint": "Fix the fields listed.", "fields": fields}, status_code=422)
+        fields = [
+            {"loc": ".".join(str(x) for x in e.get("loc", ())), "msg": e.get("msg", "invalid")}
+            for e in exc.errors()
+        ]
+        return JSONResponse(
+            {
+                "error": "invalid_request",
+                "message": "the request body or parameters are invalid",
+                "hint": "Fix the fields listed.",
+                "fields": fields,
+            },
+            status_code=422,
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse({"error": code, "message": str(exc.detail), "hint": ""}, status_code=exc.status_code)
+        return JSONResponse(
+            {"error": code, "message": str(exc.detail), "hint": ""}, status_code=exc.status_code
+        )
 
     @app.exception_handler(Exception)
     async def on_crash(_request: Request, exc: Exception) -> JSONResponse:
         incident = uuid.uuid4().hex[:12]
         log.error("internal error %s: %s", incident, type(exc).__name__)
-        return JSONResponse({"error": "internal", "message": "internal error", "hint": "See the server log.",
-                             "incident": incident}, status_code=500)
+        return JSONResponse(
+            {
+                "error": "internal",
+                "message": "internal error",
+                "hint": "See the server log.",
+                "incident": incident,
+            },
+            status_code=500,
+        )
 
     return app

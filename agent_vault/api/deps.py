@@ -66,8 +66,9 @@ def select_vault(core: Core, p: Principal, hint: str | None) -> str:
     )
 
 
-def vault_for(request: Request, core: CoreDep, p: PrincipalDep,
-              x_vault: Annotated[str | None, Header()] = None) -> str:
+def vault_for(
+    request: Request, core: CoreDep, p: PrincipalDep, x_vault: Annotated[str | None, Header()] = None
+) -> str:
     return select_vault(core, p, x_vault)
 
 

@@ -82,7 +82,9 @@ def revoke_agent(name: str, core: CoreDep, p: PrincipalDep) -> J:
 @router.post("/v1/sessions", status_code=201)
 def create_session(body: SessionCreate, core: CoreDep, p: PrincipalDep) -> J:
     vault = select_vault(core, p, body.vault) if p.kind != "user" or body.vault is None else body.vault
-    return sessions.create_session(core, p, vault, body.ttl_seconds, body.agent, body.label, body.unmatched_policy)
+    return sessions.create_session(
+        core, p, vault, body.ttl_seconds, body.agent, body.label, body.unmatched_policy
+    )
 
 
 @router.get("/v1/sessions")

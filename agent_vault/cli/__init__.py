@@ -19,8 +19,12 @@ from agent_vault.cli.output import out
 from agent_vault.config import default_home
 from agent_vault.errors import AgentVaultError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="agent-vault: a credential broker for AI agents.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="agent-vault: a credential broker for AI agents.",
+)
 
 
 @dataclass
@@ -75,8 +79,11 @@ def version_callback(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True,
-                                       help="Print the version and exit.")) -> None:
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=version_callback, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     """agent-vault: agents call APIs through this proxy; they never hold the secrets."""
 
 

@@ -52,25 +52,45 @@ class Client:
 
     def __init__(self, addr: str | None, home: Path, token: str | None = None) -> None:
         login = load_login(home)
-        self.addr = (addr or os.environ.get("AGENT_VAULT_ADDR") or (login or {}).get("addr") or DEFAULT_ADDR)
+        self.addr = addr or os.environ.get("AGENT_VAULT_ADDR") or (login or {}).get("addr") or DEFAULT_ADDR
         self.addr = self.addr.rstrip("/")
-        self.token = token or os.environ.get("AGENT_VAULT_TOKEN") or (
-            (login or {}).get("token") if login and login.get("addr", self.addr).rstrip("/") == self.addr else None)
+        self.token = (
+            token
+            or os.environ.get("AGENT_VAULT_TOKEN")
+            or (
+                (login or {}).get("token")
+                if login and login.get("addr", self.addr).rstrip("/") == self.addr
+                else None
+            )
+        )
         self.home = home
 
-    def request(self, method: str, path: str, *, json_body: Any = None, params: dict[str, Any] | None = None,
-                headers: dict[str, str] | None = None, auth: bool = True, raw: bool = False) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        auth: bool = True,
+        raw: bool = False,
+    ) -> Any:
         h = dict(headers or {})
         if auth:
             if not self.token:
-                raise Unauthenticated("not logged in", hint="Run 'agent-vault auth login' or set AGENT_VAULT_TOKEN.")
+                raise Unauthenticated(
+                    "not logged in", hint="Run 'agent-vault auth login' or set AGENT_VAULT_TOKEN."
+                )
             h["Authorization"] = f"Bearer {self.token}"
         try:
             with httpx.Client(timeout=30.0, trust_env=False) as c:
                 r = c.request(method, self.addr + path, json=json_body, params=params, headers=h)
         except httpx.HTTPError as e:
-            raise AgentVaultError(f"cannot reach the server at {self.addr} ({type(e).__name__})",
-                                  hint="Start it with 'agent-vault server' or check --addr.") from None
+            raise AgentVaultError(
+                f"cannot reach the server at {self.addr} ({type(e).__name__})",
+                hint="Start it with 'agent-vault server' or check --addr.",
+            ) from None
         if r.status_code >= 400:
             try:
                 body = r.json()

@@ -33,7 +33,9 @@ class Out:
         elif not self.quiet:
             self.console.print(human, markup=False)
 
-    def table(self, obj: Any, rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str | None = None) -> None:
+    def table(
+        self, obj: Any, rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str | None = None
+    ) -> None:
         if self.json_mode:
             print(json.dumps(obj, indent=2, default=str))
             return
@@ -73,7 +75,9 @@ def _cell(v: Any) -> str:
     if v is None:
         return "-"
     if isinstance(v, list):
-        return ", ".join(_cell(x) if not isinstance(x, dict) else ":".join(str(y) for y in x.values()) for x in v)
+        return ", ".join(
+            _cell(x) if not isinstance(x, dict) else ":".join(str(y) for y in x.values()) for x in v
+        )
     return str(v)
 
 

@@ -45,18 +45,23 @@ def init(
         master = keys.master_password_from_env()
         if master is None:
             if not sys.stdin.isatty():
-                raise InvalidRequest("the master password is required", hint="Set AGENT_VAULT_MASTER_PASSWORD.")
+                raise InvalidRequest(
+                    "the master password is required", hint="Set AGENT_VAULT_MASTER_PASSWORD."
+                )
             master = password("Master password (>= 12 chars): ", False)
             if password("Repeat: ", False) != master:
                 raise InvalidRequest("the passwords do not match")
     settings = env_settings(home=G.home)
-    instance_id = init_instance(settings, key_mode=key_mode, owner_email=owner_email, owner_password=owner_pw,
-                                master_password=master)
+    instance_id = init_instance(
+        settings, key_mode=key_mode, owner_email=owner_email, owner_password=owner_pw, master_password=master
+    )
     if key_mode == "passwordless":
         out.warn(keys.PASSWORDLESS_WARNING.format(path=Home(settings.home).dek_file))
-    out.data({"instance_id": instance_id, "home": str(settings.home), "key_mode": key_mode},
-             f"initialised {settings.home} (instance {instance_id[:8]}, key mode {key_mode}); "
-             f"start it with 'agent-vault server'")
+    out.data(
+        {"instance_id": instance_id, "home": str(settings.home), "key_mode": key_mode},
+        f"initialised {settings.home} (instance {instance_id[:8]}, key mode {key_mode}); "
+        f"start it with 'agent-vault server'",
+    )
 
 
 @app.command()
@@ -69,7 +74,9 @@ def server(
     public_url: Annotated[str | None, typer.Option(help="Base URL for approval links.")] = None,
     database_url: Annotated[str | None, typer.Option(help="sqlite:///PATH")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug | info | warning")] = None,
-    allow_net: Annotated[list[str] | None, typer.Option(help="Allow upstreams in this CIDR (repeatable).")] = None,
+    allow_net: Annotated[
+        list[str] | None, typer.Option(help="Allow upstreams in this CIDR (repeatable).")
+    ] = None,
     upstream_ca: Annotated[Path | None, typer.Option(help="Extra CA file for upstream TLS.")] = None,
     max_request_bytes: Annotated[int | None, typer.Option()] = None,
     max_buffered_bytes: Annotated[int | None, typer.Option()] = None,
@@ -86,11 +93,23 @@ def server(
 
     try:
         settings = env_settings(
-            home=G.home, host=host, port=port, proxy_host=proxy_host, proxy_port=proxy_port,
-            disable_proxy=disable_proxy or None, public_url=public_url, database_url=database_url,
-            log_level=log_level, allow_net=tuple(allow_net or ()), upstream_ca=upstream_ca,
-            max_request_bytes=max_request_bytes, max_buffered_bytes=max_buffered_bytes, rate_limits=rate_limits,
-            audit_retention_days=audit_retention_days, idle_timeout=idle_timeout, no_step_up=no_step_up or None,
+            home=G.home,
+            host=host,
+            port=port,
+            proxy_host=proxy_host,
+            proxy_port=proxy_port,
+            disable_proxy=disable_proxy or None,
+            public_url=public_url,
+            database_url=database_url,
+            log_level=log_level,
+            allow_net=tuple(allow_net or ()),
+            upstream_ca=upstream_ca,
+            max_request_bytes=max_request_bytes,
+            max_buffered_bytes=max_buffered_bytes,
+            rate_limits=rate_limits,
+            audit_retention_days=audit_retention_days,
+            idle_timeout=idle_timeout,
+            no_step_up=no_step_up or None,
         )
     except ValidationError as e:
         first = e.errors()[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from agent_vault import crypto
 from agent_vault.core import Core
@@ -44,8 +44,14 @@ def _grants(s: Session, agent_id: int | None) -> list[dict[str, str]]:
 
 
 def _public(s: Session, a: Agent) -> dict[str, Any]:
-    return {"name": a.name, "status": a.status, "description": a.description, "created_at": iso(a.created_at),
-            "last_used_at": iso(a.last_used_at), "vaults": _grants(s, a.id)}
+    return {
+        "name": a.name,
+        "status": a.status,
+        "description": a.description,
+        "created_at": iso(a.created_at),
+        "last_used_at": iso(a.last_used_at),
+        "vaults": _grants(s, a.id),
+    }
 
 
 def list_agents(core: Core, p: Principal) -> dict[str, Any]:
@@ -66,8 +72,14 @@ def _new_token(s: Session, agent_id: int) -> str:
     return token
 
 
-def create_agent(core: Core, p: Principal, password: str | None, name: str, vaults: list[dict[str, str]],
-                 description: str = "") -> dict[str, Any]:
+def create_agent(
+    core: Core,
+    p: Principal,
+    password: str | None,
+    name: str,
+    vaults: list[dict[str, str]],
+    description: str = "",
+) -> dict[str, Any]:
     check_name(name, "agent name")
     roles = {g["vault"]: g.get("role", "proxy") for g in vaults}
     for role in roles.values():
@@ -94,14 +106,20 @@ def create_agent(core: Core, p: Principal, password: str | None, name: str, vaul
         token = _new_token(s, a.id)
     core.runtime.reload()
     core.record("agent.create", p.actor, target=name, details={"vaults": sorted(roles)})
-    return {"name": name, "token": token, "vaults": [{"name": v, "role": r} for v, r in sorted(roles.items())]}
+    return {
+        "name": name,
+        "token": token,
+        "vaults": [{"name": v, "role": r} for v, r in sorted(roles.items())],
+    }
 
 
 def _vault_names(s: Session, a: Agent) -> list[str]:
     return [g["name"] for g in _grants(s, a.id)]
 
 
-def rotate_agent(core: Core, p: Principal, password: str | None, name: str, grace_seconds: int = 0) -> dict[str, Any]:
+def rotate_agent(
+    core: Core, p: Principal, password: str | None, name: str, grace_seconds: int = 0
+) -> dict[str, Any]:
     if not 0 <= grace_seconds <= 86400:
         raise InvalidRequest("grace must be between 0 and 86400 seconds")
     with core.store.read() as s:
@@ -111,8 +129,11 @@ def rotate_agent(core: Core, p: Principal, password: str | None, name: str, grac
     with core.store.write() as s:
         a = _get(s, name)
         assert a.id is not None
-        for t in s.exec(select(Token).where(Token.agent_id == a.id, Token.kind == "agent",
-                                            Token.revoked_at == None)):  # noqa: E711
+        for t in s.exec(
+            select(Token).where(
+                Token.agent_id == a.id, Token.kind == "agent", col(Token.revoked_at).is_(None)
+            )
+        ):
             if grace_seconds:
                 t.expires_at = min(t.expires_at or old_expiry, old_expiry)
             else:
@@ -132,7 +153,7 @@ def revoke_agent(core: Core, p: Principal, name: str) -> dict[str, Any]:
         _require_manager(p, _vault_names(s, a))
         a.status = "revoked"
         s.add(a)
-        for t in s.exec(select(Token).where(Token.agent_id == a.id, Token.revoked_at == None)):  # noqa: E711
+        for t in s.exec(select(Token).where(Token.agent_id == a.id, col(Token.revoked_at).is_(None))):
             t.revoked_at = utcnow()
             s.add(t)
     core.runtime.reload()

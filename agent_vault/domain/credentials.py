@@ -39,16 +39,32 @@ def list_credentials(core: Core, p: Principal, vault: str) -> dict[str, Any]:
     with core.store.read() as s:
         v = get_vault(s, vault)
         rows = list(s.exec(select(Credential).where(Credential.vault_id == v.id).order_by(Credential.key)))
-    return {"credentials": [
-        {"key": c.key, "description": c.description, "has_value": c.ciphertext is not None,
-         "version": c.version, "updated_at": iso(c.updated_at), "updated_by": c.updated_by,
-         "used_by": _used_by(core, vault, c.key)}
-        for c in rows
-    ]}
+    return {
+        "credentials": [
+            {
+                "key": c.key,
+                "description": c.description,
+                "has_value": c.ciphertext is not None,
+                "version": c.version,
+                "updated_at": iso(c.updated_at),
+                "updated_by": c.updated_by,
+                "used_by": _used_by(core, vault, c.key),
+            }
+            for c in rows
+        ]
+    }
 
 
-def set_credential(core: Core, p: Principal, vault: str, key: str, value: str,
-                   description: str | None = None, *, must_exist: bool = False) -> dict[str, Any]:
+def set_credential(
+    core: Core,
+    p: Principal,
+    vault: str,
+    key: str,
+    value: str,
+    description: str | None = None,
+    *,
+    must_exist: bool = False,
+) -> dict[str, Any]:
     """Create or replace (or, with must_exist, rotate) a value. Needs member on the vault."""
     p.require(vault, "member")
     check_key(key)
@@ -70,8 +86,13 @@ def set_credential(core: Core, p: Principal, vault: str, key: str, value: str,
         c.updated_by = p.actor
         s.add(c)
     core.runtime.reload()
-    core.record("credential.rotate" if existed else "credential.set", p.actor, vault=vault, target=key,
-                details={"version": c.version})
+    core.record(
+        "credential.rotate" if existed else "credential.set",
+        p.actor,
+        vault=vault,
+        target=key,
+        details={"version": c.version},
+    )
     return {"key": key, "version": c.version}
 
 
@@ -106,7 +127,9 @@ def reveal(core: Core, p: Principal, vault: str, key: str, password: str | None)
     if c is None or c.ciphertext is None:
         raise NotFound(f"credential {key} not found in vault {vault}")
     try:
-        value = crypto.open_sealed(core.dek, c.ciphertext, crypto.credential_aad(c.vault_id, c.key, c.key_version))
+        value = crypto.open_sealed(
+            core.dek, c.ciphertext, crypto.credential_aad(c.vault_id, c.key, c.key_version)
+        )
     except crypto.DecryptionError:
         raise CredentialCorrupt(vault, key) from None
     core.record("credential.reveal", p.actor, vault=vault, target=key)

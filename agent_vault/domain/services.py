@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from agent_vault.core import Core
 from agent_vault.domain.common import get_vault, step_up
@@ -29,7 +29,9 @@ def parse_service(data: Any) -> ServiceDef:
     except ValidationError as e:
         fields = [{"loc": ".".join(str(x) for x in err["loc"]), "msg": err["msg"]} for err in e.errors()]
         first = fields[0] if fields else {"loc": "", "msg": "invalid"}
-        raise InvalidRequest(f"invalid service definition: {first['loc']}: {first['msg']}", fields=fields) from None
+        raise InvalidRequest(
+            f"invalid service definition: {first['loc']}: {first['msg']}", fields=fields
+        ) from None
 
 
 def public(svc: ServiceDef) -> dict[str, Any]:
@@ -56,7 +58,7 @@ def get_service(core: Core, p: Principal, vault: str, name: str) -> dict[str, An
 
 
 def _rows(s: Session, v: Vault) -> list[Service]:
-    return list(s.exec(select(Service).where(Service.vault_id == v.id).order_by(Service.position)))
+    return list(s.exec(select(Service).where(Service.vault_id == v.id).order_by(col(Service.position))))
 
 
 def upsert_in_tx(s: Session, v: Vault, svc: ServiceDef, *, create_only: bool = False) -> str:
@@ -83,8 +85,9 @@ def delete_in_tx(s: Session, v: Vault, name: str) -> None:
     s.delete(row)
 
 
-def add_service(core: Core, p: Principal, vault: str, password: str | None, data: Any,
-                *, replace: bool = False) -> dict[str, Any]:
+def add_service(
+    core: Core, p: Principal, vault: str, password: str | None, data: Any, *, replace: bool = False
+) -> dict[str, Any]:
     p.require(vault, "admin", human=True)
     svc = parse_service(data)
     step_up(core, p, password)
@@ -95,8 +98,9 @@ def add_service(core: Core, p: Principal, vault: str, password: str | None, data
     return public(svc)
 
 
-def set_enabled(core: Core, p: Principal, vault: str, password: str | None, name: str,
-                enabled: bool) -> dict[str, Any]:
+def set_enabled(
+    core: Core, p: Principal, vault: str, password: str | None, name: str, enabled: bool
+) -> dict[str, Any]:
     p.require(vault, "admin", human=True)
     step_up(core, p, password)
     with core.store.write() as s:
@@ -123,8 +127,9 @@ def remove_service(core: Core, p: Principal, vault: str, password: str | None, n
     core.record("service.remove", p.actor, vault=vault, target=name)
 
 
-def replace_services(core: Core, p: Principal, vault: str, password: str | None,
-                     data: Sequence[Any]) -> dict[str, Any]:
+def replace_services(
+    core: Core, p: Principal, vault: str, password: str | None, data: Sequence[Any]
+) -> dict[str, Any]:
     """Full replace (import), atomic: every definition validates or nothing changes."""
     p.require(vault, "admin", human=True)
     svcs = [parse_service(d) for d in data]
@@ -139,8 +144,11 @@ def replace_services(core: Core, p: Principal, vault: str, password: str | None,
         s.flush()
         assert v.id is not None
         for pos, svc in enumerate(svcs):
-            s.add(Service(vault_id=v.id, name=svc.name, position=pos, enabled=svc.enabled,
-                          definition=_row_def(svc)))
+            s.add(
+                Service(
+                    vault_id=v.id, name=svc.name, position=pos, enabled=svc.enabled, definition=_row_def(svc)
+                )
+            )
     core.runtime.reload()
     core.record("service.import", p.actor, vault=vault, details={"count": len(svcs)})
     return {"services": [public(x) for x in svcs]}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlmodel import select
+from sqlmodel import col, select
 
 from agent_vault import crypto
 from agent_vault.core import Core
@@ -25,8 +25,15 @@ def _ttl(ttl_seconds: int | None) -> int:
     return ttl
 
 
-def create_session(core: Core, p: Principal, vault: str, ttl_seconds: int | None = None, agent: str | None = None,
-                   label: str = "", unmatched_policy: str | None = None) -> dict[str, Any]:
+def create_session(
+    core: Core,
+    p: Principal,
+    vault: str,
+    ttl_seconds: int | None = None,
+    agent: str | None = None,
+    label: str = "",
+    unmatched_policy: str | None = None,
+) -> dict[str, Any]:
     """Mint an av_sess_ token: agents for themselves (narrowing), member+ humans for an agent."""
     ttl = _ttl(ttl_seconds)
     if p.kind == "session":
@@ -61,20 +68,36 @@ def create_session(core: Core, p: Principal, vault: str, ttl_seconds: int | None
     expires = utcnow() + timedelta(seconds=ttl)
     with core.store.write() as s:
         v = get_vault(s, vault)
-        row = Token(digest=crypto.digest(token), kind="session", vault_id=v.id, expires_at=expires, label=label,
-                    agent_id=agent_id, user_id=p.user_id if agent_id is None else None,
-                    unmatched_policy=unmatched_policy)
+        row = Token(
+            digest=crypto.digest(token),
+            kind="session",
+            vault_id=v.id,
+            expires_at=expires,
+            label=label,
+            agent_id=agent_id,
+            user_id=p.user_id if agent_id is None else None,
+            unmatched_policy=unmatched_policy,
+        )
         s.add(row)
     core.runtime.reload()
     core.record("session.create", p.actor, vault=vault, target=str(row.id), details={"ttl_seconds": ttl})
     host = core.settings.effective_proxy_host
-    return {"id": row.id, "token": token, "vault": vault, "expires_at": iso(expires),
-            "proxy_url": f"http://{host}:{core.proxy_port}" if core.proxy_port else None, "addr": core.public_url}
+    return {
+        "id": row.id,
+        "token": token,
+        "vault": vault,
+        "expires_at": iso(expires),
+        "proxy_url": f"http://{host}:{core.proxy_port}" if core.proxy_port else None,
+        "addr": core.public_url,
+    }
 
 
 def _own(core: Core, p: Principal, row: Token) -> bool:
-    return (p.kind == "user" and row.user_id == p.user_id) or (p.kind == "agent" and row.agent_id == p.agent_id) or (
-        p.kind == "session" and row.id == p.token_id)
+    return (
+        (p.kind == "user" and row.user_id == p.user_id)
+        or (p.kind == "agent" and row.agent_id == p.agent_id)
+        or (p.kind == "session" and row.id == p.token_id)
+    )
 
 
 def _load(core: Core, p: Principal, session_id: int) -> tuple[Token, str]:
@@ -95,14 +118,26 @@ def list_sessions(core: Core, p: Principal, vault: str) -> dict[str, Any]:
     p.require(vault, "member")
     with core.store.read() as s:
         v = get_vault(s, vault)
-        rows = list(s.exec(select(Token).where(Token.kind == "session", Token.vault_id == v.id,
-                                               Token.revoked_at == None)))  # noqa: E711
+        rows = list(
+            s.exec(
+                select(Token).where(
+                    Token.kind == "session", Token.vault_id == v.id, col(Token.revoked_at).is_(None)
+                )
+            )
+        )
     now = utcnow()
-    return {"sessions": [{"id": r.id, "label": r.label, "created_at": iso(r.created_at),
-                          "expires_at": iso(r.expires_at)} for r in rows if r.expires_at and r.expires_at > now]}
+    return {
+        "sessions": [
+            {"id": r.id, "label": r.label, "created_at": iso(r.created_at), "expires_at": iso(r.expires_at)}
+            for r in rows
+            if r.expires_at and r.expires_at > now
+        ]
+    }
 
 
-def renew_session(core: Core, p: Principal, session_id: int, ttl_seconds: int | None = None) -> dict[str, Any]:
+def renew_session(
+    core: Core, p: Principal, session_id: int, ttl_seconds: int | None = None
+) -> dict[str, Any]:
     row, _vault = _load(core, p, session_id)
     if not _own(core, p, row):
         raise Forbidden("only the creator can renew a session")

@@ -6,7 +6,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from sqlmodel import select
+from sqlmodel import col, select
 
 from agent_vault import crypto
 from agent_vault.core import Core
@@ -33,7 +33,9 @@ def login(core: Core, email: str, password: str, label: str = "") -> dict[str, A
     token = crypto.mint_token("av_usr_")
     expires = utcnow() + USER_TOKEN_TTL
     with core.store.write() as s:
-        s.add(Token(digest=crypto.digest(token), kind="user", user_id=user.id, label=label, expires_at=expires))
+        s.add(
+            Token(digest=crypto.digest(token), kind="user", user_id=user.id, label=label, expires_at=expires)
+        )
     core.runtime.reload()
     return {"token": token, "expires_at": iso(expires), "user": {"email": user.email, "role": user.role}}
 
@@ -63,7 +65,7 @@ def me(p: Principal) -> dict[str, Any]:
 def list_users(core: Core, p: Principal) -> dict[str, Any]:
     p.require_owner()
     with core.store.read() as s:
-        users = list(s.exec(select(User).order_by(User.id)))
+        users = list(s.exec(select(User).order_by(col(User.id))))
     return {"users": [{"email": u.email, "role": u.role, "created_at": iso(u.created_at)} for u in users]}
 
 
@@ -72,8 +74,9 @@ def _owners(core: Core) -> int:
         return len(list(s.exec(select(User).where(User.role == "owner"))))
 
 
-def invite(core: Core, p: Principal, password: str | None, email: str, role: str,
-           vaults: list[dict[str, str]]) -> dict[str, Any]:
+def invite(
+    core: Core, p: Principal, password: str | None, email: str, role: str, vaults: list[dict[str, str]]
+) -> dict[str, Any]:
     p.require_owner()
     step_up(core, p, password)
     email = check_email(email)
@@ -89,10 +92,22 @@ def invite(core: Core, p: Principal, password: str | None, email: str, role: str
     token = crypto.mint_token("av_inv_")
     expires = utcnow() + timedelta(hours=48)
     with core.store.write() as s:
-        s.add(Invite(digest=crypto.digest(token), email=email, role=role, vaults=json.dumps(vaults),
-                     expires_at=expires, created_by=p.actor))
+        s.add(
+            Invite(
+                digest=crypto.digest(token),
+                email=email,
+                role=role,
+                vaults=json.dumps(vaults),
+                expires_at=expires,
+                created_by=p.actor,
+            )
+        )
     core.record("user.invite", p.actor, target=email, details={"role": role})
-    return {"invite_url": f"{core.public_url}/ui/invite?token={token}", "token": token, "expires_at": iso(expires)}
+    return {
+        "invite_url": f"{core.public_url}/ui/invite?token={token}",
+        "token": token,
+        "expires_at": iso(expires),
+    }
 
 
 def accept_invite(core: Core, token: str, password: str) -> dict[str, Any]:

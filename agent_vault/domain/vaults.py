@@ -34,9 +34,16 @@ def list_vaults(core: Core, p: Principal) -> dict[str, Any]:
         if v is None:
             continue
         assert v.id is not None
-        out.append({"name": v.name, "role": p.role_on(name), "created_at": iso(v.created_at),
-                    "pending_proposals": pending.get(v.id, 0), "unmatched_policy": v.unmatched_policy,
-                    "enforcement": v.enforcement})
+        out.append(
+            {
+                "name": v.name,
+                "role": p.role_on(name),
+                "created_at": iso(v.created_at),
+                "pending_proposals": pending.get(v.id, 0),
+                "unmatched_policy": v.unmatched_policy,
+                "enforcement": v.enforcement,
+            }
+        )
     return {"vaults": out}
 
 
@@ -53,7 +60,12 @@ def create_vault(core: Core, p: Principal, name: str) -> dict[str, Any]:
         s.add(Grant(vault_id=v.id, subject_kind="user", subject_id=p.user_id, role="admin"))
     core.runtime.reload()
     core.record("vault.create", p.actor, vault=name)
-    return {"name": name, "role": "admin", "created_at": iso(v.created_at), "unmatched_policy": v.unmatched_policy}
+    return {
+        "name": name,
+        "role": "admin",
+        "created_at": iso(v.created_at),
+        "unmatched_policy": v.unmatched_policy,
+    }
 
 
 def get_vault_info(core: Core, p: Principal, name: str) -> dict[str, Any]:
@@ -62,12 +74,23 @@ def get_vault_info(core: Core, p: Principal, name: str) -> dict[str, Any]:
         v = get_vault(s, name)
         n_svc = len(list(s.exec(select(Service.id).where(Service.vault_id == v.id))))
         n_cred = len(list(s.exec(select(Credential.id).where(Credential.vault_id == v.id))))
-    return {"name": v.name, "settings": {"unmatched_policy": v.unmatched_policy, "enforcement": v.enforcement},
-            "counts": {"services": n_svc, "credentials": n_cred}}
+    return {
+        "name": v.name,
+        "settings": {"unmatched_policy": v.unmatched_policy, "enforcement": v.enforcement},
+        "counts": {"services": n_svc, "credentials": n_cred},
+    }
 
 
-def update_vault(core: Core, p: Principal, name: str, password: str | None, *, new_name: str | None = None,
-                 unmatched_policy: str | None = None, enforcement: str | None = None) -> dict[str, Any]:
+def update_vault(
+    core: Core,
+    p: Principal,
+    name: str,
+    password: str | None,
+    *,
+    new_name: str | None = None,
+    unmatched_policy: str | None = None,
+    enforcement: str | None = None,
+) -> dict[str, Any]:
     p.require(name, "admin", human=True)
     step_up(core, p, password)
     if unmatched_policy is not None and unmatched_policy not in POLICIES:
@@ -89,9 +112,16 @@ def update_vault(core: Core, p: Principal, name: str, password: str | None, *, n
             v.enforcement = enforcement
         s.add(v)
     core.runtime.reload()
-    core.record("vault.settings", p.actor, vault=v.name,
-                details={"unmatched_policy": v.unmatched_policy, "enforcement": v.enforcement, "renamed_from":
-                         name if v.name != name else None})
+    core.record(
+        "vault.settings",
+        p.actor,
+        vault=v.name,
+        details={
+            "unmatched_policy": v.unmatched_policy,
+            "enforcement": v.enforcement,
+            "renamed_from": name if v.name != name else None,
+        },
+    )
     return get_vault_info(core, p, v.name)
 
 
@@ -102,31 +132,37 @@ def delete_vault(core: Core, p: Principal, name: str, password: str | None) -> N
         raise Conflict("vault default cannot be deleted")
     with core.store.write() as s:
         v = get_vault(s, name)
-        for model in (Grant, Credential, Service, Proposal):
-            for row in s.exec(select(model).where(model.vault_id == v.id)):  # type: ignore[attr-defined]
-                s.delete(row)
+        for row in [
+            *s.exec(select(Grant).where(Grant.vault_id == v.id)),
+            *s.exec(select(Credential).where(Credential.vault_id == v.id)),
+            *s.exec(select(Service).where(Service.vault_id == v.id)),
+            *s.exec(select(Proposal).where(Proposal.vault_id == v.id)),
+        ]:
+            s.delete(row)
         s.delete(v)
     core.runtime.reload()
     core.record("vault.delete", p.actor, vault=name)
 
 
 def list_grants(core: Core, p: Principal, vault: str, kind: str) -> list[dict[str, Any]]:
-    p.require(vault, "admin" if kind == "agent" else "admin", human=kind == "user")
+    p.require(vault, "admin", human=kind == "user")
     with core.store.read() as s:
         v = get_vault(s, vault)
         grants = list(s.exec(select(Grant).where(Grant.vault_id == v.id, Grant.subject_kind == kind)))
         out = []
         for g in grants:
-            subj = s.get(Agent if kind == "agent" else User, g.subject_id)
-            if subj is None:
+            agent = s.get(Agent, g.subject_id) if kind == "agent" else None
+            user = s.get(User, g.subject_id) if kind == "user" else None
+            label = agent.name if agent else user.email if user else None
+            if label is None:
                 continue
-            label = subj.name if isinstance(subj, Agent) else subj.email
             out.append({"name" if kind == "agent" else "email": label, "role": g.role})
     return out
 
 
-def set_grant(core: Core, p: Principal, vault: str, password: str | None, kind: str, subject: str,
-              role: str) -> dict[str, Any]:
+def set_grant(
+    core: Core, p: Principal, vault: str, password: str | None, kind: str, subject: str, role: str
+) -> dict[str, Any]:
     p.require(vault, "admin", human=True)
     step_up(core, p, password)
     if role not in ("proxy", "member", "admin"):
@@ -136,15 +172,23 @@ def set_grant(core: Core, p: Principal, vault: str, password: str | None, kind: 
     with core.store.write() as s:
         v = get_vault(s, vault)
         subj_id = _subject_id(s, kind, subject)
-        g = s.exec(select(Grant).where(Grant.vault_id == v.id, Grant.subject_kind == kind,
-                                       Grant.subject_id == subj_id)).first()
+        g = s.exec(
+            select(Grant).where(
+                Grant.vault_id == v.id, Grant.subject_kind == kind, Grant.subject_id == subj_id
+            )
+        ).first()
         assert v.id is not None
         g = g or Grant(vault_id=v.id, subject_kind=kind, subject_id=subj_id, role=role)
         g.role = role
         s.add(g)
     core.runtime.reload()
-    core.record("agent.grant" if kind == "agent" else "user.role", p.actor, vault=vault, target=subject,
-                details={"role": role})
+    core.record(
+        "agent.grant" if kind == "agent" else "user.role",
+        p.actor,
+        vault=vault,
+        target=subject,
+        details={"role": role},
+    )
     return {"name" if kind == "agent" else "email": subject, "role": role}
 
 
@@ -154,14 +198,22 @@ def remove_grant(core: Core, p: Principal, vault: str, password: str | None, kin
     with core.store.write() as s:
         v = get_vault(s, vault)
         subj_id = _subject_id(s, kind, subject)
-        g = s.exec(select(Grant).where(Grant.vault_id == v.id, Grant.subject_kind == kind,
-                                       Grant.subject_id == subj_id)).first()
+        g = s.exec(
+            select(Grant).where(
+                Grant.vault_id == v.id, Grant.subject_kind == kind, Grant.subject_id == subj_id
+            )
+        ).first()
         if g is None:
             raise NotFound(f"{subject} has no grant on vault {vault}")
         s.delete(g)
     core.runtime.reload()
-    core.record("agent.grant" if kind == "agent" else "user.role", p.actor, vault=vault, target=subject,
-                details={"role": None})
+    core.record(
+        "agent.grant" if kind == "agent" else "user.role",
+        p.actor,
+        vault=vault,
+        target=subject,
+        details={"role": None},
+    )
 
 
 def _subject_id(s: Any, kind: str, subject: str) -> int:

@@ -23,14 +23,13 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial schema", _v1),
 ]
 LATEST = MIGRATIONS[-1][0]
+_CREATE = "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL)"
 
 
 def migrate(engine: Engine) -> int:
     """Apply pending migrations in order; return the schema version."""
     with engine.begin() as conn:
-        conn.execute(
-            text("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL)")
-        )
+        conn.execute(text(_CREATE))
         done = {row[0] for row in conn.execute(text("SELECT version FROM schema_migrations"))}
     for version, name, step in MIGRATIONS:
         if version in done:
@@ -38,6 +37,7 @@ def migrate(engine: Engine) -> int:
         with engine.begin() as conn:
             step(conn)
             conn.execute(
-                text("INSERT INTO schema_migrations (version, name) VALUES (:v, :n)"), {"v": version, "n": name}
+                text("INSERT INTO schema_migrations (version, name) VALUES (:v, :n)"),
+                {"v": version, "n": name},
             )
     return LATEST

@@ -25,6 +25,8 @@ def api(core: Core) -> Iterator[httpx.Client]:
     from starlette.testclient import TestClient
 
     with TestClient(app, base_url="http://127.0.0.1:14321") as c:
-        token = c.post("/v1/auth/login", json={"email": OWNER_EMAIL, "password": OWNER_PASSWORD}).json()["token"]
+        token = c.post("/v1/auth/login", json={"email": OWNER_EMAIL, "password": OWNER_PASSWORD}).json()[
+            "token"
+        ]
         c.headers["Authorization"] = f"Bearer {token}"
         yield c

@@ -11,8 +11,10 @@ SECRET = "sk-test-abcdefghijklmnop"
 
 
 def _agent(api: httpx.Client, name: str = "ci-bot", role: str = "proxy") -> str:
-    r = api.post("/v1/agents", json={"password": OWNER_PASSWORD, "name": name,
-                                     "vaults": [{"vault": "default", "role": role}]})
+    r = api.post(
+        "/v1/agents",
+        json={"password": OWNER_PASSWORD, "name": name, "vaults": [{"vault": "default", "role": role}]},
+    )
     assert r.status_code == 201, r.text
     return str(r.json()["token"])
 
@@ -87,26 +89,52 @@ def test_agents_cannot_write_services_grants_or_reveal(api: httpx.Client) -> Non
     token = _agent(api, role="member")
     hdr = {"Authorization": f"Bearer {token}"}
     svc = {"name": "evil", "host": "evil.example.com", "auth": {"type": "bearer", "token": "API_KEY"}}
-    assert api.post("/v1/vaults/default/services", json={"password": OWNER_PASSWORD, "service": svc},
-                    headers=hdr).status_code == 403
+    assert (
+        api.post(
+            "/v1/vaults/default/services", json={"password": OWNER_PASSWORD, "service": svc}, headers=hdr
+        ).status_code
+        == 403
+    )
     api.put("/v1/vaults/default/credentials/API_KEY", json={"value": SECRET})
-    r = api.post("/v1/vaults/default/credentials/API_KEY/reveal", json={"password": OWNER_PASSWORD}, headers=hdr)
+    r = api.post(
+        "/v1/vaults/default/credentials/API_KEY/reveal", json={"password": OWNER_PASSWORD}, headers=hdr
+    )
     assert r.status_code == 403 and SECRET not in r.text
-    assert api.put("/v1/vaults/default/agents/ci-bot", json={"password": OWNER_PASSWORD, "role": "member"},
-                   headers=hdr).status_code == 403
-    assert api.post("/v1/agents", json={"password": OWNER_PASSWORD, "name": "other-bot"},
-                    headers=hdr).status_code == 403
+    assert (
+        api.put(
+            "/v1/vaults/default/agents/ci-bot",
+            json={"password": OWNER_PASSWORD, "role": "member"},
+            headers=hdr,
+        ).status_code
+        == 403
+    )
+    assert (
+        api.post(
+            "/v1/agents", json={"password": OWNER_PASSWORD, "name": "other-bot"}, headers=hdr
+        ).status_code
+        == 403
+    )
 
 
 def test_agents_cannot_be_admins_and_names_are_checked(api: httpx.Client) -> None:
-    r = api.post("/v1/agents", json={"password": OWNER_PASSWORD, "name": "root-bot",
-                                     "vaults": [{"vault": "default", "role": "admin"}]})
+    r = api.post(
+        "/v1/agents",
+        json={
+            "password": OWNER_PASSWORD,
+            "name": "root-bot",
+            "vaults": [{"vault": "default", "role": "admin"}],
+        },
+    )
     assert r.status_code == 400
     assert api.post("/v1/agents", json={"password": OWNER_PASSWORD, "name": "Bad Name"}).status_code == 400
     _agent(api, "dup-bot")
     assert api.post("/v1/agents", json={"password": OWNER_PASSWORD, "name": "dup-bot"}).status_code == 409
-    assert api.post("/v1/agents", json={"password": OWNER_PASSWORD, "name": "x-bot",
-                                        "vaults": [{"vault": "nope"}]}).status_code == 404
+    assert (
+        api.post(
+            "/v1/agents", json={"password": OWNER_PASSWORD, "name": "x-bot", "vaults": [{"vault": "nope"}]}
+        ).status_code
+        == 404
+    )
 
 
 def test_sessions_are_proxy_scoped_and_revocable(api: httpx.Client) -> None:
@@ -127,8 +155,14 @@ def test_sessions_are_proxy_scoped_and_revocable(api: httpx.Client) -> None:
 
 
 def test_users_and_last_owner(api: httpx.Client) -> None:
-    r = api.post("/v1/users/invites", json={"password": OWNER_PASSWORD, "email": "m@example.com",
-                                            "vaults": [{"vault": "default", "role": "member"}]})
+    r = api.post(
+        "/v1/users/invites",
+        json={
+            "password": OWNER_PASSWORD,
+            "email": "m@example.com",
+            "vaults": [{"vault": "default", "role": "member"}],
+        },
+    )
     assert r.status_code == 201
     invite = r.json()["token"]
     r = api.post(f"/v1/invites/{invite}/accept", json={"password": "member-pass-1"})

@@ -11,11 +11,19 @@ SECRET = "sk-live-very-secret-value-123"
 
 def test_bearer_injected_and_never_returned(server: ServerProc, upstream: TLSUpstream) -> None:
     server.set_credential("API_TOKEN", SECRET)
-    server.add_service({"name": "echo-api", "host": "localhost", "port": upstream.port,
-                        "auth": {"type": "bearer", "token": "API_TOKEN"}})
+    server.add_service(
+        {
+            "name": "echo-api",
+            "host": "localhost",
+            "port": upstream.port,
+            "auth": {"type": "bearer", "token": "API_TOKEN"},
+        }
+    )
     token = server.make_agent("smoke-bot")
     with httpx.Client(proxy=server.proxy_url(token), verify=str(server.ca_bundle), trust_env=False) as c:
-        r = c.get(f"https://localhost:{upstream.port}/echo/hello", headers={"Authorization": "Bearer agent-fake"})
+        r = c.get(
+            f"https://localhost:{upstream.port}/echo/hello", headers={"Authorization": "Bearer agent-fake"}
+        )
         assert r.status_code == 200
         got = dict((k.lower(), v) for k, v in upstream.requests_seen.wait_for(1)[-1]["headers"])
         assert got["authorization"] == f"Bearer {SECRET}"  # the upstream got the real value...

@@ -22,15 +22,31 @@ MASTER_PASSWORD = "master-password-123456"
 @contextmanager
 def make_core(home: Path, key_mode: str = "password", **settings: object) -> Iterator[Core]:
     s = Settings(home=home, **settings)  # type: ignore[arg-type]
-    init_instance(s, key_mode=key_mode, owner_email=OWNER_EMAIL, owner_password=OWNER_PASSWORD,
-                  master_password=MASTER_PASSWORD if key_mode != "passwordless" else None)
+    init_instance(
+        s,
+        key_mode=key_mode,
+        owner_email=OWNER_EMAIL,
+        owner_password=OWNER_PASSWORD,
+        master_password=MASTER_PASSWORD if key_mode != "passwordless" else None,
+    )
     u = unlock(s, MASTER_PASSWORD if key_mode != "passwordless" else None)
     runtime = Runtime(u.store, u.dek)
     runtime.reload()
     audit = AuditWriter(u.store.engine, Home(home).audit_head)
     audit.start()
-    core = Core(s, Home(home), u.store, u.instance_id, u.key_mode, u.dek, u.ca, runtime, audit,
-                proxy_port=14322, api_url="http://127.0.0.1:14321")
+    core = Core(
+        s,
+        Home(home),
+        u.store,
+        u.instance_id,
+        u.key_mode,
+        u.dek,
+        u.ca,
+        runtime,
+        audit,
+        proxy_port=14322,
+        api_url="http://127.0.0.1:14321",
+    )
     core.extras["metrics"] = Metrics()
     try:
         yield core

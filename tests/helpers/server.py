@@ -27,16 +27,28 @@ MASTER_PASSWORD = "master-password-123456"
 
 
 class ServerProc:
-    def __init__(self, tmp_path: Path, upstream_ca: trustme.CA, *, key_mode: str = "passwordless",
-                 extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        upstream_ca: trustme.CA,
+        *,
+        key_mode: str = "passwordless",
+        extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.tmp = tmp_path
         self.home = tmp_path / "server-home"
         self.key_mode = key_mode
         self.extra_args = extra_args
         self.upstream_ca_file = tmp_path / "upstream-ca.pem"
         upstream_ca.cert_pem.write_to_path(str(self.upstream_ca_file))
-        self.env = {**os.environ, "AGENT_VAULT_HOME": str(self.home), "AGENT_VAULT_TEST_KDF": "1",
-                    "AGENT_VAULT_KEYRING": "0", **(env or {})}
+        self.env = {
+            **os.environ,
+            "AGENT_VAULT_HOME": str(self.home),
+            "AGENT_VAULT_TEST_KDF": "1",
+            "AGENT_VAULT_KEYRING": "0",
+            **(env or {}),
+        }
         self.proc: subprocess.Popen[str] | None = None
         self._stderr_path = tmp_path / "server.stderr"
         self.api = self.proxy = ""
@@ -56,19 +68,44 @@ class ServerProc:
         env = dict(self.env)
         if self.key_mode != "passwordless":
             env["AGENT_VAULT_MASTER_PASSWORD"] = MASTER_PASSWORD
-        self.cli("init", "--key-mode", self.key_mode, "--owner-email", OWNER_EMAIL, "--password-stdin", "--yes",
-                 input=OWNER_PASSWORD + "\n", env=env)
+        self.cli(
+            "init",
+            "--key-mode",
+            self.key_mode,
+            "--owner-email",
+            OWNER_EMAIL,
+            "--password-stdin",
+            "--yes",
+            input=OWNER_PASSWORD + "\n",
+            env=env,
+        )
 
     def start(self, *args: str) -> None:
         env = dict(self.env)
         if self.key_mode != "passwordless":
             env["AGENT_VAULT_MASTER_PASSWORD"] = MASTER_PASSWORD
-        cmd = [sys.executable, "-m", "agent_vault", "server", "--port", "0", "--proxy-port", "0",
-               "--allow-net", "127.0.0.0/8", "--allow-net", "::1/128", "--upstream-ca", str(self.upstream_ca_file),
-               *self.extra_args, *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "agent_vault",
+            "server",
+            "--port",
+            "0",
+            "--proxy-port",
+            "0",
+            "--allow-net",
+            "127.0.0.0/8",
+            "--allow-net",
+            "::1/128",
+            "--upstream-ca",
+            str(self.upstream_ca_file),
+            *self.extra_args,
+            *args,
+        ]
         self._stderr = open(self._stderr_path, "a")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL,
-                                     text=True, env=env)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL, text=True, env=env
+        )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line.startswith("agent-vault ready"):
@@ -115,21 +152,37 @@ class ServerProc:
     def stderr_text(self) -> str:
         return self._stderr_path.read_text() if self._stderr_path.exists() else ""
 
-    def cli(self, *args: str, input: str | None = None, check: bool = True, env: dict[str, str] | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        env: dict[str, str] | None = None,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[str]:
         """Run the real CLI against this server (logged in as the owner once `start` ran)."""
         e = dict(env or self.env)
         if self.api:
             e.setdefault("AGENT_VAULT_ADDR", self.api)
-        cp = subprocess.run([sys.executable, "-m", "agent_vault", *args], input=input, capture_output=True,
-                            text=True, env=e, timeout=timeout)
+        cp = subprocess.run(
+            [sys.executable, "-m", "agent_vault", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=e,
+            timeout=timeout,
+        )
         if check and cp.returncode != 0:
             raise AssertionError(f"agent-vault {' '.join(args)} exited {cp.returncode}: {cp.stderr}")
         return cp
 
     def http(self, token: str | None = None) -> httpx.Client:
-        return httpx.Client(base_url=self.api, headers={"Authorization": f"Bearer {token or self.owner_token}"},
-                            trust_env=False, timeout=30)
+        return httpx.Client(
+            base_url=self.api,
+            headers={"Authorization": f"Bearer {token or self.owner_token}"},
+            trust_env=False,
+            timeout=30,
+        )
 
     def set_credential(self, key: str, value: str, vault: str = "default") -> None:
         with self.http() as c:
@@ -143,8 +196,14 @@ class ServerProc:
 
     def make_agent(self, name: str, vaults: tuple[str, ...] = ("default",), role: str = "proxy") -> str:
         with self.http() as c:
-            r = c.post("/v1/agents", json={"password": OWNER_PASSWORD, "name": name,
-                                           "vaults": [{"vault": v, "role": role} for v in vaults]})
+            r = c.post(
+                "/v1/agents",
+                json={
+                    "password": OWNER_PASSWORD,
+                    "name": name,
+                    "vaults": [{"vault": v, "role": role} for v in vaults],
+                },
+            )
             r.raise_for_status()
             return str(r.json()["token"])
 

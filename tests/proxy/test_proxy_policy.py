@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -279,3 +281,14 @@ def test_ten_thousand_services() -> None:
     assert idx.match("api5000.example.com", 443, "GET", "/v3") is None
     assert idx.match("nowhere.example.com", 443, "GET", "/") is None
     assert idx.could_match("api1.example.com", 443) and not idx.could_match("api1.example.net", 443)
+
+
+def test_pure_modules_import_neither_mitmproxy_nor_the_orm() -> None:
+    code = (
+        "import sys\n"
+        "import agent_vault.servicedef, agent_vault.proxy.auth\n"
+        "import agent_vault.proxy.policy, agent_vault.proxy.inject\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'mitmproxy', 'sqlmodel', 'sqlalchemy'})\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -16,8 +16,13 @@ MASTER = "master-password-123456"
 
 def _init(home: Path, mode: str = "password", master: str | None = MASTER) -> Settings:
     s = Settings(home=home)
-    init_instance(s, key_mode=mode, owner_email="Owner@Example.com", owner_password="owner-pass-1",
-                  master_password=master)
+    init_instance(
+        s,
+        key_mode=mode,
+        owner_email="Owner@Example.com",
+        owner_password="owner-pass-1",
+        master_password=master,
+    )
     return s
 
 
@@ -61,10 +66,17 @@ def test_passwordless_mode_keeps_dek_in_a_private_file(tmp_path: Path) -> None:
         ({"owner_password": "short"}, InvalidRequest),
     ],
 )
-def test_bad_init_input_changes_nothing(tmp_path: Path, kwargs: dict[str, object], err: type[Exception]) -> None:
+def test_bad_init_input_changes_nothing(
+    tmp_path: Path, kwargs: dict[str, object], err: type[Exception]
+) -> None:
     home = tmp_path / "h"
-    args: dict[str, object] = {"key_mode": "password", "owner_email": "o@example.com",
-                               "owner_password": "owner-pass-1", "master_password": MASTER, **kwargs}
+    args: dict[str, object] = {
+        "key_mode": "password",
+        "owner_email": "o@example.com",
+        "owner_password": "owner-pass-1",
+        "master_password": MASTER,
+        **kwargs,
+    }
     with pytest.raises(err):
         init_instance(Settings(home=home), **args)  # type: ignore[arg-type]
     assert not (home / "instance.json").exists()
