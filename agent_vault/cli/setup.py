@@ -117,7 +117,7 @@ def server(
     home = Home(settings.home)
     if not home.initialised():
         if sys.stdin.isatty():
-            init(owner_email=None)
+            init(key_mode="password", owner_email=None, password_stdin=False, yes=False)
         else:
             raise AgentVaultError("not initialised: run 'agent-vault init'")
     srv.run(settings, password_stdin=password_stdin)
