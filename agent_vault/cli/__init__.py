@@ -34,6 +34,8 @@ class Globals:
 
 
 G = Globals()
+_UsageError: type[Exception] = typer.BadParameter.__mro__[1]  # typer vendors click: its UsageError
+_ClickException: type[Exception] = typer.BadParameter.__mro__[2]
 _FLAGS = {"--json", "--quiet", "--no-color"}
 _VALUED = {"--addr", "--home"}
 
@@ -58,7 +60,7 @@ def extract_globals(argv: list[str]) -> list[str]:
         elif name in _VALUED:
             if not eq:
                 if i + 1 >= len(argv):
-                    raise click.UsageError(f"{name} needs a value")
+                    raise typer.BadParameter(f"{name} needs a value")
                 val = argv[i + 1]
                 i += 1
             if name == "--addr":
@@ -115,15 +117,15 @@ def main(argv: list[str] | None = None) -> None:
     except AgentVaultError as e:
         out.error(e)
         sys.exit(1)
-    except click.exceptions.Exit as e:
+    except (click.exceptions.Exit, typer.Exit) as e:
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         out.error("aborted")
         sys.exit(130)
-    except click.UsageError as e:
+    except (click.UsageError, _UsageError) as e:
         out.error(e.format_message())
         sys.exit(2)
-    except click.ClickException as e:
+    except (click.ClickException, _ClickException) as e:
         out.error(e.format_message())
         sys.exit(e.exit_code if e.exit_code else 1)
     except KeyboardInterrupt:
