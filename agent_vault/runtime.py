@@ -68,7 +68,9 @@ class Runtime:
             return None
         return p
 
-    def reload(self) -> None:
+    def reload(self, *, vaults: bool = True) -> None:
+        """Rebuild from the store. `vaults=False` refreshes identities only (tokens, grants), which
+        is what login, session and agent changes need; services and values are kept as they are."""
         with self._lock:
             with self._store.read() as s:
                 vault_rows = list(s.exec(select(Vault)))
@@ -76,14 +78,13 @@ class Runtime:
                 tokens = list(s.exec(select(Token).where(col(Token.revoked_at).is_(None))))
                 users = {u.id: u for u in s.exec(select(User))}
                 agents = {a.id: a for a in s.exec(select(Agent))}
-                services = list(
-                    s.exec(select(Service).order_by(col(Service.vault_id), col(Service.position)))
-                )
-                creds = list(s.exec(select(Credential)))
+                if vaults:
+                    services = list(s.exec(select(Service).order_by(col(Service.vault_id), col(Service.position))))
+                    creds = list(s.exec(select(Credential)))
             vault_name = {v.id: v.name for v in vault_rows}
             principals = self._principals(tokens, grants, users, agents, vault_name)
-            vaults = self._vaults(vault_rows, services, creds)
-            self.snapshot = Snapshot(principals, vaults, self.snapshot.version + 1)
+            views = self._vaults(vault_rows, services, creds) if vaults else self.snapshot.vaults
+            self.snapshot = Snapshot(principals, views, self.snapshot.version + 1)
         for fn in self.listeners:
             fn()
 

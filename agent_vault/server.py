@@ -26,6 +26,7 @@ from agent_vault.config import Settings
 from agent_vault.core import Core
 from agent_vault.errors import AgentVaultError
 from agent_vault.home import Home
+from agent_vault.housekeeping import start_housekeeping
 from agent_vault.instance import Unlocked, unlock
 from agent_vault.metrics import Metrics
 from agent_vault.proxy.addon import VaultAddon
@@ -122,6 +123,7 @@ async def serve(settings: Settings, unlocked: Unlocked, ready: asyncio.Event | N
     )
     core.extras["metrics"] = metrics
     core.extras["resolve"] = resolve_overrides()
+    housekeeping = start_housekeeping(core)
     stop = asyncio.Event()
     core.extras["stop"] = stop
     loop = asyncio.get_running_loop()
@@ -177,6 +179,7 @@ async def serve(settings: Settings, unlocked: Unlocked, ready: asyncio.Event | N
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(task, timeout=10)
     finally:
+        housekeeping.cancel()
         with contextlib.suppress(Exception):
             core.record("server.stop", "server")
         await asyncio.to_thread(audit.close)

@@ -104,7 +104,7 @@ def create_agent(
             assert vid is not None
             s.add(Grant(vault_id=vid, subject_kind="agent", subject_id=a.id, role=role))
         token = _new_token(s, a.id)
-    core.runtime.reload()
+    core.runtime.reload(vaults=False)
     core.record("agent.create", p.actor, target=name, details={"vaults": sorted(roles)})
     return {
         "name": name,
@@ -142,7 +142,7 @@ def rotate_agent(
         a.status = "active"
         s.add(a)
         token = _new_token(s, a.id)
-    core.runtime.reload()
+    core.runtime.reload(vaults=False)
     core.record("agent.rotate", p.actor, target=name, details={"grace_seconds": grace_seconds})
     return {"name": name, "token": token, "old_token_expires_at": iso(old_expiry)}
 
@@ -156,7 +156,7 @@ def revoke_agent(core: Core, p: Principal, name: str) -> dict[str, Any]:
         for t in s.exec(select(Token).where(Token.agent_id == a.id, col(Token.revoked_at).is_(None))):
             t.revoked_at = utcnow()
             s.add(t)
-    core.runtime.reload()
+    core.runtime.reload(vaults=False)
     core.record("agent.revoke", p.actor, target=name)
     return {"name": name, "status": "revoked"}
 
@@ -170,5 +170,5 @@ def delete_agent(core: Core, p: Principal, name: str) -> None:
         for t in s.exec(select(Token).where(Token.agent_id == a.id)):
             s.delete(t)
         s.delete(a)
-    core.runtime.reload()
+    core.runtime.reload(vaults=False)
     core.record("agent.delete", p.actor, target=name)

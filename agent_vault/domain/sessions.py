@@ -79,7 +79,7 @@ def create_session(
             unmatched_policy=unmatched_policy,
         )
         s.add(row)
-    core.runtime.reload()
+    core.runtime.reload(vaults=False)
     core.record("session.create", p.actor, vault=vault, target=str(row.id), details={"ttl_seconds": ttl})
     host = core.settings.effective_proxy_host
     return {
@@ -149,7 +149,7 @@ def renew_session(
         assert r is not None
         r.expires_at = expires
         s.add(r)
-    core.runtime.reload()
+    core.runtime.reload(vaults=False)
     return {"id": session_id, "expires_at": iso(expires)}
 
 
@@ -160,5 +160,5 @@ def revoke_session(core: Core, p: Principal, session_id: int) -> None:
         assert r is not None
         r.revoked_at = r.revoked_at or utcnow()
         s.add(r)
-    core.runtime.reload()
+    core.runtime.reload(vaults=False)
     core.record("session.revoke", p.actor, vault=vault, target=str(session_id))

@@ -36,7 +36,7 @@ def login(core: Core, email: str, password: str, label: str = "") -> dict[str, A
         s.add(
             Token(digest=crypto.digest(token), kind="user", user_id=user.id, label=label, expires_at=expires)
         )
-    core.runtime.reload()
+    core.runtime.reload(vaults=False)
     return {"token": token, "expires_at": iso(expires), "user": {"email": user.email, "role": user.role}}
 
 
@@ -47,7 +47,7 @@ def logout(core: Core, p: Principal) -> None:
         if t is not None:
             t.revoked_at = utcnow()
             s.add(t)
-    core.runtime.reload()
+    core.runtime.reload(vaults=False)
 
 
 def me(p: Principal) -> dict[str, Any]:
@@ -149,7 +149,7 @@ def remove_user(core: Core, p: Principal, password: str | None, email: str) -> N
         for t in s.exec(select(Token).where(Token.user_id == u.id)):
             s.delete(t)
         s.delete(u)
-    core.runtime.reload()
+    core.runtime.reload(vaults=False)
     core.record("user.remove", p.actor, target=email)
 
 
@@ -166,6 +166,6 @@ def set_role(core: Core, p: Principal, password: str | None, email: str, role: s
             raise Conflict("the last owner cannot be demoted")
         u.role = role
         s.add(u)
-    core.runtime.reload()
+    core.runtime.reload(vaults=False)
     core.record("user.role", p.actor, target=email, details={"role": role})
     return {"email": u.email, "role": u.role}
