@@ -176,3 +176,42 @@ def write_engine_ca(run_dir: Path, ca: CA) -> Path:
 
 def warn(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+def change_key_mode(
+    home: Home,
+    store: Store,
+    instance_id: str,
+    old_mode: str,
+    old_password: str | None,
+    new_mode: str,
+    new_password: str | None,
+) -> None:
+    """Re-wrap the same DEK for `new_mode` (server stopped). Values are not re-encrypted.
+
+    Order matters for crash safety: the new wrapping is written before the old one is removed.
+    """
+    dek = unwrap_dek(home, store, instance_id, old_mode, old_password)
+    if new_mode == "passwordless":
+        write_private(home.dek_file, base64.b64encode(dek))
+        with store.write() as s:
+            for row in s.exec(select(MasterKey)):
+                s.delete(row)
+        return
+    if new_password is None:
+        raise InvalidRequest("a new master password is required")
+    check_master_password(new_password)
+    profile = kdf_profile()
+    salt = os.urandom(16)
+    kek = crypto.derive_kek(new_password, salt, profile)
+    with store.write() as s:
+        row = s.exec(select(MasterKey)).first() or MasterKey(
+            wrapped_dek=b"", salt=b"", time_cost=0, memory_kib=0, parallelism=0
+        )
+        row.wrapped_dek = crypto.seal(kek, dek, dek_aad(instance_id))
+        row.salt, row.time_cost = salt, profile.time_cost
+        row.memory_kib, row.parallelism = profile.memory_kib, profile.parallelism
+        s.add(row)
+    home.dek_file.unlink(missing_ok=True)
+    if new_mode == "keyring":
+        keyring_set(instance_id, new_password)

@@ -138,3 +138,72 @@ def status() -> None:
     if info.get("key_mode") == "passwordless":
         out.warn(keys.PASSWORDLESS_WARNING.format(path=G.home / "dek.key"))
     out.data(info, "\n".join(f"{k}: {v}" for k, v in info.items()))
+
+
+master_app = typer.Typer(no_args_is_help=True, help="Change how the data key is protected (server stopped).")
+app.add_typer(master_app, name="master-password")
+
+
+def _rewrap(new_mode: str | None, password_stdin: bool, *, need_new: bool) -> None:
+    """Unwrap with the current password (env/stdin/prompt), re-wrap for the new mode/password."""
+    import json
+
+    from agent_vault.home import write_private
+    from agent_vault.store import Store
+
+    settings = env_settings(home=G.home)
+    home = Home(settings.home)
+    info = home.instance()
+    lines = iter(sys.stdin.read().splitlines()) if password_stdin else None
+
+    def ask(prompt: str) -> str:
+        if lines is not None:
+            value = next(lines, None)
+            if value is None:
+                raise InvalidRequest("expected one password per line on stdin")
+            return value
+        return password(prompt, False)
+
+    old_mode = info["key_mode"]
+    old = (
+        None
+        if old_mode == "passwordless"
+        else (keys.master_password_from_env() or ask("Current master password: "))
+    )
+    mode = new_mode or (old_mode if old_mode != "passwordless" else "password")
+    new = ask("New master password (>= 12 chars): ") if need_new else None
+    store = Store(settings.sqlalchemy_url())
+    try:
+        keys.change_key_mode(home, store, info["instance_id"], old_mode, old, mode, new)
+    finally:
+        store.close()
+    write_private(home.instance_file, json.dumps({**info, "key_mode": mode}, indent=2))
+    out.data({"key_mode": mode}, f"key mode is now {mode}")
+
+
+@master_app.command("change")
+def master_change(
+    password_stdin: Annotated[bool, typer.Option(help="Current, then new password on stdin.")] = False,
+) -> None:
+    """Change the master password (current and new one: prompt, or two stdin lines)."""
+    _rewrap(None, password_stdin, need_new=True)
+
+
+@master_app.command("set")
+def master_set(
+    keyring: Annotated[bool, typer.Option(help="Also store it in the OS keyring.")] = False,
+    password_stdin: Annotated[bool, typer.Option(help="Read the new password from stdin.")] = False,
+) -> None:
+    """Protect a passwordless instance with a master password."""
+    _rewrap("keyring" if keyring else "password", password_stdin, need_new=True)
+
+
+@master_app.command("remove")
+def master_remove(
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm: the data key will sit in dek.key.")] = False,
+    password_stdin: Annotated[bool, typer.Option(help="Read the current password from stdin.")] = False,
+) -> None:
+    """Switch to passwordless mode (DEK in <home>/dek.key, 0600). Needs --yes."""
+    if not yes:
+        raise InvalidRequest("removing the master password needs --yes")
+    _rewrap("passwordless", password_stdin, need_new=False)
