@@ -79,7 +79,9 @@ class Runtime:
                 users = {u.id: u for u in s.exec(select(User))}
                 agents = {a.id: a for a in s.exec(select(Agent))}
                 if vaults:
-                    services = list(s.exec(select(Service).order_by(col(Service.vault_id), col(Service.position))))
+                    services = list(
+                        s.exec(select(Service).order_by(col(Service.vault_id), col(Service.position)))
+                    )
                     creds = list(s.exec(select(Credential)))
             vault_name = {v.id: v.name for v in vault_rows}
             principals = self._principals(tokens, grants, users, agents, vault_name)

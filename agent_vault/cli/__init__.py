@@ -10,6 +10,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import click
 import typer
@@ -34,8 +35,8 @@ class Globals:
 
 
 G = Globals()
-_UsageError: type[Exception] = typer.BadParameter.__mro__[1]  # typer vendors click: its UsageError
-_ClickException: type[Exception] = typer.BadParameter.__mro__[2]
+_UsageError: Any = typer.BadParameter.__mro__[1]  # typer vendors click: its UsageError
+_ClickException: Any = typer.BadParameter.__mro__[2]
 _FLAGS = {"--json", "--quiet", "--no-color"}
 _VALUED = {"--addr", "--home"}
 

@@ -161,7 +161,7 @@ def _rewrap(new_mode: str | None, password_stdin: bool, *, need_new: bool) -> No
             value = next(lines, None)
             if value is None:
                 raise InvalidRequest("expected one password per line on stdin")
-            return value
+            return str(value)
         return password(prompt, False)
 
     old_mode = info["key_mode"]
