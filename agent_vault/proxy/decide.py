@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 from agent_vault.domain.principal import Principal
 from agent_vault.errors import (
+    AgentVaultError,
+    CredentialCorrupt,
     InvalidPath,
     MethodNotAllowed,
     ProxyAuthRequired,
@@ -53,11 +55,15 @@ def authenticate(runtime: Runtime, proxy_authorization: str | None, x_vault: str
         raise ProxyAuthRequired("the proxy token is unknown, expired or revoked")
     hint = creds.vault_hint or x_vault or None
     vault = resolve_vault(runtime, p, hint)
-    view = runtime.snapshot.vaults[vault]
+    return Identity(digest, p, vault, effective_policy(runtime.snapshot.vaults[vault], p))
+
+
+def effective_policy(view: VaultView, p: Principal) -> str:
+    """The vault's unmatched policy, or the session's stricter override (SPEC §7.1)."""
     policy = view.unmatched_policy
     if p.session_policy and POLICY_RANK[p.session_policy] > POLICY_RANK[policy]:
         policy = p.session_policy
-    return Identity(digest, p, vault, policy)
+    return policy
 
 
 def resolve_vault(runtime: Runtime, p: Principal, hint: str | None) -> str:
@@ -89,13 +95,18 @@ def resolve_vault(runtime: Runtime, p: Principal, hint: str | None) -> str:
 
 
 def recheck(runtime: Runtime, ident: Identity) -> Identity:
-    """Re-validate a connection-bound identity for the next request (revocation is immediate)."""
+    """Re-validate a connection-bound identity for the next request: revocation and policy changes
+    apply to the very next request, also on an open connection."""
     p = runtime.principal(ident.digest)
     if p is None:
         raise ProxyAuthRequired("the proxy token is expired or revoked")
-    if ident.vault not in runtime.snapshot.vaults or p.role_on(ident.vault) is None:
+    view = runtime.snapshot.vaults.get(ident.vault)
+    if view is None or p.role_on(ident.vault) is None:
         raise VaultForbidden(f"this token may no longer use vault {ident.vault}")
-    return ident if p is ident.principal else Identity(ident.digest, p, ident.vault, ident.policy)
+    policy = effective_policy(view, p)
+    if p is ident.principal and policy == ident.policy:
+        return ident
+    return Identity(ident.digest, p, ident.vault, policy)
 
 
 def wants_mitm(view: VaultView, policy: str, host: str, port: int) -> bool:
@@ -133,8 +144,11 @@ def decide(
             return Decision("passthrough", svc)
         if not path_is_safe(bare_path):
             raise InvalidPath(f"path to service {svc.name} has dot segments or encoded slashes")
+        for key in svc.auth.referenced_keys():
+            if key in view.corrupt:
+                raise CredentialCorrupt(view.name, key)
         return Decision("injected", svc, build_injection(svc.auth, view.values))
-    err: Exception
+    err: AgentVaultError
     if isinstance(result, Denied):
         if result.code == "service_disabled":
             err = ServiceDisabled(
@@ -175,5 +189,5 @@ def decide(
     else:
         return Decision("unmatched_passthrough")
     if dry_run:
-        return Decision("would_deny", would_deny_code=getattr(err, "code", "denied"))
+        return Decision("would_deny", would_deny_code=err.code)
     raise err

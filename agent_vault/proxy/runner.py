@@ -2,7 +2,9 @@
 
 Lean chain (PERF-NOTES): core, proxyserver, nextlayer, tlsconfig + VaultAddon. No dumper, save,
 HAR, web UI or onboarding (SPEC §14.13). The CA key file mitmproxy loads is written into run/
-(0600) and deleted as soon as the engine has read it.
+(0600) and deleted as soon as the engine has read it -- which is after every addon's `running`
+hook: TlsConfig reloads the CA from confdir there and, if the file is gone, silently makes a new
+mitmproxy CA that no agent trusts. Start fails if the engine's CA is not ours.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from mitmproxy.addons import next_layer, proxyserver, tlsconfig
 from agent_vault.errors import AgentVaultError
 from agent_vault.home import write_private
 from agent_vault.keys import CA, write_engine_ca
+from agent_vault.proxy import engine
 
 log = logging.getLogger("agent_vault.proxy")
 
@@ -44,6 +47,16 @@ def upstream_bundle(run_dir: Path, extra_ca: Path | None) -> Path:
     path = run_dir / "upstream-ca.pem"
     write_private(path, b"\n".join(parts), mode=0o644)
     return path
+
+
+class _Running:
+    """Set once every addon before it in the chain has run its `running` hook."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    def running(self) -> None:
+        self.event.set()
 
 
 class ProxyRunner:
@@ -71,10 +84,13 @@ class ProxyRunner:
         bundle = upstream_bundle(self.run_dir, self.upstream_ca)
         logging.getLogger("mitmproxy").setLevel(logging.ERROR)
         opts = options.Options(listen_host=self.host, listen_port=self.port, confdir=str(self.run_dir))
+        engine.install()
         m = master.Master(opts)
-        ps = proxyserver.Proxyserver()
-        m.addons.add(mcore.Core(), ps, next_layer.NextLayer(), tlsconfig.TlsConfig(), self.addon)
-        opts.update(
+        ps = proxyserver.Proxyserver()  # type: ignore[no-untyped-call]
+        tls, started = tlsconfig.TlsConfig(), _Running()
+        chain = (mcore.Core(), ps, next_layer.NextLayer(), tls, self.addon, started)
+        m.addons.add(*chain)  # type: ignore[no-untyped-call]
+        opts.update(  # type: ignore[no-untyped-call]
             connection_strategy="lazy",
             ssl_verify_upstream_trusted_ca=str(bundle),
             http2=True,
@@ -85,10 +101,14 @@ class ProxyRunner:
         self.master = m
         self._task = asyncio.create_task(m.run())
         try:
-            for _ in range(200):
-                if ps.listen_addrs() or self._task.done():
-                    break
-                await asyncio.sleep(0.01)
+            # Master.run binds the listeners, then runs the `running` hooks (TlsConfig loads the CA).
+            done = asyncio.ensure_future(started.event.wait())
+            await asyncio.wait([done, self._task], timeout=10, return_when=asyncio.FIRST_COMPLETED)
+            done.cancel()
+            m.addons.remove(started)  # type: ignore[no-untyped-call]  # no per-flow hook walk
+            store = tls.certstore if started.event.is_set() else None
+            if store is None or store.default_ca.to_pem().strip() != self.ca.cert_pem.strip():
+                raise AgentVaultError("the proxy engine did not load the instance CA")
             addrs = ps.listen_addrs()
             if not addrs:
                 raise BindError(
@@ -109,10 +129,11 @@ class ProxyRunner:
         m, task = self.master, self._task
         if m is None or task is None:
             return
-        ps = m.addons.get("proxyserver")
+        ps = m.addons.get("proxyserver")  # type: ignore[no-untyped-call]
         with contextlib.suppress(Exception):
             await ps.servers.update([])
-        m.shutdown()
+        m.shutdown()  # type: ignore[no-untyped-call]
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(task, timeout=10)
         self.master = None
+        engine.uninstall()

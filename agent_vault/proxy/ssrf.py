@@ -11,8 +11,10 @@ import asyncio
 import ipaddress
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from agent_vault.errors import SsrfBlocked, UpstreamDns
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -44,10 +46,10 @@ def address_class(ip: IPAddress) -> str | None:
         return "cgnat"
     if isinstance(ip, ipaddress.IPv6Address) and ip in _ULA:
         return "unique-local"
+    if ip.is_reserved:  # before is_private, which also covers 240.0.0.0/4
+        return "reserved"
     if ip.is_private:
         return "private"
-    if ip.is_reserved:
-        return "reserved"
     return None
 
 
@@ -120,3 +122,25 @@ class Resolver:
             self._cache.clear()
         self._cache[host] = (now + self.ttl, result)
         return result
+
+
+class Egress:
+    """The one way the proxy learns where to connect: overrides (AGENT_VAULT_RESOLVE), resolution,
+    the guard. `address()` returns the checked address to dial or raises the SPEC §6 error."""
+
+    def __init__(self, allow_net: Sequence[str], overrides: Mapping[str, str] | None = None) -> None:
+        self.resolver = Resolver(Guard(allow_net))
+        self.overrides = dict(overrides or {})
+
+    async def address(self, host: str, port: int) -> str:
+        try:
+            res = await self.resolver.resolve(self.overrides.get(host, host), port)
+        except ResolveError:
+            raise UpstreamDns(f"{host} does not resolve", cause="name not found") from None
+        if isinstance(res, Blocked):
+            raise SsrfBlocked(
+                f"{host} resolves to {res.address} ({res.address_class})",
+                address=res.address,
+                address_class=res.address_class,
+            )
+        return str(res)

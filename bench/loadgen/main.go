@@ -465,9 +465,20 @@ func accounting(a, b procSnap) map[string]any {
 // ---------------------------------------------------------------- load
 
 type workerStats struct {
-	lat    []time.Duration
-	errors int64
-	errMsg []string
+	mu       sync.Mutex
+	lat      []time.Duration
+	errors   int64
+	errMsg   []string
+	inFlight atomic.Bool // a request (or dial) is outstanding
+}
+
+func (st *workerStats) fail(err error) {
+	st.mu.Lock()
+	st.errors++
+	if len(st.errMsg) < 3 {
+		st.errMsg = append(st.errMsg, err.Error())
+	}
+	st.mu.Unlock()
 }
 
 func runLoad() error {
@@ -509,12 +520,12 @@ func runLoad() error {
 			}
 			dialed.Done()
 			<-begin
-			fail := func(err error) {
-				if recording.Load() {
-					st.errors++
-					if len(st.errMsg) < 3 {
-						st.errMsg = append(st.errMsg, err.Error())
-					}
+			// A failure counts if its request began or ended inside the window;
+			// a success counts if it ended inside the window.
+			fail := func(err error, began bool) {
+				st.inFlight.Store(false)
+				if began || recording.Load() {
+					st.fail(err)
 				}
 				time.Sleep(10 * time.Millisecond) // never spin on a refusing proxy
 			}
@@ -523,10 +534,12 @@ func runLoad() error {
 					return
 				}
 				t0 := time.Now()
+				began := recording.Load()
+				st.inFlight.Store(true)
 				if cn == nil {
 					c, err := cl.dial()
 					if err != nil {
-						fail(err)
+						fail(err, began)
 						continue
 					}
 					cn = c
@@ -544,11 +557,14 @@ func runLoad() error {
 					if err == nil {
 						err = errors.New("check failed")
 					}
-					fail(err)
+					fail(err, began)
 					continue
 				}
+				st.inFlight.Store(false)
 				if recording.Load() {
+					st.mu.Lock()
 					st.lat = append(st.lat, el)
+					st.mu.Unlock()
 				}
 			}
 		}()
@@ -573,13 +589,16 @@ func runLoad() error {
 		recording.Store(false)
 		s1, t1 = snap(), time.Now()
 		stop.Store(true)
-		waitTimeout(&wg, *reqTimeout+time.Second)
+		// Requests still outstanding this long after the window are stalled: counted
+		// as errors, not waited for (a hung proxy must not hang the benchmark).
+		waitTimeout(&wg, 2*time.Second)
 	}
 	rssStart, rssPeak := rss.finish()
 	var all []time.Duration
-	var errs int64
+	var errs, stalled int64
 	var msgs []string
 	for _, st := range stats {
+		st.mu.Lock()
 		all = append(all, st.lat...)
 		errs += st.errors
 		for _, m := range st.errMsg {
@@ -587,12 +606,20 @@ func runLoad() error {
 				msgs = append(msgs, m)
 			}
 		}
+		st.mu.Unlock()
+		if st.inFlight.Load() {
+			stalled++
+		}
+	}
+	if stalled > 0 {
+		errs += stalled
+		msgs = append(msgs, fmt.Sprintf("%d request(s) still unanswered 2 s after the window", stalled))
 	}
 	window := t1.Sub(t0).Seconds()
 	out := map[string]any{
 		"mode": "load", "url": *targetURL, "via_proxy": *proxyURL != "", "concurrency": *concurrency,
 		"new_conn": *newConn, "window_s": round(window, 4), "requests": len(all), "errors": errs,
-		"error_samples": msgs, "rps": round(float64(len(all))/window, 1), "connect_s": round(connectS, 3),
+		"stalled": stalled, "error_samples": msgs, "rps": round(float64(len(all))/window, 1), "connect_s": round(connectS, 3),
 		"lat_ms": percentiles(all), "rss_kb_start": rssStart, "rss_kb_peak": rssPeak,
 	}
 	for k, v := range accounting(s0, s1) {

@@ -1,6 +1,7 @@
 """Drive the real server: `agent-vault init` + `agent-vault server` as subprocesses on free ports.
 
-`ServerProc(tmp_path, upstream_ca, key_mode="passwordless", extra_args=())` is a context manager.
+`ServerProc(tmp_path, upstream_ca, key_mode="passwordless", extra_args=(), allow_net=True)` is a context
+manager; `allow_net=False` omits `--allow-net 127.0.0.0/8`, so loopback upstreams are SSRF-blocked.
 After start: `api` (base URL), `proxy` (http://127.0.0.1:PORT), `proxy_port`, `owner_token`,
 `ca_bundle` (agent-vault CA + the upstream test CA, for clients), `env` (the CLI env), `home`.
 `cli(*args, input=None, check=True)` runs the real CLI; `http()` is an httpx client with the owner token;
@@ -35,11 +36,13 @@ class ServerProc:
         key_mode: str = "passwordless",
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        allow_net: bool = True,
     ) -> None:
         self.tmp = tmp_path
         self.home = tmp_path / "server-home"
         self.key_mode = key_mode
         self.extra_args = extra_args
+        self.allow_net = allow_net  # False: no --allow-net, so loopback upstreams are SSRF-blocked
         self.upstream_ca_file = tmp_path / "upstream-ca.pem"
         upstream_ca.cert_pem.write_to_path(str(self.upstream_ca_file))
         self.env = {
@@ -93,10 +96,7 @@ class ServerProc:
             "0",
             "--proxy-port",
             "0",
-            "--allow-net",
-            "127.0.0.0/8",
-            "--allow-net",
-            "::1/128",
+            *(("--allow-net", "127.0.0.0/8", "--allow-net", "::1/128") if self.allow_net else ()),
             "--upstream-ca",
             str(self.upstream_ca_file),
             *self.extra_args,

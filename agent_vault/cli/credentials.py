@@ -1,0 +1,144 @@
+"""`vault credential …`: write-only credential values (SPEC §3.3, §10).
+
+Values come from a hidden prompt, `--stdin`, `--from-env VAR` or `--from-file PATH` — never argv — and are
+never printed, except by `get --reveal` (admin, terminal only, typed confirmation and step-up; audited).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agent_vault.cli.common import VaultOpt, YesOpt, client, confirm, seg, step_up, vault_app, vault_name
+from agent_vault.cli.output import out
+from agent_vault.cli.prompts import secret_value
+from agent_vault.domain.names import check_key
+from agent_vault.errors import InvalidRequest, NotFound
+
+credential_app = typer.Typer(no_args_is_help=True, help="Credential values (write-only; names are listed).")
+vault_app.add_typer(credential_app, name="credential")
+
+KeyArg = Annotated[str, typer.Argument(metavar="KEY", help="Credential key, e.g. OPENAI_API_KEY.")]
+StdinOpt = Annotated[
+    bool, typer.Option("--stdin", help="Read the value from stdin (one trailing newline dropped).")
+]
+FromEnvOpt = Annotated[
+    str | None, typer.Option("--from-env", metavar="VAR", help="Take the value from $VAR.")
+]
+FromFileOpt = Annotated[
+    Path | None, typer.Option("--from-file", metavar="PATH", help="Read the value from PATH.")
+]
+
+
+@credential_app.command("list")
+def list_credentials(vault: VaultOpt = None) -> None:
+    """Key names and metadata; values are never shown."""
+    data = client().get(f"/v1/vaults/{seg(vault_name(vault))}/credentials")
+    out.table(
+        data,
+        data["credentials"],
+        ["key", "has_value", "version", "updated_at", "used_by", "description"],
+    )
+
+
+def _write(
+    action: str,
+    key: str,
+    vault: str | None,
+    description: str | None,
+    stdin: bool,
+    from_env: str | None,
+    from_file: Path | None,
+) -> None:
+    check_key(key)
+    verb = action
+    value = secret_value(key, stdin=stdin, from_env=from_env, from_file=from_file)
+    v = vault_name(vault)
+    c = client()
+    path = f"/v1/vaults/{seg(v)}/credentials/{seg(key)}"
+    if (
+        action != "set" and description is not None
+    ):  # rotate + new description: PUT, once it is known to exist
+        known = {x["key"] for x in c.get(f"/v1/vaults/{seg(v)}/credentials")["credentials"]}
+        if key not in known:
+            raise NotFound(f"credential {key} not found in vault {v}")
+        action = "set"
+    if action == "set":
+        body: dict[str, str] = {"value": value}
+        if description is not None:
+            body["description"] = description
+        data = c.put(path, body)
+    else:
+        data = c.post(path + "/rotate", {"value": value})
+    del value
+    out.data(data, f"{verb} {key} in vault {v} (version {data.get('version')})")
+
+
+@credential_app.command("set")
+def set_credential(
+    key: KeyArg,
+    vault: VaultOpt = None,
+    description: Annotated[str | None, typer.Option("--description", help="What it is.")] = None,
+    stdin: StdinOpt = False,
+    from_env: FromEnvOpt = None,
+    from_file: FromFileOpt = None,
+) -> None:
+    """Create or replace a value (hidden prompt unless --stdin/--from-env/--from-file)."""
+    _write("set", key, vault, description, stdin, from_env, from_file)
+
+
+@credential_app.command("rotate")
+def rotate_credential(
+    key: KeyArg,
+    vault: VaultOpt = None,
+    description: Annotated[
+        str | None, typer.Option("--description", help="Also change the description.")
+    ] = None,
+    stdin: StdinOpt = False,
+    from_env: FromEnvOpt = None,
+    from_file: FromFileOpt = None,
+) -> None:
+    """Replace an existing value (fails if KEY does not exist)."""
+    _write("rotated", key, vault, description, stdin, from_env, from_file)
+
+
+@credential_app.command("delete")
+def delete_credential(
+    key: KeyArg,
+    vault: VaultOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Delete even if services use it.")] = False,
+    yes: YesOpt = False,
+) -> None:
+    """Delete a credential (refused while a service uses it, unless --force)."""
+    v = vault_name(vault)
+    confirm(f"Delete credential {key} from vault {v}?", yes)
+    client().delete(
+        f"/v1/vaults/{seg(v)}/credentials/{seg(key)}", params={"force": "true"} if force else None
+    )
+    out.data({"deleted": key, "vault": v}, f"deleted {key} from vault {v}")
+
+
+@credential_app.command("get")
+def get_credential(
+    key: KeyArg,
+    vault: VaultOpt = None,
+    reveal: Annotated[bool, typer.Option("--reveal", help="Print the value (admin, step-up).")] = False,
+) -> None:
+    """Reveal a value: vault admins only, on a terminal, after typing KEY and your password (audited)."""
+    if not reveal:
+        raise InvalidRequest("credential values are write-only", hint="Pass --reveal to print it (audited).")
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise InvalidRequest(
+            "revealing a value needs an interactive terminal",
+            hint="Run it yourself in a terminal; it cannot be scripted.",
+        )
+    v = vault_name(vault)
+    typed = typer.prompt(f"This prints the value of {key} from vault {v}. Type {key} to confirm")
+    if typed.strip() != key:
+        raise InvalidRequest("confirmation did not match; nothing revealed")
+    pw = step_up(False)
+    data = client().post(f"/v1/vaults/{seg(v)}/credentials/{seg(key)}/reveal", {"password": pw})
+    out.line(str(data["value"]))

@@ -1,0 +1,321 @@
+"""`agent-vault logs …`: read, follow, verify and export the audit log (SPEC §10, §12).
+
+* `logs [filters]` - the vault's newest records as a table (`--json`: one JSON object per line).
+* `logs follow [filters]` - prints new records as they arrive (polls `after=`); Ctrl-C exits 0.
+* `logs verify [--expect-head HASH]` - owner: verifies the whole hash chain. With the server running it
+  asks the server (`POST /v1/audit/verify`, which first flushes the audit queue). When the API is not
+  reachable (server stopped) - or with `--offline` - it opens `<home>/agent-vault.db` READ-ONLY and
+  verifies it locally against `<home>/audit.head`; that needs read access to the server's home, not a login.
+  Exit 0 and `ok: N records, head <hash>`, or exit 1 naming the first bad seq and the reason.
+* `logs export [-o FILE.jsonl] [--since …]` - owner: every record with its hash, one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, TextIO
+
+import typer
+from sqlalchemy import Engine, create_engine
+
+from agent_vault.audit import VerifyResult, utc_ts, verify_db
+from agent_vault.cli import G, app
+from agent_vault.cli.client import ApiError, Client
+from agent_vault.cli.common import VaultOpt, client, exit_with, seg, vault_name
+from agent_vault.cli.durations import parse_duration
+from agent_vault.cli.output import out
+from agent_vault.errors import AgentVaultError, InvalidRequest
+
+logs_app = typer.Typer(no_args_is_help=False, help="Read, follow, verify and export the audit log.")
+app.add_typer(logs_app, name="logs")
+
+PAGE = 500  # the API's maximum for /v1/vaults/{v}/logs
+EXPORT_PAGE = 1000  # the API's maximum for /v1/audit
+COLUMNS = ["seq", "time", "actor", "what", "target", "status", "service", "keys"]
+
+SinceOpt = Annotated[
+    str | None, typer.Option(help="Only records newer than this: 90s, 15m, 1h, 7d or ISO time.")
+]
+AgentOpt = Annotated[str | None, typer.Option(help="Only this agent (and its sessions).")]
+ServiceOpt = Annotated[str | None, typer.Option(help="Only requests matched to this service.")]
+DecisionOpt = Annotated[
+    str | None,
+    typer.Option(help="injected, passthrough, unmatched_passthrough, tunnel, denied, would_deny or error."),
+]
+StatusOpt = Annotated[str | None, typer.Option(help="Status class 4xx, exact code 404, or err.")]
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def parse_since(text: str) -> str:
+    """A duration ago (`300`, `90s`, `15m`, `1h`, `7d`) or an ISO-8601 time -> ISO-8601 UTC."""
+    try:
+        return utc_ts(datetime.now(UTC) - timedelta(seconds=parse_duration(text)))
+    except InvalidRequest:
+        pass
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest(
+            f"--since {text[:40]!r} is neither a duration (90s, 15m, 1h, 7d) nor an ISO time"
+        ) from None
+    return utc_ts(when)
+
+
+def _filters(
+    agent: str | None, service: str | None, decision: str | None, status: str | None, since: str | None
+) -> dict[str, Any]:
+    params = {
+        "agent": agent,
+        "service": service,
+        "decision": decision,
+        "status": status,
+        "since": parse_since(since) if since else None,
+    }
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _row(rec: dict[str, Any]) -> dict[str, Any]:
+    """One record as table cells (names only: records never hold values)."""
+    kind = str(rec.get("kind", ""))
+    if kind.startswith("proxy."):
+        url = f"{rec.get('scheme') or ''}://{rec.get('host')}:{rec.get('port')}{rec.get('path') or ''}"
+        target = f"{rec.get('method') or ''} {url}"
+        what = str(rec.get("decision") or "")
+        if rec.get("error"):
+            what += f" ({rec['error']})"
+        elif rec.get("would_deny_code"):
+            what += f" ({rec['would_deny_code']})"
+        keys = sorted(set(rec.get("injected_keys") or []) | set(rec.get("substituted_keys") or []))
+    else:
+        target = str(rec.get("target") or "")
+        what = kind
+        keys = []
+    return {
+        "seq": rec.get("seq"),
+        "time": str(rec.get("ts", ""))[:23].replace("T", " "),
+        "actor": rec.get("actor"),
+        "what": what,
+        "target": target.strip(),
+        "status": rec.get("status"),
+        "service": rec.get("service"),
+        "keys": keys or None,
+    }
+
+
+def _line(rec: dict[str, Any]) -> str:
+    r = _row(rec)
+    parts = [str(r["seq"]), r["time"], str(r["actor"]), r["what"], r["target"]]
+    if r["status"] is not None:
+        parts.append(f"-> {r['status']}")
+    if r["service"]:
+        parts.append(f"[{r['service']}]")
+    if r["keys"]:
+        parts.append("keys=" + ",".join(r["keys"]))
+    return "  ".join(p for p in parts if p)
+
+
+def _emit_lines(records: list[dict[str, Any]]) -> None:
+    for rec in records:
+        out.line(json.dumps(rec, ensure_ascii=False) if out.json_mode else _line(rec))
+
+
+# -- logs ----------------------------------------------------------------------------------------
+
+
+@logs_app.callback(invoke_without_command=True)
+def logs(
+    ctx: typer.Context,
+    vault: VaultOpt = None,
+    since: SinceOpt = None,
+    limit: Annotated[int, typer.Option(min=1, help="How many of the newest records.")] = 50,
+    agent: AgentOpt = None,
+    service: ServiceOpt = None,
+    decision: DecisionOpt = None,
+    status: StatusOpt = None,
+) -> None:
+    """Show the vault's newest records (member role on the vault)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    name = vault_name(vault)
+    api = client()
+    params = _filters(agent, service, decision, status, since)
+    records: list[dict[str, Any]] = []
+    before: int | None = None
+    while len(records) < limit:
+        page_params = {**params, "limit": min(PAGE, limit - len(records))}
+        if before is not None:
+            page_params["before"] = before
+        page = api.get(f"/v1/vaults/{seg(name)}/logs", params=page_params)
+        records = list(page["logs"]) + records
+        before = page.get("next_cursor")
+        if before is None:
+            break
+    if out.json_mode:
+        _emit_lines(records)
+        return
+    if not records:
+        out.info(f"no records in vault {name} match")
+        return
+    out.table({"logs": records}, [_row(r) for r in records], COLUMNS, title=f"vault {name}")
+
+
+@logs_app.command("follow")
+def follow(
+    vault: VaultOpt = None,
+    since: SinceOpt = None,
+    agent: AgentOpt = None,
+    service: ServiceOpt = None,
+    decision: DecisionOpt = None,
+    status: StatusOpt = None,
+    backlog: Annotated[int, typer.Option(min=0, max=PAGE, help="Older records to print first.")] = 10,
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between polls.")] = 1.0,
+    max_seconds: Annotated[float | None, typer.Option(hidden=True)] = None,
+) -> None:
+    """Print new records as they arrive (polls the server); Ctrl-C to stop."""
+    name = vault_name(vault)
+    api = client()
+    params = _filters(agent, service, decision, status, since)
+    path = f"/v1/vaults/{seg(name)}/logs"
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    try:
+        first = api.get(path, params={**params, "limit": max(backlog, 1)})
+        shown = first["logs"][-backlog:] if backlog else []
+        _emit_lines(shown)
+        seen = [int(r["seq"]) for r in first["logs"]]
+        cursor = max([int(first["latest_seq"]), *seen])
+        out.info(f"following vault {name} after seq {cursor} (Ctrl-C to stop)")
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(interval if deadline is None else max(0.0, min(interval, deadline - time.monotonic())))
+            while True:
+                page = api.get(path, params={**params, "after": cursor, "limit": PAGE})
+                _emit_lines(page["logs"])
+                cursor = int(page["next_cursor"])
+                if len(page["logs"]) < PAGE:
+                    break
+    except KeyboardInterrupt:
+        return
+
+
+# -- verify --------------------------------------------------------------------------------------
+
+
+def _readonly_engine(db: Path) -> Engine:
+    """The DB opened read-only (WAL still read, so records committed before a crash count)."""
+    uri = db.resolve().as_uri() + "?mode=ro"
+    return create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False))
+
+
+def verify_offline(home: Path, expect_head: str | None) -> VerifyResult:
+    """Verify `<home>/agent-vault.db` directly (server stopped), read-only, against `<home>/audit.head`."""
+    db = home / "agent-vault.db"
+    if not db.is_file():
+        raise AgentVaultError(
+            f"no database at {db}", hint="Pass --home (or set AGENT_VAULT_HOME) to the server home."
+        )
+    engine = _readonly_engine(db)
+    try:
+        return verify_db(engine, home / "audit.head", expect_head)
+    except Exception as exc:  # sqlite3/SQLAlchemy errors: report the type, never parameters
+        raise AgentVaultError(f"cannot read the audit log in {db} ({type(exc).__name__})") from None
+    finally:
+        engine.dispose()
+
+
+def _server_reachable(api: Client) -> bool:
+    try:
+        api.get("/health", auth=False)
+    except ApiError:
+        return True  # something answers: let the real request report the problem
+    except AgentVaultError:
+        return False
+    return True
+
+
+@logs_app.command("verify")
+def verify(
+    expect_head: Annotated[
+        str | None, typer.Option(help="A head hash noted earlier; it must be in the chain.")
+    ] = None,
+    offline: Annotated[
+        bool, typer.Option(help="Read <home>/agent-vault.db directly even if the server runs.")
+    ] = False,
+) -> None:
+    """Owner: recompute every hash; exit 1 naming the first bad record (works with the server stopped)."""
+    if expect_head is not None and not re.fullmatch(r"[0-9a-f]{64}", expect_head):
+        raise InvalidRequest("--expect-head must be a 64-character lowercase hex hash")
+    api = client()
+    if not offline and _server_reachable(api):
+        result: dict[str, Any] = api.post(
+            "/v1/audit/verify", {"expect_head": expect_head} if expect_head else {}
+        )
+        where = "server"
+    else:
+        r = verify_offline(G.home, expect_head)
+        result = {"ok": r.ok, "checked": r.checked, "head": r.head}
+        if not r.ok:
+            result |= {"first_bad_seq": r.first_bad_seq, "reason": r.reason}
+        where = "offline"
+        out.info(f"offline: verified {G.home / 'agent-vault.db'} directly (read-only)")
+    result["mode"] = where
+    if result["ok"]:
+        out.data(result, f"ok: {result['checked']} records, head {result['head']}")
+        return
+    seq = result.get("first_bad_seq")
+    at = f"seq {seq}" if seq is not None else "the chain head"
+    out.data(
+        result,
+        f"audit chain BROKEN at {at}: {result.get('reason')} "
+        f"({result['checked']} records verified before it)",
+    )
+    exit_with(1)
+
+
+# -- export --------------------------------------------------------------------------------------
+
+
+def _open_output(path: Path) -> TextIO:
+    """The export file, created 0600 (audit records name agents, users and hosts)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    return os.fdopen(fd, "w", encoding="utf-8")
+
+
+@logs_app.command("export")
+def export(
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write JSON lines here (default stdout).")
+    ] = None,
+    since: SinceOpt = None,
+) -> None:
+    """Owner: every record with its hash, one JSON object per line, oldest first."""
+    api = client()
+    params: dict[str, Any] = {"limit": EXPORT_PAGE}
+    if since:
+        params["since"] = parse_since(since)
+    cursor, count = 0, 0
+    f = _open_output(output) if output is not None else None
+    try:
+        while True:
+            page = api.get("/v1/audit", params={**params, "after_seq": cursor})["records"]
+            for rec in page:
+                text = json.dumps(rec, ensure_ascii=False, sort_keys=True)
+                if f is None:
+                    out.line(text)
+                else:
+                    f.write(text + "\n")
+            count += len(page)
+            if len(page) < EXPORT_PAGE:
+                break
+            cursor = int(page[-1]["seq"])
+    finally:
+        if f is not None:
+            f.close()
+    if output is not None:
+        out.info(f"exported {count} records to {output}")

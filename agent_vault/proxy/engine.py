@@ -1,0 +1,199 @@
+"""What mitmproxy hooks cannot express: SPEC §6 answers for failures the engine handles itself.
+
+mitmproxy answers a failed upstream connect or TLS handshake (502) and a malformed or origin-form
+request (400) with its own HTML page, after the `error` hook has run, so an addon cannot replace
+it. `install()` (called by ProxyRunner; one engine per process) therefore:
+
+* makes the HTTP layer build `VaultHttpStream`, which turns an upstream failure before response
+  headers into an ordinary response (`flow.response` = SPEC §6 JSON; the `response` hook runs and
+  audits it) for HTTP/1, HTTP/2 and HTTP/3 clients alike;
+* refuses origin-form requests to the forward proxy instead of routing them by their `Host` header;
+* sends a refusal decided at request-headers time at once and discards the request body, instead
+  of buffering the whole body first (and instead of mitmproxy's crash when a buffered body of an
+  answered request crosses `stream_large_bodies`);
+* replaces the HTTP/1 error page used for the remaining early errors (bad request line, ...).
+
+`TunnelLayer` is mitmproxy's raw TCP relay without a flow (no per-chunk hooks, nothing stored) that
+counts the bytes it relays, for the tunnel's audit record.
+
+Messages name hosts and causes, never request content: a bad request line may hold a token.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mitmproxy import flow as mflow
+from mitmproxy import http
+from mitmproxy.net.http import http1
+from mitmproxy.proxy import events, layer
+from mitmproxy.proxy.context import Context
+from mitmproxy.proxy.layers import TCPLayer
+from mitmproxy.proxy.layers import http as mhttp
+from mitmproxy.proxy.layers.http import _http1
+from mitmproxy.proxy.layers.http._events import (
+    ErrorCode,
+    RequestHeaders,
+    RequestProtocolError,
+    ResponseEndOfMessage,
+    ResponseProtocolError,
+)
+
+from agent_vault.errors import (
+    AgentVaultError,
+    BadRequest,
+    BodyTooLarge,
+    ProxyAuthRequired,
+    ProxyInternal,
+    RateLimited,
+    UpstreamDns,
+    UpstreamTimeout,
+    UpstreamTls,
+    UpstreamUnreachable,
+)
+
+PROXY_ERROR_HEADER = "X-Agent-Vault-Proxy-Error"
+ORIGIN_FORM_HINT = "Use this address as HTTPS_PROXY / HTTP_PROXY; do not send requests to it directly."
+_UPSTREAM_FAILURES = (ErrorCode.CONNECT_FAILED, ErrorCode.GENERIC_SERVER_ERROR)
+
+
+def error_response(err: AgentVaultError) -> http.Response:
+    """The SPEC §6 response for `err`: JSON body, `X-Agent-Vault-Proxy-Error: true`, extra headers."""
+    headers = {"Content-Type": "application/json", PROXY_ERROR_HEADER: "true"}
+    if isinstance(err, ProxyAuthRequired):
+        headers["Proxy-Authenticate"] = 'Basic realm="agent-vault"'
+    if isinstance(err, RateLimited):
+        headers["Retry-After"] = str(err.extra.get("retry_after", 1))
+    return http.Response.make(err.status, json.dumps(err.body()).encode(), headers)
+
+
+def is_proxy_answer(resp: http.Response | None) -> bool:
+    """True for a response this proxy generated (upstream `X-Agent-Vault-*` headers are stripped)."""
+    return resp is not None and resp.headers.get(PROXY_ERROR_HEADER) == "true"
+
+
+def upstream_error(message: str, target: str = "the upstream") -> AgentVaultError:
+    """Classify an engine connection error message into the SPEC §6 upstream_* error."""
+    cause = message.removeprefix("Connection killed: ").strip()[:200]
+    cause = cause[:1].lower() + cause[1:]
+    low = cause.lower()
+    if any(w in low for w in ("certificate", "tls", "ssl", "handshake")):
+        return UpstreamTls(f"TLS to {target} failed", cause=cause)
+    if "timed out" in low or "timeout" in low:
+        return UpstreamTimeout(f"{target} did not answer in time", cause=cause)
+    if "name or service" in low or "getaddrinfo" in low or "nodename" in low:
+        return UpstreamDns(f"{target} does not resolve", cause=cause)
+    return UpstreamUnreachable(f"cannot reach {target}", cause=cause)
+
+
+def _engine_error(status: int, message: str) -> AgentVaultError:
+    if status == 400 and "destination unknown" in message:
+        return BadRequest(
+            "this is a forward proxy: send absolute-form or CONNECT requests", hint=ORIGIN_FORM_HINT
+        )
+    if status == 400:
+        return BadRequest("the request could not be parsed", hint="Send a well-formed HTTP proxy request.")
+    if status == 413:
+        return BodyTooLarge("the body is over the proxy's limit")
+    if status in (502, 504):
+        return upstream_error(message)
+    return ProxyInternal("the proxy could not handle the request")
+
+
+def _h1_error_response(status_code: int, message: str = "") -> bytes:
+    """Replacement for mitmproxy's HTML error page on HTTP/1 connections."""
+    resp = error_response(_engine_error(status_code, message))
+    resp.headers["Connection"] = "close"
+    return bytes(http1.assemble_response(resp))  # type: ignore[no-untyped-call]
+
+
+class VaultHttpStream(mhttp.HttpStream):
+    """mitmproxy's HttpStream with SPEC §5.1/§6 answers (see the module docstring)."""
+
+    def state_wait_for_request_headers(self, event: Any) -> layer.CommandGenerator[None]:
+        req = event.request if isinstance(event, RequestHeaders) else None
+        origin_form = req is not None and not req.host and req.method != "CONNECT"
+        if req is not None and origin_form and self.mode is mhttp.HTTPMode.regular:
+            # Origin-form to a forward proxy: mitmproxy would route it by its Host header. Without
+            # one it answers 400 "destination unknown", which _h1_error_response turns into bad_request.
+            req.headers.pop("host", None)
+        yield from super().state_wait_for_request_headers(event)
+        if (
+            req is not None
+            and not event.end_stream
+            and self.flow.response is not None
+            and self.client_state == self.state_consume_request_body
+        ):
+            yield from self._answer_before_body()
+
+    def _answer_before_body(self) -> layer.CommandGenerator[None]:
+        """The addon refused the request at headers time: answer now, discard the body unread."""
+        assert self.flow.response is not None
+        if not (self.flow.request.is_http2 or self.flow.request.is_http3):
+            self.flow.response.headers["Connection"] = "close"
+        self.client_state = self.state_errored  # swallows the rest of the request body
+        yield from self.send_response()
+        yield mhttp.SendHttp(ResponseEndOfMessage(self.stream_id), self.context.client)
+
+    def handle_protocol_error(
+        self, event: RequestProtocolError | ResponseProtocolError
+    ) -> layer.CommandGenerator[None]:
+        if (
+            isinstance(event, ResponseProtocolError)
+            and event.code in _UPSTREAM_FAILURES
+            and self.flow.response is None
+            and self.client_state == self.state_done
+            and self.server_state == self.state_wait_for_response_headers
+        ):
+            req = self.flow.request
+            self.flow.error = mflow.Error(event.message)
+            self.flow.response = error_response(upstream_error(event.message, f"{req.host}:{req.port}"))
+            yield from self.send_response()
+            return
+        yield from super().handle_protocol_error(event)
+
+
+class ByteCounter:
+    """Bytes relayed in each direction (mutable; shared with the connection's state)."""
+
+    __slots__ = ("down", "up")
+
+    def __init__(self) -> None:
+        self.up = self.down = 0
+
+
+class TunnelLayer(TCPLayer):
+    """A raw relay like `TCPLayer(ignore=True)` that counts bytes into `counter`."""
+
+    def __init__(self, context: Context, counter: ByteCounter) -> None:
+        super().__init__(context, ignore=True)
+        self.counter = counter
+
+    def relay_messages(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.DataReceived):
+            if event.connection == self.context.client:
+                self.counter.up += len(event.data)
+            else:
+                self.counter.down += len(event.data)
+        yield from super().relay_messages(event)
+
+
+_saved: tuple[Any, Any] | None = None
+
+
+def install() -> None:
+    """Use VaultHttpStream and the JSON error page in this process (idempotent)."""
+    global _saved
+    if _saved is None:
+        _saved = (mhttp.HttpStream, _http1.make_error_response)
+        setattr(mhttp, "HttpStream", VaultHttpStream)  # noqa: B010 - HttpLayer.make_stream reads it
+        setattr(_http1, "make_error_response", _h1_error_response)  # noqa: B010 - Http1Server reads it
+
+
+def uninstall() -> None:
+    global _saved
+    if _saved is not None:
+        setattr(mhttp, "HttpStream", _saved[0])  # noqa: B010
+        setattr(_http1, "make_error_response", _saved[1])  # noqa: B010
+        _saved = None

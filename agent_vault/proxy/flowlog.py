@@ -1,0 +1,190 @@
+"""Per-request state of the proxy and its audit record + metrics (SPEC §12, §13).
+
+`FlowState` holds the secrets injected into one request (for redaction): never log or repr them;
+the addon drops the state when the flow ends. `FlowLog` writes exactly one audit record per
+proxied request, per refused CONNECT and per tunnel; records carry names, never values.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+from mitmproxy import http
+
+from agent_vault.audit import AuditWriter, proxy_record
+from agent_vault.errors import AgentVaultError, ProxyInternal, RateLimited
+from agent_vault.metrics import Metrics, status_class
+from agent_vault.proxy import inject
+from agent_vault.proxy.decide import Decision, Identity
+from agent_vault.proxy.engine import ByteCounter, is_proxy_answer, upstream_error
+from agent_vault.servicedef import ServiceDef
+
+log = logging.getLogger("agent_vault.proxy")
+DECODABLE = frozenset({"", "identity", "gzip", "deflate", "br", "zstd"})
+
+
+def incident(e: BaseException) -> AgentVaultError:
+    """Log an unexpected error by type and place only (its message may hold a value): the 502."""
+    ident = uuid.uuid4().hex[:12]
+    tb = traceback.extract_tb(e.__traceback__)
+    where = f"{tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else "?"
+    log.error("proxy incident %s: %s at %s", ident, type(e).__name__, where)
+    return ProxyInternal("internal proxy error; the request was not forwarded", incident=ident)
+
+
+@dataclass(slots=True)
+class FlowState:
+    """One request: who, where (the normalised target), the decision, and what happened."""
+
+    started: float
+    host: str
+    port: int
+    path: str  # as the agent sent it (before substitution)
+    ident: Identity | None = None
+    decision: Decision | None = None
+    error: str | None = None  # SPEC §6 code when the proxy answered itself
+    substituted: list[str] = field(default_factory=list)
+    secrets: list[tuple[str, bytes]] = field(default_factory=list, repr=False)
+    redacted: set[str] = field(default_factory=set)
+    redaction_skipped: bool = False
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+    def add_secrets(self, svc: ServiceDef, inj: inject.Injection | None, values: dict[str, str]) -> None:
+        """Remember values sent in this request for redaction (SPEC §5.9), if the service redacts."""
+        if not svc.effective_redact:
+            return
+        items = list(inj.secrets) if inj is not None else []
+        for key, value in values.items():
+            if len(value) >= inject.MIN_REDACT_LEN:
+                items += [(key, value.encode()), (key, quote(value, safe="").encode())]
+        for item in items:
+            if item not in self.secrets:
+                self.secrets.append(item)
+
+    def redact_buffered(self, resp: http.Response) -> None:
+        """Redact a fully buffered response body, decoding gzip/deflate/br/zstd first."""
+        encoding = resp.headers.get("content-encoding", "").strip().lower()
+        if self.secrets and resp.raw_content:
+            try:
+                if encoding not in DECODABLE:  # mitmproxy would drop an unknown encoding's header
+                    raise ValueError(encoding)
+                resp.decode(strict=True)
+            except ValueError:
+                self.redaction_skipped = True  # SPEC §5.9: forwarded as received, unscanned
+            else:
+                body, keys = inject.redact_bytes(resp.raw_content or b"", self.secrets)
+                if keys:
+                    resp.raw_content = body
+                    self.redacted |= keys
+                resp.headers["content-length"] = str(len(body))
+        self.bytes_down = len(resp.raw_content or b"")
+
+
+class FlowLog:
+    """Audit records and metrics for the proxy; never blocks (the audit writer is a queue)."""
+
+    def __init__(self, audit: AuditWriter, metrics: Metrics) -> None:
+        self.audit = audit
+        self.metrics = metrics
+
+    def denied(self, fs: FlowState, err: AgentVaultError) -> None:
+        self._count_denial(fs.ident.vault if fs.ident else None, err)
+
+    def refused_connect(self, flow: http.HTTPFlow, ident: Identity | None, err: AgentVaultError) -> None:
+        self._count_denial(ident.vault if ident else None, err)
+        self.audit.submit(
+            proxy_record(
+                actor=ident.principal.actor if ident else "anonymous",
+                vault=ident.vault if ident else None,
+                method="CONNECT",
+                scheme="tcp",
+                host=flow.request.host,
+                port=flow.request.port,
+                decision="error" if err.status >= 500 else "denied",
+                status=err.status,
+                error=err.code,
+                http_version=flow.request.http_version,
+            )
+        )
+
+    def tunnel(self, ident: Identity, target: tuple[str, int], seconds: float, relayed: ByteCounter) -> None:
+        self.audit.submit(
+            proxy_record(
+                kind="proxy.tunnel",
+                actor=ident.principal.actor,
+                vault=ident.vault,
+                method="CONNECT",
+                scheme="tcp",
+                host=target[0],
+                port=target[1],
+                decision="tunnel",
+                status=200,
+                bytes_up=relayed.up,
+                bytes_down=relayed.down,
+                duration_ms=round(seconds * 1000, 1),
+            )
+        )
+
+    def finished(self, flow: http.HTTPFlow, fs: FlowState) -> None:
+        """The one audit record of a request, when its response was sent or it failed."""
+        req, resp, d = flow.request, flow.response, fs.decision
+        status = resp.status_code if resp is not None else None
+        error = fs.error
+        if error is None and flow.error is not None and (resp is None or is_proxy_answer(resp)):
+            error = (
+                "client_disconnected"
+                if "client" in flow.error.msg.lower()
+                else upstream_error(flow.error.msg).code
+            )
+        if d is not None and error is None:
+            decision = d.kind
+        else:
+            decision = "denied" if status is not None and status < 500 else "error"
+        svc = d.service if d is not None else None
+        inj = d.injection if d is not None else None
+        ident = fs.ident
+        vault = ident.vault if ident is not None else None
+        elapsed = time.perf_counter() - fs.started
+        self.audit.submit(
+            proxy_record(
+                actor=ident.principal.actor if ident is not None else "anonymous",
+                vault=vault,
+                method=req.method,
+                scheme=req.scheme,
+                host=fs.host,
+                port=fs.port,
+                path=fs.path,
+                service=svc.name if svc is not None else None,
+                auth_type=svc.auth.type if svc is not None else None,
+                injected_keys=list(inj.used_keys) if inj is not None and decision == "injected" else [],
+                substituted_keys=fs.substituted,
+                redacted_keys=sorted(fs.redacted),
+                decision=decision,
+                status=status,
+                error=error,
+                bytes_up=fs.bytes_up,
+                bytes_down=fs.bytes_down,
+                duration_ms=round(elapsed * 1000, 2),
+                http_version=req.http_version,
+                would_deny_code=d.would_deny_code if d is not None and d.kind == "would_deny" else None,
+                redaction="skipped" if fs.redaction_skipped else None,
+            )
+        )
+        m = self.metrics
+        m.requests.labels(vault or "", decision, status_class(status)).inc()
+        m.duration.labels(decision).observe(elapsed)
+        if decision == "injected" and svc is not None:
+            m.injections.labels(vault or "", svc.auth.type).inc()
+        if fs.redacted:
+            m.redactions.labels(vault or "").inc()
+
+    def _count_denial(self, vault: str | None, err: AgentVaultError) -> None:
+        if isinstance(err, RateLimited):
+            self.metrics.rate_limited.labels(err.extra.get("limiter", "unknown")).inc()
+        self.metrics.denials.labels(vault or "", err.code).inc()

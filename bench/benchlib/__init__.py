@@ -1,0 +1,1 @@
+"""The agent-vault benchmark harness; entry point: bench/run.py."""

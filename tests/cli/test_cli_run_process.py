@@ -1,0 +1,93 @@
+"""`vault run` process handling without a server: command lookup, exit codes, signals, renewal."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from agent_vault.cli.run import NOT_EXECUTABLE, NOT_FOUND, Renewer, check_command, spawn
+from agent_vault.errors import AgentVaultError
+
+
+def test_check_command(tmp_path: Path) -> None:
+    assert check_command("sh", os.environ.get("PATH")) is None
+    assert check_command("no-such-command-xyz", os.environ.get("PATH")) == NOT_FOUND
+    assert check_command(str(tmp_path / "missing"), None) == NOT_FOUND
+    script = tmp_path / "tool"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o644)
+    assert check_command(str(script), None) == NOT_EXECUTABLE
+    assert check_command("tool", str(tmp_path)) == NOT_EXECUTABLE
+    assert check_command(str(tmp_path), None) == NOT_EXECUTABLE
+    script.chmod(0o755)
+    assert check_command("tool", str(tmp_path)) is None
+
+
+def test_spawn_exit_codes() -> None:
+    env = dict(os.environ)
+    assert spawn(["sh", "-c", "exit 7"], env) == 7
+    assert spawn(["sh", "-c", "kill -TERM $$"], env) == 128 + signal.SIGTERM
+    assert spawn(["sh", "-c", "kill -KILL $$"], env) == 128 + signal.SIGKILL
+
+
+def test_spawn_restores_signal_handlers() -> None:
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    spawn(["true"], dict(os.environ))
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_sigterm_to_the_wrapper_is_forwarded() -> None:
+    timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        code = spawn([sys.executable, "-c", "import time; time.sleep(20)"], dict(os.environ))
+    finally:
+        timer.cancel()
+    assert code == 128 + signal.SIGTERM
+
+
+def test_sigint_to_the_wrapper_is_ignored_child_keeps_default() -> None:
+    # The wrapper ignores SIGINT; the child (which exec resets to default handling) dies from it.
+    script = "import os, signal, time; os.kill(os.getppid(), signal.SIGINT); time.sleep(0.3); print('alive')"
+    assert spawn([sys.executable, "-c", script], dict(os.environ)) == 0
+    assert spawn(
+        [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGINT)"], dict(os.environ)
+    ) in (128 + signal.SIGINT, 130, 1)
+
+
+def test_renewer_renews_at_half_ttl_and_stops() -> None:
+    calls: list[float] = []
+    r = Renewer(lambda: calls.append(time.monotonic()), ttl=0.4, max_sleep=0.05).start()
+    time.sleep(0.75)
+    r.stop()
+    n = len(calls)
+    assert 2 <= n <= 5  # every ~0.2 s
+    time.sleep(0.3)
+    assert len(calls) == n  # stopped
+
+
+def test_renewer_retries_after_failure() -> None:
+    attempts: list[int] = []
+
+    def renew() -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise AgentVaultError("server down")
+
+    r = Renewer(renew, ttl=0.2, max_sleep=0.05).start()
+    time.sleep(0.4)
+    r.stop()
+    assert len(attempts) >= 2 and r.renewals >= 1
+
+
+def test_renewer_sleeps_in_bounded_steps() -> None:
+    now = [0.0]
+    r = Renewer(lambda: None, ttl=86400, max_sleep=60, clock=lambda: now[0])
+    assert r.deadline - r.ttl / 2 == 43200  # first renewal when half the TTL is left
+    r.start()
+    r.stop()  # returns promptly although the renewal is hours away
+    assert r.renewals == 0

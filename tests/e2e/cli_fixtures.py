@@ -1,0 +1,110 @@
+"""Shared by the CLI e2e modules: one real server (and upstream) per module, the CLI logged in as the owner.
+
+Module scope keeps the CLI suite fast: a server start costs seconds, every CLI subprocess about one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trustme
+from helpers.server import OWNER_EMAIL, OWNER_PASSWORD, ServerProc
+from helpers.upstream import TLSUpstream
+
+SECRET = "sk-live-cli-e2e-secret-value-0123456789"
+_STRIP = (
+    "PROXY",
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "GIT_SSL_CAINFO",
+    "DENO_CERT",
+)
+
+
+def clean_env(env: dict[str, str]) -> dict[str, str]:
+    keep = {"AGENT_VAULT_HOME", "AGENT_VAULT_TEST_KDF", "AGENT_VAULT_KEYRING"}
+    return {
+        k: v
+        for k, v in env.items()
+        if not any(s in k.upper() for s in _STRIP) and (not k.startswith("AGENT_VAULT_") or k in keep)
+    }
+
+
+def start_server(tmp: Path, upstream_ca: trustme.CA) -> Iterator[ServerProc]:
+    s = ServerProc(tmp, upstream_ca)
+    s.env = clean_env(s.env)
+    with s:
+        s.login_result = s.cli(
+            "auth",
+            "login",
+            "--email",
+            OWNER_EMAIL,
+            "--password-stdin",  # type: ignore[attr-defined]
+            input=OWNER_PASSWORD + "\n",
+        )
+        yield s
+
+
+@pytest.fixture(scope="module")
+def mserver(tmp_path_factory: pytest.TempPathFactory, upstream_ca: trustme.CA) -> Iterator[ServerProc]:
+    yield from start_server(tmp_path_factory.mktemp("cli-e2e"), upstream_ca)
+
+
+@pytest.fixture(scope="module")
+def mupstream(upstream_ca: trustme.CA) -> Iterator[TLSUpstream]:
+    with TLSUpstream(ca=upstream_ca) as up:
+        yield up
+
+
+def assert_clean(cp: Any, *secrets: str) -> None:
+    """No traceback, and none of `secrets` in stdout or stderr."""
+    both = cp.stdout + cp.stderr
+    assert "Traceback" not in both, both
+    for s in secrets:
+        assert s not in both
+
+
+def proxy_status(server: ServerProc, token: str, url: str, vault: str | None = "default") -> int:
+    """Status of a request through the proxy; a refused CONNECT (e.g. 407) comes back as its status."""
+    try:
+        with httpx.Client(
+            proxy=server.proxy_url(token, vault), verify=str(server.ca_bundle), trust_env=False, timeout=10
+        ) as c:
+            return c.get(url).status_code
+    except httpx.ProxyError as e:
+        text = str(e)
+        for code in (407, 403, 400):
+            if str(code) in text:
+                return code
+        raise
+
+
+def child_env(text: str) -> dict[str, str]:
+    env = {}
+    for line in text.splitlines():
+        k, sep, v = line.partition("=")
+        if sep:
+            env[k] = v
+    return env
+
+
+class Call:
+    """One CLI invocation for `parallel` (same arguments as ServerProc.cli)."""
+
+    def __init__(self, *args: str, **kwargs: Any) -> None:
+        self.args, self.kwargs = args, kwargs
+
+
+def parallel(server: ServerProc, *calls: Call) -> list[Any]:
+    """Run independent CLI invocations concurrently (each is a Python start-up); results in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        futures = [pool.submit(server.cli, *c.args, **c.kwargs) for c in calls]
+        return [f.result() for f in futures]

@@ -1,0 +1,60 @@
+"""ProxyRunner: the engine serves the instance CA, and its key file does not outlive start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from pathlib import Path
+
+import pytest
+from mitmproxy.addons import tlsconfig
+from mitmproxy.proxy.layers import http as mhttp
+
+from agent_vault import keys
+from agent_vault.home import Home, ensure_dir
+from agent_vault.proxy import engine
+from agent_vault.proxy.runner import ProxyRunner
+
+
+class Quiet:
+    """An addon without hooks."""
+
+
+def _leaf_issuer(port: int, cafile: Path) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        raw.sendall(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        assert raw.recv(1024).startswith(b"HTTP/1.1 200")
+        ctx = ssl.create_default_context(cafile=str(cafile))  # verification fails unless our CA signed it
+        with ctx.wrap_socket(raw, server_hostname="example.com") as tls:
+            cert = tls.getpeercert()
+    return str(dict(x[0] for x in cert["issuer"])["organizationName"])
+
+
+def test_engine_uses_the_instance_ca_and_wipes_the_key_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # TlsConfig.running() reloads the CA file; make it late, as it sometimes is in a busy process.
+    original = tlsconfig.TlsConfig.running
+
+    async def late_running(self: tlsconfig.TlsConfig) -> None:
+        await asyncio.sleep(0.2)
+        original(self)
+
+    monkeypatch.setattr(tlsconfig.TlsConfig, "running", late_running)
+    home = Home(tmp_path / "home")
+    ca = keys.create_ca(home, "0123456789abcdef", b"k" * 32)
+    cafile = tmp_path / "ca.pem"
+    cafile.write_bytes(ca.cert_pem)
+    run_dir = ensure_dir(tmp_path / "run")
+
+    async def once() -> None:
+        runner = ProxyRunner(Quiet(), host="127.0.0.1", port=0, run_dir=run_dir, ca=ca, upstream_ca=None)
+        async with runner:
+            assert mhttp.HttpStream is engine.VaultHttpStream
+            assert not (run_dir / "mitmproxy-ca.pem").exists()  # the key lived only for start-up
+            issuer = await asyncio.to_thread(_leaf_issuer, runner.port, cafile)
+            assert issuer == "agent-vault"
+        assert mhttp.HttpStream is not engine.VaultHttpStream
+
+    asyncio.run(once())
