@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from sqlmodel import col
 
 from agent_vault.core import Core
+from agent_vault.domain.proposals import expire_due
 from agent_vault.metrics import Metrics
 from agent_vault.models import Proposal, Vault
 
@@ -100,10 +101,15 @@ async def _run(core: Core) -> None:
                 await asyncio.to_thread(prune_once, core)
             except Exception as exc:  # retention must not take the server down; retried tomorrow
                 log.error("audit retention failed (%s)", type(exc).__name__)
-        if isinstance(metrics, Metrics) and now - last_proposals >= PROPOSALS_EVERY:
+        if now - last_proposals >= PROPOSALS_EVERY:
             last_proposals = now
             try:
-                set_pending(core, metrics, await asyncio.to_thread(pending_proposals, core))
-            except Exception as exc:  # a gauge is not worth a crash; retried next turn
-                log.error("proposals gauge refresh failed (%s)", type(exc).__name__)
+                await asyncio.to_thread(expire_due, core)
+            except Exception as exc:  # expiry is also applied lazily on every read
+                log.error("proposal expiry sweep failed (%s)", type(exc).__name__)
+            if isinstance(metrics, Metrics):
+                try:
+                    set_pending(core, metrics, await asyncio.to_thread(pending_proposals, core))
+                except Exception as exc:  # a gauge is not worth a crash; retried next turn
+                    log.error("proposals gauge refresh failed (%s)", type(exc).__name__)
         await asyncio.sleep(TICK)

@@ -66,7 +66,20 @@ def create_app(allowed_hosts: Callable[[], set[str]] | None = None) -> FastAPI:
                 },
                 status_code=413,
             )
-        return await call_next(request)
+        try:
+            return await call_next(request)
+        except Exception as exc:  # Starlette re-raises after the handler; answer here, log one line
+            incident = uuid.uuid4().hex[:12]
+            log.error("internal error %s: %s", incident, type(exc).__name__)
+            return JSONResponse(
+                {
+                    "error": "internal",
+                    "message": "internal error",
+                    "hint": "See the server log.",
+                    "incident": incident,
+                },
+                status_code=500,
+            )
 
     @app.exception_handler(AgentVaultError)
     async def on_error(_request: Request, exc: AgentVaultError) -> JSONResponse:

@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
         args = extract_globals(args)
         _register()
         command = typer.main.get_command(app)
-        command.main(args=args, prog_name="agent-vault", standalone_mode=False)
+        rc = command.main(args=args, prog_name="agent-vault", standalone_mode=False)
+        sys.exit(rc if isinstance(rc, int) else 0)
     except AgentVaultError as e:
         out.error(e)
         sys.exit(1)

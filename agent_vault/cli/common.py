@@ -136,8 +136,14 @@ def seg(value: str) -> str:
     return quote(value, safe="@")
 
 
-def step_up(password_stdin: bool) -> str:
-    """The user's password for a step-up action (SPEC §3.4): first stdin line or a hidden prompt."""
+def step_up(password_stdin: bool) -> str | None:
+    """The user's password for a step-up action (SPEC §3.4): first stdin line or a hidden prompt.
+
+    Without a terminal and without --password-stdin, None is sent: a server started with
+    --no-step-up accepts that; any other answers 401 step_up_failed (a clear one-line error).
+    """
+    if not password_stdin and not sys.stdin.isatty():
+        return None
     return password("Your login password (confirmation): ", password_stdin)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping
 from urllib.parse import quote
 
@@ -24,13 +25,23 @@ def split_hosts(value: str) -> list[str]:
     return [h.strip() for h in value.replace(" ", ",").split(",") if h.strip()]
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def merge_no_proxy(
     inherited: Mapping[str, str], extra: Iterable[str], service_hosts: Iterable[str]
 ) -> list[str]:
     """Inherited NO_PROXY/no_proxy (any case) + --no-proxy + defaults, de-duplicated, order kept.
 
     A default entry equal to the host of a service of the vault is left out, so a service on a local address
-    is still reached through the proxy.
+    is still reached through the proxy. If any service is on a loopback name, all three loopback defaults are
+    left out: several clients (axios) treat any loopback entry as covering every loopback name.
     """
     entries: list[str] = []
     rank = {"NO_PROXY": 0, "no_proxy": 1}
@@ -39,6 +50,8 @@ def merge_no_proxy(
     for item in extra:
         entries += split_hosts(item)
     hosts = {h.lower().strip("[]") for h in service_hosts}
+    if any(_is_loopback(h) for h in hosts):
+        hosts |= set(DEFAULT_NO_PROXY)
     entries += [d for d in DEFAULT_NO_PROXY if d not in hosts]
     seen: set[str] = set()
     merged = []

@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from agent_vault import keys
 from agent_vault.cli import G, app
 from agent_vault.cli.client import Client
 from agent_vault.cli.output import out
@@ -26,6 +25,7 @@ def init(
     yes: Annotated[bool, typer.Option("--yes", help="Skip confirmations.")] = False,
 ) -> None:
     """Create the home, database, keys, CA, the owner and vault `default` (server stopped)."""
+    from agent_vault import keys
     from agent_vault.instance import init_instance
 
     if key_mode not in keys.KEY_MODES:
@@ -126,6 +126,8 @@ def server(
 @app.command()
 def status() -> None:
     """Server reachable?, version, key mode, login, ports."""
+    from agent_vault import keys
+
     client = Client(G.addr, G.home)
     info = client.request("GET", "/v1/status", auth=False)
     me = None
@@ -148,6 +150,7 @@ def _rewrap(new_mode: str | None, password_stdin: bool, *, need_new: bool) -> No
     """Unwrap with the current password (env/stdin/prompt), re-wrap for the new mode/password."""
     import json
 
+    from agent_vault import keys
     from agent_vault.home import write_private
     from agent_vault.store import Store
 

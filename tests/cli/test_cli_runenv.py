@@ -74,10 +74,13 @@ def test_no_proxy_merged_deduplicated_order_kept() -> None:
 
 
 def test_default_no_proxy_entry_equal_to_a_service_host_is_left_out() -> None:
-    assert merge_no_proxy({}, [], ["localhost", "api.github.com"]) == ["127.0.0.1", "::1"]
-    assert merge_no_proxy({}, [], ["[::1]"]) == ["localhost", "127.0.0.1"]
+    assert merge_no_proxy({}, [], ["api.github.com", "build.lan"]) == ["localhost", "127.0.0.1", "::1"]
+    assert merge_no_proxy({}, [], ["build.lan", "db.internal"]) == ["localhost", "127.0.0.1", "::1"]
+    # a loopback service drops every loopback default (axios reads 127.0.0.1 as covering localhost)
+    assert merge_no_proxy({}, [], ["localhost", "api.github.com"]) == []
+    assert merge_no_proxy({}, [], ["[::1]"]) == []
     # an entry the user asked for explicitly is kept
-    assert merge_no_proxy({"NO_PROXY": "localhost"}, [], ["localhost"]) == ["localhost", "127.0.0.1", "::1"]
+    assert merge_no_proxy({"NO_PROXY": "localhost"}, [], ["localhost"]) == ["localhost"]
 
 
 def test_userinfo_percent_encoded_and_ipv6_bracketed() -> None:

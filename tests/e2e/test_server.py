@@ -14,8 +14,14 @@ from helpers.server import MASTER_PASSWORD, ServerProc
 
 
 def _run(args: list[str], env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent_vault", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "agent_vault", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _port_free(port: int) -> bool:
@@ -97,7 +103,27 @@ def test_unreadable_home_is_a_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     env = {**os.environ, "AGENT_VAULT_HOME": str(blocker / "home")}
-    cp = subprocess.run([sys.executable, "-m", "agent_vault", "init", "--key-mode", "passwordless",
-                         "--owner-email", "o@example.com", "--password-stdin", "--yes"], input="owner-pass-1\n",
-                        capture_output=True, text=True, env=env, timeout=30)
-    assert cp.returncode == 1 and cp.stderr.startswith("error: cannot use directory") and "Traceback" not in cp.stderr
+    cp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agent_vault",
+            "init",
+            "--key-mode",
+            "passwordless",
+            "--owner-email",
+            "o@example.com",
+            "--password-stdin",
+            "--yes",
+        ],
+        input="owner-pass-1\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert (
+        cp.returncode == 1
+        and cp.stderr.startswith("error: cannot use directory")
+        and "Traceback" not in cp.stderr
+    )
