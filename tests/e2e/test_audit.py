@@ -279,7 +279,6 @@ def test_dry_run_records_would_deny_and_forwards(rserver: ServerProc, upstream: 
     )
 
 
-@pytest.mark.xfail(strict=True, reason="proxy addon: tunnel records carry no byte counts yet (fix requested)")
 def test_tunnel_record_counts_bytes(rserver: ServerProc, upstream: TLSUpstream) -> None:
     """SPEC §5.3: one audit record per tunnel, with bytes and duration."""
     server = rserver

@@ -11,7 +11,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cli_fixtures import SECRET, Call, assert_clean, clean_env, mserver, mupstream, parallel, proxy_status
+from helpers.cli_fixtures import (
+    SECRET,
+    Call,
+    assert_clean,
+    clean_env,
+    mserver,
+    mupstream,
+    parallel,
+    proxy_status,
+)
 from helpers.server import OWNER_EMAIL, OWNER_PASSWORD, ServerProc
 from helpers.upstream import TLSUpstream
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_fixtures import (
+from helpers.cli_fixtures import (
     SECRET,
     Call,
     assert_clean,
