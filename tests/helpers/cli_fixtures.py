@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import trustme
+
 from helpers.server import OWNER_EMAIL, OWNER_PASSWORD, ServerProc
 from helpers.upstream import TLSUpstream
 
