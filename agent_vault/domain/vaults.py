@@ -170,13 +170,7 @@ def set_grant(
     if kind == "agent" and role == "admin":
         raise InvalidRequest("agents cannot be granted admin", hint="Use proxy or member.")
     with core.store.write() as s:
-        v = get_vault(s, vault)
-        subj_id = _subject_id(s, kind, subject)
-        g = s.exec(
-            select(Grant).where(
-                Grant.vault_id == v.id, Grant.subject_kind == kind, Grant.subject_id == subj_id
-            )
-        ).first()
+        v, subj_id, g = _grant(s, vault, kind, subject)
         assert v.id is not None
         g = g or Grant(vault_id=v.id, subject_kind=kind, subject_id=subj_id, role=role)
         g.role = role
@@ -196,13 +190,7 @@ def remove_grant(core: Core, p: Principal, vault: str, password: str | None, kin
     p.require(vault, "admin", human=True)
     step_up(core, p, password)
     with core.store.write() as s:
-        v = get_vault(s, vault)
-        subj_id = _subject_id(s, kind, subject)
-        g = s.exec(
-            select(Grant).where(
-                Grant.vault_id == v.id, Grant.subject_kind == kind, Grant.subject_id == subj_id
-            )
-        ).first()
+        _v, _id, g = _grant(s, vault, kind, subject)
         if g is None:
             raise NotFound(f"{subject} has no grant on vault {vault}")
         s.delete(g)
@@ -214,6 +202,16 @@ def remove_grant(core: Core, p: Principal, vault: str, password: str | None, kin
         target=subject,
         details={"role": None},
     )
+
+
+def _grant(s: Any, vault: str, kind: str, subject: str) -> tuple[Vault, int, Grant | None]:
+    """(vault row, subject id, existing grant or None) for a user email or agent name."""
+    v = get_vault(s, vault)
+    subj_id = _subject_id(s, kind, subject)
+    g = s.exec(
+        select(Grant).where(Grant.vault_id == v.id, Grant.subject_kind == kind, Grant.subject_id == subj_id)
+    ).first()
+    return v, subj_id, g
 
 
 def _subject_id(s: Any, kind: str, subject: str) -> int:

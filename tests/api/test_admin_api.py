@@ -188,3 +188,22 @@ def test_unknown_token_and_missing_token(api: httpx.Client) -> None:
     assert api.get("/v1/vaults", headers={"Authorization": "Bearer av_usr_nope"}).status_code == 401
     r = httpx.Client(transport=api._transport, base_url="http://127.0.0.1:14321").get("/v1/vaults")  # type: ignore[attr-defined]
     assert r.status_code == 401 and r.json()["error"] == "unauthenticated"
+
+
+def test_grants_set_list_and_remove(api: httpx.Client) -> None:
+    _agent(api, "grant-bot")
+    api.post("/v1/vaults", json={"name": "team-b"})
+    r = api.put("/v1/vaults/team-b/agents/grant-bot", json={"password": OWNER_PASSWORD, "role": "member"})
+    assert r.status_code == 200 and r.json() == {"name": "grant-bot", "role": "member"}
+    r = api.put("/v1/vaults/team-b/agents/grant-bot", json={"password": OWNER_PASSWORD, "role": "proxy"})
+    assert api.get("/v1/vaults/team-b/agents").json()["agents"] == [{"name": "grant-bot", "role": "proxy"}]
+    r = api.request("DELETE", "/v1/vaults/team-b/agents/grant-bot", json={"password": OWNER_PASSWORD})
+    assert r.status_code == 204
+    r = api.request("DELETE", "/v1/vaults/team-b/agents/grant-bot", json={"password": OWNER_PASSWORD})
+    assert r.status_code == 404
+    assert (
+        api.put(
+            "/v1/vaults/team-b/agents/nobody", json={"password": OWNER_PASSWORD, "role": "proxy"}
+        ).status_code
+        == 404
+    )
