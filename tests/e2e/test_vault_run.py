@@ -97,8 +97,8 @@ def test_child_environment(mserver: ServerProc, mupstream: TLSUpstream, echo: st
     proxy = f"http://{token}:default@127.0.0.1:{mserver.proxy_port}"
     for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
         assert env[name] == proxy
-    # inherited entries kept, localhost left out because a service lives there
-    assert env["NO_PROXY"] == env["no_proxy"] == "internal.corp,build.lan,127.0.0.1,::1"
+    # inherited entries kept; loopback defaults left out because a service lives on localhost
+    assert env["NO_PROXY"] == env["no_proxy"] == "internal.corp,build.lan"
     bundle = str(mserver.home / "certs" / "ca-bundle.pem")
     for name in (
         "SSL_CERT_FILE",
