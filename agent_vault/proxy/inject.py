@@ -14,12 +14,15 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Callable, Collection, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Collection, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import quote, quote_plus, unquote_plus
 
 from agent_vault.errors import CredentialNotFound, SubstitutionError
+from agent_vault.proxy.redact import StreamRedactor as StreamRedactor
+from agent_vault.proxy.redact import redact_bytes as redact_bytes
+from agent_vault.proxy.redact import redact_text as redact_text
 from agent_vault.servicedef import (
     PLACEHOLDER_PATTERN,
     ApiKeyAuth,
@@ -293,114 +296,6 @@ def _is_utf8(body: bytes) -> bool:
 
 # --- response redaction (SPEC §5.9) ---------------------------------------------------------------
 
-
-def _compile(secrets: Iterable[tuple[str, bytes]]) -> tuple[re.Pattern[bytes] | None, dict[bytes, str]]:
-    keys: dict[bytes, str] = {}
-    for key, value in secrets:
-        if value and value not in keys:
-            keys[value] = key
-    if not keys:
-        return None, keys
-    # Longest first: at one position the longest secret wins, as the reference semantics require.
-    alternatives = sorted(keys, key=len, reverse=True)
-    return re.compile(b"|".join(re.escape(s) for s in alternatives)), keys
-
-
-def _marker(key: str) -> bytes:
-    return b"[REDACTED:" + key.encode("ascii", "replace") + b"]"
-
-
-class StreamRedactor:
-    """Incremental redaction of a byte stream.
-
-    Output equals `redact_bytes` over the whole stream however it is chunked: leftmost occurrence
-    first, the longest secret at one position, each replaced by `[REDACTED:KEY]`. `feed` holds back
-    only the longest buffered suffix that is a proper prefix of some secret, so SSE events are not
-    delayed. It redacts every secret it is given; filtering short values is the caller's job
-    (`Injection.secrets` already does). Danger: a secret that is a substring of a marker such as
-    `[REDACTED:KEY]` would reappear in the output; credential values of 8+ characters are not that.
-    """
-
-    __slots__ = ("_buf", "_keys", "_multi", "_pattern", "redacted_keys")
-
-    def __init__(self, secrets: Sequence[tuple[str, bytes]]) -> None:
-        self._pattern, self._keys = _compile(secrets)
-        self._multi = tuple((s, s[:1]) for s in self._keys if len(s) > 1)
-        self._buf = b""
-        self.redacted_keys: set[str] = set()
-
-    def _repl(self, m: re.Match[bytes]) -> bytes:
-        key = self._keys[m.group(0)]
-        self.redacted_keys.add(key)
-        return _marker(key)
-
-    def _holdback(self, buf: bytes) -> int:
-        """Start of the longest suffix of `buf` that is a proper prefix of a secret (len(buf) if none)."""
-        n = best = len(buf)
-        for s, first in self._multi:
-            i = buf.find(first, max(0, n - len(s) + 1))
-            while i != -1 and i < best:
-                if buf.startswith(s[: n - i], i):
-                    best = i
-                    break
-                i = buf.find(first, i + 1)
-        return best
-
-    def feed(self, chunk: bytes) -> bytes:
-        """Return the redacted bytes that can be released now; keep the undecidable tail."""
-        if self._pattern is None:
-            return chunk
-        buf = self._buf + chunk if self._buf else chunk
-        out: list[bytes] = []
-        while True:
-            hold = self._holdback(buf)
-            pos = 0
-            # `in` is a fast C scan; the regex (slower over large chunks) runs only when needed.
-            matches = self._pattern.finditer(buf) if any(s in buf for s in self._keys) else ()
-            for m in matches:
-                if m.start() >= hold:
-                    break
-                out.append(buf[pos : m.start()])
-                out.append(self._repl(m))
-                pos = m.end()
-            if pos <= hold:
-                if pos == 0 and hold == len(buf):
-                    self._buf = b""
-                    return buf if not out else b"".join(out) + buf
-                out.append(buf[pos:hold])
-                self._buf = buf[hold:]
-                return b"".join(out)
-            buf = buf[pos:]  # a match ran past the old hold-back point: re-decide the rest
-
-    def flush(self) -> bytes:
-        """Release everything still held (end of stream)."""
-        buf, self._buf = self._buf, b""
-        if self._pattern is None or not buf:
-            return buf
-        return self._pattern.sub(self._repl, buf)
-
-
-def redact_bytes(data: bytes, secrets: Sequence[tuple[str, bytes]]) -> tuple[bytes, set[str]]:
-    """Replace every occurrence of each secret with `[REDACTED:KEY]`; returns (data, keys redacted)."""
-    pattern, keys = _compile(secrets)
-    found: set[str] = set()
-    if pattern is None or not any(s in data for s in keys):
-        return data, found
-
-    def repl(m: re.Match[bytes]) -> bytes:
-        found.add(keys[m.group(0)])
-        return _marker(keys[m.group(0)])
-
-    return pattern.sub(repl, data), found
-
-
-def redact_text(text: str, secrets: Sequence[tuple[str, bytes]]) -> tuple[str, set[str]]:
-    """`redact_bytes` for a header value (UTF-8 with surrogateescape, as mitmproxy decodes headers)."""
-    out, found = redact_bytes(text.encode("utf-8", "surrogateescape"), secrets)
-    return (out.decode("utf-8", "surrogateescape") if found else text), found
-
-
-# --- header hygiene (SPEC §5.7) ---------------------------------------------------------------------
 
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"}
