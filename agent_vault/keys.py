@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,10 +171,6 @@ def write_engine_ca(run_dir: Path, ca: CA) -> Path:
     path = run_dir / "mitmproxy-ca.pem"
     write_private(path, ca.key_pem + ca.cert_pem)
     return path
-
-
-def warn(message: str) -> None:
-    print(message, file=sys.stderr)
 
 
 def change_key_mode(

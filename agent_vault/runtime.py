@@ -13,7 +13,6 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from sqlmodel import col, select
 
@@ -188,7 +187,3 @@ class Runtime:
                 frozenset(corrupt.get(v.id, set())),
             )
         return out
-
-
-def is_expired(when: datetime | None) -> bool:
-    return when is not None and when <= utcnow()
