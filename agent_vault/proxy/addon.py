@@ -37,6 +37,7 @@ from agent_vault.proxy.engine import ByteCounter, TunnelLayer, error_response, i
 from agent_vault.proxy.flowlog import FlowLog, FlowState, incident
 from agent_vault.proxy.policy import InvalidHost, normalize_host
 from agent_vault.proxy.ratelimit import Limits
+from agent_vault.proxy.redact import contains_secret
 from agent_vault.proxy.ssrf import Egress
 from agent_vault.proxy.streams import WsState, counter, response_filter, ws_message, ws_state
 
@@ -284,7 +285,7 @@ class VaultAddon:
             inject.strip_response_headers(
                 resp.headers, svc is not None and not svc.effective_forward_set_cookie
             )
-            if fs.secrets:
+            if fs.secrets and contains_secret(b"\n".join(v for _, v in resp.headers.fields), fs.secrets):
                 for name in set(resp.headers.keys()):
                     red = [inject.redact_text(v, fs.secrets) for v in resp.headers.get_all(name)]
                     if any(keys for _, keys in red):

@@ -22,6 +22,7 @@ from agent_vault.metrics import Metrics, status_class
 from agent_vault.proxy import inject
 from agent_vault.proxy.decide import Decision, Identity
 from agent_vault.proxy.engine import ByteCounter, is_proxy_answer, upstream_error
+from agent_vault.proxy.redact import contains_secret
 from agent_vault.servicedef import ServiceDef
 
 log = logging.getLogger("agent_vault.proxy")
@@ -70,7 +71,11 @@ class FlowState:
     def redact_buffered(self, resp: http.Response) -> None:
         """Redact a fully buffered response body, decoding gzip/deflate/br/zstd first."""
         encoding = resp.headers.get("content-encoding", "").strip().lower()
-        if self.secrets and resp.raw_content:
+        raw = resp.raw_content
+        if self.secrets and raw and encoding in ("", "identity") and not contains_secret(raw, self.secrets):
+            self.bytes_down = len(raw)  # the common case: nothing to decode, nothing to redact
+            return
+        if self.secrets and raw:
             try:
                 if encoding not in DECODABLE:  # mitmproxy would drop an unknown encoding's header
                     raise ValueError(encoding)

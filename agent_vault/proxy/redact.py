@@ -96,9 +96,11 @@ class StreamRedactor:
 
 def redact_bytes(data: bytes, secrets: Sequence[tuple[str, bytes]]) -> tuple[bytes, set[str]]:
     """Replace every occurrence of each secret with `[REDACTED:KEY]`; returns (data, keys redacted)."""
-    pattern, keys = _compile(secrets)
     found: set[str] = set()
-    if pattern is None or not any(s in data for s in keys):
+    if not contains_secret(data, secrets):  # a fast C scan; the regex is compiled only on a hit
+        return data, found
+    pattern, keys = _compile(secrets)
+    if pattern is None:
         return data, found
 
     def repl(m: re.Match[bytes]) -> bytes:
@@ -106,6 +108,11 @@ def redact_bytes(data: bytes, secrets: Sequence[tuple[str, bytes]]) -> tuple[byt
         return _marker(keys[m.group(0)])
 
     return pattern.sub(repl, data), found
+
+
+def contains_secret(data: bytes, secrets: Sequence[tuple[str, bytes]]) -> bool:
+    """True if any secret occurs in `data` (the cheap test before redacting)."""
+    return any(value and value in data for _, value in secrets)
 
 
 def redact_text(text: str, secrets: Sequence[tuple[str, bytes]]) -> tuple[str, set[str]]:

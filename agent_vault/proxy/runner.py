@@ -23,7 +23,7 @@ from mitmproxy.addons import next_layer, proxyserver, tlsconfig
 from agent_vault.errors import AgentVaultError
 from agent_vault.home import write_private
 from agent_vault.keys import CA, write_engine_ca
-from agent_vault.proxy import engine
+from agent_vault.proxy import dispatch, engine
 
 log = logging.getLogger("agent_vault.proxy")
 
@@ -106,6 +106,7 @@ class ProxyRunner:
             await asyncio.wait([done, self._task], timeout=10, return_when=asyncio.FIRST_COMPLETED)
             done.cancel()
             m.addons.remove(started)  # type: ignore[no-untyped-call]  # no per-flow hook walk
+            dispatch.install(m.addons)  # the chain is final: resolve each hook's callables once
             store = tls.certstore if started.event.is_set() else None
             if store is None or store.default_ca.to_pem().strip() != self.ca.cert_pem.strip():
                 raise AgentVaultError("the proxy engine did not load the instance CA")
@@ -132,6 +133,7 @@ class ProxyRunner:
         ps = m.addons.get("proxyserver")  # type: ignore[no-untyped-call]
         with contextlib.suppress(Exception):
             await ps.servers.update([])
+        dispatch.uninstall(m.addons)
         m.shutdown()  # type: ignore[no-untyped-call]
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(task, timeout=10)

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -183,6 +184,9 @@ def start_agent_vault(work: Path, pki: dict[str, Any], av: AgentVault) -> None:
         "off",
         "--no-step-up",
     ]
+    wrap = os.environ.get("AV_BENCH_SERVER_WRAP")  # e.g. "python -m cProfile -o f" (bench/profile.py)
+    if wrap:
+        cmd = [*shlex.split(wrap), *cmd]
     t0 = time.monotonic()
     p = spawn(
         "agent-vault",
