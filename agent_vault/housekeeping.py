@@ -2,8 +2,8 @@
 
 * Retention (SPEC §12): at start and then once a day, records older than `--audit-retention-days`
   (0 = keep forever) are pruned by the audit writer, which appends one `audit.prune` record.
-* Gauges (SPEC §13): `agent_vault_audit_queue_depth`, `agent_vault_audit_dropped_total` every tick,
-  `agent_vault_proposals_pending{vault}` every `PROPOSALS_EVERY` seconds.
+* Metrics (SPEC §13): `agent_vault_audit_queue_depth` and the `agent_vault_audit_dropped_total`
+  counter every tick, `agent_vault_proposals_pending{vault}` every `PROPOSALS_EVERY` seconds.
 
 Blocking work (DB reads, the prune itself) runs in worker threads; a failing chore is logged by type
 and retried at its next turn, it never stops the server. Cancel the task at shutdown.
@@ -70,7 +70,7 @@ def refresh_gauges(core: Core, metrics: Metrics, *, proposals: bool = False) -> 
     """Set the audit gauges (cheap); with `proposals`, also the pending-proposal gauge (a DB read:
     blocking, so never on the event loop)."""
     metrics.audit_depth.set(core.audit.depth)
-    metrics.audit_dropped.set(core.audit.dropped_total)
+    metrics.sync_audit_dropped(core.audit.dropped_total)
     if proposals:
         set_pending(core, metrics, pending_proposals(core))
 

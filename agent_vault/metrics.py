@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -41,10 +44,30 @@ class Metrics:
             "agent_vault_active_connections", "Open client connections", registry=r
         )
         self.audit_depth = Gauge("agent_vault_audit_queue_depth", "Audit records waiting", registry=r)
-        self.audit_dropped = Gauge("agent_vault_audit_dropped_total", "Audit records dropped", registry=r)
+        self.audit_dropped = Counter("agent_vault_audit_dropped", "Audit records dropped", registry=r)
+        self._dropped_seen = 0
+        self._dropped_lock = threading.Lock()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.proposals_pending = Gauge(
             "agent_vault_proposals_pending", "Pending proposals", ["vault"], registry=r
         )
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, memoised: the proxy asks for a few label sets per request and
+        prometheus-client validates and locks on every call. Label sets are bounded (vault x
+        decision x status class), never hosts or paths."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
+    def sync_audit_dropped(self, total: int) -> None:
+        """Advance the `agent_vault_audit_dropped_total` counter to the writer's running total."""
+        with self._dropped_lock:
+            if total > self._dropped_seen:
+                self.audit_dropped.inc(total - self._dropped_seen)
+                self._dropped_seen = total
 
 
 def status_class(status: int | None) -> str:

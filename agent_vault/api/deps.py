@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Path, Request
 
 from agent_vault import crypto
 from agent_vault.core import Core
 from agent_vault.domain.principal import Principal
 from agent_vault.errors import Locked, Unauthenticated, VaultForbidden, VaultRequired
+
+#: SQLite integers are signed 64-bit: a larger id would overflow in the driver (a 500), so refuse it (422).
+MAX_ROW_ID = 2**63 - 1
+#: A row id (session, proposal) in a path.
+RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
 
 
 def get_core(request: Request) -> Core:

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from agent_vault.api.deps import CoreDep, PrincipalDep, select_vault
+from agent_vault.api.deps import CoreDep, PrincipalDep, RowId, select_vault
 from agent_vault.domain import agents, sessions, users
 from agent_vault.domain.vaults import visible_vaults
 from agent_vault.schemas import (
@@ -93,12 +93,12 @@ def list_sessions(core: CoreDep, p: PrincipalDep, vault: str = "default") -> J:
 
 
 @router.post("/v1/sessions/{sid}/renew")
-def renew_session(sid: int, body: SessionRenew, core: CoreDep, p: PrincipalDep) -> J:
+def renew_session(sid: RowId, body: SessionRenew, core: CoreDep, p: PrincipalDep) -> J:
     return sessions.renew_session(core, p, sid, body.ttl_seconds)
 
 
 @router.delete("/v1/sessions/{sid}", status_code=204)
-def revoke_session(sid: int, core: CoreDep, p: PrincipalDep) -> Response:
+def revoke_session(sid: RowId, core: CoreDep, p: PrincipalDep) -> Response:
     sessions.revoke_session(core, p, sid)
     return Response(status_code=204)
 

@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from pydantic import Field
 
 from agent_vault import crypto
-from agent_vault.api.deps import CoreDep, PrincipalDep, bearer_token
+from agent_vault.api.deps import MAX_ROW_ID, CoreDep, PrincipalDep, bearer_token
 from agent_vault.audit import DECISIONS, latest_seq, list_records, verify_db
 from agent_vault.core import Core
 from agent_vault.domain.principal import Principal
@@ -125,8 +125,8 @@ def vault_logs(
     v: str,
     core: CoreDep,
     p: PrincipalDep,
-    after: Annotated[int | None, Query(ge=0)] = None,
-    before: Annotated[int | None, Query(ge=1)] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_ROW_ID)] = None,
+    before: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_VAULT_LOGS)] = 100,
     decision: str | None = None,
     status: str | None = None,
@@ -177,7 +177,7 @@ def vault_logs(
 def audit_records(
     core: CoreDep,
     p: PrincipalDep,
-    after_seq: Annotated[int | None, Query(ge=0)] = None,
+    after_seq: Annotated[int | None, Query(ge=0, le=MAX_ROW_ID)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_AUDIT_RECORDS)] = 100,
     kind: str | None = None,
     vault: str | None = None,

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from agent_vault import crypto
-from agent_vault.api.deps import CoreDep, PrincipalDep, bearer_token, select_vault
+from agent_vault.api.deps import CoreDep, PrincipalDep, RowId, bearer_token, select_vault
 from agent_vault.core import Core
 from agent_vault.domain import proposals
 from agent_vault.domain.principal import Principal
@@ -90,7 +90,7 @@ def list_my_proposals(request: Request, core: CoreDep, p: PrincipalDep, status: 
 
 
 @router.get("/v1/proposals/{pid}")
-def get_my_proposal(pid: int, request: Request, core: CoreDep, p: PrincipalDep) -> J:
+def get_my_proposal(pid: RowId, request: Request, core: CoreDep, p: PrincipalDep) -> J:
     vault = select_vault(core, p, request.headers.get("x-vault"))
     return proposals.get_own(core, p, vault, pid)
 
@@ -104,17 +104,17 @@ def list_proposals(v: str, core: CoreDep, p: PrincipalDep, status: str | None = 
 
 
 @router.get("/v1/vaults/{v}/proposals/{pid}")
-def get_proposal(v: str, pid: int, core: CoreDep, p: MaybePrincipal, token: str | None = None) -> J:
+def get_proposal(v: str, pid: RowId, core: CoreDep, p: MaybePrincipal, token: str | None = None) -> J:
     return proposals.get_full(core, p, v, pid, token)
 
 
 @router.post("/v1/vaults/{v}/proposals/{pid}/approve", dependencies=[SameOrigin])
-def approve_proposal(v: str, pid: int, body: ApproveIn, core: CoreDep, p: PrincipalDep) -> J:
+def approve_proposal(v: str, pid: RowId, body: ApproveIn, core: CoreDep, p: PrincipalDep) -> J:
     values = {k: s.get_secret_value() for k, s in body.credentials.items()}
     password = body.password.get_secret_value() if body.password else None
     return proposals.approve(core, p, v, pid, password, values, body.note)
 
 
 @router.post("/v1/vaults/{v}/proposals/{pid}/reject", dependencies=[SameOrigin])
-def reject_proposal(v: str, pid: int, core: CoreDep, p: PrincipalDep, body: RejectIn | None = None) -> J:
+def reject_proposal(v: str, pid: RowId, core: CoreDep, p: PrincipalDep, body: RejectIn | None = None) -> J:
     return proposals.reject(core, p, v, pid, body.reason if body else None)

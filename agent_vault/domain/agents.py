@@ -169,6 +169,7 @@ def delete_agent(core: Core, p: Principal, name: str) -> None:
             s.delete(g)
         for t in s.exec(select(Token).where(Token.agent_id == a.id)):
             s.delete(t)
+        s.flush()  # children first: the FK cascade must not empty them under the ORM's feet
         s.delete(a)
     core.runtime.reload(vaults=False)
     core.record("agent.delete", p.actor, target=name)

@@ -148,6 +148,7 @@ def remove_user(core: Core, p: Principal, password: str | None, email: str) -> N
             s.delete(g)
         for t in s.exec(select(Token).where(Token.user_id == u.id)):
             s.delete(t)
+        s.flush()  # children first: the FK cascade must not empty them under the ORM's feet
         s.delete(u)
     core.runtime.reload(vaults=False)
     core.record("user.remove", p.actor, target=email)

@@ -139,6 +139,7 @@ def delete_vault(core: Core, p: Principal, name: str, password: str | None) -> N
             *s.exec(select(Proposal).where(Proposal.vault_id == v.id)),
         ]:
             s.delete(row)
+        s.flush()  # children first: the FK cascade must not empty them under the ORM's feet
         s.delete(v)
     core.runtime.reload()
     core.record("vault.delete", p.actor, vault=name)

@@ -235,9 +235,12 @@ class VaultAddon:
             req.headers["accept-encoding"] = "identity"
         if not (matched and "body" in surfaces) and (clen is None or clen > STREAM_THRESHOLD):
             req.stream = counter(fs, up=True)
-        req.host, req.port = host, port
-        req.host_header = url.hostport(req.scheme, host, port)
-        self.metrics.added_latency.labels(d.kind).observe(time.perf_counter() - fs.started)
+        if req.host != host or req.port != port:  # the setters are costly; usually equal already
+            req.host, req.port = host, port
+        host_header = url.hostport(req.scheme, host, port)
+        if req.host_header != host_header:
+            req.host_header = host_header
+        self.metrics.child(self.metrics.added_latency, d.kind).observe(time.perf_counter() - fs.started)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         """Only for buffered bodies of services that opted into body substitution (SPEC §5.6)."""

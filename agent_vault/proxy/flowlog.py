@@ -182,12 +182,12 @@ class FlowLog:
             )
         )
         m = self.metrics
-        m.requests.labels(vault or "", decision, status_class(status)).inc()
-        m.duration.labels(decision).observe(elapsed)
+        m.child(m.requests, vault or "", decision, status_class(status)).inc()
+        m.child(m.duration, decision).observe(elapsed)
         if decision == "injected" and svc is not None:
-            m.injections.labels(vault or "", svc.auth.type).inc()
+            m.child(m.injections, vault or "", svc.auth.type).inc()
         if fs.redacted:
-            m.redactions.labels(vault or "").inc()
+            m.child(m.redactions, vault or "").inc()
 
     def _count_denial(self, vault: str | None, err: AgentVaultError) -> None:
         if isinstance(err, RateLimited):

@@ -14,9 +14,9 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Callable, Collection, Mapping, MutableMapping
+from collections.abc import Callable, Collection, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import quote, quote_plus, unquote_plus
 
 from agent_vault.errors import CredentialNotFound, SubstitutionError
@@ -304,20 +304,56 @@ _FRAMING = frozenset({"transfer-encoding", "content-length"})
 _NEVER_BY_CONNECTION = frozenset({"host"})
 
 
-def _strip(headers: MutableMapping[str, str], extra: Collection[str], keep_framing: bool) -> None:
-    keys = list(headers)  # one pass: every lookup on mitmproxy's Headers is a scan of all fields
-    lows = [k.lower() for k in keys]
+def _tokens(values: Iterable[str]) -> set[str]:
+    return {t.strip().lower() for t in ", ".join(values).split(",") if t.strip()}
 
-    def tokens(name: str) -> set[str]:
-        value = ", ".join(headers[k] for k, low in zip(keys, lows, strict=True) if low == name)
-        return {t.strip().lower() for t in value.split(",") if t.strip()}
 
-    connection = tokens("connection") if "connection" in lows else set()
-    websocket = "upgrade" in connection and "upgrade" in lows and "websocket" in tokens("upgrade")
+def _removal(
+    lows: list[str], values: Callable[[str], list[str]], extra: Collection[str], keep_framing: bool
+) -> tuple[frozenset[str], bool]:
+    """(lower-case names to remove, is a websocket handshake) for headers named `lows`."""
+    connection = _tokens(values("connection")) if "connection" in lows else set()
+    websocket = "upgrade" in connection and "upgrade" in lows and "websocket" in _tokens(values("upgrade"))
     framing = _FRAMING if keep_framing else frozenset()
     remove = (HOP_BY_HOP | set(extra) | (connection - _NEVER_BY_CONNECTION)) - framing
     if websocket:
         remove -= {"upgrade", "connection"}
+    return remove, websocket
+
+
+def _strip_fields(headers: Any, extra: Collection[str], keep_framing: bool) -> None:
+    """`_strip` over mitmproxy's raw `Headers.fields` in one pass (every Mapping lookup on them
+    is a scan of all fields); the fields are replaced only if something is removed."""
+    fields: tuple[tuple[bytes, bytes], ...] = headers.fields
+    lows = [n.decode("latin-1").lower() for n, _ in fields]
+
+    def values(name: str) -> list[str]:
+        return [v.decode("latin-1") for (_, v), low in zip(fields, lows, strict=True) if low == name]
+
+    remove, websocket = _removal(lows, values, extra, keep_framing)
+    if "te" in lows and ", ".join(values("te")).strip().lower() == "trailers":
+        remove = remove - {"te"}
+    kept = [
+        f
+        for f, low in zip(fields, lows, strict=True)
+        if not (low in remove or low.startswith("x-agent-vault-"))
+    ]
+    if websocket:
+        kept = [f for f in kept if f[0].lower() != b"connection"] + [(b"Connection", b"Upgrade")]
+    if len(kept) != len(fields) or websocket:
+        headers.fields = tuple(kept)
+
+
+def _strip(headers: MutableMapping[str, str], extra: Collection[str], keep_framing: bool) -> None:
+    if isinstance(getattr(headers, "fields", None), tuple):
+        return _strip_fields(headers, extra, keep_framing)
+    keys = list(headers)  # one pass: every lookup on mitmproxy's Headers is a scan of all fields
+    lows = [k.lower() for k in keys]
+
+    def values(name: str) -> list[str]:
+        return [headers[k] for k, low in zip(keys, lows, strict=True) if low == name]
+
+    remove, websocket = _removal(lows, values, extra, keep_framing)
     for k, low in zip(keys, lows, strict=True):
         if low in remove or low.startswith("x-agent-vault-"):
             if low == "te" and headers[k].strip().lower() == "trailers":
