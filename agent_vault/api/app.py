@@ -103,9 +103,14 @@ def create_app(allowed_hosts: Callable[[], set[str]] | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        # 400 is FastAPI's "error parsing the body" (e.g. not UTF-8): the SPEC §6 `bad_request`.
+        code, hint = {
+            400: ("bad_request", "Send a well-formed UTF-8 JSON body."),
+            404: ("not_found", ""),
+            405: ("method_not_allowed", ""),
+        }.get(exc.status_code, ("http_error", ""))
         return JSONResponse(
-            {"error": code, "message": str(exc.detail), "hint": ""}, status_code=exc.status_code
+            {"error": code, "message": str(exc.detail), "hint": hint}, status_code=exc.status_code
         )
 
     @app.exception_handler(Exception)

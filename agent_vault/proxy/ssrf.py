@@ -89,10 +89,10 @@ class Resolver:
     def __init__(self, guard: Guard, ttl: float = 30.0) -> None:
         self.guard = guard
         self.ttl = ttl
-        self._cache: dict[str, tuple[float, IPAddress | Blocked]] = {}
+        self._cache: dict[str, tuple[float, str | Blocked]] = {}
 
-    async def resolve(self, host: str, port: int) -> IPAddress | Blocked:
-        """The first usable address for host, or Blocked if any resolved address is blocked."""
+    async def resolve(self, host: str, port: int) -> str | Blocked:
+        """The first usable address for host (as text), or Blocked if any resolved address is blocked."""
         hit = self._cache.get(host)
         now = time.monotonic()
         if hit is not None and hit[0] > now:
@@ -112,7 +112,7 @@ class Resolver:
             addrs = [ipaddress.ip_address(str(i[4][0]).split("%")[0]) for i in infos]
             if not addrs:
                 raise ResolveError(f"{host} does not resolve")
-        result: IPAddress | Blocked = addrs[0]
+        result: str | Blocked = str(addrs[0])
         for ip in addrs:
             blocked = self.guard.check(host, ip)
             if blocked is not None:
@@ -143,4 +143,4 @@ class Egress:
                 address=res.address,
                 address_class=res.address_class,
             )
-        return str(res)
+        return res
