@@ -15,6 +15,9 @@ import logging
 from pathlib import Path
 from types import TracebackType
 
+import agent_vault.proxy.lean_mitmproxy  # noqa: F401 - before mitmproxy.master imports mitmproxy.addons
+
+# isort: split
 import certifi
 from mitmproxy import master, options
 from mitmproxy.addons import core as mcore

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,18 @@ def test_engine_uses_the_instance_ca_and_wipes_the_key_file(
         assert mhttp.HttpStream is not engine.VaultHttpStream
 
     asyncio.run(once())
+
+
+def test_the_server_imports_only_the_lean_chain_of_mitmproxy_addons() -> None:
+    """SPEC §14.13: no web UI, onboarding app, HAR export or LDAP auth is even imported."""
+    code = (
+        "import sys\n"
+        "import agent_vault.server\n"
+        "loaded = {m.split('.')[0] for m in sys.modules} | set(sys.modules)\n"
+        "unwanted = {'flask', 'ldap3', 'mitmproxy.tools.web', 'mitmproxy.addons.onboarding',\n"
+        "            'mitmproxy.addons.savehar', 'mitmproxy.addons.save', 'mitmproxy.addons.dumper'}\n"
+        "bad = sorted(loaded & unwanted)\n"
+        "assert not bad, bad\n"
+        "assert 'mitmproxy.addons.proxyserver' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
