@@ -16,7 +16,7 @@ import hmac
 import ipaddress
 import logging
 import os
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -101,8 +101,10 @@ def _parse_since(since: str | None) -> datetime | None:
     if since is None:
         return None
     try:
-        return datetime.fromisoformat(since.replace("Z", "+00:00"))
-    except ValueError:
+        when = datetime.fromisoformat(since.replace("Z", "+00:00"))
+        # Convert here: an offset that moves a date past year 1 or 9999 must be a 400, not a 500.
+        return when if when.tzinfo is None else when.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise InvalidRequest("since must be an ISO-8601 time such as 2026-01-31T12:00:00Z") from None
 
 

@@ -9,12 +9,15 @@ import typer
 from agent_vault.errors import InvalidRequest
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_PART = re.compile(r"(\d+)([smhd])")
+_PART = re.compile(r"([0-9]+)([smhd])")
+_MAX_LEN = 64  # far beyond any real duration; keeps int() off huge digit strings
 
 
 def parse_duration(text: str) -> int:
     """Seconds for a duration; a bare number is seconds. Raises InvalidRequest on anything else."""
     s = text.strip().lower()
+    if len(s) > _MAX_LEN or not s.isascii():  # ASCII digits only: '²'.isdigit() but int('²') fails
+        s = ""
     if s.isdigit():
         return int(s)
     pos, total = 0, 0

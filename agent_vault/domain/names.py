@@ -6,14 +6,15 @@ import re
 
 from agent_vault.errors import InvalidRequest
 
-NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]$")
-KEY_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
-EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# Always `fullmatch`: with `match`, `$` also matches before a trailing newline ("team\n" passed).
+NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]")
+KEY_RE = re.compile(r"[A-Z][A-Z0-9_]*")
+EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 RESERVED_VAULTS = {"users", "admin", "all"}
 
 
 def check_name(name: str, what: str = "name") -> str:
-    if not (3 <= len(name) <= 64) or not NAME_RE.match(name):
+    if not (3 <= len(name) <= 64) or not NAME_RE.fullmatch(name):
         raise InvalidRequest(
             f"invalid {what} {name[:80]!r}",
             hint="Use 3-64 lowercase letters, digits and single hyphens, not at either end.",
@@ -29,15 +30,15 @@ def check_vault_name(name: str) -> str:
 
 
 def check_key(key: str) -> str:
-    if len(key) > 128 or not KEY_RE.match(key):
-        raise InvalidRequest(
-            f"invalid credential key {key[:40]!r}", hint="Use UPPER_SNAKE_CASE starting with a letter."
+    if len(key) > 128 or not KEY_RE.fullmatch(key):
+        raise InvalidRequest(  # no echo: a "key" that fails the rule may be a pasted value
+            "invalid credential key", hint="Use UPPER_SNAKE_CASE starting with a letter."
         )
     return key
 
 
 def check_email(email: str) -> str:
     e = email.strip().lower()
-    if len(e) > 254 or not EMAIL_RE.match(e):
+    if len(e) > 254 or not EMAIL_RE.fullmatch(e):
         raise InvalidRequest("invalid email address")
     return e

@@ -139,7 +139,9 @@ def renew_session(
     core: Core, p: Principal, session_id: int, ttl_seconds: int | None = None
 ) -> dict[str, Any]:
     row, _vault = _load(core, p, session_id)
-    if not _own(core, p, row):
+    # A session may revoke itself (a narrowing) but never extend itself: its TTL is the dead-man
+    # switch when the `vault run` wrapper dies (SPEC §7.1); renewal is the creator's (§9).
+    if p.kind == "session" or not _own(core, p, row):
         raise Forbidden("only the creator can renew a session")
     if row.revoked_at is not None or (row.expires_at and row.expires_at <= utcnow()):
         raise NotFound(f"session {session_id} is expired or revoked")

@@ -39,7 +39,14 @@ from agent_vault.proxy.policy import InvalidHost, normalize_host
 from agent_vault.proxy.ratelimit import Limits
 from agent_vault.proxy.redact import contains_secret
 from agent_vault.proxy.ssrf import Egress
-from agent_vault.proxy.streams import WsState, counter, response_filter, ws_message, ws_state
+from agent_vault.proxy.streams import (
+    WsState,
+    counter,
+    limited_upload,
+    response_filter,
+    ws_message,
+    ws_state,
+)
 
 STREAM_THRESHOLD = 1 << 20
 
@@ -119,12 +126,8 @@ class VaultAddon:
             mitm = wants_mitm(self.core.runtime.snapshot.vaults[ident.vault], ident.policy, host, port)
             if not mitm:
                 await self.egress.address(host, port)  # SSRF: a tunnel is refused before the 200
-            if st.ident is not None:  # a second CONNECT on this connection
-                self.limits.close(st.ident.digest)
-                st.ident = None
-            if not self.limits.open(ident.digest):
-                raise RateLimited("too many concurrent connections", retry_after=1, limiter="concurrent")
-            st.ident, st.target, st.mode = ident, (host, port), ("mitm" if mitm else "tunnel")
+            self._bind(st, ident)
+            st.target, st.mode = (host, port), ("mitm" if mitm else "tunnel")
             flow.request.host = host  # normalised; server_connect pins the checked address
             if not mitm:
                 self.metrics.active_tunnels.inc()
@@ -204,6 +207,8 @@ class VaultAddon:
                 req.headers.get("proxy-authorization"), req.headers.get("x-vault")
             )
             host, port = self._target(req.host, req.port)
+            if st is not None and (st.ident is None or st.ident.digest != ident.digest):
+                self._bind(st, ident)  # absolute-form: the connection counts for its token too
         fs.host, fs.port = host, port
         limited = self.limits.request(ident.digest)
         if limited is not None:
@@ -233,8 +238,11 @@ class VaultAddon:
             req.path = inject.apply_injection(req.headers, req.path, inj)
         if fs.secrets:
             req.headers["accept-encoding"] = "identity"
-        if not (matched and "body" in surfaces) and (clen is None or clen > STREAM_THRESHOLD):
-            req.stream = counter(fs, up=True)
+        if not (matched and "body" in surfaces):
+            if clen is None:  # chunked or HTTP/2 without a length: cut when it crosses the limit
+                req.stream = limited_upload(fs, limit, BodyTooLarge.code)
+            elif clen > STREAM_THRESHOLD:
+                req.stream = counter(fs, up=True)
         if req.host != host or req.port != port:  # the setters are costly; usually equal already
             req.host, req.port = host, port
         host_header = url.hostport(req.scheme, host, port)
@@ -353,6 +361,15 @@ class VaultAddon:
             if key is not None:  # a request without credentials is a challenge probe, not a failure
                 self.limits.auth_failures.fail(key)
             raise
+
+    def _bind(self, st: ConnState, ident: Identity) -> None:
+        """Count this client connection against `ident`'s concurrent-connection limit (SPEC §5.10)."""
+        if st.ident is not None:  # a second CONNECT, or another token, on this connection
+            self.limits.close(st.ident.digest)
+            st.ident = None
+        if not self.limits.open(ident.digest):
+            raise RateLimited("too many concurrent connections", retry_after=1, limiter="concurrent")
+        st.ident = ident
 
     @staticmethod
     def _target(host: str, port: int) -> tuple[str, int]:

@@ -11,6 +11,9 @@ it. `install()` (called by ProxyRunner; one engine per process) therefore:
 * sends a refusal decided at request-headers time at once and discards the request body, instead
   of buffering the whole body first (and instead of mitmproxy's crash when a buffered body of an
   answered request crosses `stream_large_bodies`);
+* cuts a request body without Content-Length (chunked, HTTP/2 DATA) when it crosses the limit: the
+  stream callable raises `BodyOverLimit`, the upstream request is reset (it never sees a complete
+  body) and the client gets 413 `body_too_large`;
 * replaces the HTTP/1 error page used for the remaining early errors (bad request line, ...);
 * drops mitmproxy's runtime type check of every parsed HTTP message (a debug aid, costly).
 
@@ -40,6 +43,7 @@ from mitmproxy.proxy.layers.http._events import (
     ResponseEndOfMessage,
     ResponseProtocolError,
 )
+from mitmproxy.proxy.layers.http._hooks import HttpErrorHook
 
 from agent_vault.errors import (
     AgentVaultError,
@@ -109,8 +113,35 @@ def _h1_error_response(status_code: int, message: str = "") -> bytes:
     return bytes(http1.assemble_response(resp))  # type: ignore[no-untyped-call]
 
 
+class BodyOverLimit(Exception):
+    """Raised by a request `stream` callable when a body of unknown length crosses the limit."""
+
+
 class VaultHttpStream(mhttp.HttpStream):
     """mitmproxy's HttpStream with SPEC §5.1/§6 answers (see the module docstring)."""
+
+    def state_stream_request_body(self, event: Any) -> layer.CommandGenerator[None]:
+        try:
+            yield from super().state_stream_request_body(event)
+        except BodyOverLimit as e:
+            yield from self._cut_request_body(e)
+
+    def _cut_request_body(self, err: BodyOverLimit) -> layer.CommandGenerator[None]:
+        """Reset the upstream request mid-body and answer 413 (mitmproxy's body_size_limit path)."""
+        msg = "the request body is over the limit"
+        self.flow.error = mflow.Error(msg)
+        if self.flow.response is None:  # for the audit record; the client gets the 413 page below
+            self.flow.response = error_response(BodyTooLarge(msg, **err.args[0]))
+        yield HttpErrorHook(self.flow)
+        yield mhttp.SendHttp(
+            RequestProtocolError(self.stream_id, msg, ErrorCode.REQUEST_TOO_LARGE), self.context.server
+        )
+        self.server_state = self.state_errored
+        yield mhttp.SendHttp(
+            ResponseProtocolError(self.stream_id, msg, ErrorCode.REQUEST_TOO_LARGE), self.context.client
+        )
+        self.client_state = self.state_errored
+        self.flow.live = False
 
     def state_wait_for_request_headers(self, event: Any) -> layer.CommandGenerator[None]:
         req = event.request if isinstance(event, RequestHeaders) else None

@@ -19,6 +19,7 @@ from mitmproxy import http
 from mitmproxy.websocket import WebSocketMessage
 
 from agent_vault.proxy import inject
+from agent_vault.proxy.engine import BodyOverLimit
 from agent_vault.proxy.flowlog import FlowState
 from agent_vault.runtime import Runtime
 
@@ -32,6 +33,19 @@ def counter(fs: FlowState, *, up: bool) -> Filter:
             fs.bytes_up += len(chunk)
         else:
             fs.bytes_down += len(chunk)
+        return chunk
+
+    return count
+
+
+def limited_upload(fs: FlowState, limit: int, error: str) -> Filter:
+    """Count an upload of unknown length; raise BodyOverLimit (engine cuts the request) past `limit`."""
+
+    def count(chunk: bytes) -> bytes:
+        fs.bytes_up += len(chunk)
+        if fs.bytes_up > limit:
+            fs.error = error
+            raise BodyOverLimit({"limit_bytes": limit})
         return chunk
 
     return count

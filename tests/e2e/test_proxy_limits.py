@@ -4,12 +4,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 import trustme
-from helpers.proxy import RawConn, basic
+from helpers.proxy import RawConn, basic, wait_audit
 from helpers.server import OWNER_PASSWORD, ServerProc
 from helpers.upstream import PlainUpstream, TLSUpstream
 
@@ -182,6 +183,47 @@ def test_strict_request_rate_limit(strict: ServerProc, up: TLSUpstream) -> None:
         assert c.get(f"https://localhost:{up.port}/status/204").status_code == 204
 
 
+def test_strict_concurrent_connection_limit(
+    strict: ServerProc, up: TLSUpstream, plain: PlainUpstream
+) -> None:
+    """32 open connections per token (strict), whether CONNECT tunnels or absolute-form keep-alive."""
+    t = _agent(strict, "many-conns-bot")
+    plain_target = f"http://127.0.0.1:{plain.port}/echo"
+    head = {"Host": f"127.0.0.1:{plain.port}", "Proxy-Authorization": basic(t)}
+    held: list[RawConn] = []
+    try:
+        for i in range(32):
+            conn = RawConn(strict.proxy_port)
+            held.append(conn)
+            if i % 2:
+                assert conn.connect(f"localhost:{up.port}", {"Proxy-Authorization": basic(t)}).status == 200
+            else:
+                assert conn.request("GET", plain_target, head).status == 200
+        with RawConn(strict.proxy_port) as extra:
+            refused = extra.request("GET", plain_target, head)
+        assert refused.status == 429
+        _err(429, refused.headers, refused.json(), "rate_limited")
+        assert refused.json()["limiter"] == "concurrent"
+        with RawConn(strict.proxy_port) as extra:
+            assert extra.connect(f"localhost:{up.port}", {"Proxy-Authorization": basic(t)}).status == 429
+        other = _agent(strict, "few-conns-bot")  # keyed by token: another agent is unaffected
+        with RawConn(strict.proxy_port) as conn:
+            assert (
+                conn.request("GET", plain_target, {**head, "Proxy-Authorization": basic(other)}).status == 200
+            )
+        held.pop().close()  # a closed connection frees its slot
+        deadline = time.monotonic() + 5
+        while True:
+            with RawConn(strict.proxy_port) as extra:
+                if extra.request("GET", plain_target, head).status == 200:
+                    break
+            assert time.monotonic() < deadline, "the closed connection's slot was never freed"
+            time.sleep(0.1)
+    finally:
+        for conn in held:
+            conn.close()
+
+
 def test_failed_auth_limit_does_not_count_probes(strict: ServerProc, plain: PlainUpstream) -> None:
     target = f"http://127.0.0.1:{plain.port}/echo"
     with RawConn(strict.proxy_port) as conn:
@@ -219,6 +261,25 @@ def test_body_over_the_limit_is_refused_before_reading(strict: ServerProc, plain
     assert plain.requests_seen.snapshot() == []
     with httpx.Client(proxy=strict.proxy_url(t), trust_env=False) as c:  # and a body under the limit passes
         assert c.post(f"http://127.0.0.1:{plain.port}/echo", content=b"y" * 900).json()["body_length"] == 900
+
+
+def test_chunked_body_over_the_limit_is_cut(strict: ServerProc, plain: PlainUpstream) -> None:
+    """No Content-Length to check up front: the body is counted as it streams and the request is
+    cut when it crosses --max-request-bytes; the upstream never gets a complete request."""
+    t = _agent(strict, "chunked-bot")
+    target = f"http://127.0.0.1:{plain.port}/echo"
+    head = {"Host": f"127.0.0.1:{plain.port}", "Proxy-Authorization": basic(t)}
+    plain.requests_seen.clear()
+    with RawConn(strict.proxy_port) as conn:
+        r = conn.request("POST", target, head, body=b"z" * 5000, chunk=700)
+    assert r.status == 413
+    _err(r.status, r.headers, r.json(), "body_too_large")
+    assert plain.requests_seen.snapshot() == []
+    rec = wait_audit(strict.home, actor="agent:chunked-bot", error="body_too_large")
+    assert rec["status"] == 413 and rec["decision"] == "denied"
+    with RawConn(strict.proxy_port) as conn:  # a chunked body under the limit passes, whole
+        ok = conn.request("POST", target, head, body=b"y" * 900, chunk=256)
+    assert ok.status == 200 and ok.json()["body_length"] == 900
 
 
 def test_refusals_do_not_wait_for_the_body(strict: ServerProc, plain: PlainUpstream) -> None:

@@ -107,11 +107,21 @@ class RawConn:
         return tls
 
     def request(
-        self, method: str, target: str, headers: dict[str, str] | None = None, body: bytes = b""
+        self,
+        method: str,
+        target: str,
+        headers: dict[str, str] | None = None,
+        body: bytes = b"",
+        chunk: int = 0,
     ) -> Resp:
-        """One HTTP/1.1 request on this connection (headers sent exactly as given)."""
+        """One HTTP/1.1 request on this connection (headers sent exactly as given); with `chunk`,
+        the body goes out chunked in pieces of that size instead of with a Content-Length."""
         hdrs = dict(headers or {})
-        if body and not any(k.lower() == "content-length" for k in hdrs):
+        if chunk:
+            hdrs["Transfer-Encoding"] = "chunked"
+            pieces = [body[i : i + chunk] for i in range(0, len(body), chunk)]
+            body = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+        elif body and not any(k.lower() == "content-length" for k in hdrs):
             hdrs["Content-Length"] = str(len(body))
         lines = [f"{method} {target} HTTP/1.1"] + [f"{k}: {v}" for k, v in hdrs.items()]
         self.send(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
