@@ -54,6 +54,7 @@ class Vault(SQLModel, table=True):
     name: str = Field(unique=True, index=True)
     unmatched_policy: str = "tunnel"  # tunnel | passthrough | deny
     enforcement: str = "enforce"  # enforce | dry-run
+    rate_limits: str | None = None  # default | strict | off; None = the server's --rate-limits
     next_proposal_seq: int = 1
     created_at: datetime = Field(default_factory=utcnow)
 

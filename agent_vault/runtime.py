@@ -36,6 +36,7 @@ class VaultView:
     services: tuple[ServiceDef, ...]
     values: dict[str, str] = field(repr=False)
     corrupt: frozenset[str] = frozenset()
+    rate_limits: str | None = None  # None: the server's profile
 
     def __repr__(self) -> str:
         return f"VaultView({self.name!r}, services={len(self.services)}, keys={sorted(self.values)})"
@@ -185,5 +186,6 @@ class Runtime:
                 svcs,
                 values.get(v.id, {}),
                 frozenset(corrupt.get(v.id, set())),
+                v.rate_limits,
             )
         return out

@@ -32,6 +32,7 @@ class VaultUpdate(StepUp):
     name: str | None = None
     unmatched_policy: str | None = None
     enforcement: str | None = None
+    rate_limits: str | None = None  # default | strict | off | server (= follow --rate-limits)
 
 
 class CredentialPut(Body):

@@ -53,6 +53,7 @@ def update_vault(v: str, body: VaultUpdate, core: CoreDep, p: PrincipalDep) -> J
         new_name=body.name,
         unmatched_policy=body.unmatched_policy,
         enforcement=body.enforcement,
+        rate_limits=body.rate_limits,
     )
 
 

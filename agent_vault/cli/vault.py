@@ -35,6 +35,7 @@ app.add_typer(vault_app, name="vault")
 
 POLICIES = ("tunnel", "passthrough", "deny")
 ENFORCEMENTS = ("enforce", "dry-run")
+RATE_LIMIT_PROFILES = ("default", "strict", "off", "server")
 
 
 @vault_app.command("list")
@@ -124,29 +125,41 @@ def settings(
             help="enforce | dry-run (dry-run forwards what would be denied, logs would_deny).",
         ),
     ] = None,
+    rate_limits: Annotated[
+        str | None,
+        typer.Option(
+            "--rate-limits",
+            help="default | strict | off | server: this vault's proxy rate limits (server = --rate-limits).",
+        ),
+    ] = None,
     password_stdin: PasswordStdinOpt = False,
 ) -> None:
     """Show the vault's settings, or change them (step-up)."""
     name = resolve_vault(vault)[0]
     c = client()
-    if unmatched_policy is None and enforcement is None:
+    if unmatched_policy is None and enforcement is None and rate_limits is None:
         data = c.get(f"/v1/vaults/{seg(name)}")
     else:
         if unmatched_policy is not None and unmatched_policy not in POLICIES:
             raise typer.BadParameter("must be tunnel, passthrough or deny", param_hint="--unmatched-policy")
         if enforcement is not None and enforcement not in ENFORCEMENTS:
             raise typer.BadParameter("must be enforce or dry-run", param_hint="--enforcement")
+        if rate_limits is not None and rate_limits not in RATE_LIMIT_PROFILES:
+            raise typer.BadParameter("must be default, strict, off or server", param_hint="--rate-limits")
         body: dict[str, Any] = {"password": step_up(password_stdin)}
         if unmatched_policy:
             body["unmatched_policy"] = unmatched_policy
         if enforcement:
             body["enforcement"] = enforcement
+        if rate_limits:
+            body["rate_limits"] = rate_limits
         data = c.patch(f"/v1/vaults/{seg(name)}", body)
     s, n = data.get("settings", {}), data.get("counts", {})
     out.data(
         data,
         f"vault {data.get('name', name)}\n  unmatched_policy: {s.get('unmatched_policy')}\n"
-        f"  enforcement: {s.get('enforcement')}\n  services: {n.get('services')}\n"
+        f"  enforcement: {s.get('enforcement')}\n  rate_limits: {s.get('rate_limits')}\n"
+        f"  services: {n.get('services')}\n"
         f"  credentials: {n.get('credentials')}",
     )
 

@@ -14,6 +14,7 @@ from agent_vault.errors import Conflict, InvalidRequest, NotFound
 from agent_vault.models import Agent, Credential, Grant, Proposal, Service, User, Vault
 
 POLICIES = ("tunnel", "passthrough", "deny")
+RATE_LIMIT_PROFILES = ("default", "strict", "off", "server")
 ENFORCEMENTS = ("enforce", "dry-run")
 
 
@@ -76,7 +77,11 @@ def get_vault_info(core: Core, p: Principal, name: str) -> dict[str, Any]:
         n_cred = len(list(s.exec(select(Credential.id).where(Credential.vault_id == v.id))))
     return {
         "name": v.name,
-        "settings": {"unmatched_policy": v.unmatched_policy, "enforcement": v.enforcement},
+        "settings": {
+            "unmatched_policy": v.unmatched_policy,
+            "enforcement": v.enforcement,
+            "rate_limits": v.rate_limits or "server",
+        },
         "counts": {"services": n_svc, "credentials": n_cred},
     }
 
@@ -90,6 +95,7 @@ def update_vault(
     new_name: str | None = None,
     unmatched_policy: str | None = None,
     enforcement: str | None = None,
+    rate_limits: str | None = None,
 ) -> dict[str, Any]:
     p.require(name, "admin", human=True)
     step_up(core, p, password)
@@ -97,6 +103,8 @@ def update_vault(
         raise InvalidRequest("unmatched_policy must be tunnel, passthrough or deny")
     if enforcement is not None and enforcement not in ENFORCEMENTS:
         raise InvalidRequest("enforcement must be enforce or dry-run")
+    if rate_limits is not None and rate_limits not in RATE_LIMIT_PROFILES:
+        raise InvalidRequest("rate_limits must be default, strict, off or server")
     with core.store.write() as s:
         v = get_vault(s, name)
         if new_name and new_name != name:
@@ -110,6 +118,8 @@ def update_vault(
             v.unmatched_policy = unmatched_policy
         if enforcement:
             v.enforcement = enforcement
+        if rate_limits:
+            v.rate_limits = None if rate_limits == "server" else rate_limits
         s.add(v)
     core.runtime.reload()
     core.record(
@@ -119,6 +129,7 @@ def update_vault(
         details={
             "unmatched_policy": v.unmatched_policy,
             "enforcement": v.enforcement,
+            "rate_limits": v.rate_limits or "server",
             "renamed_from": name if v.name != name else None,
         },
     )

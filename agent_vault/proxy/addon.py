@@ -60,6 +60,7 @@ class ConnState:
     mode: str = "direct"  # direct | mitm | tunnel
     started: float = field(default_factory=time.monotonic)
     relayed: ByteCounter = field(default_factory=ByteCounter)  # tunnels only
+    limits: Limits | None = None  # the limiter set this connection is counted in (per vault)
 
 
 class VaultAddon:
@@ -73,7 +74,8 @@ class VaultAddon:
         self.flows: dict[str, FlowState] = {}
         self.websockets: dict[str, WsState] = {}
         self.pinned: dict[str, tuple[str, int]] = {}
-        self.limits = Limits(core.settings.rate_limits)
+        self.limits = Limits(core.settings.rate_limits)  # the server's profile; failed auth always
+        self._profiles: dict[str, Limits] = {core.settings.rate_limits: self.limits}
         self.egress = Egress(core.settings.allow_net, core.extras.get("resolve", {}))
         self._on_reload: Callable[[], None] = lambda: None
 
@@ -110,7 +112,8 @@ class VaultAddon:
         st = self.conns.pop(client.id, None)
         self.metrics.active_connections.dec()
         if st is not None and st.ident is not None:
-            self.limits.close(st.ident.digest)
+            if st.limits is not None:
+                st.limits.close(st.ident.digest)
             if st.mode == "tunnel" and st.target is not None:
                 self.metrics.active_tunnels.dec()
                 self.log.tunnel(st.ident, st.target, time.monotonic() - st.started, st.relayed)
@@ -210,7 +213,7 @@ class VaultAddon:
             if st is not None and (st.ident is None or st.ident.digest != ident.digest):
                 self._bind(st, ident)  # absolute-form: the connection counts for its token too
         fs.host, fs.port = host, port
-        limited = self.limits.request(ident.digest)
+        limited = self._limits_for(ident.vault).request(ident.digest)
         if limited is not None:
             limiter, wait = limited
             raise RateLimited("request rate limit exceeded", retry_after=max(1, round(wait)), limiter=limiter)
@@ -364,12 +367,24 @@ class VaultAddon:
 
     def _bind(self, st: ConnState, ident: Identity) -> None:
         """Count this client connection against `ident`'s concurrent-connection limit (SPEC §5.10)."""
-        if st.ident is not None:  # a second CONNECT, or another token, on this connection
-            self.limits.close(st.ident.digest)
-            st.ident = None
-        if not self.limits.open(ident.digest):
+        if st.ident is not None and st.limits is not None:  # a second CONNECT, or another token
+            st.limits.close(st.ident.digest)
+        st.ident = st.limits = None
+        limits = self._limits_for(ident.vault)
+        if not limits.open(ident.digest):
             raise RateLimited("too many concurrent connections", retry_after=1, limiter="concurrent")
-        st.ident = ident
+        st.ident, st.limits = ident, limits
+
+    def _limits_for(self, vault: str) -> Limits:
+        """The limiter set of `vault`'s profile (`vault settings --rate-limits`), else the server's."""
+        view = self.core.runtime.snapshot.vaults.get(vault)
+        profile = (
+            view.rate_limits if view is not None and view.rate_limits else self.core.settings.rate_limits
+        )
+        limits = self._profiles.get(profile)
+        if limits is None:
+            limits = self._profiles[profile] = Limits(profile)
+        return limits
 
     @staticmethod
     def _target(host: str, port: int) -> tuple[str, int]:

@@ -224,6 +224,49 @@ def test_strict_concurrent_connection_limit(
             conn.close()
 
 
+def test_rate_limits_per_vault(strict: ServerProc, up: TLSUpstream) -> None:
+    """`vault settings --rate-limits off` lifts the server's strict profile for that vault only."""
+    owner = {**strict.env, "AGENT_VAULT_TOKEN": strict.owner_token}
+    strict.cli("vault", "create", "relaxed", env=owner)
+    strict.set_credential("LIMIT_TOKEN", SECRET, vault="relaxed")
+    strict.add_service(
+        {
+            "name": "tls-api",
+            "host": "localhost",
+            "port": up.port,
+            "auth": {"type": "bearer", "token": "LIMIT_TOKEN"},
+        },
+        vault="relaxed",
+    )
+    out = strict.cli(
+        "vault",
+        "settings",
+        "--vault",
+        "relaxed",
+        "--rate-limits",
+        "off",
+        "--password-stdin",
+        input=OWNER_PASSWORD,
+        env=owner,
+    )
+    assert "rate_limits: off" in out.stdout
+    t = strict.make_agent("relaxed-bot", vaults=("default", "relaxed"))  # strict default vault too
+    TOKENS.append(t)
+
+    def burst(vault: str) -> list[int]:
+        with httpx.Client(
+            proxy=strict.proxy_url(t, vault), verify=str(strict.ca_bundle), trust_env=False
+        ) as c:
+            return [c.get(f"https://localhost:{up.port}/status/204").status_code for _ in range(130)]
+
+    assert set(burst("relaxed")) == {204}
+    assert 429 in burst("default")  # strict (burst 100) still applies there
+    bad = strict.cli(
+        "vault", "settings", "--vault", "relaxed", "--rate-limits", "loose", check=False, env=owner
+    )
+    assert bad.returncode == 2 and "--rate-limits" in bad.stderr
+
+
 def test_failed_auth_limit_does_not_count_probes(strict: ServerProc, plain: PlainUpstream) -> None:
     target = f"http://127.0.0.1:{plain.port}/echo"
     with RawConn(strict.proxy_port) as conn:

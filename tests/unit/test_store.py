@@ -37,6 +37,25 @@ def test_migrated_schema_matches_models(tmp_path: Path) -> None:
     store.close()
 
 
+def test_upgrade_from_v1_adds_the_vault_rate_limits_column_and_keeps_rows(tmp_path: Path) -> None:
+    """A database made before migration 2 (no vaults.rate_limits) is upgraded in place."""
+    db = tmp_path / "old.db"
+    Store(f"sqlite:///{db}").close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("ALTER TABLE vaults DROP COLUMN rate_limits")
+        conn.execute("DELETE FROM schema_migrations WHERE version >= 2")
+        conn.execute(
+            "INSERT INTO vaults (name, unmatched_policy, enforcement, next_proposal_seq, created_at) "
+            "VALUES ('old', 'deny', 'enforce', 1, '2026-01-01 00:00:00')"
+        )
+    store = Store(f"sqlite:///{db}")
+    store.close()
+    with sqlite3.connect(db) as conn:
+        row = conn.execute("SELECT name, unmatched_policy, rate_limits FROM vaults").fetchone()
+        assert row == ("old", "deny", None)
+        assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == LATEST
+
+
 def test_foreign_keys_enforced(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'x.db'}")
     with store.engine.connect() as conn:
