@@ -32,6 +32,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("-c", type=int, default=16, help="keep-alive connections (default 16)")
     ap.add_argument("-d", type=float, default=10.0, help="seconds of load (default 10)")
     ap.add_argument("--path", default="/", help="upstream path (default /)")
+    ap.add_argument("--tunnel", action="store_true", help="the unlisted host (agent-vault tunnel mode)")
     ap.add_argument("--no-spy", action="store_true", help="measure only, no profiler attached")
     ap.add_argument("--cprofile", action="store_true", help="run the server under cProfile instead of py-spy")
     ap.add_argument("--mitmdump", action="store_true", help="also measure plain mitmdump")
@@ -107,7 +108,17 @@ def main() -> int:
         start_agent_vault(work, r.pki, r.av)
         up = r.pki["ca"]
         avp = f"http://{r.av.token}:default@127.0.0.1:{r.av.proxy_port}"
-        cols = [Column("agent-vault", "agent-vault", "bench.local", avp, r.av.proc, [], [up, r.av.ca])]
+        cols = [
+            Column(
+                "agent-vault",
+                "agent-vault",
+                "tunnel.local" if a.tunnel else "bench.local",
+                avp,
+                r.av.proc,
+                [],
+                [up, r.av.ca],
+            )
+        ]
         if a.mitmdump:
             mitm, port, ca = start_mitmdump(work, r.pki, "mitmdump", [])
             wait_mitmdump("mitmdump", mitm, port, ca)

@@ -107,6 +107,15 @@ def _register() -> None:
                 raise
 
 
+def _usage_message(e: Exception) -> str:
+    """Click's message, except that stray arguments are not echoed: a secret typed as an argument
+    (`vault credential set KEY VALUE`) must not be repeated into terminals and CI logs (SPEC §10)."""
+    msg = str(e.format_message())  # type: ignore[attr-defined]
+    if msg.startswith("Got unexpected extra argument"):
+        return "unexpected extra argument(s) (not shown: secrets are never accepted as arguments; see --help)"
+    return msg
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: maps errors to exit codes, never prints a traceback."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -125,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         out.error("aborted")
         sys.exit(130)
     except (click.UsageError, _UsageError) as e:
-        out.error(e.format_message())
+        out.error(_usage_message(e))
         sys.exit(2)
     except (click.ClickException, _ClickException) as e:
         out.error(e.format_message())

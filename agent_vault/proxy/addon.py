@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from mitmproxy import connection, ctx, http, tls
 from mitmproxy.net.http import url
 from mitmproxy.proxy import layer, server_hooks
+from mitmproxy.proxy.context import Context
 
 from agent_vault.core import Core
 from agent_vault.errors import (
@@ -33,7 +34,13 @@ from agent_vault.errors import (
 from agent_vault.metrics import Metrics
 from agent_vault.proxy import inject
 from agent_vault.proxy.decide import Identity, authenticate, decide, recheck, wants_mitm
-from agent_vault.proxy.engine import ByteCounter, TunnelLayer, error_response, is_proxy_answer
+from agent_vault.proxy.engine import (
+    ByteCounter,
+    TunnelLayer,
+    error_response,
+    is_proxy_answer,
+    splice_tunnel,
+)
 from agent_vault.proxy.flowlog import FlowLog, FlowState, incident
 from agent_vault.proxy.policy import InvalidHost, normalize_host
 from agent_vault.proxy.ratelimit import Limits
@@ -143,7 +150,13 @@ class VaultAddon:
         """A tunnel is a raw TCP relay: no TLS termination, no HTTP parsing, whatever the protocol."""
         st = self.conns.get(nextlayer.context.client.id)
         if st is not None and st.mode == "tunnel":
-            nextlayer.layer = TunnelLayer(nextlayer.context, st.relayed)
+            nextlayer.layer = TunnelLayer(nextlayer.context, st.relayed, self._splice)
+
+    @staticmethod
+    def _splice(context: Context, counter: ByteCounter) -> None:
+        handler = ctx.master.addons.get("proxyserver").connections.get(context.client.id)  # type: ignore[no-untyped-call]
+        if handler is not None:
+            splice_tunnel(handler, context.client, context.server, counter)
 
     def tls_start_client(self, data: tls.TlsData) -> None:
         """Choose HTTP/2 whenever the client offers it: httpx behind a proxy lists http/1.1 first and

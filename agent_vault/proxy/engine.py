@@ -18,7 +18,8 @@ it. `install()` (called by ProxyRunner; one engine per process) therefore:
 * drops mitmproxy's runtime type check of every parsed HTTP message (a debug aid, costly).
 
 `TunnelLayer` is mitmproxy's raw TCP relay without a flow (no per-chunk hooks, nothing stored) that
-counts the bytes it relays, for the tunnel's audit record.
+counts the bytes it relays, for the tunnel's audit record; `splice_tunnel` then takes the relay of an
+established tunnel off the layer stack.
 
 Messages name hosts and causes, never request content: a bad request line may hold a token.
 """
@@ -26,10 +27,12 @@ Messages name hosts and causes, never request content: a bad request line may ho
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import flow as mflow
 from mitmproxy import http
+from mitmproxy.connection import Connection
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import events, layer
 from mitmproxy.proxy.context import Context
@@ -196,11 +199,18 @@ class ByteCounter:
 
 
 class TunnelLayer(TCPLayer):
-    """A raw relay like `TCPLayer(ignore=True)` that counts bytes into `counter`."""
+    """A raw relay like `TCPLayer(ignore=True)` that counts bytes into `counter`. Once both sides are
+    open, `splice(context, counter)` (if given) may take the relay off the layer stack."""
 
-    def __init__(self, context: Context, counter: ByteCounter) -> None:
+    def __init__(
+        self,
+        context: Context,
+        counter: ByteCounter,
+        splice: Callable[[Context, ByteCounter], None] | None = None,
+    ) -> None:
         super().__init__(context, ignore=True)
         self.counter = counter
+        self._splice = splice
 
     def relay_messages(self, event: events.Event) -> layer.CommandGenerator[None]:
         if isinstance(event, events.DataReceived):
@@ -209,6 +219,39 @@ class TunnelLayer(TCPLayer):
             else:
                 self.counter.down += len(event.data)
         yield from super().relay_messages(event)
+        if self._splice is not None and self.context.server.connected and self.context.client.connected:
+            splice, self._splice = self._splice, None
+            splice(self.context, self.counter)
+
+
+def splice_tunnel(handler: Any, client: Connection, server: Connection, counter: ByteCounter) -> None:
+    """Relay a raw tunnel's bytes straight between its two sockets.
+
+    mitmproxy hands every chunk of a tunnel through the whole layer stack (HTTP proxy layer, CONNECT
+    stream, next layer, TCP layer) and back as a SendData command: most of a tunnel's CPU. For a
+    tunnel nothing inspects the bytes, so the connection handler's `server_event` is wrapped: a
+    DataReceived on one side is written to the other side's writer at once (counted, and as activity
+    for the idle timeout). Everything else -- half-close, close, errors, revocation -- still goes
+    through the layers; backpressure is unchanged (the handler drains its writers after each read).
+    """
+    original = handler.server_event
+
+    async def server_event(event: events.Event) -> None:
+        if type(event) is events.DataReceived:
+            src = event.connection
+            dst = server if src is client else client if src is server else None
+            io = handler.transports.get(dst) if dst is not None else None
+            if io is not None and io.writer is not None and not io.writer.is_closing():
+                if src is client:
+                    counter.up += len(event.data)
+                else:
+                    counter.down += len(event.data)
+                handler.timeout_watchdog.register_activity()
+                io.writer.write(event.data)
+                return
+        await original(event)
+
+    handler.server_event = server_event
 
 
 def _no_typecheck(self: http.MessageData) -> None:

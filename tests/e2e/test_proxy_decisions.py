@@ -9,8 +9,10 @@ matched by nothing.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,9 +21,9 @@ from typing import Any
 import httpx
 import pytest
 import trustme
-from helpers.proxy import RawConn, basic, free_port, wait_audit
+from helpers.proxy import RawConn, audit_records, basic, free_port, wait_audit
 from helpers.server import OWNER_PASSWORD, ServerProc
-from helpers.upstream import TLSUpstream
+from helpers.upstream import TLSUpstream, download_payload
 
 SECRET = "sk-decisions-secret-424242"
 CORRUPT = "corrupt-secret-value-31337"
@@ -164,6 +166,35 @@ def test_unmatched_host_is_a_raw_tunnel_by_default(srv: ServerProc, up: TLSUpstr
     rec = wait_audit(srv.home, kind="proxy.tunnel", host="other.upstream.test")
     assert rec["decision"] == "tunnel" and rec["actor"] == "agent:decisions-bot"
     assert rec["bytes_up"] > 0 and rec["bytes_down"] > len(r.body)  # TLS records, both ways
+
+
+def test_tunnel_relays_large_bodies_both_ways_intact(srv: ServerProc, up: TLSUpstream, token: str) -> None:
+    """A tunnel's relay is spliced off the layer stack once both sides are open: megabytes each
+    way arrive byte-exact, several requests share the tunnel, and the audit counts every byte."""
+    upload = os.urandom(3 << 20)
+    with RawConn(srv.proxy_port, timeout=30) as conn:
+        assert (
+            conn.connect(f"other.upstream.test:{up.port}", {"Proxy-Authorization": basic(token)}).status
+            == 200
+        )
+        conn.start_tls("other.upstream.test", srv.upstream_ca_file)
+        host = {"Host": f"other.upstream.test:{up.port}"}
+        echoed = conn.request("POST", "/echo/big", host, body=upload)
+        down = conn.request("GET", "/download?bytes=5000000", host)
+        again = conn.request("GET", "/status/204", host)
+    assert echoed.status == 200 and echoed.json()["body_length"] == len(upload)
+    assert down.status == 200 and down.body == download_payload(5_000_000)
+    assert again.status == 204
+
+    def big_tunnels() -> list[dict[str, Any]]:  # the record is written when the client disconnects
+        recs = audit_records(srv.home, kind="proxy.tunnel", host="other.upstream.test")
+        return [r for r in recs if r["bytes_up"] > len(upload)]
+
+    deadline = time.monotonic() + 5
+    while not big_tunnels() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    recs = big_tunnels()
+    assert recs and recs[-1]["bytes_down"] > 5_000_000, recs
 
 
 def test_passthrough_policy_mitms_without_injection(srv: ServerProc, up: TLSUpstream, token: str) -> None:
