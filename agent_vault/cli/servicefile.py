@@ -149,11 +149,11 @@ def dump_services(services: list[dict[str, Any]], fmt: str) -> str:
     raise InvalidRequest("--format must be yaml or toml")
 
 
-_BARE = re.compile(r"^[A-Za-z0-9_-]+$")
+_BARE = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _toml_key(k: str) -> str:
-    return k if _BARE.match(k) else _toml_str(k)
+    return k if _BARE.fullmatch(k) else _toml_str(k)
 
 
 def _toml_str(s: str) -> str:
