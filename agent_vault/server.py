@@ -46,7 +46,7 @@ class _Server(uvicorn.Server):
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets TCP_NODELAY
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -218,11 +218,15 @@ def _warnings(settings: Settings, key_mode: str, home: Home) -> None:
 
 @contextlib.contextmanager
 def _logging(level: str) -> Iterator[None]:
+    """`--log-level` applies to agent-vault's own loggers only. Third-party libraries stay at WARNING
+    whatever the level: their debug output includes header values (hpack logs every header it
+    encodes, Authorization included), which would put credentials in the server log (SPEC §14.1)."""
     logging.basicConfig(
         stream=sys.stderr,
-        level=getattr(logging, level.upper(), logging.INFO),
+        level=logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("agent_vault").setLevel(getattr(logging, level.upper(), logging.INFO))
     yield
 
 

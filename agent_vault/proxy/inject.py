@@ -125,6 +125,8 @@ def build_injection(auth: AuthSpec, values: Mapping[str, str]) -> Injection:
             inj.headers[name] = render(template)
         for param, template in auth.query.items():
             inj.query[param] = render(template)
+            for m in PLACEHOLDER_RE.finditer(template):  # the URL carries it %-encoded: redact that too
+                inj._secret(m.group(1), quote(values[m.group(1)], safe=""))
     return inj
 
 

@@ -1,0 +1,285 @@
+"""Guessing, reusing and outliving proxy tokens (SPEC §3.1, §5.2, §5.10, §7, §14.7, §14.8, §14.10).
+
+Brute force against Proxy-Authorization; revoked, rotated, ungranted, expired and `vault run`-ended
+tokens on connections that stay open; a daemon that a `vault run` child leaves behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import signal
+import sqlite3
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trustme
+from helpers.proxy import basic
+from helpers.server import OWNER_PASSWORD as PW
+from security.conftest import (
+    Forger,
+    Sweep,
+    SweptServer,
+    header_values,
+    new_secret,
+    proxy_error,
+    start_server,
+)
+
+V: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module")
+def srv(
+    tmp_path_factory: pytest.TempPathFactory, upstream_ca: trustme.CA, sweep: Sweep, up: Forger
+) -> Iterator[SweptServer]:
+    for s in start_server(tmp_path_factory, upstream_ca, sweep, "tokens"):
+        V["API_KEY"] = new_secret()
+        s.set_credential("API_KEY", V["API_KEY"])
+        s.add_service(
+            {
+                "name": "api",
+                "host": "api.upstream.test",
+                "port": up.port,
+                "auth": {"type": "bearer", "token": "API_KEY"},
+            }
+        )
+        with s.http() as c:
+            c.post("/v1/vaults", json={"name": "second"}).raise_for_status()
+        s.cli_login()
+        yield s
+
+
+def _connect(srv: SweptServer, target: str, auth: str) -> tuple[int, str]:
+    with srv.raw() as conn:
+        r = conn.connect(target, {"Proxy-Authorization": auth})
+    if r.status == 200:
+        return 200, "tunnel"
+    code = proxy_error(r.status, r.headers, r.body)
+    if r.status == 407:
+        assert r.headers["proxy-authenticate"] == 'Basic realm="agent-vault"'
+    if r.status == 429:
+        assert r.json()["limiter"] == "proxy_auth" and int(r.headers["retry-after"]) >= 1
+    return r.status, code
+
+
+def test_token_brute_force_gets_407_then_429_and_never_in(
+    srv: SweptServer, upstream_ca: trustme.CA, up: Forger
+) -> None:
+    real = srv.make_agent("brute-target")
+    with Forger(ca=upstream_ca) as fresh:
+        srv.add_service(
+            {
+                "name": "brute-api",
+                "host": "api.upstream.test",
+                "port": fresh.port,
+                "auth": {"type": "bearer", "token": "API_KEY"},
+            }
+        )
+        target = f"api.upstream.test:{fresh.port}"
+        guess = basic("av_agt_" + secrets.token_urlsafe(32))
+        statuses = [_connect(srv, target, guess)[0] for _ in range(36)]
+        assert statuses[:30] == [407] * 30 and statuses[30:] == [429] * 6, statuses  # 30 per 5 min
+        with srv.raw() as conn:  # the absolute form shares the limiter
+            r = conn.request("GET", f"https://{target}/echo", {"Host": target, "Proxy-Authorization": guess})
+        assert (r.status, proxy_error(r.status, r.headers, r.body)) == (429, "rate_limited")
+        near_misses = [
+            real[:-1],
+            real + "A",
+            real.upper(),
+            real.swapcase(),
+            real[:-1] + ("A" if real[-1] != "A" else "B"),
+            " " + real,
+            real.replace("av_agt_", "av_sess_"),
+            real.replace("av_agt_", "av_usr_"),
+            "av_agt_",
+            "\x00" + real,
+        ]
+        guesses = [basic(t) for t in near_misses] + [
+            basic("av_agt_" + secrets.token_urlsafe(32)) for _ in range(40)
+        ]
+        guesses += [
+            f"Bearer {real[:-1]}",
+            f"bearer {real.upper()}",
+            "Basic " + base64.b64encode(real[:-2].encode()).decode(),
+        ]
+        outcomes = {_connect(srv, target, g) for g in guesses}
+        assert outcomes == {(407, "proxy_auth_required")}, outcomes
+        assert fresh.connection_count == 0  # nothing of that reached the upstream
+        assert _connect(srv, target, basic(real)) == (200, "tunnel")  # the victim is not locked out
+    with srv.agent_client(real) as c:
+        assert c.get(f"https://api.upstream.test:{up.port}/echo/ok").status_code == 200
+
+
+def _keepalive(
+    srv: SweptServer, up: Forger, token: str, cut: Callable[[], None], code: str, *, http2: bool = False
+) -> None:
+    """One request works; `cut` happens; the next request on the same connection is refused with `code`."""
+    up.requests_seen.clear()
+    with srv.agent_client(token, http2=http2) as c:
+        r1 = c.get(f"https://api.upstream.test:{up.port}/echo/before")
+        assert r1.status_code == 200 and r1.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
+        cut()
+        r2 = c.get(f"https://api.upstream.test:{up.port}/echo/after")
+        proxy_error(r2.status_code, dict(r2.headers), r2.content, code)
+        assert r2.http_version == r1.http_version
+    assert [r["path"] for r in up.requests_seen.snapshot()] == ["/echo/before"]
+
+
+def _owner(srv: SweptServer, method: str, path: str, **kw: object) -> None:
+    with srv.http() as c:
+        c.request(method, path, **kw).raise_for_status()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+def test_revoked_agent_on_an_open_connection(srv: SweptServer, up: Forger, http2: bool) -> None:
+    name = f"revoked-{'h2' if http2 else 'h1'}"
+    t = srv.make_agent(name)
+    _keepalive(
+        srv,
+        up,
+        t,
+        lambda: _owner(srv, "POST", f"/v1/agents/{name}/revoke"),
+        "proxy_auth_required",
+        http2=http2,
+    )
+
+
+def test_rotated_agent_old_token_on_an_open_connection(srv: SweptServer, up: Forger) -> None:
+    t = srv.make_agent("rotated")
+
+    def rotate() -> None:
+        _owner(srv, "POST", "/v1/agents/rotated/rotate", json={"password": PW, "grace_seconds": 0})
+
+    _keepalive(srv, up, t, rotate, "proxy_auth_required")
+
+
+def test_deleted_agent_and_removed_grant_on_open_connections(srv: SweptServer, up: Forger) -> None:
+    t = srv.make_agent("ungranted", vaults=("default", "second"))
+
+    def ungrant() -> None:
+        _owner(srv, "DELETE", "/v1/vaults/default/agents/ungranted", json={"password": PW})
+
+    _keepalive(srv, up, t, ungrant, "vault_forbidden")
+    t2 = srv.make_agent("deleted")
+    _keepalive(srv, up, t2, lambda: _owner(srv, "DELETE", "/v1/agents/deleted"), "proxy_auth_required")
+
+
+def test_revoked_session_on_an_open_connection(srv: SweptServer, up: Forger) -> None:
+    s = srv.session(label="to revoke")
+    _keepalive(
+        srv,
+        up,
+        s["token"],
+        lambda: _owner(srv, "DELETE", f"/v1/sessions/{s['id']}"),
+        "proxy_auth_required",
+        http2=True,
+    )
+
+
+def test_expired_session_on_an_open_connection(srv: SweptServer, up: Forger) -> None:
+    s = srv.session(label="to expire", ttl_seconds=300)
+
+    def expire() -> None:
+        db = sqlite3.connect(srv.home / "agent-vault.db", timeout=10)
+        with db:
+            db.execute("UPDATE tokens SET expires_at = '2000-01-01 00:00:00.000000' WHERE id = ?", (s["id"],))
+        db.close()
+        srv.session(label="any token change reloads the identities")
+
+    _keepalive(srv, up, s["token"], expire, "proxy_auth_required")
+    with srv.http(s["token"]) as c:
+        assert c.get("/v1/discover").status_code == 401
+
+
+def test_absolute_form_keepalive_is_rechecked(srv: SweptServer, up: Forger) -> None:
+    t = srv.make_agent("absolute-bot")
+    target = f"api.upstream.test:{up.port}"
+    with srv.raw() as conn:
+        hdrs = {"Host": target, "Proxy-Authorization": basic(t)}
+        assert conn.request("GET", f"https://{target}/echo/abs1", hdrs).status == 200
+        _owner(srv, "POST", "/v1/agents/absolute-bot/revoke")
+        r = conn.request("GET", f"https://{target}/echo/abs2", hdrs)
+    assert (r.status, proxy_error(r.status, r.headers, r.body)) == (407, "proxy_auth_required")
+
+
+def test_tokens_of_the_wrong_kind_or_vault(srv: SweptServer, up: Forger) -> None:
+    target = f"api.upstream.test:{up.port}"
+    sess = srv.session(label="default only")
+    assert _connect(srv, target, basic(srv.owner_token)) == (403, "vault_forbidden")  # user logins
+    assert _connect(srv, target, f"Bearer {srv.owner_token}") == (403, "vault_forbidden")
+    assert _connect(srv, target, basic(sess["token"], "second")) == (403, "vault_forbidden")  # no retarget
+    t = srv.make_agent("one-vault")
+    assert _connect(srv, target, basic(t, "second")) == (403, "vault_forbidden")
+    assert _connect(srv, target, basic(t, "no-such-vault")) == (403, "vault_forbidden")
+
+
+DAEMON = textwrap.dedent('''
+    """Left behind by a `vault run` child: keeps its proxy connection and tries again later."""
+    import os, sys, time, pathlib, httpx
+    d = pathlib.Path(sys.argv[1]); url = sys.argv[2]
+    (d / "pid").write_text(str(os.getpid()))
+    with httpx.Client(trust_env=True, timeout=10) as c:  # HTTPS_PROXY and SSL_CERT_FILE from vault run
+        (d / "first").write_text(str(c.get(url + "/daemon-1").status_code))
+        for _ in range(600):
+            if (d / "go").exists():
+                break
+            time.sleep(0.05)
+        try:
+            r = c.get(url + "/daemon-2")
+            (d / "second").write_text(f"{r.status_code} {r.headers.get('x-agent-vault-proxy-error')}")
+        except httpx.HTTPError as e:
+            (d / "second").write_text(f"error {type(e).__name__}")
+''')
+
+
+def _wait_file(path: Path, timeout: float = 20) -> str:
+    end = time.monotonic() + timeout
+    while not path.exists() or not path.read_text():
+        assert time.monotonic() < end, f"{path.name} never written"
+        time.sleep(0.05)
+    return path.read_text()
+
+
+def test_session_dies_with_vault_run_even_for_a_daemon_it_left_behind(
+    srv: SweptServer, up: Forger, tmp_path: Path
+) -> None:
+    (tmp_path / "daemon.py").write_text(DAEMON)
+    url = f"https://api.upstream.test:{up.port}/echo"
+    script = (
+        f"echo TOKEN=$AGENT_VAULT_TOKEN; {sys.executable} {tmp_path / 'daemon.py'} {tmp_path} {url} "
+        f"</dev/null >/dev/null 2>&1 & i=0; while [ ! -s {tmp_path / 'first'} ] && [ $i -lt 400 ]; "
+        "do sleep 0.05; i=$((i+1)); done"
+    )
+    up.requests_seen.clear()
+    cp = srv.cli("vault", "run", "--quiet", "--", "sh", "-c", script)
+    pid = int(_wait_file(tmp_path / "pid"))
+    try:
+        token = cp.stdout.split("TOKEN=", 1)[1].split()[0]
+        assert token.startswith("av_sess_")
+        srv.sweep.secret_token("vault run session", token)
+        assert _wait_file(tmp_path / "first") == "200"  # it worked while the wrapper ran
+        (tmp_path / "go").write_text("go")
+        assert _wait_file(tmp_path / "second") == "407 true"  # same connection, after the wrapper exited
+    finally:  # stop the daemon if it is still ours and still running
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        if cmdline.exists() and b"daemon.py" in cmdline.read_bytes():
+            os.kill(pid, signal.SIGTERM)
+    assert [header_values(r, "authorization") for r in up.requests_seen.snapshot()] == [
+        [f"Bearer {V['API_KEY']}"]
+    ]
+    assert _connect(srv, f"api.upstream.test:{up.port}", basic(token)) == (407, "proxy_auth_required")
+    with srv.http(token) as c:
+        assert c.get("/v1/discover").status_code == 401
+        assert c.post("/v1/sessions", json={"vault": "default"}).status_code == 401
+    with (
+        httpx.Client(proxy=srv.proxy_url(token), verify=str(srv.ca_bundle), trust_env=False) as c,
+        pytest.raises(httpx.ProxyError, match="407"),
+    ):
+        c.get(url + "/fresh")
