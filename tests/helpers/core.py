@@ -21,6 +21,7 @@ MASTER_PASSWORD = "master-password-123456"
 
 @contextmanager
 def make_core(home: Path, key_mode: str = "password", **settings: object) -> Iterator[Core]:
+    """Initialise a new instance in `home` and yield its unlocked Core."""
     s = Settings(home=home, **settings)  # type: ignore[arg-type]
     init_instance(
         s,
@@ -29,14 +30,21 @@ def make_core(home: Path, key_mode: str = "password", **settings: object) -> Ite
         owner_password=OWNER_PASSWORD,
         master_password=MASTER_PASSWORD if key_mode != "passwordless" else None,
     )
-    u = unlock(s, MASTER_PASSWORD if key_mode != "passwordless" else None)
+    with open_core(s, MASTER_PASSWORD if key_mode != "passwordless" else None) as core:
+        yield core
+
+
+@contextmanager
+def open_core(s: Settings, master_password: str | None = None) -> Iterator[Core]:
+    """The unlocked Core of the existing instance in `s.home` (closed on exit), as a server has it."""
+    u = unlock(s, master_password)
     runtime = Runtime(u.store, u.dek)
     runtime.reload()
-    audit = AuditWriter(u.store.engine, Home(home).audit_head)
+    audit = AuditWriter(u.store.engine, Home(s.home).audit_head)
     audit.start()
     core = Core(
         s,
-        Home(home),
+        Home(s.home),
         u.store,
         u.instance_id,
         u.key_mode,

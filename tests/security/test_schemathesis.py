@@ -33,7 +33,7 @@ from typing import Any
 import hypothesis.strategies as st
 import pytest
 import schemathesis
-from helpers.core import OWNER_EMAIL, OWNER_PASSWORD, make_core
+from helpers.core import OWNER_EMAIL, OWNER_PASSWORD, make_core, open_core
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -42,15 +42,10 @@ from sqlmodel import select
 from starlette.testclient import TestClient
 
 from agent_vault.api.app import create_app
-from agent_vault.audit import AuditWriter
 from agent_vault.config import Settings
 from agent_vault.core import Core
 from agent_vault.errors import AgentVaultError
-from agent_vault.home import Home
-from agent_vault.instance import unlock
-from agent_vault.metrics import Metrics
 from agent_vault.models import AuditEvent
-from agent_vault.runtime import Runtime
 
 APP = create_app()
 SCHEMA = schemathesis.openapi.from_asgi("/openapi.json", APP)
@@ -236,44 +231,17 @@ def seed(tmp_path_factory: pytest.TempPathFactory) -> Seed:
     return Seed(home, s.tokens, s.secrets, s.session_id)
 
 
-def _open_core(home: Path) -> Core:
-    """An unlocked Core over an existing passwordless home (what `make_core` does after init)."""
-    s = Settings(home=home)
-    u = unlock(s, None)
-    runtime = Runtime(u.store, u.dek)
-    runtime.reload()
-    audit = AuditWriter(u.store.engine, Home(home).audit_head)
-    audit.start()
-    core = Core(
-        s,
-        Home(home),
-        u.store,
-        u.instance_id,
-        u.key_mode,
-        u.dek,
-        u.ca,
-        runtime,
-        audit,
-        proxy_port=14322,
-        api_url="http://127.0.0.1:14321",
-    )
-    core.extras["metrics"] = Metrics()
-    core.proxy_ready = True  # as in a running server: /ready answers 200
-    return core
-
-
 @pytest.fixture
 def core(seed: Seed, tmp_path: Path) -> Iterator[Core]:
     home = tmp_path / "fuzz-home"
     shutil.copytree(seed.home, home)
-    c = _open_core(home)
-    APP.state.core = c
-    try:
-        yield c
-    finally:
-        APP.state.core = None
-        c.audit.close()
-        c.store.close()
+    with open_core(Settings(home=home)) as c:
+        c.proxy_ready = True  # as in a running server: /ready answers 200
+        APP.state.core = c
+        try:
+            yield c
+        finally:
+            APP.state.core = None
 
 
 def _known_path_params(op: Operation, seed: Seed) -> list[dict[str, Any]]:
