@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent_vault import __version__
-from agent_vault.api import admin, agent, identity
+from agent_vault.api import admin, agent, identity, ratelimit
 from agent_vault.errors import AgentVaultError
 
 log = logging.getLogger("agent_vault.api")
@@ -66,6 +66,10 @@ def create_app(allowed_hosts: Callable[[], set[str]] | None = None) -> FastAPI:
                 },
                 status_code=413,
             )
+        core = getattr(request.app.state, "core", None)
+        limited = ratelimit.check(core, request) if core is not None else None
+        if limited is not None:
+            return error_response(limited)
         try:
             return await call_next(request)
         except Exception as exc:  # Starlette re-raises after the handler; answer here, log one line

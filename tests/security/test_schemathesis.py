@@ -223,7 +223,7 @@ def seed(tmp_path_factory: pytest.TempPathFactory) -> Seed:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AGENT_VAULT_TEST_KDF", "1")  # module fixtures run before the autouse env fixture
         mp.setenv("AGENT_VAULT_KEYRING", "0")
-        with make_core(home, key_mode="passwordless") as core:
+        with make_core(home, key_mode="passwordless", rate_limits="off") as core:
             app = create_app()
             app.state.core = core
             with TestClient(app, base_url="http://127.0.0.1:14321") as c:
@@ -235,7 +235,7 @@ def seed(tmp_path_factory: pytest.TempPathFactory) -> Seed:
 def core(seed: Seed, tmp_path: Path) -> Iterator[Core]:
     home = tmp_path / "fuzz-home"
     shutil.copytree(seed.home, home)
-    with open_core(Settings(home=home)) as c:
+    with open_core(Settings(home=home, rate_limits="off")) as c:  # the fuzzer outpaces any API limit
         c.proxy_ready = True  # as in a running server: /ready answers 200
         APP.state.core = c
         try:
