@@ -299,6 +299,7 @@ async def drive(
                         errors += 1
                         await asyncio.sleep(0.05)
                     continue
+            token = conn.token  # a kept-alive connection still speaks for the token it was opened with
             rid = f"{agent.name}.{n}"
             n += 1
             t0 = time.monotonic()
