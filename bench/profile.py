@@ -98,7 +98,11 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="av-profile-"))
     r = phases.Run(cfg={}, work=work, clk_tck=os.sysconf("SC_CLK_TCK"))
     out = BENCH_DIR / "results"
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+    def on_term(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
     try:
         tools = ensure_tools()
         build_loadgen(tools["go"])
@@ -125,11 +129,13 @@ def main() -> int:
             cols.append(
                 Column("mitmdump", "mitmdump", "bench.local", f"http://127.0.0.1:{port}", mitm, [], [up, ca])
             )
+        load_args: dict[str, list[str]] = {}
         for col in cols:
             assert col.pid is not None
             pin_threads(col.pid, CORES["proxy"])
-            warm = ["-mode", "load", *common_args(col, r.ngx_port, a.path), "-c", str(a.c), "-d", "1s"]
-            loadgen(warm, timeout=60)
+            r.cols[col.key] = col
+            load_args[col.key] = ["-mode", "load", *common_args(col, r.ngx_port, a.path), "-c", str(a.c)]
+            loadgen([*load_args[col.key], "-d", "1s"], timeout=60)  # warm-up
         spy: subprocess.Popen[Any] | None = None
         raw = out / "profile-collapsed.txt"
         if not a.no_spy:
@@ -155,22 +161,12 @@ def main() -> int:
             time.sleep(0.5)
         for rnd in range(a.rounds):
             for col in cols:
-                args = [
-                    "-mode",
-                    "load",
-                    *common_args(col, r.ngx_port, a.path),
-                    "-c",
-                    str(a.c),
-                    "-d",
-                    f"{a.d}s",
-                ]
                 before = thread_ticks(col.pid) if col.pid else {}
-                res = loadgen(args + ["-warmup", "0.3s"], timeout=a.d + 60)
+                res = loadgen([*load_args[col.key], "-d", f"{a.d}s", "-warmup", "0.3s"], timeout=a.d + 60)
                 after = thread_ticks(col.pid) if col.pid else {}
                 spent = {t: after[t] - before.get(t, 0) for t in after}
                 main_t = spent.pop(col.pid or 0, 0)
                 log(f"  CPU ticks: main thread {main_t}, other threads {sum(spent.values())}")
-                r.cols[col.key] = col
                 log(
                     f"round {rnd + 1}: ERROR {res['error']}"
                     if "error" in res
@@ -179,9 +175,6 @@ def main() -> int:
         if spy is not None:
             spy.wait(timeout=60)
             (out / "profile-top.txt").write_text(top_functions(raw))
-            subprocess.run(
-                [str(VENV / "bin" / "py-spy"), "--version"], check=False, stdout=subprocess.DEVNULL
-            )
             log(f"profile: {raw} and {out / 'profile-top.txt'}")
     finally:
         PROCS.stop_all()

@@ -21,11 +21,11 @@ EXEMPT = frozenset({"/health", "/ready"})
 
 
 def _bucket(core: Core) -> TokenBucket | None:
-    found = core.extras.get("api_limiter", False)
-    if found is False:
+    if "api_limiter" not in core.extras:  # made on first use: `off` stores None
         rate_burst = API_PROFILES.get(core.settings.rate_limits)
-        found = core.extras["api_limiter"] = TokenBucket(*rate_burst) if rate_burst else None
-    return found  # type: ignore[no-any-return]
+        core.extras["api_limiter"] = TokenBucket(*rate_burst) if rate_burst else None
+    bucket: TokenBucket | None = core.extras["api_limiter"]
+    return bucket
 
 
 def check(core: Core, request: Request) -> AgentVaultError | None:

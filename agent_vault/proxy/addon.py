@@ -256,7 +256,7 @@ class VaultAddon:
             req.headers["accept-encoding"] = "identity"
         if not (matched and "body" in surfaces):
             if clen is None:  # chunked or HTTP/2 without a length: cut when it crosses the limit
-                req.stream = limited_upload(fs, limit, BodyTooLarge.code)
+                req.stream = limited_upload(fs, limit)
             elif clen > STREAM_THRESHOLD:
                 req.stream = counter(fs, up=True)
         if req.host != host or req.port != port:  # the setters are costly; usually equal already

@@ -117,7 +117,11 @@ def _h1_error_response(status_code: int, message: str = "") -> bytes:
 
 
 class BodyOverLimit(Exception):
-    """Raised by a request `stream` callable when a body of unknown length crosses the limit."""
+    """Raised by a request `stream` callable when a body of unknown length crosses `limit_bytes`."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(limit_bytes)
+        self.limit_bytes = limit_bytes
 
 
 class VaultHttpStream(mhttp.HttpStream):
@@ -134,7 +138,7 @@ class VaultHttpStream(mhttp.HttpStream):
         msg = "the request body is over the limit"
         self.flow.error = mflow.Error(msg)
         if self.flow.response is None:  # for the audit record; the client gets the 413 page below
-            self.flow.response = error_response(BodyTooLarge(msg, **err.args[0]))
+            self.flow.response = error_response(BodyTooLarge(msg, limit_bytes=err.limit_bytes))
         yield HttpErrorHook(self.flow)
         yield mhttp.SendHttp(
             RequestProtocolError(self.stream_id, msg, ErrorCode.REQUEST_TOO_LARGE), self.context.server

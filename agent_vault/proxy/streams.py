@@ -18,6 +18,7 @@ import zstandard
 from mitmproxy import http
 from mitmproxy.websocket import WebSocketMessage
 
+from agent_vault.errors import BodyTooLarge
 from agent_vault.proxy import inject
 from agent_vault.proxy.engine import BodyOverLimit
 from agent_vault.proxy.flowlog import FlowState
@@ -38,14 +39,14 @@ def counter(fs: FlowState, *, up: bool) -> Filter:
     return count
 
 
-def limited_upload(fs: FlowState, limit: int, error: str) -> Filter:
+def limited_upload(fs: FlowState, limit: int) -> Filter:
     """Count an upload of unknown length; raise BodyOverLimit (engine cuts the request) past `limit`."""
 
     def count(chunk: bytes) -> bytes:
         fs.bytes_up += len(chunk)
         if fs.bytes_up > limit:
-            fs.error = error
-            raise BodyOverLimit({"limit_bytes": limit})
+            fs.error = BodyTooLarge.code
+            raise BodyOverLimit(limit)
         return chunk
 
     return count
