@@ -9,12 +9,12 @@ HTTP/1 server would frame b"" as the zero-length chunk that ends a chunked body.
 
 from __future__ import annotations
 
+import sys
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import brotli  # type: ignore[import-untyped]
-import zstandard
 from mitmproxy import http
 from mitmproxy.websocket import WebSocketMessage
 
@@ -23,6 +23,11 @@ from agent_vault.proxy import inject
 from agent_vault.proxy.engine import BodyOverLimit
 from agent_vault.proxy.flowlog import FlowState
 from agent_vault.runtime import Runtime
+
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:  # pragma: no cover - the standard library has it from 3.14
+    from backports import zstd
 
 Filter = Callable[[bytes], bytes]
 StreamFn = Callable[[bytes], bytes | list[bytes]]
@@ -61,7 +66,7 @@ def stream_decoder(encoding: str) -> Filter | None:
         b = brotli.Decompressor()
         return lambda chunk: b.process(chunk) if chunk else b""
     if encoding == "zstd":
-        zs = zstandard.ZstdDecompressor().decompressobj()
+        zs = zstd.ZstdDecompressor()
         return lambda chunk: zs.decompress(chunk) if chunk else b""
     return None
 
