@@ -15,12 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-try:
-    import idna
-
-    _HAVE_IDNA = True
-except ImportError:  # pragma: no cover - idna ships with httpx; the stdlib codec is the fallback
-    _HAVE_IDNA = False
+import idna  # a declared dependency: UTS #46 / IDNA 2008, never the stdlib's IDNA 2003 codec
 
 if TYPE_CHECKING:
     from agent_vault.servicedef import ServiceDef
@@ -93,11 +88,8 @@ def normalize_host(host: str) -> str:
 
 def _idna_encode(h: str) -> str:
     try:
-        if _HAVE_IDNA:
-            mapped = idna.uts46_remap(h, std3_rules=False, transitional=False)
-            labels = [lbl if lbl.isascii() else idna.alabel(lbl).decode("ascii") for lbl in mapped.split(".")]
-        else:  # pragma: no cover
-            labels = [lbl if lbl.isascii() else lbl.encode("idna").decode("ascii") for lbl in h.split(".")]
+        mapped = idna.uts46_remap(h, std3_rules=False, transitional=False)
+        labels = [lbl if lbl.isascii() else idna.alabel(lbl).decode("ascii") for lbl in mapped.split(".")]
     except (UnicodeError, ValueError):  # idna.IDNAError is a UnicodeError
         raise InvalidHost("host is not a valid internationalised domain name") from None
     return ".".join(labels)
