@@ -89,6 +89,9 @@ def server(
     """Run the control API and the injecting proxy on one event loop."""
     from pydantic import ValidationError
 
+    from agent_vault.proxy import engine_compat
+
+    engine_compat.require_compatible()  # before the patching modules are imported: one line, exit 1
     from agent_vault import server as srv
 
     try:
@@ -119,7 +122,11 @@ def server(
         if sys.stdin.isatty():
             init(key_mode="password", owner_email=None, password_stdin=False, yes=False)
         else:
-            raise AgentVaultError("not initialised: run 'agent-vault init'")
+            raise AgentVaultError(
+                f"{settings.home} is not initialised yet (no terminal to ask for passwords)",
+                hint="Run: printf '%s\\n' LOGIN_PASSWORD | AGENT_VAULT_MASTER_PASSWORD=... "
+                "agent-vault init --owner-email you@example.com --password-stdin",
+            )
     srv.run(settings, password_stdin=password_stdin)
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mitmproxy import connection, ctx, http, tls
-from mitmproxy.net.http import url
+from mitmproxy.net.http import http1, url
 from mitmproxy.proxy import layer, server_hooks
 from mitmproxy.proxy.context import Context
 
@@ -68,6 +68,7 @@ class ConnState:
     started: float = field(default_factory=time.monotonic)
     relayed: ByteCounter = field(default_factory=ByteCounter)  # tunnels only
     limits: Limits | None = None  # the limiter set this connection is counted in (per vault)
+    close: bool = False  # an HTTP/1 request asked for `Connection: close`: close after the response
 
 
 class VaultAddon:
@@ -204,6 +205,7 @@ class VaultAddon:
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         req = flow.request
         fs = self.flows[flow.id] = FlowState(time.perf_counter(), req.host, req.port, req.path)
+        self._note_close(flow)
         try:
             await self._request(flow, fs)
         except Exception as e:
@@ -237,7 +239,15 @@ class VaultAddon:
         view = self.core.runtime.snapshot.vaults[ident.vault]
         base = self.core.public_url
         fs.decision = d = decide(
-            view, ident, host, port, req.method, req.path, f"{base}/v1/proposals", f"{base}/v1/discover"
+            view,
+            ident,
+            host,
+            port,
+            req.method,
+            req.path,
+            f"{base}/v1/proposals",
+            f"{base}/v1/discover",
+            req.scheme,
         )
         await self.egress.address(host, port)
         svc, inj = d.service, d.injection
@@ -308,10 +318,11 @@ class VaultAddon:
             return
         try:
             d = fs.decision
-            svc = d.service if d is not None and d.kind == "injected" else None
+            svc = d.service if d is not None and d.kind in ("injected", "passthrough") else None
             inject.strip_response_headers(
                 resp.headers, svc is not None and not svc.effective_forward_set_cookie
             )
+            self._close_if_asked(flow)
             if fs.secrets and contains_secret(b"\n".join(v for _, v in resp.headers.fields), fs.secrets):
                 for name in set(resp.headers.keys()):
                     red = [inject.redact_text(v, fs.secrets) for v in resp.headers.get_all(name)]
@@ -344,6 +355,7 @@ class VaultAddon:
                     fs.redact_buffered(resp)
         except Exception as e:  # fail closed: replace what could not be checked
             flow.response = error_response(incident(e))
+        self._close_if_asked(flow)
         self._finish(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -410,8 +422,25 @@ class VaultAddon:
         """Answer a request with a proxy error; the upstream is never contacted."""
         flow.request.stream = False
         flow.response = error_response(err)
+        self._close_if_asked(flow)
         fs.error = err.code
         self.log.denied(fs, err)
+
+    def _note_close(self, flow: http.HTTPFlow) -> None:
+        """Remember an HTTP/1 client's `Connection: close` (or HTTP/1.0 without keep-alive) before
+        header hygiene strips the hop-by-hop header mitmproxy's keep-alive decision reads."""
+        req = flow.request
+        if not (req.is_http2 or req.is_http3) and http1.connection_close(req.http_version, req.headers):  # type: ignore[no-untyped-call]
+            st = self.conns.get(flow.client_conn.id)
+            if st is not None:
+                st.close = True
+
+    def _close_if_asked(self, flow: http.HTTPFlow) -> None:
+        """Answer `Connection: close` to a client that asked: mitmproxy then closes the connection
+        after this response (RFC 9112 §9.6) instead of waiting for another request."""
+        st = self.conns.get(flow.client_conn.id)
+        if st is not None and st.close and flow.response is not None:
+            flow.response.headers["connection"] = "close"
 
     def _finish(self, flow: http.HTTPFlow) -> None:
         """Audit and count the request, and scrub injected values from the flow object."""

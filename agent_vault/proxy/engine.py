@@ -38,15 +38,6 @@ from mitmproxy.proxy import events, layer
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import TCPLayer
 from mitmproxy.proxy.layers import http as mhttp
-from mitmproxy.proxy.layers.http import _http1
-from mitmproxy.proxy.layers.http._events import (
-    ErrorCode,
-    RequestHeaders,
-    RequestProtocolError,
-    ResponseEndOfMessage,
-    ResponseProtocolError,
-)
-from mitmproxy.proxy.layers.http._hooks import HttpErrorHook
 
 from agent_vault.errors import (
     AgentVaultError,
@@ -59,6 +50,16 @@ from agent_vault.errors import (
     UpstreamTimeout,
     UpstreamTls,
     UpstreamUnreachable,
+)
+from agent_vault.proxy import engine_compat
+from agent_vault.proxy.engine_compat import (
+    ErrorCode,
+    HttpErrorHook,
+    RequestHeaders,
+    RequestProtocolError,
+    ResponseEndOfMessage,
+    ResponseProtocolError,
+    _http1,
 )
 
 PROXY_ERROR_HEADER = "X-Agent-Vault-Proxy-Error"
@@ -271,6 +272,7 @@ def install() -> None:
     (idempotent)."""
     global _saved
     if _saved is None:
+        engine_compat.require_compatible()
         post_init = http.MessageData.__dict__.get("__post_init__")
         _saved = (mhttp.HttpStream, _http1.make_error_response, post_init)
         setattr(mhttp, "HttpStream", VaultHttpStream)  # noqa: B010 - HttpLayer.make_stream reads it
