@@ -1,4 +1,4 @@
-"""FastAPI app factory: routers, the SPEC §6 error shape, 422 without input values, Host guard."""
+"""FastAPI app factory: routers, the SPEC §6 error shape, 422 without input values, Host and CSRF guards."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent_vault import __version__
-from agent_vault.api import admin, agent, identity, ratelimit
+from agent_vault.api import admin, agent, csrf, identity, ratelimit
 from agent_vault.errors import AgentVaultError
 
 log = logging.getLogger("agent_vault.api")
@@ -29,7 +29,10 @@ def error_response(err: AgentVaultError) -> JSONResponse:
 
 
 def create_app(allowed_hosts: Callable[[], set[str]] | None = None) -> FastAPI:
-    """The API. `allowed_hosts` returns acceptable Host header values (DNS-rebinding guard, 421)."""
+    """The API. `allowed_hosts` returns acceptable Host header values (DNS-rebinding guard, 421).
+
+    Every POST/PUT/PATCH/DELETE first passes `csrf.refusal` (cookie writes need our own Origin), in the
+    middleware, so routers added later are covered without opting in."""
     app = FastAPI(title="agent-vault", version=__version__, docs_url=None, redoc_url=None)
     for r in (admin.router, identity.router, agent.router):
         app.include_router(r)
@@ -55,6 +58,11 @@ def create_app(allowed_hosts: Callable[[], set[str]] | None = None) -> FastAPI:
                     },
                     status_code=421,
                 )
+        core = getattr(request.app.state, "core", None)
+        # before routing: every write, whichever router serves it (or none), passes the CSRF guard
+        cross_site = csrf.refusal(request, core)
+        if cross_site is not None:
+            return error_response(cross_site)
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > MAX_BODY:
             return JSONResponse(
@@ -66,7 +74,6 @@ def create_app(allowed_hosts: Callable[[], set[str]] | None = None) -> FastAPI:
                 },
                 status_code=413,
             )
-        core = getattr(request.app.state, "core", None)
         limited = ratelimit.check(core, request) if core is not None else None
         if limited is not None:
             return error_response(limited)

@@ -28,13 +28,23 @@ def get_core(request: Request) -> Core:
 CoreDep = Annotated[Core, Depends(get_core)]
 
 
-def bearer_token(request: Request) -> str | None:
+#: The web UI's login cookie (HttpOnly, SameSite=Strict). Writes carried by it pass `api.csrf` first.
+UI_COOKIE = "av_ui"
+
+
+def authorization_bearer(request: Request) -> str | None:
+    """The token of an `Authorization: Bearer …` header, or None (absent, other scheme, empty)."""
     auth = request.headers.get("authorization", "")
     scheme, _, value = auth.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    cookie = request.cookies.get("av_ui")
-    return cookie or None
+    return None
+
+
+def bearer_token(request: Request) -> str | None:
+    """The caller's token: the Authorization header first, else the UI cookie (the one place a cookie
+    becomes a credential; the app's CSRF guard has already vetted the Origin of cookie writes)."""
+    return authorization_bearer(request) or request.cookies.get(UI_COOKIE) or None
 
 
 def get_principal(request: Request, core: CoreDep) -> Principal:

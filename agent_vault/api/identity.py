@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from agent_vault.api.deps import CoreDep, PrincipalDep, RowId, select_vault
+from agent_vault.api.deps import UI_COOKIE, CoreDep, PrincipalDep, RowId, select_vault
 from agent_vault.domain import agents, sessions, users
 from agent_vault.domain.vaults import visible_vaults
 from agent_vault.schemas import (
@@ -27,9 +27,16 @@ J = dict[str, Any]
 
 @router.post("/v1/auth/login")
 def login(body: LoginIn, core: CoreDep, request: Request, response: Response) -> J:
+    """Log in: the token in the answer and as the UI cookie (HttpOnly, SameSite=Strict).
+
+    Login CSRF: a foreign page could log the browser in to an account the attacker controls (the human
+    would then review proposals in it), or guess passwords through the victim's browser. Both need a
+    cross-origin POST, which browsers always send with their `Origin`; the app's CSRF guard
+    (`api.csrf`) refuses any write whose `Origin` is not this server's, and refuses a missing `Origin`
+    when a cookie is already there. Clients without an `Origin` (the CLI, scripts) log in as before."""
     out = users.login(core, body.email, body.password.get_secret_value(), body.label)
     secure = core.public_url.startswith("https://")
-    response.set_cookie("av_ui", out["token"], httponly=True, samesite="strict", secure=secure)
+    response.set_cookie(UI_COOKIE, out["token"], httponly=True, samesite="strict", secure=secure)
     return out
 
 
