@@ -40,6 +40,8 @@ class Settings(BaseModel):
     rate_limits: RateProfile = "default"
     audit_retention_days: int = 30
     idle_timeout: int = 900
+    auth_timeout: float = Field(default=10.0, gt=0)  # proxy connections that have not authenticated
+    max_unauthenticated: int = Field(default=512, ge=1)  # proxy connections not authenticated yet
     no_step_up: bool = False
 
     @field_validator("allow_net")
@@ -90,6 +92,8 @@ def env_settings(**overrides: object) -> Settings:
         "rate_limits": "AGENT_VAULT_RATE_LIMITS",
         "audit_retention_days": "AGENT_VAULT_AUDIT_RETENTION_DAYS",
         "idle_timeout": "AGENT_VAULT_IDLE_TIMEOUT",
+        "auth_timeout": "AGENT_VAULT_AUTH_TIMEOUT",
+        "max_unauthenticated": "AGENT_VAULT_MAX_UNAUTHENTICATED",
     }
     for field, var in mapping.items():
         if env.get(var):

@@ -116,6 +116,13 @@ MethodNotAllowed = _kind(
 InvalidPath = _kind(
     "InvalidPath", "invalid_path", 400, "Send a normalised path without dot segments or encoded slashes."
 )
+InsecureScheme = _kind(
+    "InsecureScheme",
+    "insecure_scheme",
+    403,
+    "Use https://, or ask a vault admin to allow plain HTTP for this service "
+    "('agent-vault vault service set NAME --allow-http').",
+)
 SsrfBlocked = _kind(
     "SsrfBlocked",
     "ssrf_blocked",
@@ -123,6 +130,16 @@ SsrfBlocked = _kind(
     "An admin can allow the range with 'agent-vault server --allow-net CIDR'.",
 )
 BodyTooLarge = _kind("BodyTooLarge", "body_too_large", 413, "Send a smaller body.")
+HeadersTooLarge = _kind(
+    "HeadersTooLarge", "headers_too_large", 431, "Send a request line and headers under 64 KiB."
+)
+ResponseTooLarge = _kind(
+    "ResponseTooLarge",
+    "response_too_large",
+    502,
+    "The upstream's decoded response is over the proxy's --max-buffered-bytes; ask for less data "
+    "(or an uncompressed response).",
+)
 UpstreamDns = _kind("UpstreamDns", "upstream_dns", 502, "Check the host name.")
 UpstreamUnreachable = _kind("UpstreamUnreachable", "upstream_unreachable", 502, "Check the upstream is up.")
 UpstreamTls = _kind(

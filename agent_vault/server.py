@@ -12,6 +12,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -230,9 +231,21 @@ def _logging(level: str) -> Iterator[None]:
     yield
 
 
+def raise_nofile_limit() -> int:
+    """Raise the soft open-files limit to the hard one (capped at 2**20) and return it: every proxy
+    connection is a descriptor, and a flood of idle sockets must not starve the API of them."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = 1 << 20 if hard == resource.RLIM_INFINITY else min(hard, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def run(settings: Settings, password_stdin: bool = False) -> None:
     """Blocking entry point used by the CLI. Raises AgentVaultError for user-facing failures."""
     settings.sqlalchemy_url()  # refuses postgresql early
+    raise_nofile_limit()
     home = Home(settings.home)
     info = home.instance()
     with _logging(settings.log_level):

@@ -83,6 +83,12 @@ def server(
     rate_limits: Annotated[str | None, typer.Option(help="default | strict | off")] = None,
     audit_retention_days: Annotated[int | None, typer.Option()] = None,
     idle_timeout: Annotated[int | None, typer.Option()] = None,
+    auth_timeout: Annotated[
+        float | None, typer.Option(help="Seconds a proxy connection may take to authenticate (10).")
+    ] = None,
+    max_unauthenticated: Annotated[
+        int | None, typer.Option(help="Proxy connections not yet authenticated, at most (512).")
+    ] = None,
     no_step_up: Annotated[bool, typer.Option(help="Throwaway instances only: no password re-entry.")] = False,
     password_stdin: Annotated[bool, typer.Option(help="Read the master password from stdin.")] = False,
 ) -> None:
@@ -112,6 +118,8 @@ def server(
             rate_limits=rate_limits,
             audit_retention_days=audit_retention_days,
             idle_timeout=idle_timeout,
+            auth_timeout=auth_timeout,
+            max_unauthenticated=max_unauthenticated,
             no_step_up=no_step_up or None,
         )
     except ValidationError as e:

@@ -49,8 +49,12 @@ from agent_vault.proxy.ssrf import Egress
 from agent_vault.proxy.streams import (
     WsState,
     counter,
+    install_websocket_limits,
     limited_upload,
+    redact_fields,
     response_filter,
+    trim_ws_history,
+    uninstall_websocket_limits,
     ws_message,
     ws_state,
 )
@@ -82,6 +86,7 @@ class VaultAddon:
         self.flows: dict[str, FlowState] = {}
         self.websockets: dict[str, WsState] = {}
         self.pinned: dict[str, tuple[str, int]] = {}
+        self.unauthenticated: set[str] = set()  # client ids with no identity bound yet (pre-auth)
         self.limits = Limits(core.settings.rate_limits)  # the server's profile; failed auth always
         self._profiles: dict[str, Limits] = {core.settings.rate_limits: self.limits}
         self.egress = Egress(core.settings.allow_net, core.extras.get("resolve", {}))
@@ -90,6 +95,7 @@ class VaultAddon:
     def running(self) -> None:
         """Admin changes reload the runtime (in API threads); re-check open tunnels on the loop."""
         loop = asyncio.get_running_loop()
+        install_websocket_limits(self.core.settings.max_buffered_bytes)  # 1009 past it
 
         def on_reload() -> None:
             loop.call_soon_threadsafe(self._close_revoked_tunnels)
@@ -98,6 +104,7 @@ class VaultAddon:
         self.core.runtime.listeners.append(on_reload)
 
     def done(self) -> None:
+        uninstall_websocket_limits()
         if self._on_reload in self.core.runtime.listeners:
             self.core.runtime.listeners.remove(self._on_reload)
 
@@ -113,12 +120,28 @@ class VaultAddon:
 
     # ---- connections ----------------------------------------------------------------------
     def client_connected(self, client: connection.Client) -> None:
+        """Pre-auth bounds: at most `max_unauthenticated` connections without an identity (more are
+        closed at once) and `auth_timeout` seconds for each to authenticate (then it is closed)."""
+        settings = self.core.settings
+        if len(self.unauthenticated) >= settings.max_unauthenticated:
+            client.error = "too many unauthenticated connections"  # mitmproxy closes it unread
+            return
         self.conns[client.id] = ConnState()
+        self.unauthenticated.add(client.id)
         self.metrics.active_connections.inc()
+        asyncio.get_running_loop().call_later(settings.auth_timeout, self._auth_deadline, client.id)
+
+    def _auth_deadline(self, cid: str) -> None:
+        if cid in self.unauthenticated:
+            handler = ctx.master.addons.get("proxyserver").connections.get(cid)  # type: ignore[no-untyped-call]
+            if handler is not None:
+                handler.close_connection(handler.client)
 
     def client_disconnected(self, client: connection.Client) -> None:
+        self.unauthenticated.discard(client.id)
         st = self.conns.pop(client.id, None)
-        self.metrics.active_connections.dec()
+        if st is not None:
+            self.metrics.active_connections.dec()
         if st is not None and st.ident is not None:
             if st.limits is not None:
                 st.limits.close(st.ident.digest)
@@ -138,6 +161,7 @@ class VaultAddon:
             if not mitm:
                 await self.egress.address(host, port)  # SSRF: a tunnel is refused before the 200
             self._bind(st, ident)
+            self.unauthenticated.discard(flow.client_conn.id)
             st.target, st.mode = (host, port), ("mitm" if mitm else "tunnel")
             flow.request.host = host  # normalised; server_connect pins the checked address
             if not mitm:
@@ -227,6 +251,7 @@ class VaultAddon:
             host, port = self._target(req.host, req.port)
             if st is not None and (st.ident is None or st.ident.digest != ident.digest):
                 self._bind(st, ident)  # absolute-form: the connection counts for its token too
+                self.unauthenticated.discard(flow.client_conn.id)
         fs.host, fs.port = host, port
         limited = self._limits_for(ident.vault).request(ident.digest)
         if limited is not None:
@@ -338,7 +363,7 @@ class VaultAddon:
                 or clen > STREAM_THRESHOLD
                 or "text/event-stream" in resp.headers.get("content-type", "")
             ):
-                resp.stream = response_filter(fs, flow)
+                resp.stream = response_filter(fs, flow, self.core.settings.max_buffered_bytes)
         except Exception as e:  # fail closed: never hand an unscanned body over
             incident(e)
             flow.kill()  # type: ignore[no-untyped-call]
@@ -352,7 +377,15 @@ class VaultAddon:
                     if ws is not None:
                         self.websockets[flow.id] = ws
                 elif not resp.stream:
-                    fs.redact_buffered(resp)
+                    fs.redact_buffered(resp, self.core.settings.max_buffered_bytes)
+                elif fs.error is not None:  # the streamed body failed after its headers went out
+                    flow.kill()  # type: ignore[no-untyped-call]  # reset: never a "complete" body
+                if resp.trailers is not None and fs.secrets:  # sent after this hook, streamed or not
+                    redact_fields(resp.trailers, fs)
+        except AgentVaultError as e:  # the body is over a limit (response_too_large): answer that
+            flow.response = error_response(e)
+            if fs is not None:
+                fs.error = e.code
         except Exception as e:  # fail closed: replace what could not be checked
             flow.response = error_response(incident(e))
         self._close_if_asked(flow)
@@ -364,11 +397,12 @@ class VaultAddon:
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         """Substitute in client text messages (opt-in), redact server text messages (SPEC §5.8-§5.9)."""
+        msg = trim_ws_history(flow)  # mitmproxy would keep every message of the connection
         ws = self.websockets.get(flow.id)
-        if ws is None or flow.websocket is None:
+        if ws is None or msg is None:
             return
         try:
-            ws_message(ws, flow.websocket.messages[-1])
+            ws_message(ws, msg)
         except Exception as e:  # fail closed
             incident(e)
             flow.kill()  # type: ignore[no-untyped-call]

@@ -27,6 +27,7 @@ Messages name hosts and causes, never request content: a bad request line may ho
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +35,7 @@ from mitmproxy import flow as mflow
 from mitmproxy import http
 from mitmproxy.connection import Connection
 from mitmproxy.net.http import http1
-from mitmproxy.proxy import events, layer
+from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import TCPLayer
 from mitmproxy.proxy.layers import http as mhttp
@@ -43,6 +44,7 @@ from agent_vault.errors import (
     AgentVaultError,
     BadRequest,
     BodyTooLarge,
+    HeadersTooLarge,
     ProxyAuthRequired,
     ProxyInternal,
     RateLimited,
@@ -55,6 +57,7 @@ from agent_vault.proxy import engine_compat
 from agent_vault.proxy.engine_compat import (
     ErrorCode,
     HttpErrorHook,
+    ReceiveHttp,
     RequestHeaders,
     RequestProtocolError,
     ResponseEndOfMessage,
@@ -65,6 +68,7 @@ from agent_vault.proxy.engine_compat import (
 PROXY_ERROR_HEADER = "X-Agent-Vault-Proxy-Error"
 ORIGIN_FORM_HINT = "Use this address as HTTPS_PROXY / HTTP_PROXY; do not send requests to it directly."
 _UPSTREAM_FAILURES = (ErrorCode.CONNECT_FAILED, ErrorCode.GENERIC_SERVER_ERROR)
+MAX_HEAD_BYTES = 64 << 10  # request line + headers from a client, status line + headers from an upstream
 
 
 def error_response(err: AgentVaultError) -> http.Response:
@@ -82,16 +86,51 @@ def is_proxy_answer(resp: http.Response | None) -> bool:
     return resp is not None and resp.headers.get(PROXY_ERROR_HEADER) == "true"
 
 
+# (words in the engine's message, the cause we report). The engine builds some messages from raw
+# upstream or request bytes (`Cannot parse HTTP response: Bad HTTP response line: b'...'`), which can
+# hold an injected value: a cause is therefore always one of these fixed phrases, never a copy.
+_CAUSES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("timed out", "timeout"), "timed out"),
+    (("refused",), "connection refused"),
+    (("reset",), "connection reset"),
+    (("name or service", "getaddrinfo", "nodename", "no address associated"), "name does not resolve"),
+    (("no route",), "no route to host"),
+    (("unreachable",), "network unreachable"),
+    (("cannot parse http response", "unexpected server response"), "malformed response from the upstream"),
+    (("server closed connection",), "the upstream closed the connection before answering"),
+    (("head over the limit",), "the upstream's response head is over the proxy's limit"),
+    (("hostname mismatch",), "certificate verify failed: hostname mismatch"),
+)
+_TLS_WORDS = ("certificate", "tls", "ssl", "handshake")
+_VERIFY_REASON = re.compile(r"certificate verify failed: ([a-z][a-z ,-]{0,79})")
+
+
+def _cause(low: str) -> str:
+    """A fixed phrase for an engine message (lowercased); OpenSSL's verify reason only when it is
+    plain words (`self-signed certificate`, `unable to get local issuer certificate`)."""
+    m = _VERIFY_REASON.search(low)
+    if m:
+        return "certificate verify failed: " + m.group(1).strip(" ,-")
+    for words, cause in _CAUSES:
+        if any(w in low for w in words):
+            return cause
+    if any(w in low for w in _TLS_WORDS):
+        return "TLS handshake failed"
+    return "connection failed"
+
+
 def upstream_error(message: str, target: str = "the upstream") -> AgentVaultError:
-    """Classify an engine connection error message into the SPEC §6 upstream_* error."""
-    cause = message.removeprefix("Connection killed: ").strip()[:200]
-    cause = cause[:1].lower() + cause[1:]
-    low = cause.lower()
-    if any(w in low for w in ("certificate", "tls", "ssl", "handshake")):
+    """Classify an engine connection error message into the SPEC §6 upstream_* error. The message
+    is never copied into the answer (see `_CAUSES`)."""
+    low = message.lower()
+    cause = _cause(low)
+    if cause.startswith("certificate") or (
+        any(w in low for w in _TLS_WORDS) and cause in ("TLS handshake failed", "connection failed")
+    ):
         return UpstreamTls(f"TLS to {target} failed", cause=cause)
-    if "timed out" in low or "timeout" in low:
+    if cause == "timed out":
         return UpstreamTimeout(f"{target} did not answer in time", cause=cause)
-    if "name or service" in low or "getaddrinfo" in low or "nodename" in low:
+    if cause == "name does not resolve":
         return UpstreamDns(f"{target} does not resolve", cause=cause)
     return UpstreamUnreachable(f"cannot reach {target}", cause=cause)
 
@@ -105,6 +144,10 @@ def _engine_error(status: int, message: str) -> AgentVaultError:
         return BadRequest("the request could not be parsed", hint="Send a well-formed HTTP proxy request.")
     if status == 413:
         return BodyTooLarge("the body is over the proxy's limit")
+    if status == 431:
+        return HeadersTooLarge(
+            "the request line and headers are over the proxy's limit", limit_bytes=MAX_HEAD_BYTES
+        )
     if status in (502, 504):
         return upstream_error(message)
     return ProxyInternal("the proxy could not handle the request")
@@ -259,12 +302,56 @@ def splice_tunnel(handler: Any, client: Connection, server: Connection, counter:
     handler.server_event = server_event
 
 
+def _head_over_limit(buf: Any) -> bool:
+    """True when the unparsed input holds no complete head within MAX_HEAD_BYTES. Cheap when the
+    buffer is small (the usual case): only then is it copied and searched."""
+    if len(buf) <= MAX_HEAD_BYTES:
+        return False
+    end = bytes(buf).find(b"\r\n\r\n")
+    return end == -1 or end + 4 > MAX_HEAD_BYTES
+
+
+def _capped_server_read_headers(orig: Callable[..., Any]) -> Callable[..., Any]:
+    """Http1Server.read_headers with a head-size cap (mitmproxy buffers a head without limit: its
+    own FIXME). Over the cap, before any parsing or hook: 431 JSON, then the connection is closed."""
+
+    def read_headers(self: Any, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.DataReceived) and _head_over_limit(self.buf):
+            self.buf.maybe_extract_at_most(len(self.buf))  # drop it: nothing of it is kept or echoed
+            yield commands.SendData(self.conn, _h1_error_response(431))
+            yield commands.CloseConnection(self.conn)
+            self.state = self.done
+            return
+        yield from orig(self, event)
+
+    return read_headers
+
+
+def _capped_client_read_headers(orig: Callable[..., Any]) -> Callable[..., Any]:
+    """Http1Client.read_headers with the same cap for a hostile upstream's response head."""
+
+    def read_headers(self: Any, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.DataReceived) and self.stream_id and _head_over_limit(self.buf):
+            self.buf.maybe_extract_at_most(len(self.buf))
+            yield commands.CloseConnection(self.conn)
+            yield ReceiveHttp(
+                ResponseProtocolError(
+                    self.stream_id, "upstream response head over the limit", ErrorCode.GENERIC_SERVER_ERROR
+                )
+            )
+            self.state = self.done
+            return
+        yield from orig(self, event)
+
+    return read_headers
+
+
 def _no_typecheck(self: http.MessageData) -> None:
     """mitmproxy re-checks every field type of every parsed message at runtime (5 % of the CPU of a
     keep-alive request; skipped under `python -O`). The values come from mitmproxy's own parser."""
 
 
-_saved: tuple[Any, Any, Any] | None = None
+_saved: tuple[Any, ...] | None = None
 
 
 def install() -> None:
@@ -274,10 +361,13 @@ def install() -> None:
     if _saved is None:
         engine_compat.require_compatible()
         post_init = http.MessageData.__dict__.get("__post_init__")
-        _saved = (mhttp.HttpStream, _http1.make_error_response, post_init)
+        server_rh, client_rh = _http1.Http1Server.read_headers, _http1.Http1Client.read_headers
+        _saved = (mhttp.HttpStream, _http1.make_error_response, post_init, server_rh, client_rh)
         setattr(mhttp, "HttpStream", VaultHttpStream)  # noqa: B010 - HttpLayer.make_stream reads it
         setattr(_http1, "make_error_response", _h1_error_response)  # noqa: B010 - Http1Server reads it
         setattr(http.MessageData, "__post_init__", _no_typecheck)  # noqa: B010 - dataclass __init__ calls it
+        setattr(_http1.Http1Server, "read_headers", _capped_server_read_headers(server_rh))  # noqa: B010
+        setattr(_http1.Http1Client, "read_headers", _capped_client_read_headers(client_rh))  # noqa: B010
 
 
 def uninstall() -> None:
@@ -287,4 +377,6 @@ def uninstall() -> None:
         setattr(_http1, "make_error_response", _saved[1])  # noqa: B010
         if _saved[2] is not None:
             setattr(http.MessageData, "__post_init__", _saved[2])  # noqa: B010
+        setattr(_http1.Http1Server, "read_headers", _saved[3])  # noqa: B010
+        setattr(_http1.Http1Client, "read_headers", _saved[4])  # noqa: B010
         _saved = None

@@ -34,6 +34,7 @@ TESTED_TEXT = ">=12.3.0,<12.4"
 _import_problems: list[str] = []
 try:  # every private mitmproxy module agent-vault touches
     from mitmproxy.proxy.layers.http import _http1
+    from mitmproxy.proxy.layers.http._base import ReceiveHttp
     from mitmproxy.proxy.layers.http._events import (
         ErrorCode,
         RequestHeaders,
@@ -50,6 +51,7 @@ __all__ = [
     "EngineIncompatible",
     "ErrorCode",
     "HttpErrorHook",
+    "ReceiveHttp",
     "RequestHeaders",
     "RequestProtocolError",
     "ResponseEndOfMessage",
@@ -169,8 +171,13 @@ def _patch_points() -> Iterator[tuple[str, Callable[[], bool]]]:
         ),
     )
     yield (
-        "Http1Server keeps its unparsed input in self.buf and parses heads in read_headers",
-        lambda: {"buf", "maybe_extract_lines"} <= _names(_http1.Http1Server.read_headers),
+        "Http1Server and Http1Client keep unparsed input in self.buf and parse heads in read_headers "
+        "(engine caps the head size there)",
+        lambda: all(
+            {"buf", "maybe_extract_lines"} <= _names(cls.read_headers)
+            and callable(getattr(cls, "done", None))
+            for cls in (_http1.Http1Server, _http1.Http1Client)
+        ),
     )
     yield (
         "Http1Connection.mark_done decides keep-alive from the request and response headers",
