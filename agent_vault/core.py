@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,10 +11,26 @@ from agent_vault.audit import AuditWriter, admin_record
 from agent_vault.config import Settings
 from agent_vault.home import Home
 from agent_vault.keys import CA
+from agent_vault.metrics import Metrics
+from agent_vault.ratelimit import FailureLimiter, TokenBucket
 from agent_vault.runtime import Runtime
 from agent_vault.store import Store
 
 log = logging.getLogger("agent_vault")
+
+
+@dataclass
+class Services:
+    """Process-wide helpers the server makes once at start (typed, instead of a string-keyed bag).
+    Each is None where the process does not run it (tests, `--disable-proxy`)."""
+
+    metrics: Metrics | None = None
+    resolve: dict[str, str] = field(default_factory=dict)  # AGENT_VAULT_RESOLVE host -> address
+    stop: asyncio.Event | None = None  # set to shut the server down
+    api_limiter: TokenBucket | None = None  # control-API limiter (made on first use; None for `off`)
+    api_limiter_made: bool = False
+    login_limiter: FailureLimiter | None = None
+    proposal_gauge_vaults: set[str] = field(default_factory=set)  # label sets of the pending gauge
 
 
 @dataclass
@@ -32,7 +49,7 @@ class Core:
     proxy_port: int | None = None
     api_url: str = ""
     proxy_ready: bool = False
-    extras: dict[str, Any] = field(default_factory=dict)
+    services: Services = field(default_factory=Services)
 
     def record(
         self,

@@ -80,7 +80,7 @@ def set_pending(core: Core, metrics: Metrics, counts: dict[str, int]) -> None:
     without labels, so a concurrent scrape sees no hole)."""
     for vault, n in counts.items():
         metrics.proposals_pending.labels(vault).set(n)
-    seen: set[str] = core.extras.setdefault("proposals_gauge_vaults", set())
+    seen = core.services.proposal_gauge_vaults
     for gone in seen - counts.keys():
         with contextlib.suppress(KeyError):  # already removed by a concurrent refresh
             metrics.proposals_pending.remove(gone)
@@ -91,8 +91,8 @@ def set_pending(core: Core, metrics: Metrics, counts: dict[str, int]) -> None:
 async def _run(core: Core) -> None:
     last_prune = last_proposals = float("-inf")
     while True:
-        metrics = core.extras.get("metrics")
-        if isinstance(metrics, Metrics):
+        metrics = core.services.metrics
+        if metrics is not None:
             refresh_gauges(core, metrics)
         now = time.monotonic()
         if now - last_prune >= PRUNE_EVERY:
@@ -107,7 +107,7 @@ async def _run(core: Core) -> None:
                 await asyncio.to_thread(expire_due, core)
             except Exception as exc:  # expiry is also applied lazily on every read
                 log.error("proposal expiry sweep failed (%s)", type(exc).__name__)
-            if isinstance(metrics, Metrics):
+            if metrics is not None:
                 try:
                     set_pending(core, metrics, await asyncio.to_thread(pending_proposals, core))
                 except Exception as exc:  # a gauge is not worth a crash; retried next turn

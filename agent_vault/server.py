@@ -24,7 +24,7 @@ from agent_vault import keys
 from agent_vault.api.app import create_app
 from agent_vault.audit import AuditWriter
 from agent_vault.config import Settings
-from agent_vault.core import Core
+from agent_vault.core import Core, Services
 from agent_vault.errors import AgentVaultError
 from agent_vault.home import Home
 from agent_vault.housekeeping import start_housekeeping
@@ -102,7 +102,7 @@ def resolve_overrides() -> dict[str, str]:
 
 
 async def serve(settings: Settings, unlocked: Unlocked, ready: asyncio.Event | None = None) -> None:
-    """Run until SIGINT/SIGTERM (or `stop` in core.extras is set)."""
+    """Run until SIGINT/SIGTERM (or `core.services.stop` is set)."""
     home = Home(settings.home)
     home.reset_run_dir()
     store = unlocked.store
@@ -122,11 +122,9 @@ async def serve(settings: Settings, unlocked: Unlocked, ready: asyncio.Event | N
         runtime,
         audit,
     )
-    core.extras["metrics"] = metrics
-    core.extras["resolve"] = resolve_overrides()
-    housekeeping = start_housekeeping(core)
     stop = asyncio.Event()
-    core.extras["stop"] = stop
+    core.services = Services(metrics=metrics, resolve=resolve_overrides(), stop=stop)
+    housekeeping = start_housekeeping(core)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -30,7 +30,6 @@ from agent_vault.core import Core
 from agent_vault.domain.principal import Principal
 from agent_vault.errors import AgentVaultError, InvalidRequest, NotFound, Unauthenticated
 from agent_vault.housekeeping import refresh_gauges
-from agent_vault.metrics import Metrics
 from agent_vault.schemas import Body
 
 log = logging.getLogger("agent_vault.api")
@@ -87,8 +86,8 @@ def _metrics_allowed(request: Request, core: Core) -> None:
 @router.get("/metrics", include_in_schema=False)
 def metrics(request: Request, core: CoreDep) -> Response:
     _metrics_allowed(request, core)
-    m = core.extras.get("metrics")
-    if not isinstance(m, Metrics):
+    m = core.services.metrics
+    if m is None:
         raise NotFound("metrics are not enabled on this server")
     refresh_gauges(core, m, proposals=True)  # exact at scrape time; housekeeping keeps them fresh too
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_PLAIN_0_0_4)

@@ -2,7 +2,7 @@
 
 Profiles follow the server's `--rate-limits`: `default` 20/s burst 200, `strict` 10/s burst 50, `off`
 none. `/health` and `/ready` are exempt (probes). Login and step-up failures have their own
-per-account limiter (domain), which `off` does not disable. The limiter lives in `core.extras`, so
+per-account limiter (domain), which `off` does not disable. The limiter lives in `core.services`, so
 each server (and each test core) has its own buckets; it runs on the event loop only.
 """
 
@@ -14,18 +14,19 @@ from agent_vault import crypto
 from agent_vault.api.deps import bearer_token
 from agent_vault.core import Core
 from agent_vault.errors import AgentVaultError, RateLimited
-from agent_vault.proxy.ratelimit import TokenBucket
+from agent_vault.ratelimit import TokenBucket
 
 API_PROFILES = {"default": (20.0, 200.0), "strict": (10.0, 50.0)}
 EXEMPT = frozenset({"/health", "/ready"})
 
 
 def _bucket(core: Core) -> TokenBucket | None:
-    if "api_limiter" not in core.extras:  # made on first use: `off` stores None
+    svc = core.services
+    if not svc.api_limiter_made:  # made on first use: `off` keeps None
         rate_burst = API_PROFILES.get(core.settings.rate_limits)
-        core.extras["api_limiter"] = TokenBucket(*rate_burst) if rate_burst else None
-    bucket: TokenBucket | None = core.extras["api_limiter"]
-    return bucket
+        svc.api_limiter = TokenBucket(*rate_burst) if rate_burst else None
+        svc.api_limiter_made = True
+    return svc.api_limiter
 
 
 def check(core: Core, request: Request) -> AgentVaultError | None:
@@ -40,7 +41,7 @@ def check(core: Core, request: Request) -> AgentVaultError | None:
     wait = bucket.take(key)
     if not wait:
         return None
-    metrics = core.extras.get("metrics")
+    metrics = core.services.metrics
     if metrics is not None:
         metrics.child(metrics.rate_limited, "control_api").inc()
     return RateLimited(

@@ -11,7 +11,7 @@ from agent_vault.domain.principal import Principal
 from agent_vault.errors import NotFound, RateLimited, StepUpFailed
 from agent_vault.models import User, Vault
 from agent_vault.passwords import verify_password
-from agent_vault.proxy.ratelimit import FailureLimiter
+from agent_vault.ratelimit import FailureLimiter
 
 
 def iso(dt: datetime | None) -> str | None:
@@ -32,11 +32,10 @@ def check_limiter(limiter: FailureLimiter, key: str) -> None:
 
 
 def login_limiter(core: Core) -> FailureLimiter:
-    lim = core.extras.get("login_limiter")
+    lim = core.services.login_limiter
     if lim is None:
         strict = core.settings.rate_limits == "strict"
-        lim = core.extras["login_limiter"] = FailureLimiter(5 if strict else 10, 15 * 60)
-    assert isinstance(lim, FailureLimiter)
+        lim = core.services.login_limiter = FailureLimiter(5 if strict else 10, 15 * 60)
     return lim
 
 

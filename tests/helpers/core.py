@@ -55,7 +55,7 @@ def open_core(s: Settings, master_password: str | None = None) -> Iterator[Core]
         proxy_port=14322,
         api_url="http://127.0.0.1:14321",
     )
-    core.extras["metrics"] = Metrics()
+    core.services.metrics = Metrics()
     try:
         yield core
     finally:

@@ -25,6 +25,7 @@ from mitmproxy.websocket import WebSocketMessage
 from wsproto.frame_protocol import Opcode
 
 from agent_vault.config import Settings
+from agent_vault.core import Services
 from agent_vault.domain.principal import Principal
 from agent_vault.metrics import Metrics
 from agent_vault.models import utcnow
@@ -71,13 +72,13 @@ def make_addon(tmp_path: Path, policy: str = "tunnel", **settings: Any) -> tuple
     audit = FakeAudit()
     core = SimpleNamespace(
         settings=Settings(home=tmp_path, allow_net=("127.0.0.0/8",), rate_limits="off", **settings),
-        extras={
-            "resolve": {
+        services=Services(
+            resolve={
                 HOST: "127.0.0.1",
                 "other.example.com": "127.0.0.1",
                 "meta.example.com": "169.254.169.254",
             }
-        },
+        ),
         runtime=runtime,
         audit=audit,
         public_url="http://127.0.0.1:14321",

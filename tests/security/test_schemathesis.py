@@ -382,7 +382,7 @@ def test_fuzz_operation(
         case, deep = drawn
         if deep and steps_up:
             _deepen(case, label)
-        core.extras.pop("login_limiter", None)  # wrong fuzzed passwords must not lock the owner out
+        core.services.login_limiter = None  # wrong fuzzed passwords must not lock the owner out
         resp = case.call(headers=auth)
         statuses.append(resp.status_code)
         _check(label, who, case, resp, core, seed)
