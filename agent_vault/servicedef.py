@@ -278,6 +278,9 @@ class ServiceDef(_Model):
     substitutions: Substitutions = Field(default_factory=Substitutions)
     redact_response: bool | None = None
     forward_set_cookie: bool | None = None
+    #: Plain `http://` (absolute-form, or plaintext inside CONNECT) may carry this service's credentials.
+    #: Off: such a request gets 403 `insecure_scheme` and the upstream is never contacted.
+    allow_http: bool = False
     description: str = Field(default="", max_length=500)
 
     @field_validator("host")
@@ -327,12 +330,21 @@ class ServiceDef(_Model):
         return self.auth.type != "passthrough"
 
     @property
+    def sends_credentials(self) -> bool:
+        """True when a request matched to this service may carry a credential value upstream: it
+        injects, or agents may substitute `{{KEY}}` placeholders. Such requests get the strict path
+        checks (`invalid_path`), redaction, Set-Cookie stripping and the https-only rule."""
+        return self.injects or bool(self.substitution_keys)
+
+    @property
     def effective_redact(self) -> bool:
-        return self.injects if self.redact_response is None else self.redact_response
+        return self.sends_credentials if self.redact_response is None else self.redact_response
 
     @property
     def effective_forward_set_cookie(self) -> bool:
-        return (not self.injects) if self.forward_set_cookie is None else self.forward_set_cookie
+        if self.forward_set_cookie is None:
+            return not self.sends_credentials
+        return self.forward_set_cookie
 
     @property
     def substitution_keys(self) -> list[str]:

@@ -97,6 +97,7 @@ def _definition(
     forward_set_cookie: bool | None,
     enabled: bool | None,
     description: str | None,
+    allow_http: bool | None = None,
 ) -> dict[str, Any]:
     d: dict[str, Any] = dict(base or {})
     d["name"] = name
@@ -107,6 +108,7 @@ def _definition(
         ("description", description),
         ("redact_response", redact),
         ("forward_set_cookie", forward_set_cookie),
+        ("allow_http", allow_http),
         ("enabled", enabled),
     ):
         if v is not None:
@@ -161,6 +163,14 @@ def _service_command(name: str, *, update: bool) -> Any:
         forward_set_cookie: Annotated[
             bool | None, Opt("--forward-set-cookie/--no-forward-set-cookie")
         ] = None,
+        allow_http: Annotated[
+            bool | None,
+            Opt(
+                "--allow-http/--https-only",
+                help="Also send the credentials over plain http:// (default: HTTPS only; "
+                "plaintext requests get 403 insecure_scheme).",
+            ),
+        ] = None,
         enabled: Annotated[bool | None, Opt("--enabled/--disabled", help="Enabled (default) or not.")] = None,
         description: Annotated[str | None, Opt("--description")] = None,
         from_catalog: Annotated[
@@ -206,6 +216,7 @@ def _service_command(name: str, *, update: bool) -> Any:
             forward_set_cookie=forward_set_cookie,
             enabled=enabled,
             description=description,
+            allow_http=allow_http,
         )
         body = {"password": step_up(password_stdin), "service": d}
         c = client()
@@ -229,6 +240,8 @@ def _summary(d: dict[str, Any], vault: str, verb: str) -> str:
     keys = [a[k] for k in ("token", "username", "password", "key") if a.get(k)]
     port = f":{d['port']}" if d.get("port") else ""
     text = f"{verb} service {d['name']} in vault {vault}: {d['host']}{port}{d['path']} ({a.get('type')})"
+    if d.get("allow_http"):
+        text += "; credentials also go over plain http://"
     if keys:
         text += f"; set the value with 'agent-vault vault credential set {keys[0]}'"
     return text

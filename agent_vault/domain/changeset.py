@@ -208,6 +208,7 @@ def describe(pp: ChangeSet, st: State) -> dict[str, Any]:
             "name": d.name,
             "effect": "update" if d.name in st.services else "add",
             "before": public(st.services[d.name]) if d.name in st.services else None,
+            "warnings": warnings(d),
         }
         for d in pp.sets
     ]
@@ -224,6 +225,16 @@ def describe(pp: ChangeSet, st: State) -> dict[str, Any]:
         for c in pp.creds
     ]
     return {"services": svc, "credentials": cred}
+
+
+def warnings(d: ServiceDef) -> list[str]:
+    """What an approver should look at twice in a proposed service (names only, never values)."""
+    out = []
+    if d.allow_http and d.sends_credentials:
+        out.append("allow_http: its credentials would also be sent over unencrypted http://")
+    if d.sends_credentials and d.redact_response is False:
+        out.append("redact_response: false: an upstream echoing a credential shows it to the agent")
+    return out
 
 
 def check_values(values: dict[str, str]) -> None:

@@ -13,6 +13,7 @@ from agent_vault.domain.principal import Principal
 from agent_vault.errors import (
     AgentVaultError,
     CredentialCorrupt,
+    InsecureScheme,
     InvalidPath,
     MethodNotAllowed,
     ProxyAuthRequired,
@@ -23,11 +24,17 @@ from agent_vault.errors import (
 )
 from agent_vault.proxy.auth import MalformedProxyAuth, parse_proxy_authorization, token_digest
 from agent_vault.proxy.inject import Injection, build_injection
-from agent_vault.proxy.policy import Denied, Match, path_is_safe
+from agent_vault.proxy.policy import Denied, Match, normalize_path
 from agent_vault.runtime import Runtime, VaultView
 from agent_vault.servicedef import ServiceDef
 
 POLICY_RANK = {"tunnel": 0, "passthrough": 1, "deny": 2}
+
+
+def _sends(result: Match | Denied | None) -> bool:
+    return isinstance(result, Match) and result.service.sends_credentials
+
+
 SUPPORTED_AUTH_TYPES = ["bearer", "basic", "api-key", "custom", "passthrough"]
 
 
@@ -133,24 +140,47 @@ def decide(
     path: str,
     proposals_url: str,
     discover_url: str,
+    scheme: str,
 ) -> Decision:
-    """Match and authorise one request; raise the proxy error it deserves (or note it in dry-run)."""
-    bare_path = path.split("?", 1)[0]
-    result = view.index.match(host, port, method, bare_path)
+    """Match and authorise one request; raise the proxy error it deserves (or note it in dry-run).
+
+    `scheme` is the request's own (`http` for absolute-form `http://` and for plaintext inside
+    CONNECT): anything but `https` never carries a credential unless the service allows it.
+    The path is matched on `normalize_path(path).canonical`, and any request that may carry a
+    credential (injection or `{{KEY}}` substitution, whatever the auth type) is refused with
+    `invalid_path` when the raw path could mean another path to some upstream.
+    """
+    rp = normalize_path(path)
+    index = view.index
+    result = index.match_path(host, port, method, rp.canonical, scheme)
+    if rp.unparam is not None:  # `;params`: Tomcat/Spring read `/a;x/b` as `/a/b`
+        alt = index.match_path(host, port, method, rp.unparam, scheme)
+        if alt != result and (_sends(result) or _sends(alt)):
+            sender = result if isinstance(result, Match) and _sends(result) else alt
+            name = sender.service.name if isinstance(sender, Match) else host
+            raise InvalidPath(f"path to service {name} has ; parameters that change which service matches")
     dry_run = view.enforcement == "dry-run"
     if isinstance(result, Match):
         svc = result.service
-        if svc.auth.type == "passthrough":
+        if svc.sends_credentials and rp.problem is not None:
+            raise InvalidPath(f"path to service {svc.name} has {rp.problem}")
+        if not svc.injects:
             return Decision("passthrough", svc)
-        if not path_is_safe(bare_path):
-            raise InvalidPath(f"path to service {svc.name} has dot segments or encoded slashes")
         for key in svc.auth.referenced_keys():
             if key in view.corrupt:
                 raise CredentialCorrupt(view.name, key)
         return Decision("injected", svc, build_injection(svc.auth, view.values))
     err: AgentVaultError
     if isinstance(result, Denied):
-        if result.code == "service_disabled":
+        if result.code == "insecure_scheme":
+            err = InsecureScheme(
+                f"service {result.service} in vault {view.name} is HTTPS-only: refused {scheme}:// "
+                f"to {host}:{port}",
+                hint=f"Use https://, or ask a vault admin to allow plain HTTP for the service "
+                f"('agent-vault vault service set {result.service} --allow-http').",
+                service=result.service,
+            )
+        elif result.code == "service_disabled":
             err = ServiceDisabled(
                 f"service {result.service} is disabled in vault {view.name}", service=result.service
             )

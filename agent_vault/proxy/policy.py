@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
+from urllib.parse import unquote
 
 import idna  # a declared dependency: UTS #46 / IDNA 2008, never the stdlib's IDNA 2003 codec
 
@@ -24,10 +26,12 @@ __all__ = [
     "Denied",
     "InvalidHost",
     "Match",
+    "RequestPath",
     "ServiceIndex",
     "canonical_path",
     "ip_of",
     "normalize_host",
+    "normalize_path",
     "path_is_safe",
 ]
 
@@ -194,6 +198,118 @@ def canonical_path(path: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestPath:
+    """A request path as matching sees it (`canonical`), and whether an upstream could read it otherwise.
+
+    `problem` names what makes the path ambiguous (None: nothing). A request that would carry a
+    credential (injection or substitution) is refused with `invalid_path` when it is set.
+    `unparam` is the canonical form with `;params` cut from every segment (the Tomcat/Spring reading),
+    only when it differs from `canonical`: matching must give the same answer for both.
+    """
+
+    canonical: str
+    problem: str | None = None
+    unparam: str | None = None
+
+
+_ENCODED_SEP = re.compile(r"%(?:2f|5c)", re.IGNORECASE)
+_ENCODED_CTL = re.compile(r"%(?:[01][0-9a-f]|7f)", re.IGNORECASE)
+# Overlong UTF-8 (`%c0%ae` is `.` to a lax decoder) and IIS `%u002e` escapes.
+_OVERLONG = re.compile(r"%c[01]%|%e0%[89]|%f0%8", re.IGNORECASE)
+_ESCAPED_UNRESERVED = re.compile(r"%(?:[46][1-9a-f]|[57][0-9a]|3[0-9]|2[de]|5f|7e)", re.IGNORECASE)
+_U_ESCAPE = re.compile(r"%u([0-9a-f]{4})", re.IGNORECASE)
+# Characters some servers fold into `/` or `\` (NFKC already maps the full-width forms).
+_SEGMENT_END = re.compile(r"[;?#]")
+_SLASH_LOOKALIKES = frozenset("\u2215\u2044\u29f8\u29f5\ufe68\uff0f\uff3c")
+_MAX_VIEWS = 16
+
+
+def normalize_path(raw: str) -> RequestPath:
+    """THE path normalisation of the proxy: every request is matched on `.canonical` of this.
+
+    `raw` is the request target's path, with or without its query. The canonical form is
+    `canonical_path` (RFC 3986: unreserved escapes decoded, `//` collapsed, dot segments resolved,
+    query and fragment dropped). `problem` is set when some server could act on another path than
+    the canonical one: a `.`/`..` segment (also `..;x`, `...`, `.. ` and `%2e`, double-encoded
+    `%252e`, `%u002e`, overlong `%c0%ae`, full-width dots U+FF0E), an encoded `/` or `\\` at any
+    encoding depth, a literal `\\` or slash look-alike, an empty segment (`//`), a control character
+    (raw or `%00`-`%1f`, `%7f`), an escaped unreserved character (`%61`: a server routing on the raw
+    path reads another segment than matching did), a fragment (`#`), or a path not starting with `/`.
+    Pure and cheap: an ordinary ASCII path takes one scan.
+    """
+    path = raw.split("?", 1)[0]
+    canonical = canonical_path(path)
+    problem = _path_problem(path)
+    unparam = None
+    if ";" in path:
+        alt = canonical_path("/".join(seg.split(";", 1)[0] for seg in path.split("#", 1)[0].split("/")))
+        if alt != canonical:
+            unparam = alt
+    return RequestPath(canonical, problem, unparam)
+
+
+def _path_problem(path: str) -> str | None:
+    if not path.startswith("/"):
+        return "a target that does not start with /"
+    if (
+        path.isascii()
+        and path.isprintable()
+        and "%" not in path
+        and "\\" not in path
+        and "#" not in path
+        and "//" not in path
+        and "/." not in path
+    ):
+        return None
+    if not path.isprintable():
+        return "a control or invisible character"
+    if "#" in path:
+        return "a fragment (#)"
+    if "//" in path:
+        return "an empty segment (//)"
+    if _OVERLONG.search(path):
+        return "an overlong UTF-8 escape"
+    if "%" in path and _ESCAPED_UNRESERVED.search(path):
+        # `/%61cme` is `/acme` to matching and to most servers, not to one that routes on the raw path
+        return "an escaped unreserved character (such as %61 for a)"
+    # Every reading some server may apply: each decoding depth, IIS %u escapes, NFKC folding.
+    todo, seen = [path], set()
+    while todo:
+        view = todo.pop()
+        if view in seen:
+            continue
+        seen.add(view)
+        if len(seen) > _MAX_VIEWS:
+            return "too many layers of encoding"
+        problem = _view_problem(view)
+        if problem is not None:
+            return problem
+        if "%" in view:
+            todo.append(unquote(view, errors="replace"))
+            if "%u" in view or "%U" in view:
+                todo.append(_U_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), view))
+        if not view.isascii():
+            todo.append(unicodedata.normalize("NFKC", view))
+    return None
+
+
+def _view_problem(view: str) -> str | None:
+    if _ENCODED_SEP.search(view):
+        return "an encoded / or \\"
+    if _ENCODED_CTL.search(view):
+        return "an encoded control character"
+    if "\\" in view or (not view.isascii() and _SLASH_LOOKALIKES.intersection(view)):
+        return "a backslash or slash look-alike"
+    if not view.isprintable():
+        return "a control or invisible character"
+    for seg in view.split("/"):
+        s = _SEGMENT_END.split(seg, 1)[0]  # `..;x` (Tomcat), and `..?`/`..#` once decoded
+        if s and "." in s and not s.rstrip(". "):
+            return "a dot segment"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
 class Match:
     """The service that handles the request; `position` is its index in definition order."""
 
@@ -205,7 +321,7 @@ class Match:
 class Denied:
     """A service matched by host/port/path but refuses the request (403 with this code)."""
 
-    code: Literal["service_disabled", "method_not_allowed"]
+    code: Literal["service_disabled", "method_not_allowed", "insecure_scheme"]
     service: str
     allowed_methods: list[str] | None = None
 
@@ -219,6 +335,7 @@ class _Entry:
     prefix_slash: str
     methods: frozenset[str] | None
     enabled: bool
+    plaintext_ok: bool  # may match a plain-HTTP request (`allow_http`, or it sends no credential)
 
     def covers(self, port: int, path: str) -> bool:
         if self.port is not None and self.port != port:
@@ -233,18 +350,23 @@ def _precedence(e: _Entry) -> tuple[bool, int, int]:
 class ServiceIndex:
     """An immutable match index over one vault's services (disabled ones included); rebuild on change.
 
-    `match(host, port, method, path)` expects `host` already passed through `normalize_host` and the
-    port already defaulted from the scheme; `path` may carry a query (it is ignored). The rule:
+    `match(host, port, method, path, scheme)` expects `host` already passed through `normalize_host`
+    and the port already defaulted from the scheme; `path` may carry a query (it is ignored) and is
+    matched on `normalize_path(path).canonical` (`match_path` takes that canonical form directly).
+    The rule:
 
     1. Candidates are the services whose host (exact, or `*.parent` for a request host of exactly one
-       more label), port (None = any) and path (whole-segment prefix of `canonical_path(path)`) match,
+       more label), port (None = any) and path (whole-segment prefix of the canonical path) match,
        ordered by SPEC §5.4 precedence: exact host before wildcard, with port before without, longer
        path prefix first, then definition order.
     2. No candidate -> None (the vault's unmatched policy applies).
     3. The first candidate is disabled -> Denied("service_disabled"): disabling a specific rule never
        falls through to a broader one.
     4. Otherwise the first *enabled* candidate whose `methods` is None or contains `method` (compared
-       exactly, case-sensitively) -> Match. Disabled candidates further down are skipped.
+       exactly, case-sensitively) decides. Disabled candidates further down are skipped. If the scheme
+       is not `https` and that service sends credentials without `allow_http` -> Denied(
+       "insecure_scheme"): the scheme restricts like a method list, it does not fall through.
+       Otherwise -> Match.
     5. Otherwise -> Denied("method_not_allowed", service=<first candidate>, allowed_methods=sorted union of
        the enabled candidates' methods): a method list restricts, it does not fall through.
     """
@@ -266,6 +388,7 @@ class ServiceIndex:
                 prefix_slash=prefix + "/",
                 methods=frozenset(svc.methods) if svc.methods is not None else None,
                 enabled=svc.enabled,
+                plaintext_ok=svc.allow_http or not svc.sends_credentials,
             )
             (wild if svc.host.startswith("*.") else exact).setdefault(svc.host.removeprefix("*."), []).append(
                 entry
@@ -296,9 +419,14 @@ class ServiceIndex:
                 return True
         return False
 
-    def match(self, host: str, port: int, method: str, path: str) -> Match | Denied | None:
+    def match(
+        self, host: str, port: int, method: str, path: str, scheme: str = "https"
+    ) -> Match | Denied | None:
         """Apply the rule in the class docstring. `host` must be normalised by the caller."""
-        cpath = canonical_path(path)
+        return self.match_path(host, port, method, normalize_path(path).canonical, scheme)
+
+    def match_path(self, host: str, port: int, method: str, cpath: str, scheme: str) -> Match | Denied | None:
+        """`match` on a path already in canonical form (`normalize_path(path).canonical`)."""
         first: _Entry | None = None
         allowed: set[str] = set()
         for entries in self._candidate_lists(host):
@@ -312,6 +440,8 @@ class ServiceIndex:
                 if not e.enabled:
                     continue
                 if e.methods is None or method in e.methods:
+                    if scheme != "https" and not e.plaintext_ok:
+                        return Denied("insecure_scheme", e.service.name, None)
                     return Match(e.service, e.position)
                 allowed |= e.methods
         if first is None:

@@ -372,7 +372,10 @@ def m(tmp_path_factory: pytest.TempPathFactory, upstream_ca: trustme.CA) -> Iter
         server.add_service(
             {"name": "echo-remote", "host": REMOTE_HOST, "port": upstream.port, "auth": bearer}
         )
-        server.add_service({"name": "plain", "host": "localhost", "port": plain.port, "auth": bearer})
+        # plain http:// must be allowed explicitly (services are HTTPS-only by default)
+        server.add_service(
+            {"name": "plain", "host": "localhost", "port": plain.port, "auth": bearer, "allow_http": True}
+        )
         server.add_service(
             {
                 "name": "git",

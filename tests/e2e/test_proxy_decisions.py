@@ -382,6 +382,7 @@ def test_upstream_refused_is_json_502(srv: ServerProc, client: httpx.Client) -> 
             "host": "localhost",
             "port": port,
             "auth": {"type": "bearer", "token": "API_TOKEN"},
+            "allow_http": True,  # the absolute-form http:// attempt below (HTTPS-only by default)
         }
     )
     body = _err(client.get(f"https://localhost:{port}/x"), 502, "upstream_unreachable")

@@ -75,6 +75,7 @@ def srv(
                 "host": "127.0.0.1",
                 "port": plain.port,
                 "auth": {"type": "bearer", "token": "PLAIN_TOKEN"},
+                "allow_http": True,  # services are HTTPS-only unless they opt in
             }
         )
         with s.http() as c:

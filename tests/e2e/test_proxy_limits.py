@@ -46,6 +46,7 @@ def _setup(s: ServerProc, up: TLSUpstream, plain: PlainUpstream) -> None:
             "host": "127.0.0.1",
             "port": plain.port,
             "auth": {"type": "bearer", "token": "LIMIT_TOKEN"},
+            "allow_http": True,  # services are HTTPS-only unless they opt in
         }
     )
 
