@@ -4,8 +4,10 @@ One self-contained page (inline CSS/JS under a per-response CSP nonce, no extern
 only to the JSON API: it shows exactly what approving would change, logs the human in (the `av_ui`
 cookie from POST /v1/auth/login), asks for the step-up password and for any missing credential
 value (masked inputs), then calls approve/reject. Everything from the API is rendered with
-`textContent`, never as HTML. The approval token is dropped from the address bar at once and is
-never sent as a Referer (`Referrer-Policy: no-referrer`).
+`textContent`, never as HTML, and through `inert()` first: agent-written text (message, descriptions,
+proposed service definitions) shows its control, bidi and line-separator characters escaped (`\\x1b`,
+`\\u202e`), exactly as the CLI's `cli.output.inert` does. The approval token is dropped from the
+address bar at once and is never sent as a Referer (`Referrer-Policy: no-referrer`).
 """
 
 from __future__ import annotations
@@ -45,9 +47,23 @@ const token = new URLSearchParams(location.search).get("token") || "";
 if (location.search) history.replaceState(null, "", location.pathname);
 const $ = (i) => document.getElementById(i);
 const BASE = "/v1/vaults/" + encodeURIComponent(V) + "/proposals/" + encodeURIComponent(ID);
-function el(tag, text, cls) {
+// control, bidi and separator characters (the class cli.output.inert escapes), \n and \t excluded
+const INERT_CLASS = "\\u0000-\\u0008\\u000b-\\u001f\\u007f-\\u009f\\ud800-\\udfff\\u061c\\u200e\\u200f" +
+  "\\u2028\\u2029\\u202a-\\u202e\\u2066-\\u2069";
+const INERT_ALL = new RegExp("[\\n\\t" + INERT_CLASS + "]", "gu");
+const INERT_KEEP = new RegExp("[" + INERT_CLASS + "]", "gu");
+const INERT_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"};
+function inert(text, keepLines) {
+  return String(text).replace(keepLines ? INERT_KEEP : INERT_ALL, (c) => {
+    if (INERT_NAMED[c]) return INERT_NAMED[c];
+    const n = c.charCodeAt(0);
+    return n <= 0xff ? "\\x" + n.toString(16).padStart(2, "0") : "\\u" + n.toString(16).padStart(4, "0");
+  });
+}
+function setText(node, text, keepLines) { node.textContent = inert(text, keepLines); }
+function el(tag, text, cls, keepLines) {
   const e = document.createElement(tag);
-  if (text !== undefined && text !== null) e.textContent = String(text);
+  if (text !== undefined && text !== null) setText(e, text, keepLines);
   if (cls) e.className = cls;
   return e;
 }
@@ -62,15 +78,15 @@ async function api(method, path, body) {
   try { data = await r.json(); } catch (e) { data = {}; }
   return {ok: r.ok, status: r.status, data: data};
 }
-function say(text, bad) { const r = $("result"); r.textContent = text; r.className = bad ? "err" : ""; }
+function say(text, bad) { const r = $("result"); setText(r, text); r.className = bad ? "err" : ""; }
 function why(r) {
   return (r.data.message || ("HTTP " + r.status)) + (r.data.hint ? " (" + r.data.hint + ")" : "");
 }
 function render(d) {
   $("proposal").hidden = false;
-  $("actor").textContent = d.actor; $("pstatus").textContent = d.status;
-  $("expires").textContent = d.expires_at; $("message").textContent = d.message || "(no message)";
-  $("role").textContent = d.required_role;
+  setText($("actor"), d.actor); setText($("pstatus"), d.status);
+  setText($("expires"), d.expires_at); setText($("message"), d.message || "(no message)");
+  setText($("role"), d.required_role);
   const byName = {};
   for (const s of d.services) byName[s.name] = s;
   const svc = $("services"); svc.replaceChildren();
@@ -79,11 +95,11 @@ function render(d) {
     if (c.effect !== "delete") {
       const after = Object.assign({}, byName[c.name]); delete after.action;
       svc.append(el("p", c.effect === "add" ? "New service:" : "New definition:", "muted"));
-      svc.append(el("pre", JSON.stringify(after, null, 2)));
+      svc.append(el("pre", JSON.stringify(after, null, 2), "", true));
     }
     if (c.before) {
       svc.append(el("p", "Current definition:", "muted"));
-      svc.append(el("pre", JSON.stringify(c.before, null, 2)));
+      svc.append(el("pre", JSON.stringify(c.before, null, 2), "", true));
     }
   }
   if (!d.changes.services.length) svc.append(el("p", "No service changes.", "muted"));
@@ -117,7 +133,7 @@ async function load() {
   if (r.ok) { render(r.data); say(""); } else { say(why(r), true); }
   $("login").hidden = loggedIn;
   $("review").hidden = !(loggedIn && r.ok && r.data.status === "pending");
-  if (loggedIn) $("who").textContent = "Logged in as " + me.data.name + ".";
+  if (loggedIn) setText($("who"), "Logged in as " + me.data.name + ".");
   if (r.ok && r.data.status !== "pending") say("This proposal is " + r.data.status + ".");
 }
 $("login-form").addEventListener("submit", async (ev) => {

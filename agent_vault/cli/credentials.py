@@ -141,4 +141,4 @@ def get_credential(
         raise InvalidRequest("confirmation did not match; nothing revealed")
     pw = step_up(False)
     data = client().post(f"/v1/vaults/{seg(v)}/credentials/{seg(key)}/reveal", {"password": pw})
-    out.line(str(data["value"]))
+    out.secret(str(data["value"]))

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sqlite3
@@ -29,7 +28,7 @@ from agent_vault.cli import G, app
 from agent_vault.cli.client import ApiError, Client
 from agent_vault.cli.common import VaultOpt, client, exit_with, seg, vault_name
 from agent_vault.cli.durations import parse_duration
-from agent_vault.cli.output import out
+from agent_vault.cli.output import inert, json_text, out
 from agent_vault.errors import AgentVaultError, InvalidRequest
 
 logs_app = typer.Typer(no_args_is_help=False, help="Read, follow, verify and export the audit log.")
@@ -111,6 +110,8 @@ def _row(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _line(rec: dict[str, Any]) -> str:
+    """One record on one line. Paths, hosts and methods are the agent's: each field is made inert
+    (newlines included), so a record can neither drive the terminal nor forge a second line."""
     r = _row(rec)
     parts = [str(r["seq"]), r["time"], str(r["actor"]), r["what"], r["target"]]
     if r["status"] is not None:
@@ -119,12 +120,15 @@ def _line(rec: dict[str, Any]) -> str:
         parts.append(f"[{r['service']}]")
     if r["keys"]:
         parts.append("keys=" + ",".join(r["keys"]))
-    return "  ".join(p for p in parts if p)
+    return "  ".join(inert(p) for p in parts if p)
 
 
 def _emit_lines(records: list[dict[str, Any]]) -> None:
     for rec in records:
-        out.line(json.dumps(rec, ensure_ascii=False) if out.json_mode else _line(rec))
+        if out.json_mode:
+            out.json_line(rec)
+        else:
+            out.line(_line(rec))
 
 
 # -- logs ----------------------------------------------------------------------------------------
@@ -305,11 +309,10 @@ def export(
         while True:
             page = api.get("/v1/audit", params={**params, "after_seq": cursor})["records"]
             for rec in page:
-                text = json.dumps(rec, ensure_ascii=False, sort_keys=True)
                 if f is None:
-                    out.line(text)
+                    out.json_line(rec, sort_keys=True)
                 else:
-                    f.write(text + "\n")
+                    f.write(json_text(rec, sort_keys=True, ensure_ascii=False) + "\n")
             count += len(page)
             if len(page) < EXPORT_PAGE:
                 break

@@ -23,7 +23,7 @@ from agent_vault.cli.common import (
     step_up,
     vault_name,
 )
-from agent_vault.cli.output import out
+from agent_vault.cli.output import inert, out
 from agent_vault.cli.prompts import secret_value
 from agent_vault.cli.vault import vault_app
 from agent_vault.domain.names import check_key
@@ -60,45 +60,51 @@ def _service_line(entry: dict[str, Any]) -> str:
     port = f":{entry['port']}" if entry.get("port") else ""
     auth = entry.get("auth") or {}
     keys = [str(v) for k, v in auth.items() if k in ("token", "key", "username", "password") and v]
-    methods = ",".join(entry.get("methods") or []) or "all methods"
+    methods = ",".join(str(m) for m in entry.get("methods") or []) or "all methods"
     where = f"{entry.get('host')}{port}{entry.get('path', '/')}"
-    return f"{where} ({methods}) auth {auth.get('type')} {' '.join(keys)}".rstrip()
+    return inert(f"{where} ({methods}) auth {auth.get('type')} {' '.join(keys)}".rstrip())
 
 
 def describe(d: dict[str, Any]) -> str:
-    """Human summary of a full proposal (what approving would change). Names only, never values."""
+    """Human summary of a full proposal (what approving would change). Names only, never values.
+
+    Almost all of it was written by the agent (message, names, descriptions, hosts): every such field
+    goes through `inert`, so it can neither drive the terminal nor add a line of its own (a message
+    with a newline must not be able to print a fake "services:" section)."""
+    s = inert
     lines = [
-        f"proposal {d['id']} in vault {d['vault']}: {d['status']} (approving needs {d['required_role']})",
-        f"  from {d['actor']}, created {d['created_at']}, expires {d['expires_at']}",
+        f"proposal {s(d['id'])} in vault {s(d['vault'])}: {s(d['status'])} "
+        f"(approving needs {s(d['required_role'])})",
+        f"  from {s(d['actor'])}, created {s(d['created_at'])}, expires {s(d['expires_at'])}",
     ]
     if d.get("message"):
-        lines.append(f"  message: {d['message']}")
-    defs = {s["name"]: s for s in d.get("services", [])}
+        lines.append(f"  message: {s(d['message'])}")
+    defs = {str(x["name"]): x for x in d.get("services", [])}
     marks = {"add": "+", "update": "~", "delete": "-", "create": "+"}
     if d["changes"]["services"]:
         lines.append("services:")
     for c in d["changes"]["services"]:
         detail = "" if c["effect"] == "delete" else ": " + _service_line(defs[c["name"]])
-        lines.append(f"  {marks[c['effect']]} {c['name']} ({c['effect']}){detail}")
-    meta = {c["key"]: c for c in d.get("credentials", [])}
+        lines.append(f"  {marks.get(c['effect'], '?')} {s(c['name'])} ({s(c['effect'])}){detail}")
+    meta = {str(c["key"]): c for c in d.get("credentials", [])}
     if d["changes"]["credentials"] or d.get("missing_values"):
         lines.append("credentials:")
     for c in d["changes"]["credentials"]:
         m = meta.get(c["key"], {})
         extra = "".join(
             [
-                f" - {m['description']}" if m.get("description") else "",
-                f" (obtain: {m['obtain']})" if m.get("obtain") else "",
+                f" - {s(m['description'])}" if m.get("description") else "",
+                f" (obtain: {s(m['obtain'])})" if m.get("obtain") else "",
                 "  [value needed]" if c["key"] in d.get("missing_values", []) else "",
             ]
         )
-        lines.append(f"  {marks[c['effect']]} {c['key']} ({c['effect']}){extra}")
+        lines.append(f"  {marks.get(c['effect'], '?')} {s(c['key'])} ({s(c['effect'])}){extra}")
     for key in d.get("missing_values", []):
         if key not in meta:
-            lines.append(f"  {key}: used by a proposed service  [value needed]")
+            lines.append(f"  {s(key)}: used by a proposed service  [value needed]")
     if d.get("reviewed_by"):
-        note = f": {d['review_note']}" if d.get("review_note") else ""
-        lines.append(f"reviewed by {d['reviewed_by']} at {d['reviewed_at']}{note}")
+        note = f": {s(d['review_note'])}" if d.get("review_note") else ""
+        lines.append(f"reviewed by {s(d['reviewed_by'])} at {s(d['reviewed_at'])}{note}")
     return "\n".join(lines)
 
 
