@@ -12,41 +12,18 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from sqlmodel import col, select
 
 from agent_vault import crypto
 from agent_vault.domain.principal import Principal
-from agent_vault.models import Agent, Credential, Grant, Service, Token, User, Vault, utcnow
-from agent_vault.proxy.policy import ServiceIndex
+from agent_vault.matching import ServiceIndex
+from agent_vault.models import Agent, Credential, Grant, Service, Token, User, Vault
 from agent_vault.servicedef import ServiceDef
+from agent_vault.snapshot import Snapshot, VaultView
 from agent_vault.store import Store
 
 log = logging.getLogger("agent_vault.runtime")
-
-
-@dataclass(frozen=True, slots=True)
-class VaultView:
-    id: int
-    name: str
-    unmatched_policy: str
-    enforcement: str
-    index: ServiceIndex
-    services: tuple[ServiceDef, ...]
-    values: dict[str, str] = field(repr=False)
-    corrupt: frozenset[str] = frozenset()
-    rate_limits: str | None = None  # None: the server's profile
-
-    def __repr__(self) -> str:
-        return f"VaultView({self.name!r}, services={len(self.services)}, keys={sorted(self.values)})"
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    principals: dict[str, Principal]  # token digest -> principal
-    vaults: dict[str, VaultView]
-    version: int = 0
 
 
 class Runtime:
@@ -61,12 +38,7 @@ class Runtime:
 
     def principal(self, token_digest: str) -> Principal | None:
         """The live principal for a token digest, or None if unknown, revoked or expired."""
-        p = self.snapshot.principals.get(token_digest)
-        if p is None:
-            return None
-        if p.expires_at is not None and p.expires_at <= utcnow():
-            return None
-        return p
+        return self.snapshot.principal(token_digest)
 
     def reload(self, *, vaults: bool = True) -> None:
         """Rebuild from the store. `vaults=False` refreshes identities only (tokens, grants), which

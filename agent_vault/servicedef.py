@@ -13,8 +13,9 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from agent_vault.proxy.policy import InvalidHost, ip_of, normalize_host, path_is_safe
+from agent_vault.hostpath import InvalidHost, ip_of, normalize_host, path_is_safe
 
+SUPPORTED_AUTH_TYPES = ["bearer", "basic", "api-key", "custom", "passthrough"]  # shown to agents (discover)
 NAME_RE = r"^[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]$"
 CREDENTIAL_KEY_RE = r"^[A-Z][A-Z0-9_]*$"
 CREDENTIAL_KEY_MAX = 128

@@ -11,7 +11,7 @@ from agent_vault import __version__
 from agent_vault.api.deps import CoreDep, PrincipalDep, select_vault
 from agent_vault.domain.services import public
 from agent_vault.errors import NotFound, ProxyDisabled
-from agent_vault.proxy.decide import SUPPORTED_AUTH_TYPES
+from agent_vault.servicedef import SUPPORTED_AUTH_TYPES
 
 router = APIRouter()
 J = dict[str, Any]

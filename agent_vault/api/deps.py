@@ -9,7 +9,8 @@ from fastapi import Depends, Header, Path, Request
 from agent_vault import crypto
 from agent_vault.core import Core
 from agent_vault.domain.principal import Principal
-from agent_vault.errors import Locked, Unauthenticated, VaultForbidden, VaultRequired
+from agent_vault.errors import Locked, Unauthenticated
+from agent_vault.snapshot import select_vault as _select_vault
 
 #: SQLite integers are signed 64-bit: a larger id would overflow in the driver (a 500), so refuse it (422).
 MAX_ROW_ID = 2**63 - 1
@@ -61,24 +62,8 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
 def select_vault(core: Core, p: Principal, hint: str | None) -> str:
-    """SPEC §5.2 resolution of the vault for agent-facing endpoints."""
-    if p.kind == "session":
-        if hint and hint != p.session_vault:
-            raise VaultForbidden(f"this session is bound to vault {p.session_vault}")
-        assert p.session_vault is not None
-        return p.session_vault
-    if hint:
-        if p.role_on(hint) is None or hint not in core.runtime.snapshot.vaults:
-            raise VaultForbidden(f"this token may not use vault {hint}")
-        return hint
-    names = sorted(core.runtime.snapshot.vaults) if p.is_owner else sorted(p.grants)
-    if len(names) == 1:
-        return names[0]
-    raise VaultRequired(
-        "this token can use several vaults (or none): name one",
-        hint="Send the X-Vault header.",
-        vaults=names,
-    )
+    """The vault an API call acts on: the one rule of `agent_vault.snapshot.select_vault`."""
+    return _select_vault(core.runtime.snapshot.vaults, p, hint, how_to_name="Send the X-Vault header.")
 
 
 def vault_for(

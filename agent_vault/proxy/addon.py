@@ -42,8 +42,7 @@ from agent_vault.proxy.engine import (
     splice_tunnel,
 )
 from agent_vault.proxy.flowlog import FlowLog, FlowState, incident
-from agent_vault.proxy.policy import InvalidHost, normalize_host
-from agent_vault.proxy.ratelimit import Limits
+from agent_vault.hostpath import InvalidHost, normalize_host
 from agent_vault.proxy.redact import contains_secret
 from agent_vault.proxy.ssrf import Egress
 from agent_vault.proxy.streams import (
@@ -58,6 +57,7 @@ from agent_vault.proxy.streams import (
     ws_message,
     ws_state,
 )
+from agent_vault.ratelimit import Limits
 
 STREAM_THRESHOLD = 1 << 20
 
@@ -89,7 +89,7 @@ class VaultAddon:
         self.unauthenticated: set[str] = set()  # client ids with no identity bound yet (pre-auth)
         self.limits = Limits(core.settings.rate_limits)  # the server's profile; failed auth always
         self._profiles: dict[str, Limits] = {core.settings.rate_limits: self.limits}
-        self.egress = Egress(core.settings.allow_net, core.extras.get("resolve", {}))
+        self.egress = Egress(core.settings.allow_net, core.services.resolve)
         self._on_reload: Callable[[], None] = lambda: None
 
     def running(self) -> None:
@@ -114,7 +114,7 @@ class VaultAddon:
         for cid, st in list(self.conns.items()):
             if st.mode == "tunnel" and st.ident is not None and cid in handlers:
                 try:
-                    recheck(self.core.runtime, st.ident)
+                    recheck(self.core.runtime.snapshot, st.ident)
                 except AgentVaultError:
                     handlers[cid].close_connection(handlers[cid].client)
 
@@ -239,7 +239,7 @@ class VaultAddon:
         req = flow.request
         st = self.conns.get(flow.client_conn.id)
         if st is not None and st.ident is not None and st.target is not None:
-            fs.ident = ident = st.ident = recheck(self.core.runtime, st.ident)
+            fs.ident = ident = st.ident = recheck(self.core.runtime.snapshot, st.ident)
             xv = req.headers.get("x-vault")
             if xv and xv != ident.vault:
                 raise VaultForbidden(f"this connection is bound to vault {ident.vault}")
@@ -379,6 +379,7 @@ class VaultAddon:
                 elif not resp.stream:
                     fs.redact_buffered(resp, self.core.settings.max_buffered_bytes)
                 elif fs.error is not None:  # the streamed body failed after its headers went out
+                    import sys as _dbg; print("DBG kill", file=_dbg.stderr, flush=True)  # noqa
                     flow.kill()  # type: ignore[no-untyped-call]  # reset: never a "complete" body
                 if resp.trailers is not None and fs.secrets:  # sent after this hook, streamed or not
                     redact_fields(resp.trailers, fs)
@@ -418,7 +419,7 @@ class VaultAddon:
         if key is not None and self.limits.auth_failures.retry_after(key):
             raise RateLimited("too many failed proxy authentications", retry_after=60, limiter="proxy_auth")
         try:
-            return authenticate(self.core.runtime, proxy_auth, x_vault)
+            return authenticate(self.core.runtime.snapshot, proxy_auth, x_vault)
         except ProxyAuthRequired:
             if key is not None:  # a request without credentials is a challenge probe, not a failure
                 self.limits.auth_failures.fail(key)

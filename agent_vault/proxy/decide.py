@@ -20,22 +20,19 @@ from agent_vault.errors import (
     ServiceDisabled,
     ServiceNotAllowed,
     VaultForbidden,
-    VaultRequired,
 )
+from agent_vault.hostpath import normalize_path
+from agent_vault.matching import Denied, Match
 from agent_vault.proxy.auth import MalformedProxyAuth, parse_proxy_authorization, token_digest
 from agent_vault.proxy.inject import Injection, build_injection
-from agent_vault.proxy.policy import Denied, Match, normalize_path
-from agent_vault.runtime import Runtime, VaultView
-from agent_vault.servicedef import ServiceDef
+from agent_vault.servicedef import SUPPORTED_AUTH_TYPES, ServiceDef
+from agent_vault.snapshot import Snapshot, VaultView, select_vault
 
 POLICY_RANK = {"tunnel": 0, "passthrough": 1, "deny": 2}
 
 
 def _sends(result: Match | Denied | None) -> bool:
     return isinstance(result, Match) and result.service.sends_credentials
-
-
-SUPPORTED_AUTH_TYPES = ["bearer", "basic", "api-key", "custom", "passthrough"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +45,7 @@ class Identity:
     policy: str  # effective unmatched policy (session override applied)
 
 
-def authenticate(runtime: Runtime, proxy_authorization: str | None, x_vault: str | None) -> Identity:
+def authenticate(snapshot: Snapshot, proxy_authorization: str | None, x_vault: str | None) -> Identity:
     """SPEC §5.2: token from Proxy-Authorization, vault from its password part or X-Vault."""
     try:
         creds = parse_proxy_authorization(proxy_authorization)
@@ -57,12 +54,12 @@ def authenticate(runtime: Runtime, proxy_authorization: str | None, x_vault: str
     if creds is None:
         raise ProxyAuthRequired("proxy authentication required")
     digest = token_digest(creds.token)
-    p = runtime.principal(digest)
+    p = snapshot.principal(digest)
     if p is None:
         raise ProxyAuthRequired("the proxy token is unknown, expired or revoked")
     hint = creds.vault_hint or x_vault or None
-    vault = resolve_vault(runtime, p, hint)
-    return Identity(digest, p, vault, effective_policy(runtime.snapshot.vaults[vault], p))
+    vault = resolve_vault(snapshot, p, hint)
+    return Identity(digest, p, vault, effective_policy(snapshot.vaults[vault], p))
 
 
 def effective_policy(view: VaultView, p: Principal) -> str:
@@ -73,41 +70,24 @@ def effective_policy(view: VaultView, p: Principal) -> str:
     return policy
 
 
-def resolve_vault(runtime: Runtime, p: Principal, hint: str | None) -> str:
-    vaults = runtime.snapshot.vaults
+def resolve_vault(snapshot: Snapshot, p: Principal, hint: str | None) -> str:
+    """The proxy's vault: `select_vault`, except that a human's login token is never a proxy
+    credential (sessions from `vault run` are)."""
     if p.kind == "user":
         raise VaultForbidden(
             "user login tokens are not proxy credentials",
             hint="Use 'agent-vault vault run -- CMD' to get a session token.",
         )
-    if p.kind == "session":
-        if hint and hint != p.session_vault:
-            raise VaultForbidden(f"this session is bound to vault {p.session_vault}")
-        assert p.session_vault is not None
-        if p.session_vault not in vaults:
-            raise VaultForbidden(f"vault {p.session_vault} no longer exists")
-        return p.session_vault
-    if hint:
-        if hint not in p.grants or hint not in vaults:
-            raise VaultForbidden(f"this token may not use vault {hint}")
-        return hint
-    names = sorted(n for n in p.grants if n in vaults)
-    if len(names) == 1:
-        return names[0]
-    raise VaultRequired(
-        "this agent can use several vaults (or none): name one",
-        hint="HTTPS_PROXY=http://<token>:<vault>@host:port",
-        vaults=names,
-    )
+    return select_vault(snapshot.vaults, p, hint, how_to_name="HTTPS_PROXY=http://<token>:<vault>@host:port")
 
 
-def recheck(runtime: Runtime, ident: Identity) -> Identity:
+def recheck(snapshot: Snapshot, ident: Identity) -> Identity:
     """Re-validate a connection-bound identity for the next request: revocation and policy changes
     apply to the very next request, also on an open connection."""
-    p = runtime.principal(ident.digest)
+    p = snapshot.principal(ident.digest)
     if p is None:
         raise ProxyAuthRequired("the proxy token is expired or revoked")
-    view = runtime.snapshot.vaults.get(ident.vault)
+    view = snapshot.vaults.get(ident.vault)
     if view is None or p.role_on(ident.vault) is None:
         raise VaultForbidden(f"this token may no longer use vault {ident.vault}")
     policy = effective_policy(view, p)

@@ -27,15 +27,16 @@ from wsproto.frame_protocol import Opcode
 from agent_vault.config import Settings
 from agent_vault.core import Services
 from agent_vault.domain.principal import Principal
+from agent_vault.matching import ServiceIndex
 from agent_vault.metrics import Metrics
 from agent_vault.models import utcnow
 from agent_vault.proxy import addon as addon_mod
 from agent_vault.proxy import engine
 from agent_vault.proxy.addon import VaultAddon
 from agent_vault.proxy.auth import token_digest
-from agent_vault.proxy.policy import ServiceIndex
-from agent_vault.runtime import Runtime, Snapshot, VaultView
+from agent_vault.runtime import Runtime
 from agent_vault.servicedef import ServiceDef
+from agent_vault.snapshot import Snapshot, VaultView
 
 SECRET = "unit-secret-value-123456"
 AGENT = "av_agt_" + "a" * 43

@@ -21,10 +21,11 @@ from hypothesis import strategies as st
 
 from agent_vault.domain.principal import Principal
 from agent_vault.errors import AgentVaultError
+from agent_vault.hostpath import normalize_path
+from agent_vault.matching import Denied, Match, ServiceIndex
 from agent_vault.proxy.decide import Decision, Identity, decide
-from agent_vault.proxy.policy import Denied, Match, ServiceIndex, normalize_path
-from agent_vault.runtime import VaultView
 from agent_vault.servicedef import ServiceDef
+from agent_vault.snapshot import VaultView
 
 PREFIX = "/repos/acme"
 

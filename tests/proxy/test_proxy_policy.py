@@ -11,16 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent_vault.proxy.policy import (
-    Denied,
-    InvalidHost,
-    Match,
-    ServiceIndex,
-    canonical_path,
-    ip_of,
-    normalize_host,
-    path_is_safe,
-)
+from agent_vault.hostpath import InvalidHost, canonical_path, ip_of, normalize_host, path_is_safe
+from agent_vault.matching import Denied, Match, ServiceIndex
 from agent_vault.servicedef import ServiceDef
 
 
@@ -287,7 +279,8 @@ def test_pure_modules_import_neither_mitmproxy_nor_the_orm() -> None:
     code = (
         "import sys\n"
         "import agent_vault.servicedef, agent_vault.proxy.auth\n"
-        "import agent_vault.proxy.policy, agent_vault.proxy.inject\n"
+        "import agent_vault.hostpath, agent_vault.matching, agent_vault.snapshot, agent_vault.proxy.inject\n"
+        "import agent_vault.proxy.decide, agent_vault.proxy.redact\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'mitmproxy', 'sqlmodel', 'sqlalchemy'})\n"
         "assert not bad, bad\n"
     )

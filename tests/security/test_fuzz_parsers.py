@@ -8,7 +8,7 @@ service definitions, the stream redactor, ciphertexts. Here:
 * names and the `X-Vault` / `Authorization` headers of the control API;
 * `since=` timestamps of the log endpoints;
 * CLI durations (`cli/durations.py`);
-* path canonicalisation and the path safety test of `proxy/policy.py`, and host charset / IP parsing.
+* path canonicalisation and the path safety test of `hostpath.py`, and host charset / IP parsing.
 
 Every property is checked against an independent oracle written from the SPEC, or is an invariant
 (round trip, "only the documented error", "a value for a key outside the allowed set never appears").
@@ -42,8 +42,8 @@ from agent_vault.core import Core
 from agent_vault.domain import changeset as cs
 from agent_vault.domain.names import RESERVED_VAULTS, check_email, check_key, check_name, check_vault_name
 from agent_vault.errors import AgentVaultError, InvalidRequest, SubstitutionError
+from agent_vault.hostpath import InvalidHost, canonical_path, ip_of, normalize_host, path_is_safe
 from agent_vault.proxy.inject import build_injection, substitute_body, substitute_request, substitute_text
-from agent_vault.proxy.policy import InvalidHost, canonical_path, ip_of, normalize_host, path_is_safe
 from agent_vault.servicedef import ApiKeyAuth, BearerAuth, CustomAuth
 
 FAST = settings(max_examples=200, deadline=None, derandomize=True, database=None)
