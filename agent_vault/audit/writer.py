@@ -1,9 +1,16 @@
 """The audit writer (SPEC §12): a bounded queue drained by ONE thread that owns the chain's tail.
 
 Producers (the proxy's event loop, API worker threads) call `AuditWriter.submit`, which never blocks
-and never touches the DB. The writer thread links records (seq, prev_hash, hash), commits each batch
-in one transaction, then rewrites `audit.head` (0600, atomic). Drops are counted and written as one
-`audit.gap` record; a failing commit is logged (never with record contents) and retried with backoff.
+and never touches the DB. The writer thread cleans every record (`clean_record`: any byte string
+becomes escaped text, so no record is ever refused for its contents), links it (seq, prev_hash, hash),
+commits each batch in one transaction, then rewrites `audit.head` (0600, atomic). Drops (queue full,
+writer closing) are counted and written as one `audit.gap` record; a value that cannot be encoded at
+all is replaced by a marker in its record (counted as dropped, the record itself is kept); a failing
+commit is logged (never with record contents) and retried with backoff.
+
+Anonymous refusals (`AuditWriter.tally`) are not queued one by one: the writer keeps one counter per
+cause and appends one `proxy.refused` summary per cause and window (`summary_window` seconds, or
+sooner on flush/close), so a client without a token cannot grow the log one row per attempt.
 
 Danger: records are stored forever and shown to humans. NEVER put credential values, tokens,
 passwords, query strings or header values in them: build them with `proxy_record`/`admin_record`.
@@ -13,10 +20,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +35,15 @@ from agent_vault.audit.chain import (
     GAP_KIND,
     GENESIS,
     PRUNE_KIND,
+    SUMMARY_KIND,
     admin_record,
     canonical,
+    clean_record,
     index_columns,
     link_hash,
     proxy_record,
+    refusal_summary,
+    unencodable_record,
     utc_ts,
 )
 from agent_vault.audit.query import read_head, tail
@@ -40,8 +52,11 @@ from agent_vault.models import AuditEvent
 
 logger = logging.getLogger(__name__)
 
-RESERVED_KINDS = frozenset({GAP_KIND, PRUNE_KIND})  # written by the writer itself, never submitted
+# written by the writer itself, never submitted
+RESERVED_KINDS = frozenset({GAP_KIND, PRUNE_KIND, SUMMARY_KIND})
 _MAX_BACKOFF = 5.0
+_SAMPLES = 5  # distinct client addresses and hosts kept per summary
+_METHODS = 8  # distinct methods counted per summary (the rest as "other")
 __all__ = ["AuditWriter", "admin_record", "proxy_record", "prune", "write_head"]
 
 
@@ -66,14 +81,25 @@ def _row(rec: Mapping[str, Any], text: str, digest: str) -> dict[str, Any]:
     }
 
 
-def _link(rec: dict[str, Any], seq: int, prev: str) -> tuple[dict[str, Any], str]:
-    """Stamp `rec` with its position and hash; returns (the DB row, the hash)."""
-    rec.pop("hash", None)
-    rec["seq"], rec["prev_hash"] = seq, prev
-    text = canonical(rec)
-    digest = link_hash(prev, text)
-    rec["hash"] = digest
-    return _row(rec, text, digest), digest
+def _link(rec: dict[str, Any], seq: int, prev: str) -> tuple[dict[str, Any], str, bool]:
+    """Clean `rec` in place (`clean_record`; cleaning is idempotent, so relinking is safe), stamp it
+    with its position and hash; returns (the DB row, the hash, whether a value had to be replaced).
+    Total: a record that cannot be cleaned at all is replaced by `unencodable_record` in place."""
+    try:
+        clean, replaced = clean_record(rec)
+        clean.pop("hash", None)
+        clean["seq"], clean["prev_hash"] = seq, prev
+        text = canonical(clean)
+        digest = link_hash(prev, text)
+    except Exception:  # e.g. RecursionError: keep the record's place, lose its contents
+        clean, replaced = unencodable_record(rec), 1
+        clean["seq"], clean["prev_hash"] = seq, prev
+        text = canonical(clean)
+        digest = link_hash(prev, text)
+    clean["hash"] = digest
+    rec.clear()
+    rec.update(clean)
+    return _row(rec, text, digest), digest, replaced > 0
 
 
 def _prune_in(conn: Connection, cutoff: str, actor: str, last: tuple[int, str]) -> dict[str, Any] | None:
@@ -89,7 +115,7 @@ def _prune_in(conn: Connection, cutoff: str, actor: str, last: tuple[int, str]) 
     deleted = conn.execute(delete(AuditEvent).where(cond)).rowcount
     details = {"last_deleted_seq": victim[0], "last_deleted_hash": victim[1], "deleted": deleted}
     rec = admin_record(PRUNE_KIND, actor, target=None, details={**details, "older_than": cutoff})
-    row, _ = _link(rec, last[0] + 1, last[1])
+    row, _, _ = _link(rec, last[0] + 1, last[1])
     conn.execute(insert(AuditEvent), [row])
     return rec
 
@@ -121,6 +147,30 @@ def prune(
 
 
 @dataclass
+class _Tally:
+    """Anonymous refusals of one cause in the current window (bounded samples)."""
+
+    opened: float  # time.monotonic() of the first refusal
+    first: float  # time.time() of the first and the last refusal
+    last: float
+    count: int = 0
+    clients: list[str] = field(default_factory=list)
+    hosts: list[str] = field(default_factory=list)
+    methods: dict[str, int] = field(default_factory=dict)
+
+    def add(self, now: float, method: str, host: str | None, client: str | None) -> None:
+        self.count += 1
+        self.last = now
+        if client and len(self.clients) < _SAMPLES and client not in self.clients:
+            self.clients.append(client)
+        if host and len(self.hosts) < _SAMPLES and host not in self.hosts:
+            self.hosts.append(host)
+        if method not in self.methods and len(self.methods) >= _METHODS:
+            method = "other"
+        self.methods[method] = self.methods.get(method, 0) + 1
+
+
+@dataclass
 class _PruneOp:
     cutoff: str
     actor: str
@@ -146,9 +196,12 @@ class AuditWriter:
         batch_size: int = 500,
         interval: float = 0.2,
         on_commit: Callable[[list[dict[str, Any]]], None] | None = None,
+        summary_window: float = 10.0,
     ) -> None:
         self._engine, self._head_path = engine, head_path
         self._max_queue, self._batch_size, self._interval = max_queue, batch_size, interval
+        self._summary_window = summary_window
+        self._tallies: dict[tuple[str, int | None, str | None], _Tally] = {}
         self._on_commit = on_commit
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # the writer thread waits here
@@ -158,7 +211,8 @@ class AuditWriter:
         self._processed = 0  # of those, committed (or found unserialisable and counted as dropped)
         self._dropped_pending = 0  # drops not yet covered by a queued audit.gap record
         self._dropped_total = 0
-        self._dropped_recorded = 0  # drops covered by a COMMITTED audit.gap record
+        self._dropped_recorded = 0  # drops covered by a COMMITTED audit.gap record (or marker)
+        self._replaced_total = 0  # records committed with a value replaced by the UNENCODABLE marker
         self._flushers = 0
         self._stopping = False
         self._prunes: list[_PruneOp] = []
@@ -173,8 +227,14 @@ class AuditWriter:
 
     @property
     def dropped_total(self) -> int:
-        """Records refused (queue full, writer closing, unserialisable): agent_vault_audit_dropped_total."""
+        """Records lost (queue full, writer closing) or committed with a value replaced by the
+        `UNENCODABLE` marker: agent_vault_audit_dropped_total."""
         return self._dropped_total
+
+    @property
+    def replaced_total(self) -> int:
+        """Of `dropped_total`, the records committed with a marker in place of a value."""
+        return self._replaced_total
 
     def start(self) -> None:
         """Load the chain's tail and start the writer thread (blocking DB read: call before serving).
@@ -228,10 +288,68 @@ class AuditWriter:
                 self._work.notify()
         return True
 
-    def flush(self, timeout: float = 5.0) -> None:
-        """Wait until every record accepted so far is committed and every drop so far is recorded in a
-        committed `audit.gap`. Raises TimeoutError, or RuntimeError if the writer is not running."""
+    def tally(
+        self,
+        *,
+        decision: str,
+        status: int | None,
+        error: str | None,
+        method: str,
+        host: str | None,
+        client: str | None,
+    ) -> None:
+        """Count one proxy refusal of a client not (yet) identified, instead of submitting its record;
+        never blocks. One `proxy.refused` summary per (decision, status, error) is appended when its
+        window (`summary_window` s from the first refusal) ends, or on flush/close. After close the
+        refusal is counted as dropped."""
+        now, wall = time.monotonic(), time.time()
+        key = (decision, status, error)
         with self._lock:
+            if self._stopping:
+                self._dropped_pending += 1
+                self._dropped_total += 1
+                return
+            t = self._tallies.get(key)
+            if t is None:
+                t = self._tallies[key] = _Tally(now, wall, wall)
+            t.add(wall, method, host, client)
+
+    def _summaries_locked(self, force: bool) -> None:
+        """Queue the summaries whose window ended (all with `force`). Caller holds the lock."""
+        if not self._tallies:
+            return
+        now = time.monotonic()
+        for key, t in list(self._tallies.items()):
+            if not force and now - t.opened < self._summary_window:
+                continue
+            del self._tallies[key]
+            if len(self._queue) >= self._max_queue:
+                self._dropped_pending += 1
+                self._dropped_total += 1
+                continue
+            decision, status, error = key
+            self._queue.append(
+                refusal_summary(
+                    decision=decision,
+                    status=status,
+                    error=error,
+                    count=t.count,
+                    first=datetime.fromtimestamp(t.first, UTC),
+                    last=datetime.fromtimestamp(t.last, UTC),
+                    window_s=self._summary_window,
+                    clients=t.clients,
+                    hosts=t.hosts,
+                    methods=t.methods,
+                )
+            )
+            self._accepted += 1
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Close the open summary windows, then wait until every record accepted so far is committed
+        and every drop so far is recorded in a committed `audit.gap`. Raises TimeoutError, or
+        RuntimeError if the writer is not running."""
+        with self._lock:
+            self._summaries_locked(force=True)
             target, dropped = self._accepted, self._dropped_total
 
             def done() -> bool:
@@ -300,13 +418,14 @@ class AuditWriter:
                 urgent = self._stopping or self._prunes or (self._flushers and (q or self._dropped_pending))
                 if len(q) < self._batch_size and not urgent:
                     self._work.wait(self._interval)
+                self._summaries_locked(force=self._stopping)
                 batch = [q.popleft() for _ in range(min(len(q), self._batch_size))]
                 if self._dropped_pending and len(q) < self._max_queue:
                     q.append(admin_record(GAP_KIND, "server", details={"dropped": self._dropped_pending}))
                     self._accepted += 1
                     self._dropped_pending = 0
                 prunes, self._prunes = self._prunes, []
-                last_round = self._stopping and not q and not self._dropped_pending
+                last_round = self._stopping and not q and not self._dropped_pending and not self._tallies
             if batch:
                 self._commit(batch)
             for op in prunes:
@@ -314,26 +433,28 @@ class AuditWriter:
             if last_round:
                 return
 
-    def _link_batch(self, batch: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Link `batch` after the cached tail: (DB rows, linked records); unserialisable ones are left out."""
+    def _link_batch(self, batch: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+        """Link every record of `batch` (cleaned in place) after the cached tail: (DB rows, how many
+        records had a value replaced by the marker in THIS pass; a replaced record links cleanly on
+        any later pass, so the passes' counts add up to the exact total)."""
         rows: list[dict[str, Any]] = []
-        good: list[dict[str, Any]] = []
+        replaced = 0
         seq, prev = self._seq, self._hash
         for rec in batch:
-            try:
-                row, prev = _link(rec, seq + 1, prev)
-            except (TypeError, ValueError):
-                logger.error("audit record of kind %r is not serialisable; counted as dropped", rec["kind"])
-                continue
+            row, prev, lost = _link(rec, seq + 1, prev)
+            if lost:
+                replaced += 1
+                logger.error(
+                    "audit record of kind %r had a value JSON cannot hold; marker written", rec["kind"]
+                )
             rows.append(row)
-            good.append(rec)
             seq += 1
-        return rows, good
+        return rows, replaced
 
     def _commit(self, batch: list[dict[str, Any]]) -> None:
         """Commit `batch` in one transaction; on failure keep it and retry with backoff until it is
         committed (or the writer is abandoned at close)."""
-        rows, good = self._link_batch(batch)
+        rows, replaced = self._link_batch(batch)
         delay = 0.05
         while rows:
             try:
@@ -358,13 +479,14 @@ class AuditWriter:
             if db_seq > self._seq:  # someone else appended: continue the chain after their records
                 logger.error("audit chain grew under the writer (seq %d > %d); relinking", db_seq, self._seq)
                 self._seq, self._hash = db_seq, db_hash
-                rows, good = self._link_batch(batch)
-        if good:
-            self._seq, self._hash = good[-1]["seq"], good[-1]["hash"]
-        gaps = sum(int(r["details"]["dropped"]) for r in good if r["kind"] == GAP_KIND)
-        self._committed(good, gaps, len(batch), len(batch) - len(good))
+                rows, again = self._link_batch(batch)
+                replaced += again
+        if batch:
+            self._seq, self._hash = batch[-1]["seq"], batch[-1]["hash"]
+        gaps = sum(int(r["details"]["dropped"]) for r in batch if r["kind"] == GAP_KIND)
+        self._committed(batch, gaps, len(batch), replaced)
 
-    def _committed(self, recs: list[dict[str, Any]], gaps: int, n: int, bad: int) -> None:
+    def _committed(self, recs: list[dict[str, Any]], gaps: int, n: int, replaced: int) -> None:
         if recs:
             try:
                 write_head(self._head_path, self._seq, self._hash)
@@ -372,9 +494,9 @@ class AuditWriter:
                 logger.error("cannot rewrite audit.head (%s)", type(exc).__name__)
         with self._lock:
             self._processed += n
-            self._dropped_recorded += gaps
-            self._dropped_pending += bad
-            self._dropped_total += bad
+            self._dropped_recorded += gaps + replaced  # a marker record is its own witness
+            self._dropped_total += replaced
+            self._replaced_total += replaced
             self._done.notify_all()
         if recs and self._on_commit is not None:
             try:

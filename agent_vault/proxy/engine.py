@@ -321,10 +321,26 @@ def _capped_server_read_headers(orig: Callable[..., Any]) -> Callable[..., Any]:
             yield commands.SendData(self.conn, _h1_error_response(431))
             yield commands.CloseConnection(self.conn)
             self.state = self.done
+            _head_refused(self.conn, 431)
             return
-        yield from orig(self, event)
+        answered = False
+        for cmd in orig(self, event):  # read_headers yields no blocking command: nothing is sent back
+            answered = answered or isinstance(cmd, commands.SendData)
+            yield cmd
+        if answered and self.request is None:  # an unparsable head: 400, no flow, no hook
+            _head_refused(self.conn, 400)
 
     return read_headers
+
+
+# Set by the audit (FlowLog): called with (client connection, status) when the engine refuses a request
+# head before any flow exists, so the refusal is counted although no addon hook sees it.
+on_head_refused: Callable[[Connection, int], None] | None = None
+
+
+def _head_refused(conn: Connection, status: int) -> None:
+    if on_head_refused is not None:
+        on_head_refused(conn, status)
 
 
 def _capped_client_read_headers(orig: Callable[..., Any]) -> Callable[..., Any]:

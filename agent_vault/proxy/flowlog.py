@@ -2,7 +2,11 @@
 
 `FlowState` holds the secrets injected into one request (for redaction): never log or repr them;
 the addon drops the state when the flow ends. `FlowLog` writes exactly one audit record per
-proxied request, per refused CONNECT and per tunnel; records carry names, never values.
+proxied request, per refused CONNECT and per tunnel; records carry names, never values. Requests and
+CONNECTs refused before the proxy knows who sent them (no valid token: 407, the failed-auth limiter's
+429, ...) are counted into one `proxy.refused` summary per cause and window instead
+(`AuditWriter.tally`), so an unauthenticated client cannot grow the log one row per attempt. Strings
+from the wire (paths, methods, hosts) may hold any bytes: the writer escapes them (`clean_record`).
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from mitmproxy import http
+from mitmproxy.connection import Connection
 
 from agent_vault.audit import AuditWriter, proxy_record
-from agent_vault.errors import AgentVaultError, ProxyInternal, RateLimited
+from agent_vault.errors import AgentVaultError, BadRequest, HeadersTooLarge, ProxyInternal, RateLimited
 from agent_vault.metrics import Metrics, status_class
-from agent_vault.proxy import inject
+from agent_vault.proxy import engine, inject
 from agent_vault.proxy.decide import Decision, Identity
 from agent_vault.proxy.engine import ByteCounter, is_proxy_answer, upstream_error
 from agent_vault.proxy.redact import contains_secret
@@ -97,21 +102,45 @@ class FlowLog:
     def __init__(self, audit: AuditWriter, metrics: Metrics) -> None:
         self.audit = audit
         self.metrics = metrics
+        engine.on_head_refused = self.head_refused  # one proxy per process (one Master)
+
+    def head_refused(self, client: Connection, status: int) -> None:
+        """The engine refused a request head it could not parse (400) or that was too large (431):
+        no flow, no hook, nothing forwarded, nobody identified. Counted like any anonymous refusal.
+        Runs inside the engine's parser: never raises."""
+        try:
+            err = HeadersTooLarge("head too large") if status == 431 else BadRequest("unparsable head")
+            self._count_denial(None, err)
+            peer = client.peername
+            self.audit.tally(
+                decision="denied",
+                status=err.status,
+                error=err.code,
+                method="-",
+                host=None,
+                client=str(peer[0]) if peer else None,
+            )
+        except Exception as e:  # the audit must not break the engine; the incident is logged
+            incident(e)
 
     def denied(self, fs: FlowState, err: AgentVaultError) -> None:
         self._count_denial(fs.ident.vault if fs.ident else None, err)
 
     def refused_connect(self, flow: http.HTTPFlow, ident: Identity | None, err: AgentVaultError) -> None:
         self._count_denial(ident.vault if ident else None, err)
+        decision = "error" if err.status >= 500 else "denied"
+        if ident is None:
+            self._tally(flow, decision, err.status, err.code, "CONNECT", flow.request.host)
+            return
         self.audit.submit(
             proxy_record(
-                actor=ident.principal.actor if ident else "anonymous",
-                vault=ident.vault if ident else None,
+                actor=ident.principal.actor,
+                vault=ident.vault,
                 method="CONNECT",
                 scheme="tcp",
                 host=flow.request.host,
                 port=flow.request.port,
-                decision="error" if err.status >= 500 else "denied",
+                decision=decision,
                 status=err.status,
                 error=err.code,
                 http_version=flow.request.http_version,
@@ -152,14 +181,37 @@ class FlowLog:
         else:
             decision = "denied" if status is not None and status < 500 else "error"
         svc = d.service if d is not None else None
-        inj = d.injection if d is not None else None
         ident = fs.ident
         vault = ident.vault if ident is not None else None
         elapsed = time.perf_counter() - fs.started
+        if ident is None and fs.error is not None:  # refused before authentication: never forwarded
+            self._tally(flow, decision, status, error, req.method, fs.host)
+        else:
+            self._submit_finished(flow, fs, decision, status, error, elapsed)
+        m = self.metrics
+        m.child(m.requests, vault or "", decision, status_class(status)).inc()
+        m.child(m.duration, decision).observe(elapsed)
+        if decision == "injected" and svc is not None:
+            m.child(m.injections, vault or "", svc.auth.type).inc()
+        if fs.redacted:
+            m.child(m.redactions, vault or "").inc()
+
+    def _submit_finished(
+        self,
+        flow: http.HTTPFlow,
+        fs: FlowState,
+        decision: str,
+        status: int | None,
+        error: str | None,
+        elapsed: float,
+    ) -> None:
+        req, d, ident = flow.request, fs.decision, fs.ident
+        svc = d.service if d is not None else None
+        inj = d.injection if d is not None else None
         self.audit.submit(
             proxy_record(
                 actor=ident.principal.actor if ident is not None else "anonymous",
-                vault=vault,
+                vault=ident.vault if ident is not None else None,
                 method=req.method,
                 scheme=req.scheme,
                 host=fs.host,
@@ -181,13 +233,26 @@ class FlowLog:
                 redaction="skipped" if fs.redaction_skipped else None,
             )
         )
-        m = self.metrics
-        m.child(m.requests, vault or "", decision, status_class(status)).inc()
-        m.child(m.duration, decision).observe(elapsed)
-        if decision == "injected" and svc is not None:
-            m.child(m.injections, vault or "", svc.auth.type).inc()
-        if fs.redacted:
-            m.child(m.redactions, vault or "").inc()
+
+    def _tally(
+        self,
+        flow: http.HTTPFlow,
+        decision: str,
+        status: int | None,
+        error: str | None,
+        method: str,
+        host: str,
+    ) -> None:
+        """Count a refusal of an unidentified client into its cause's summary (AuditWriter.tally)."""
+        peer = flow.client_conn.peername
+        self.audit.tally(
+            decision=decision,
+            status=status,
+            error=error,
+            method=method,
+            host=host,
+            client=str(peer[0]) if peer else None,
+        )
 
     def _count_denial(self, vault: str | None, err: AgentVaultError) -> None:
         if isinstance(err, RateLimited):

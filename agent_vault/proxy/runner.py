@@ -95,6 +95,7 @@ class ProxyRunner:
         m.addons.add(*chain)  # type: ignore[no-untyped-call]
         opts.update(  # type: ignore[no-untyped-call]
             connection_strategy="lazy",
+            rawtcp=False,  # non-HTTP in an intercepted connection is parsed (refused), never relayed raw
             ssl_verify_upstream_trusted_ca=str(bundle),
             http2=True,
             websocket=True,

@@ -123,16 +123,19 @@ def test_reserved_or_missing_kinds_are_refused(engine: Engine, head: Path) -> No
             writer.submit(bad)
 
 
-def test_unserialisable_record_is_counted_as_a_gap(engine: Engine, head: Path) -> None:
+def test_unserialisable_value_is_replaced_by_a_marker_and_counted(engine: Engine, head: Path) -> None:
+    """A value JSON cannot hold no longer costs its record: the record is written with a marker in
+    place of that value, counted in dropped_total (no audit.gap: the marker record is the witness)."""
     writer = AuditWriter(engine, head)
     writer.start()
     assert writer.submit(rec(1))
-    assert writer.submit({"kind": "credential.set", "details": {"oops": object()}})
+    assert writer.submit({"kind": "credential.set", "actor": "a", "details": {"oops": object(), "k": "v"}})
     assert writer.submit(rec(2))
     writer.flush()
     writer.close()
     kinds = [(r["kind"], r.get("details")) for r in list_records(engine)]
-    assert kinds[-1] == ("audit.gap", {"dropped": 1}) and len(kinds) == 3
+    assert kinds[1] == ("credential.set", {"oops": "[unencodable]", "k": "v"}) and len(kinds) == 3
+    assert writer.dropped_total == 1 and writer.replaced_total == 1
     assert verify_db(engine, head).ok
 
 
