@@ -29,7 +29,7 @@ from agent_vault.cli.client import ApiError, Client
 from agent_vault.cli.common import VaultOpt, client, exit_with, seg, vault_name
 from agent_vault.cli.durations import parse_duration
 from agent_vault.cli.output import inert, json_text, out
-from agent_vault.errors import AgentVaultError, InvalidRequest
+from agent_vault.errors import AgentVaultError, DatabaseUnreadable, InvalidRequest, NotInitialised
 
 logs_app = typer.Typer(no_args_is_help=False, help="Read, follow, verify and export the audit log.")
 app.add_typer(logs_app, name="logs")
@@ -84,7 +84,14 @@ def _filters(
 def _row(rec: dict[str, Any]) -> dict[str, Any]:
     """One record as table cells (names only: records never hold values)."""
     kind = str(rec.get("kind", ""))
-    if kind.startswith("proxy."):
+    if kind == "proxy.refused":  # anonymous refusals, summarised per cause and window
+        methods = rec.get("methods") or {}
+        hosts = rec.get("hosts") or []
+        target = f"{rec.get('count')} x " + ", ".join(f"{m} {n}" for m, n in sorted(methods.items()))
+        target += f" to {', '.join(map(str, hosts[:3]))}" if hosts else ""
+        what = f"refused ({rec.get('error')})"
+        keys = []
+    elif kind.startswith("proxy."):
         url = f"{rec.get('scheme') or ''}://{rec.get('host')}:{rec.get('port')}{rec.get('path') or ''}"
         target = f"{rec.get('method') or ''} {url}"
         what = str(rec.get("decision") or "")
@@ -221,14 +228,14 @@ def verify_offline(home: Path, expect_head: str | None) -> VerifyResult:
     """Verify `<home>/agent-vault.db` directly (server stopped), read-only, against `<home>/audit.head`."""
     db = home / "agent-vault.db"
     if not db.is_file():
-        raise AgentVaultError(
+        raise NotInitialised(
             f"no database at {db}", hint="Pass --home (or set AGENT_VAULT_HOME) to the server home."
         )
     engine = _readonly_engine(db)
     try:
         return verify_db(engine, home / "audit.head", expect_head)
     except Exception as exc:  # sqlite3/SQLAlchemy errors: report the type, never parameters
-        raise AgentVaultError(f"cannot read the audit log in {db} ({type(exc).__name__})") from None
+        raise DatabaseUnreadable(f"cannot read the audit log in {db} ({type(exc).__name__})") from None
     finally:
         engine.dispose()
 

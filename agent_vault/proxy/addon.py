@@ -31,6 +31,7 @@ from agent_vault.errors import (
     RateLimited,
     VaultForbidden,
 )
+from agent_vault.hostpath import InvalidHost, normalize_host
 from agent_vault.metrics import Metrics
 from agent_vault.proxy import inject
 from agent_vault.proxy.decide import Identity, authenticate, decide, recheck, wants_mitm
@@ -42,7 +43,6 @@ from agent_vault.proxy.engine import (
     splice_tunnel,
 )
 from agent_vault.proxy.flowlog import FlowLog, FlowState, incident
-from agent_vault.hostpath import InvalidHost, normalize_host
 from agent_vault.proxy.redact import contains_secret
 from agent_vault.proxy.ssrf import Egress
 from agent_vault.proxy.streams import (
@@ -239,6 +239,7 @@ class VaultAddon:
         req = flow.request
         st = self.conns.get(flow.client_conn.id)
         if st is not None and st.ident is not None and st.target is not None:
+            fs.ident = st.ident  # a refusal below is recorded for the identity the connection had
             fs.ident = ident = st.ident = recheck(self.core.runtime.snapshot, st.ident)
             xv = req.headers.get("x-vault")
             if xv and xv != ident.vault:
