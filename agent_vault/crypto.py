@@ -22,7 +22,10 @@ AAD_PREFIX = "agent-vault/v1"
 
 
 class DecryptionError(Exception):
-    """The GCM tag did not verify: wrong key, wrong AAD (row moved) or tampered bytes."""
+    """The GCM tag did not verify: wrong key, wrong AAD (row moved) or tampered bytes.
+
+    Internal to the pure core, outside the errors.py tree on purpose: callers map it at the edge
+    (WrongMasterPassword, KeyMaterialUnavailable, CredentialCorrupt)."""
 
 
 @dataclass(frozen=True, slots=True)

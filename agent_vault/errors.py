@@ -2,6 +2,24 @@
 
 Every error carries a machine `code`, an HTTP `status`, a one-sentence `message` and a `hint`.
 Messages name things (vaults, keys, hosts, services) and NEVER secret values or tokens.
+
+Each class maps to exactly one HTTP status (the API answers `status` with `body()`) and, in the CLI,
+to one line `error: MESSAGE (HINT)` and exit 1. Codes are unique across the tree (tests/unit/
+test_errors.py walks it); `ProxyInternal` is the proxy's face of the base `internal`. A bare
+`AgentVaultError(...)` is a 500 `internal`: raise a subclass. A few tree members live beside their
+only user: `home.HomeError`, `proxy.runner.BindError`, `proxy.engine_compat.EngineIncompatible`,
+`api.observability.AuditBusy`, `cli.common.Cancelled`, `cli.certs.CaUnavailable` and `cli.client.
+ApiError` (a server answer replayed in the CLI, carrying the server's code and status).
+
+Outside the tree on purpose: internal control flow of pure cores, always caught and mapped at the
+edge, never shown as such to a user (the tree's classes are for answers):
+- `crypto.DecryptionError`: -> WrongMasterPassword / KeyMaterialUnavailable (keys), CredentialCorrupt.
+- `hostpath.InvalidHost` (ValueError): -> 422 in service validation; the proxy's host checks.
+- `proxy.auth.MalformedProxyAuth` (ValueError): -> 407 proxy_auth_required (proxy.decide).
+- `proxy.ssrf.ResolveError`: -> 502 upstream_dns.
+- `proxy.engine.BodyOverLimit`: raised by a request-body stream, caught by the engine's HttpStream,
+  which cuts the upload and answers 413 body_too_large.
+- `proxy.decoding.DecodedTooLarge` / `CorruptEncoding`: -> 502 response_too_large / internal.
 """
 
 from __future__ import annotations
@@ -28,38 +46,118 @@ class AgentVaultError(Exception):
         return {"error": self.code, "message": self.message, "hint": self.hint, **self.extra}
 
 
-def _kind(name: str, code: str, status: int, hint: str = "") -> type[AgentVaultError]:
-    return type(name, (AgentVaultError,), {"code": code, "status": status, "hint": hint})
+class InvalidRequest(AgentVaultError):
+    code = "invalid_request"
+    status = 400
+    hint = "Check the command's arguments."
 
 
-InvalidRequest = _kind("InvalidRequest", "invalid_request", 400, "Check the command's arguments.")
-BadRequest = _kind("BadRequest", "bad_request", 400)
-Unauthenticated = _kind("Unauthenticated", "unauthenticated", 401, "Log in with 'agent-vault auth login'.")
-StepUpFailed = _kind("StepUpFailed", "step_up_failed", 401, "Re-enter your login password.")
-Forbidden = _kind("Forbidden", "forbidden", 403)
-NotFound = _kind("NotFound", "not_found", 404)
-Conflict = _kind("Conflict", "conflict", 409)
-RateLimited = _kind("RateLimited", "rate_limited", 429, "Slow down and retry after the given delay.")
-Locked = _kind("Locked", "locked", 503, "Start the server and unlock it with the master password.")
-NotInitialised = _kind("NotInitialised", "not_initialised", 400, "Run 'agent-vault init'.")
-WrongMasterPassword = _kind("WrongMasterPassword", "wrong_master_password", 401)
-VaultRequired = _kind("VaultRequired", "vault_required", 400)
-VaultForbidden = _kind("VaultForbidden", "vault_forbidden", 403, "Use a vault this token is granted on.")
-InUse = _kind("InUse", "in_use", 409, "Remove the services that use it, or pass force.")
-MissingValue = _kind("MissingValue", "missing_value", 400, "Provide a value for every missing credential.")
-ValueNotAllowed = _kind(
-    "ValueNotAllowed",
-    "value_not_allowed",
-    400,
-    "Agents name credential keys; humans enter values at approval.",
-)
-UnknownCredential = _kind(
-    "UnknownCredential", "unknown_credential", 400, "Propose the credential slot as well."
-)
-TooManyPending = _kind(
-    "TooManyPending", "too_many_pending_proposals", 429, "Wait for a human to review the pending proposals."
-)
-ProxyDisabled = _kind("ProxyDisabled", "proxy_disabled", 404, "Start the server without --disable-proxy.")
+class BadRequest(AgentVaultError):
+    code = "bad_request"
+    status = 400
+    hint = ""
+
+
+class Unauthenticated(AgentVaultError):
+    code = "unauthenticated"
+    status = 401
+    hint = "Log in with 'agent-vault auth login'."
+
+
+class StepUpFailed(AgentVaultError):
+    code = "step_up_failed"
+    status = 401
+    hint = "Re-enter your login password."
+
+
+class Forbidden(AgentVaultError):
+    code = "forbidden"
+    status = 403
+    hint = ""
+
+
+class NotFound(AgentVaultError):
+    code = "not_found"
+    status = 404
+    hint = ""
+
+
+class Conflict(AgentVaultError):
+    code = "conflict"
+    status = 409
+    hint = ""
+
+
+class RateLimited(AgentVaultError):
+    code = "rate_limited"
+    status = 429
+    hint = "Slow down and retry after the given delay."
+
+
+class Locked(AgentVaultError):
+    code = "locked"
+    status = 503
+    hint = "Start the server and unlock it with the master password."
+
+
+class NotInitialised(AgentVaultError):
+    code = "not_initialised"
+    status = 400
+    hint = "Run 'agent-vault init'."
+
+
+class WrongMasterPassword(AgentVaultError):
+    code = "wrong_master_password"
+    status = 401
+    hint = ""
+
+
+class VaultRequired(AgentVaultError):
+    code = "vault_required"
+    status = 400
+    hint = ""
+
+
+class VaultForbidden(AgentVaultError):
+    code = "vault_forbidden"
+    status = 403
+    hint = "Use a vault this token is granted on."
+
+
+class InUse(AgentVaultError):
+    code = "in_use"
+    status = 409
+    hint = "Remove the services that use it, or pass force."
+
+
+class MissingValue(AgentVaultError):
+    code = "missing_value"
+    status = 400
+    hint = "Provide a value for every missing credential."
+
+
+class ValueNotAllowed(AgentVaultError):
+    code = "value_not_allowed"
+    status = 400
+    hint = "Agents name credential keys; humans enter values at approval."
+
+
+class UnknownCredential(AgentVaultError):
+    code = "unknown_credential"
+    status = 400
+    hint = "Propose the credential slot as well."
+
+
+class TooManyPending(AgentVaultError):
+    code = "too_many_pending_proposals"
+    status = 429
+    hint = "Wait for a human to review the pending proposals."
+
+
+class ProxyDisabled(AgentVaultError):
+    code = "proxy_disabled"
+    status = 404
+    hint = "Start the server without --disable-proxy."
 
 
 class CredentialNotFound(AgentVaultError):
@@ -98,52 +196,178 @@ class SubstitutionError(AgentVaultError):
         self.key = key
 
 
-ProxyAuthRequired = _kind(
-    "ProxyAuthRequired",
-    "proxy_auth_required",
-    407,
-    "Set HTTPS_PROXY=http://<token>:<vault>@host:port (or run under 'agent-vault vault run').",
-)
-ServiceNotAllowed = _kind(
-    "ServiceNotAllowed", "service_not_allowed", 403, "Propose the service with POST /v1/proposals."
-)
-ServiceDisabled = _kind(
-    "ServiceDisabled", "service_disabled", 403, "Ask a vault admin to enable the service."
-)
-MethodNotAllowed = _kind(
-    "MethodNotAllowed", "method_not_allowed", 403, "Use an allowed method or propose a broader service."
-)
-InvalidPath = _kind(
-    "InvalidPath", "invalid_path", 400, "Send a normalised path without dot segments or encoded slashes."
-)
-InsecureScheme = _kind(
-    "InsecureScheme",
-    "insecure_scheme",
-    403,
-    "Use https://, or ask a vault admin to allow plain HTTP for this service "
-    "('agent-vault vault service set NAME --allow-http').",
-)
-SsrfBlocked = _kind(
-    "SsrfBlocked",
-    "ssrf_blocked",
-    403,
-    "An admin can allow the range with 'agent-vault server --allow-net CIDR'.",
-)
-BodyTooLarge = _kind("BodyTooLarge", "body_too_large", 413, "Send a smaller body.")
-HeadersTooLarge = _kind(
-    "HeadersTooLarge", "headers_too_large", 431, "Send a request line and headers under 64 KiB."
-)
-ResponseTooLarge = _kind(
-    "ResponseTooLarge",
-    "response_too_large",
-    502,
-    "The upstream's decoded response is over the proxy's --max-buffered-bytes; ask for less data "
-    "(or an uncompressed response).",
-)
-UpstreamDns = _kind("UpstreamDns", "upstream_dns", 502, "Check the host name.")
-UpstreamUnreachable = _kind("UpstreamUnreachable", "upstream_unreachable", 502, "Check the upstream is up.")
-UpstreamTls = _kind(
-    "UpstreamTls", "upstream_tls", 502, "Check the upstream's certificate (or --upstream-ca)."
-)
-UpstreamTimeout = _kind("UpstreamTimeout", "upstream_timeout", 504, "Retry later.")
-ProxyInternal = _kind("ProxyInternal", "internal", 502, "Retry; report the incident id to an admin.")
+class ProxyAuthRequired(AgentVaultError):
+    code = "proxy_auth_required"
+    status = 407
+    hint = "Set HTTPS_PROXY=http://<token>:<vault>@host:port (or run under 'agent-vault vault run')."
+
+
+class ServiceNotAllowed(AgentVaultError):
+    code = "service_not_allowed"
+    status = 403
+    hint = "Propose the service with POST /v1/proposals."
+
+
+class ServiceDisabled(AgentVaultError):
+    code = "service_disabled"
+    status = 403
+    hint = "Ask a vault admin to enable the service."
+
+
+class MethodNotAllowed(AgentVaultError):
+    code = "method_not_allowed"
+    status = 403
+    hint = "Use an allowed method or propose a broader service."
+
+
+class InvalidPath(AgentVaultError):
+    code = "invalid_path"
+    status = 400
+    hint = "Send a normalised path without dot segments or encoded slashes."
+
+
+class InsecureScheme(AgentVaultError):
+    code = "insecure_scheme"
+    status = 403
+    hint = (
+        "Use https://, or ask a vault admin to allow plain HTTP for this service ('agent-vault "
+        "vault service set NAME --allow-http')."
+    )
+
+
+class SsrfBlocked(AgentVaultError):
+    code = "ssrf_blocked"
+    status = 403
+    hint = "An admin can allow the range with 'agent-vault server --allow-net CIDR'."
+
+
+class BodyTooLarge(AgentVaultError):
+    code = "body_too_large"
+    status = 413
+    hint = "Send a smaller body."
+
+
+class HeadersTooLarge(AgentVaultError):
+    code = "headers_too_large"
+    status = 431
+    hint = "Send a request line and headers under 64 KiB."
+
+
+class ResponseTooLarge(AgentVaultError):
+    code = "response_too_large"
+    status = 502
+    hint = (
+        "The upstream's decoded response is over the proxy's --max-buffered-bytes; ask for less "
+        "data (or an uncompressed response)."
+    )
+
+
+class UpstreamDns(AgentVaultError):
+    code = "upstream_dns"
+    status = 502
+    hint = "Check the host name."
+
+
+class UpstreamUnreachable(AgentVaultError):
+    code = "upstream_unreachable"
+    status = 502
+    hint = "Check the upstream is up."
+
+
+class UpstreamTls(AgentVaultError):
+    code = "upstream_tls"
+    status = 502
+    hint = "Check the upstream's certificate (or --upstream-ca)."
+
+
+class UpstreamTimeout(AgentVaultError):
+    code = "upstream_timeout"
+    status = 504
+    hint = "Retry later."
+
+
+class ProxyInternal(AgentVaultError):
+    code = "internal"
+    status = 502
+    hint = "Retry; report the incident id to an admin."
+
+
+# -- local failures: the CLI and server start-up (never raised inside a request) ------------------
+
+
+class SchemaTooNew(AgentVaultError):
+    """The database was migrated by a newer agent-vault: this code must not read or write it."""
+
+    code = "schema_too_new"
+    status = 500
+    hint = "Upgrade agent-vault; this database was written by a newer version."
+
+
+class KeyMaterialUnavailable(AgentVaultError):
+    """The data key or the instance CA cannot be read or does not decrypt (files missing or tampered)."""
+
+    code = "key_material_unavailable"
+    status = 500
+    hint = ""
+
+
+class MasterPasswordRequired(AgentVaultError):
+    code = "master_password_required"
+    status = 400
+    hint = "Set AGENT_VAULT_MASTER_PASSWORD or pass --password-stdin."
+
+
+class ConfigError(AgentVaultError):
+    """A server or CLI setting names something unusable (e.g. an unreadable --upstream-ca)."""
+
+    code = "config_invalid"
+    status = 400
+    hint = ""
+
+
+class ServerStartError(AgentVaultError):
+    """A listener or the proxy engine did not come up as configured."""
+
+    code = "server_start_failed"
+    status = 500
+    hint = ""
+
+
+class ServerUnreachable(AgentVaultError):
+    """The CLI cannot connect to the server's API."""
+
+    code = "server_unreachable"
+    status = 503
+    hint = "Start it with 'agent-vault server' or check --addr."
+
+
+class BadServerResponse(AgentVaultError):
+    """The server answered, but not with what the CLI needs (e.g. no PEM, no proxy port)."""
+
+    code = "bad_server_response"
+    status = 502
+    hint = ""
+
+
+class FileAccessError(AgentVaultError):
+    """A local file or folder outside the home cannot be created, read or written."""
+
+    code = "file_access_failed"
+    status = 500
+    hint = ""
+
+
+class DatabaseUnreadable(AgentVaultError):
+    """A database file opened directly (server stopped) cannot be read."""
+
+    code = "database_unreadable"
+    status = 500
+    hint = ""
+
+
+class InstallationIncomplete(AgentVaultError):
+    """A file shipped with the package is missing."""
+
+    code = "installation_incomplete"
+    status = 500
+    hint = ""

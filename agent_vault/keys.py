@@ -17,7 +17,7 @@ from mitmproxy import certs
 from sqlmodel import select
 
 from agent_vault import crypto
-from agent_vault.errors import AgentVaultError, InvalidRequest, WrongMasterPassword
+from agent_vault.errors import InvalidRequest, KeyMaterialUnavailable, WrongMasterPassword
 from agent_vault.home import Home, ensure_dir, write_private
 from agent_vault.models import MasterKey
 from agent_vault.store import Store
@@ -80,13 +80,13 @@ def unwrap_dek(home: Home, store: Store, instance_id: str, mode: str, master_pas
         try:
             return base64.b64decode(home.dek_file.read_bytes(), validate=True)
         except (OSError, ValueError):
-            raise AgentVaultError(f"cannot read {home.dek_file}") from None
+            raise KeyMaterialUnavailable(f"cannot read {home.dek_file}") from None
     if master_password is None:
         raise WrongMasterPassword("a master password is required to unlock this instance")
     with store.read() as s:
         row = s.exec(select(MasterKey)).first()
     if row is None:
-        raise AgentVaultError("the wrapped data key is missing from the database")
+        raise KeyMaterialUnavailable("the wrapped data key is missing from the database")
     profile = crypto.KdfProfile(row.time_cost, row.memory_kib, row.parallelism)
     kek = crypto.derive_kek(master_password, row.salt, profile)
     try:
@@ -158,11 +158,11 @@ def load_ca(home: Home, instance_id: str, dek: bytes) -> CA:
         sealed = (home.ca_dir / "ca-key.enc").read_bytes()
         cert_pem = (home.ca_dir / "ca-cert.pem").read_bytes()
     except OSError:
-        raise AgentVaultError(f"the instance CA is missing under {home.ca_dir}") from None
+        raise KeyMaterialUnavailable(f"the instance CA is missing under {home.ca_dir}") from None
     try:
         key_pem = crypto.open_sealed(dek, sealed, ca_key_aad(instance_id))
     except crypto.DecryptionError:
-        raise AgentVaultError("the CA private key failed to decrypt (tampered or wrong key)") from None
+        raise KeyMaterialUnavailable("the CA private key failed to decrypt (tampered or wrong key)") from None
     return CA(cert_pem, key_pem)
 
 

@@ -25,7 +25,7 @@ from agent_vault.api.app import create_app
 from agent_vault.audit import AuditWriter
 from agent_vault.config import Settings
 from agent_vault.core import Core, Services
-from agent_vault.errors import AgentVaultError
+from agent_vault.errors import MasterPasswordRequired
 from agent_vault.home import Home
 from agent_vault.housekeeping import start_housekeeping
 from agent_vault.instance import Unlocked, unlock
@@ -86,7 +86,7 @@ def master_password(key_mode: str, instance_id: str, password_stdin: bool) -> st
         import getpass
 
         return getpass.getpass("Master password: ")
-    raise AgentVaultError(
+    raise MasterPasswordRequired(
         "the master password is required", hint="Set AGENT_VAULT_MASTER_PASSWORD or pass --password-stdin."
     )
 

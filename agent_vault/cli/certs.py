@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent_vault.cli.client import ApiError, Client
-from agent_vault.errors import AgentVaultError
+from agent_vault.errors import AgentVaultError, BadServerResponse, FileAccessError
 from agent_vault.home import ensure_dir, write_private
 
 DEBIAN_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -55,7 +55,7 @@ def fetch_ca(c: Client) -> FetchedCa:
         raise
     pem = r.content
     if b"-----BEGIN CERTIFICATE-----" not in pem:
-        raise AgentVaultError("the server did not return a PEM certificate")
+        raise BadServerResponse("the server did not return a PEM certificate")
     port = r.headers.get("x-mitm-port", "")
     return FetchedCa(pem=pem, proxy_port=int(port) if port.isdigit() else None)
 
@@ -74,7 +74,7 @@ def write_ca_files(ca_pem: bytes, directory: Path, *, home: Path | None = None) 
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError:
-            raise AgentVaultError(f"cannot create {directory}") from None
+            raise FileAccessError(f"cannot create {directory}") from None
     roots = system_roots_file()
     system = roots.read_bytes() if roots else b""
     if system and not system.endswith(b"\n"):
@@ -85,5 +85,5 @@ def write_ca_files(ca_pem: bytes, directory: Path, *, home: Path | None = None) 
         _write_public(cert_path, cert)
         _write_public(bundle_path, system + cert)
     except OSError:
-        raise AgentVaultError(f"cannot write the CA files in {directory}") from None
+        raise FileAccessError(f"cannot write the CA files in {directory}") from None
     return cert_path, bundle_path

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from agent_vault.errors import AgentVaultError, Unauthenticated
+from agent_vault.errors import AgentVaultError, ServerUnreachable, Unauthenticated
 from agent_vault.home import ensure_dir, write_private
 
 DEFAULT_ADDR = "http://127.0.0.1:14321"
@@ -87,7 +87,7 @@ class Client:
             with httpx.Client(timeout=30.0, trust_env=False) as c:
                 r = c.request(method, self.addr + path, json=json_body, params=params, headers=h)
         except httpx.HTTPError as e:
-            raise AgentVaultError(
+            raise ServerUnreachable(
                 f"cannot reach the server at {self.addr} ({type(e).__name__})",
                 hint="Start it with 'agent-vault server' or check --addr.",
             ) from None

@@ -13,7 +13,7 @@ from agent_vault.cli import doctor as _doctor  # noqa: F401  (registers `doctor`
 from agent_vault.cli.certs import fetch_ca, write_ca_files
 from agent_vault.cli.common import client
 from agent_vault.cli.output import out
-from agent_vault.errors import AgentVaultError, NotFound
+from agent_vault.errors import InstallationIncomplete, NotFound
 
 ca_app = typer.Typer(no_args_is_help=True, help="The instance CA certificate, for clients of the proxy.")
 catalog_app = typer.Typer(no_args_is_help=True, help="Built-in service templates.")
@@ -89,5 +89,5 @@ def agent_guide() -> None:
     try:
         text = resources.files("agent_vault").joinpath("data/agent-guide.md").read_text(encoding="utf-8")
     except OSError:
-        raise AgentVaultError("the agent guide is missing from this installation") from None
+        raise InstallationIncomplete("the agent guide is missing from this installation") from None
     out.line(text.rstrip("\n"))

@@ -31,7 +31,7 @@ from agent_vault.cli.durations import parse_duration
 from agent_vault.cli.output import out
 from agent_vault.cli.runenv import build_child_env
 from agent_vault.domain.names import check_key
-from agent_vault.errors import AgentVaultError, InvalidRequest, Unauthenticated
+from agent_vault.errors import AgentVaultError, BadServerResponse, InvalidRequest, Unauthenticated
 
 WRAPPER_FAILED, NOT_EXECUTABLE, NOT_FOUND = 125, 126, 127
 POLICIES = ("tunnel", "passthrough", "deny")
@@ -247,7 +247,7 @@ def run_command(
         )
         ca = fetch_ca(c)
         if ca.proxy_port is None:
-            raise AgentVaultError("the server did not report its proxy port (X-MITM-Port)")
+            raise BadServerResponse("the server did not report its proxy port (X-MITM-Port)")
         _cert, bundle = write_ca_files(ca.pem, G.home / "certs", home=G.home)
         discover = Client(c.addr, G.home, token=session.token).get("/v1/discover")
         if session.session_id is None and policy and policy != discover.get("unmatched_policy"):

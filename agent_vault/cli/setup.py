@@ -13,7 +13,7 @@ from agent_vault.cli.client import Client
 from agent_vault.cli.output import out
 from agent_vault.cli.prompts import password, read_stdin_line
 from agent_vault.config import env_settings
-from agent_vault.errors import AgentVaultError, InvalidRequest
+from agent_vault.errors import AgentVaultError, InvalidRequest, NotInitialised
 from agent_vault.home import Home
 
 
@@ -130,7 +130,7 @@ def server(
         if sys.stdin.isatty():
             init(key_mode="password", owner_email=None, password_stdin=False, yes=False)
         else:
-            raise AgentVaultError(
+            raise NotInitialised(
                 f"{settings.home} is not initialised yet (no terminal to ask for passwords)",
                 hint="Run: printf '%s\\n' LOGIN_PASSWORD | AGENT_VAULT_MASTER_PASSWORD=... "
                 "agent-vault init --owner-email you@example.com --password-stdin",

@@ -38,7 +38,10 @@ _PRINTABLE = re.compile(r"[\x21-\x7e]+")
 
 
 class MalformedProxyAuth(ValueError):
-    """The Proxy-Authorization header cannot be parsed (-> 407). The message never includes the value."""
+    """The Proxy-Authorization header cannot be parsed (-> 407). The message never includes the value.
+
+    Internal to the pure parser, outside the errors.py tree on purpose: proxy.decide maps it to
+    ProxyAuthRequired."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from mitmproxy import master, options
 from mitmproxy.addons import core as mcore
 from mitmproxy.addons import next_layer, proxyserver, tlsconfig
 
-from agent_vault.errors import AgentVaultError
+from agent_vault.errors import ConfigError, ServerStartError
 from agent_vault.home import write_private
 from agent_vault.keys import CA, write_engine_ca
 from agent_vault.proxy import dispatch, engine
@@ -31,7 +31,7 @@ from agent_vault.proxy import dispatch, engine
 log = logging.getLogger("agent_vault.proxy")
 
 
-class BindError(AgentVaultError):
+class BindError(ServerStartError):
     code = "bind_failed"
     status = 500
 
@@ -46,7 +46,7 @@ def upstream_bundle(run_dir: Path, extra_ca: Path | None) -> Path:
         try:
             parts.append(extra_ca.read_bytes())
         except OSError:
-            raise AgentVaultError(f"cannot read --upstream-ca {extra_ca}") from None
+            raise ConfigError(f"cannot read --upstream-ca {extra_ca}") from None
     path = run_dir / "upstream-ca.pem"
     write_private(path, b"\n".join(parts), mode=0o644)
     return path
@@ -113,7 +113,7 @@ class ProxyRunner:
             dispatch.install(m.addons)  # the chain is final: resolve each hook's callables once
             store = tls.certstore if started.event.is_set() else None
             if store is None or store.default_ca.to_pem().strip() != self.ca.cert_pem.strip():
-                raise AgentVaultError("the proxy engine did not load the instance CA")
+                raise ServerStartError("the proxy engine did not load the instance CA")
             addrs = ps.listen_addrs()
             if not addrs:
                 raise BindError(

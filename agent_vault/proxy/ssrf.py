@@ -80,7 +80,8 @@ class Guard:
 
 
 class ResolveError(Exception):
-    """The name does not resolve (proxy: 502 upstream_dns)."""
+    """The name does not resolve (proxy: 502 upstream_dns). Internal control flow, outside the errors.py
+    tree on purpose: always caught here and answered as UpstreamDns."""
 
 
 class Resolver:

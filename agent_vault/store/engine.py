@@ -55,8 +55,13 @@ class Store:
     """The open database: an engine, migrated, plus the single-writer lock."""
 
     def __init__(self, url: str) -> None:
+        """Open and migrate to head. Raises SchemaTooNew for a database written by a newer version."""
         self.engine = make_engine(url)
-        self.schema_version = migrate(self.engine)
+        try:
+            self.schema_version = migrate(self.engine)
+        except BaseException:
+            self.engine.dispose()
+            raise
         self._lock = threading.RLock()
 
     @contextmanager
