@@ -380,7 +380,6 @@ class VaultAddon:
                 elif not resp.stream:
                     fs.redact_buffered(resp, self.core.settings.max_buffered_bytes)
                 elif fs.error is not None:  # the streamed body failed after its headers went out
-                    import sys as _dbg; print("DBG kill", file=_dbg.stderr, flush=True)  # noqa
                     flow.kill()  # type: ignore[no-untyped-call]  # reset: never a "complete" body
                 if resp.trailers is not None and fs.secrets:  # sent after this hook, streamed or not
                     redact_fields(resp.trailers, fs)

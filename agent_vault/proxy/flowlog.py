@@ -73,26 +73,41 @@ class FlowState:
             if item not in self.secrets:
                 self.secrets.append(item)
 
-    def redact_buffered(self, resp: http.Response) -> None:
-        """Redact a fully buffered response body, decoding gzip/deflate/br/zstd first."""
+    def redact_buffered(self, resp: http.Response, limit: int) -> None:
+        """Redact a fully buffered response body, decoding gzip/deflate/br/zstd first.
+
+        Decoding is incremental and bounded: a body that decodes to more than `limit` bytes
+        (`--max-buffered-bytes`) raises `ResponseTooLarge` (the addon answers it instead of the
+        response) without ever holding more than `limit` decoded bytes. Nothing is decoded when
+        there is nothing to redact (no secrets, or the service opted out of redaction)."""
+        from agent_vault.errors import ResponseTooLarge  # local: this method's own dependencies
+        from agent_vault.proxy import decoding
+
         encoding = resp.headers.get("content-encoding", "").strip().lower()
         raw = resp.raw_content
-        if self.secrets and raw and encoding in ("", "identity") and not contains_secret(raw, self.secrets):
+        identity = encoding in ("", "identity")
+        if self.secrets and raw and identity and not contains_secret(raw, self.secrets):
             self.bytes_down = len(raw)  # the common case: nothing to decode, nothing to redact
             return
         if self.secrets and raw:
-            try:
-                if encoding not in DECODABLE:  # mitmproxy would drop an unknown encoding's header
-                    raise ValueError(encoding)
-                resp.decode(strict=True)
-            except ValueError:
-                self.redaction_skipped = True  # SPEC §5.9: forwarded as received, unscanned
-            else:
-                body, keys = inject.redact_bytes(resp.raw_content or b"", self.secrets)
-                if keys:
-                    resp.raw_content = body
-                    self.redacted |= keys
-                resp.headers["content-length"] = str(len(body))
+            body = raw
+            if not identity:
+                try:
+                    body = decoding.decode(encoding, raw, limit)
+                except (ValueError, decoding.CorruptEncoding):  # unknown coding or malformed data
+                    self.redaction_skipped = True  # SPEC §5.9: forwarded as received, unscanned
+                    self.bytes_down = len(raw)
+                    return
+                except decoding.DecodedTooLarge:
+                    raise ResponseTooLarge(
+                        f"the response body decodes to more than {limit} bytes", limit_bytes=limit
+                    ) from None
+                resp.headers.pop("content-encoding", None)
+            body, keys = inject.redact_bytes(body, self.secrets)
+            self.redacted |= keys
+            if body is not raw:
+                resp.raw_content = body
+            resp.headers["content-length"] = str(len(body))
         self.bytes_down = len(resp.raw_content or b"")
 
 

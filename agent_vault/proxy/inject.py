@@ -266,7 +266,8 @@ def substitute_body(
     JSON (`application/json`, `*+json`): value JSON-string-escaped. Form
     (`application/x-www-form-urlencoded`): raw and percent-encoded placeholders, value form-encoded.
     Other text (`text/*`, xml, ...; or no/unknown type if the body is valid UTF-8): raw. Multipart,
-    a `Content-Encoding` other than identity, and non-UTF-8 unknown bodies are returned unchanged.
+    a `Content-Encoding` other than identity, and non-UTF-8 unknown bodies are returned unchanged:
+    a compressed body is never decoded (SPEC §5.6), so a request "bomb" costs nothing here.
     """
     used: list[str] = []
     if not body or (b"{" not in body and b"%7" not in body):
@@ -319,7 +320,9 @@ def _removal(
     framing = _FRAMING if keep_framing else frozenset()
     remove = (HOP_BY_HOP | set(extra) | (connection - _NEVER_BY_CONNECTION)) - framing
     if websocket:
-        remove -= {"upgrade", "connection"}
+        # Extensions (permessage-deflate) are never negotiated through the proxy: it reads every
+        # message, and an inflated message is a bomb a few bytes on the wire can set off.
+        remove = (remove - {"upgrade", "connection"}) | {"sec-websocket-extensions"}
     return remove, websocket
 
 
@@ -374,7 +377,8 @@ def strip_request_headers(
     Removes Proxy-Authorization, Proxy-Connection, X-Vault, `X-Agent-Vault-*`, hop-by-hop headers
     (Connection, Keep-Alive, TE unless exactly `trailers`, Trailer, Transfer-Encoding, Upgrade unless a
     websocket handshake), every header named in Connection, and `injected_names`. A websocket
-    handshake keeps `Upgrade` and gets `Connection: Upgrade`. With `keep_framing` (default)
+    handshake keeps `Upgrade`, gets `Connection: Upgrade` and loses `Sec-WebSocket-Extensions`
+    (no compression through the proxy). With `keep_framing` (default)
     Transfer-Encoding and Content-Length are kept: mitmproxy needs them to frame the body and rewrites
     them for the wire itself; pass False only for a message you frame yourself.
     """
@@ -387,6 +391,7 @@ def strip_response_headers(
 ) -> None:
     """Remove hop-by-hop headers, Proxy-Authenticate, `X-Agent-Vault-*` (an upstream must not forge a
     proxy error) and, if asked, Set-Cookie, in place. `keep_framing` as in `strip_request_headers`;
-    a websocket 101 keeps its Upgrade/Connection."""
+    a websocket 101 keeps its Upgrade/Connection and loses `Sec-WebSocket-Extensions` (an upstream
+    must not switch on compression the proxy did not offer)."""
     extra = {"proxy-authenticate"} | ({"set-cookie", "set-cookie2"} if strip_set_cookie else set())
     _strip(headers, extra, keep_framing)

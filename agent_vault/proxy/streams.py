@@ -1,33 +1,37 @@
 """Streamed bodies and WebSocket state for the addon (SPEC §5.8, §5.9).
 
 `response_filter` is a mitmproxy `flow.response.stream` callable: it counts bytes, decodes
-gzip/deflate/br/zstd when the body must be scanned, and redacts incrementally, holding back only
-a tail that could start a secret (so SSE events are not delayed). mitmproxy calls it with b""
-at the end of the body. It returns [] rather than b"" when it holds everything back: mitmproxy's
-HTTP/1 server would frame b"" as the zero-length chunk that ends a chunked body.
+gzip/deflate/br/zstd when the body must be scanned (bounded: `decoding`), and redacts
+incrementally, holding back only a tail that could start a secret (so SSE events are not delayed).
+mitmproxy calls it with b"" at the end of the body. It returns [] rather than b"" when it holds
+everything back: mitmproxy's HTTP/1 server would frame b"" as the zero-length chunk that ends a
+chunked body. A body that decodes past the cap (or does not decode) after its headers were sent
+is aborted: the filter swallows the rest, closes the upstream connection, and the `response` hook
+kills the flow if the end arrived first, so the agent sees a reset stream, never a truncated
+"complete" body; the audit record carries the code (`fs.error`).
+
+WebSockets (mitmproxy's layer reassembles each message in memory): `install_websocket_limits`
+makes every intercepted WebSocket close with 1009 when a message grows past the cap, and the
+addon trims `flow.websocket.messages` (mitmproxy keeps every message of a connection otherwise).
 """
 
 from __future__ import annotations
 
-import sys
-import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-import brotli  # type: ignore[import-untyped]
-from mitmproxy import http
+import wsproto.events
+from mitmproxy import ctx, http
+from mitmproxy.proxy.layers import websocket as mws
 from mitmproxy.websocket import WebSocketMessage
 
-from agent_vault.errors import BodyTooLarge
-from agent_vault.proxy import inject
+from agent_vault.errors import BodyTooLarge, ProxyInternal, ResponseTooLarge
+from agent_vault.proxy import decoding, inject
 from agent_vault.proxy.engine import BodyOverLimit
 from agent_vault.proxy.flowlog import FlowState
+from agent_vault.proxy.redact import contains_secret
 from agent_vault.runtime import Runtime
-
-if sys.version_info >= (3, 14):
-    from compression import zstd
-else:  # pragma: no cover - the standard library has it from 3.14
-    from backports import zstd
 
 Filter = Callable[[bytes], bytes]
 StreamFn = Callable[[bytes], bytes | list[bytes]]
@@ -57,22 +61,38 @@ def limited_upload(fs: FlowState, limit: int) -> Filter:
     return count
 
 
-def stream_decoder(encoding: str) -> Filter | None:
-    """An incremental decoder for one Content-Encoding (b"" flushes), or None if unsupported."""
-    if encoding in ("gzip", "x-gzip", "deflate"):
-        z = zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib header
-        return lambda chunk: z.decompress(chunk) if chunk else z.flush()
-    if encoding == "br":
-        b = brotli.Decompressor()
-        return lambda chunk: b.process(chunk) if chunk else b""
-    if encoding == "zstd":
-        zs = zstd.ZstdDecompressor()
-        return lambda chunk: zs.decompress(chunk) if chunk else b""
-    return None
+def stream_decoder(encoding: str, limit: int) -> Filter | None:
+    """An incremental decoder for one Content-Encoding (b"" ends the body), or None if unsupported.
+
+    Raises `decoding.DecodedTooLarge` once the decoded total passes `limit`, and
+    `decoding.CorruptEncoding` on malformed data; it never holds more than `limit` decoded bytes."""
+    dec = decoding.decoder(encoding, limit)
+    if dec is None:
+        return None
+    return lambda chunk: dec.feed(chunk) if chunk else b""
 
 
-def response_filter(fs: FlowState, flow: http.HTTPFlow) -> StreamFn:
-    """The stream callable for one response; rewrites framing headers when the length changes."""
+def abort_upstream(flow: http.HTTPFlow) -> None:
+    """Drop the upstream connection of `flow` at the socket (abort, no FIN handshake): the engine
+    then reads an end of stream, as if the upstream had hung up mid-body, resets the response to
+    the agent and runs the `error` hook. (Closing through the engine's `close_connection` cancels
+    the reader task, which can lose that notification.) Best effort: without a live engine the
+    `response` hook still kills the flow before its end reaches the agent."""
+    try:
+        handler = ctx.master.addons.get("proxyserver").connections.get(flow.client_conn.id)  # type: ignore[no-untyped-call]
+        io = handler.transports.get(flow.server_conn) if handler is not None else None
+    except AttributeError:
+        return
+    transport = getattr(getattr(io, "writer", None), "transport", None)
+    if transport is not None:
+        transport.abort()
+
+
+def response_filter(fs: FlowState, flow: http.HTTPFlow, limit: int) -> StreamFn:
+    """The stream callable for one response; rewrites framing headers when the length changes.
+
+    `limit` caps the decoded size of a compressed body (`--max-buffered-bytes`); past it the stream
+    is aborted with `response_too_large` (see the module docstring)."""
     resp = flow.response
     assert resp is not None
     if not fs.secrets:
@@ -80,7 +100,7 @@ def response_filter(fs: FlowState, flow: http.HTTPFlow) -> StreamFn:
     decode: Filter | None = None
     encoding = resp.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
-        decode = stream_decoder(encoding)
+        decode = stream_decoder(encoding, limit)
         if decode is None:  # SPEC §5.9: forwarded unscanned, noted in the audit record
             fs.redaction_skipped = True
             return counter(fs, up=False)
@@ -91,15 +111,40 @@ def response_filter(fs: FlowState, flow: http.HTTPFlow) -> StreamFn:
     if req.http_version == "HTTP/1.1" and "chunked" not in resp.headers.get("transfer-encoding", ""):
         resp.headers["transfer-encoding"] = "chunked"
     redactor = inject.StreamRedactor(fs.secrets)
+    failed = False
 
     def filt(chunk: bytes) -> bytes | list[bytes]:
+        nonlocal failed
         fs.bytes_down += len(chunk)
-        data = decode(chunk) if decode is not None else chunk
+        if failed:
+            return []
+        try:
+            data = decode(chunk) if decode is not None else chunk
+        except (decoding.DecodedTooLarge, decoding.CorruptEncoding) as e:
+            # Headers are out: nothing more reaches the agent, the stream is reset (never "complete").
+            failed = True
+            fs.error = (
+                ResponseTooLarge.code if isinstance(e, decoding.DecodedTooLarge) else ProxyInternal.code
+            )
+            abort_upstream(flow)
+            return []
         out = redactor.feed(data) if chunk else redactor.feed(data) + redactor.flush()
         fs.redacted |= redactor.redacted_keys
         return out if out else []
 
     return filt
+
+
+def redact_fields(headers: http.Headers, fs: FlowState) -> None:
+    """Redact injected values from header (or trailer) fields in place, noting the keys in `fs`."""
+    if not fs.secrets or not contains_secret(b"\n".join(v for _, v in headers.fields), fs.secrets):
+        return
+    for name in set(headers.keys()):
+        red = [inject.redact_text(v, fs.secrets) for v in headers.get_all(name)]
+        if any(keys for _, keys in red):
+            headers.set_all(name, [v for v, _ in red])
+            for _, keys in red:
+                fs.redacted |= keys
 
 
 @dataclass(slots=True)
@@ -139,3 +184,57 @@ def ws_message(ws: WsState, msg: WebSocketMessage, max_size: int = 1 << 20) -> N
         content, keys = inject.redact_bytes(msg.content, ws.secrets)
         if keys:
             msg.content = content
+
+
+# ---- WebSocket bounds -------------------------------------------------------------------------------
+
+_WsConnection: Any = mws.WebsocketConnection  # mitmproxy's, as imported (before any install)
+
+
+class BoundedWebsocketConnection(_WsConnection):  # type: ignore[misc]
+    """mitmproxy's WebSocket connection (one per side) that refuses a message growing past
+    `max_message` bytes: instead of reassembling it further, it reports a close with 1009
+    (message too big), which mitmproxy's layer relays to both peers before closing both
+    connections. wsproto parses frames incrementally, so the reassembly buffer (`frame_buf`) is
+    the only place a message accumulates; compression is never negotiated on intercepted
+    WebSockets (`inject.strip_*_headers`), so no inflation happens before this check."""
+
+    max_message = 32 << 20
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending = 0
+
+    def events(self) -> Iterator[wsproto.events.Event]:
+        for ev in super().events():
+            if isinstance(ev, wsproto.events.Message):
+                data = ev.data
+                self._pending += len(data) if isinstance(data, bytes | bytearray) else len(data.encode())
+                if self._pending > self.max_message:
+                    self.frame_buf = [b""]  # drop what was reassembled so far
+                    self._pending = 0
+                    yield wsproto.events.CloseConnection(code=1009, reason="message too big")
+                    return
+                if ev.message_finished:
+                    self._pending = 0
+            yield ev
+
+
+def install_websocket_limits(max_message: int) -> None:
+    """Make mitmproxy's WebSocket layer use `BoundedWebsocketConnection` (one engine per process,
+    idempotent). Messages over `max_message` bytes close the WebSocket with 1009."""
+    BoundedWebsocketConnection.max_message = max_message
+    setattr(mws, "WebsocketConnection", BoundedWebsocketConnection)  # noqa: B010 - WebsocketLayer.start reads it
+
+
+def uninstall_websocket_limits() -> None:
+    setattr(mws, "WebsocketConnection", _WsConnection)  # noqa: B010
+
+
+def trim_ws_history(flow: http.HTTPFlow) -> WebSocketMessage | None:
+    """The message of the current `websocket_message` hook; forgets the earlier ones (mitmproxy keeps
+    every message of a connection in `flow.websocket.messages` for the connection's lifetime)."""
+    if flow.websocket is None or not flow.websocket.messages:
+        return None
+    del flow.websocket.messages[:-1]
+    return flow.websocket.messages[-1]

@@ -26,6 +26,8 @@ Endpoints of `TLSUpstream`/`PlainUpstream` (query parameters in brackets):
 * `/set-cookie` - 200 JSON with `Set-Cookie: session=abc`.
 * `/status/NNN` - that status with JSON `{"status": NNN}` (no body for 204/304).
 * `/delay?seconds=S` - waits S seconds, then 200 JSON `{"delayed": S}`.
+* `/trailer?header=NAME` - 200 text `ok`, and over HTTP/2 the request header's value in the response
+  trailer `X-Reflected` (HTTP/1.1 answers carry no trailers).
 * `/ws` - WebSocket (HTTP/1.1 upgrade on the same port). The first server message is a JSON text
   `{"path", "headers", "header_list"}` describing the upgrade request; then every text/binary message is
   echoed with the same type.
@@ -197,6 +199,7 @@ class UpstreamResponse:
     status: int
     headers: list[tuple[str, str]]
     body: bytes | AsyncIterator[bytes] = b""
+    trailers: list[tuple[str, str]] | None = None  # sent after the body over HTTP/2 only
 
 
 def _json_response(status: int, obj: Any, headers: Iterable[tuple[str, str]] = ()) -> UpstreamResponse:
@@ -324,6 +327,11 @@ async def default_routes(req: UpstreamRequest) -> UpstreamResponse:
         seconds = _float(params, "seconds", 1.0)
         await asyncio.sleep(seconds)
         return _json_response(200, {"delayed": seconds})
+    if path == "/trailer":
+        value = req.header(params.get("header", "")) or ""
+        return UpstreamResponse(
+            200, [("Content-Type", "text/plain")], b"ok", trailers=[("X-Reflected", value)]
+        )
     if path == "/ws":
         return _json_response(426, {"error": "websocket upgrade required"}, [("Upgrade", "websocket")])
     return _json_response(404, {"error": "not found", "path": path})
@@ -755,7 +763,13 @@ class _BaseUpstream:
             await session.flush()
             async for chunk in _iterate(resp.body):
                 await session.send_data(stream_id, chunk)
-            conn.end_stream(stream_id)
+            if resp.trailers:
+                trailers = [
+                    (k.lower().encode("latin-1"), v.encode("latin-1", "replace")) for k, v in resp.trailers
+                ]
+                conn.send_headers(stream_id, trailers, end_stream=True)
+            else:
+                conn.end_stream(stream_id)
             await session.flush()
         except (h2.exceptions.H2Error, ConnectionError):
             return

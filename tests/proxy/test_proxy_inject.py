@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
@@ -219,6 +220,34 @@ def test_strip_request_keeps_te_trailers_and_websocket_upgrade() -> None:
         "Sec-WebSocket-Key": "abc",
         "Connection": "Upgrade",
     }
+
+
+def test_websocket_handshakes_never_negotiate_extensions() -> None:
+    """permessage-deflate would let a few bytes inflate into a huge message the proxy must scan."""
+    for plain in (False, True):  # mitmproxy's raw fields, and a plain mapping
+        req: Any = {} if plain else Headers()
+        req.update(
+            {
+                "Upgrade": "websocket",
+                "Connection": "Upgrade",
+                "Sec-WebSocket-Extensions": "permessage-deflate",
+            }
+        )
+        strip_request_headers(req)
+        assert "Sec-WebSocket-Extensions" not in req and "sec-websocket-extensions" not in req
+        resp: Any = {} if plain else Headers()
+        resp.update(
+            {
+                "Upgrade": "websocket",
+                "Connection": "Upgrade",
+                "Sec-WebSocket-Extensions": "permessage-deflate",
+            }
+        )
+        strip_response_headers(resp, strip_set_cookie=False)
+        assert "Sec-WebSocket-Extensions" not in resp and resp["Upgrade"] == "websocket"
+    other = Headers(**{"Sec-WebSocket-Extensions": "x"})  # not a handshake: an ordinary header
+    strip_request_headers(other)
+    assert other["Sec-WebSocket-Extensions"] == "x"
 
 
 def test_strip_response_headers() -> None:
