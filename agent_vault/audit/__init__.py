@@ -25,7 +25,8 @@ from agent_vault.audit.chain import (
     verify_chain,
 )
 from agent_vault.audit.query import latest_seq, list_records, read_head, verify_db
-from agent_vault.audit.writer import AuditWriter, prune, write_head
+from agent_vault.audit.retention import prune
+from agent_vault.audit.writer import AuditWriter, write_head
 
 __all__ = [
     "DECISIONS",

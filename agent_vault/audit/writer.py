@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +37,12 @@ from agent_vault.audit.chain import (
     PRUNE_KIND,
     SUMMARY_KIND,
     admin_record,
-    canonical,
-    clean_record,
-    index_columns,
-    link_hash,
     proxy_record,
-    refusal_summary,
-    unencodable_record,
     utc_ts,
 )
+from agent_vault.audit.linking import link, write_head
 from agent_vault.audit.query import read_head, tail
-from agent_vault.home import write_private
+from agent_vault.audit.tally import Tally
 from agent_vault.models import AuditEvent
 
 logger = logging.getLogger(__name__)
@@ -55,51 +50,7 @@ logger = logging.getLogger(__name__)
 # written by the writer itself, never submitted
 RESERVED_KINDS = frozenset({GAP_KIND, PRUNE_KIND, SUMMARY_KIND})
 _MAX_BACKOFF = 5.0
-_SAMPLES = 5  # distinct client addresses and hosts kept per summary
-_METHODS = 8  # distinct methods counted per summary (the rest as "other")
-__all__ = ["AuditWriter", "admin_record", "proxy_record", "prune", "write_head"]
-
-
-def write_head(path: Path, seq: int, digest: str) -> None:
-    """Atomically replace `audit.head` with {"seq", "hash"}; created 0600 (never chmod-ed later)."""
-    write_private(path, f'{{"seq":{seq},"hash":"{digest}"}}\n')
-
-
-def _row(rec: Mapping[str, Any], text: str, digest: str) -> dict[str, Any]:
-    ts, kind, actor, vault, decision, host, status = index_columns(rec)
-    return {
-        "seq": rec["seq"],
-        "ts": ts,
-        "kind": kind,
-        "actor": actor,
-        "vault": vault,
-        "decision": decision,
-        "host": host,
-        "status": status,
-        "record": text,
-        "hash": digest,
-    }
-
-
-def _link(rec: dict[str, Any], seq: int, prev: str) -> tuple[dict[str, Any], str, bool]:
-    """Clean `rec` in place (`clean_record`; cleaning is idempotent, so relinking is safe), stamp it
-    with its position and hash; returns (the DB row, the hash, whether a value had to be replaced).
-    Total: a record that cannot be cleaned at all is replaced by `unencodable_record` in place."""
-    try:
-        clean, replaced = clean_record(rec)
-        clean.pop("hash", None)
-        clean["seq"], clean["prev_hash"] = seq, prev
-        text = canonical(clean)
-        digest = link_hash(prev, text)
-    except Exception:  # e.g. RecursionError: keep the record's place, lose its contents
-        clean, replaced = unencodable_record(rec), 1
-        clean["seq"], clean["prev_hash"] = seq, prev
-        text = canonical(clean)
-        digest = link_hash(prev, text)
-    clean["hash"] = digest
-    rec.clear()
-    rec.update(clean)
-    return _row(rec, text, digest), digest, replaced > 0
+__all__ = ["AuditWriter", "admin_record", "proxy_record", "write_head"]
 
 
 def _prune_in(conn: Connection, cutoff: str, actor: str, last: tuple[int, str]) -> dict[str, Any] | None:
@@ -115,59 +66,9 @@ def _prune_in(conn: Connection, cutoff: str, actor: str, last: tuple[int, str]) 
     deleted = conn.execute(delete(AuditEvent).where(cond)).rowcount
     details = {"last_deleted_seq": victim[0], "last_deleted_hash": victim[1], "deleted": deleted}
     rec = admin_record(PRUNE_KIND, actor, target=None, details={**details, "older_than": cutoff})
-    row, _, _ = _link(rec, last[0] + 1, last[1])
+    row, _, _ = link(rec, last[0] + 1, last[1])
     conn.execute(insert(AuditEvent), [row])
     return rec
-
-
-def prune(
-    engine: Engine,
-    older_than: datetime,
-    *,
-    writer: AuditWriter | None = None,
-    head_path: Path | None = None,
-    actor: str = "server",
-) -> int:
-    """Retention: delete the oldest records with ts < older_than (stopping at the first newer one, so
-    only a prefix of the chain goes) and append one `audit.prune` record naming the last deleted seq
-    and hash, in ONE transaction; returns how many were deleted (0: nothing deleted, nothing appended).
-
-    Pass the running `writer` (it does the work on its thread, so the chain keeps one writer); without
-    one the DB is changed directly and `head_path`, if given, is rewritten. Blocking: not on the loop.
-    """
-    if writer is not None:
-        return writer.prune(older_than, actor=actor)
-    with engine.begin() as conn:
-        rec = _prune_in(conn, utc_ts(older_than), actor, tail(conn))
-    if rec is None:
-        return 0
-    if head_path is not None:
-        write_head(head_path, rec["seq"], rec["hash"])
-    return int(rec["details"]["deleted"])
-
-
-@dataclass
-class _Tally:
-    """Anonymous refusals of one cause in the current window (bounded samples)."""
-
-    opened: float  # time.monotonic() of the first refusal
-    first: float  # time.time() of the first and the last refusal
-    last: float
-    count: int = 0
-    clients: list[str] = field(default_factory=list)
-    hosts: list[str] = field(default_factory=list)
-    methods: dict[str, int] = field(default_factory=dict)
-
-    def add(self, now: float, method: str, host: str | None, client: str | None) -> None:
-        self.count += 1
-        self.last = now
-        if client and len(self.clients) < _SAMPLES and client not in self.clients:
-            self.clients.append(client)
-        if host and len(self.hosts) < _SAMPLES and host not in self.hosts:
-            self.hosts.append(host)
-        if method not in self.methods and len(self.methods) >= _METHODS:
-            method = "other"
-        self.methods[method] = self.methods.get(method, 0) + 1
 
 
 @dataclass
@@ -201,7 +102,7 @@ class AuditWriter:
         self._engine, self._head_path = engine, head_path
         self._max_queue, self._batch_size, self._interval = max_queue, batch_size, interval
         self._summary_window = summary_window
-        self._tallies: dict[tuple[str, int | None, str | None], _Tally] = {}
+        self._tallies: dict[tuple[str, int | None, str | None], Tally] = {}
         self._on_commit = on_commit
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # the writer thread waits here
@@ -311,7 +212,7 @@ class AuditWriter:
                 return
             t = self._tallies.get(key)
             if t is None:
-                t = self._tallies[key] = _Tally(now, wall, wall)
+                t = self._tallies[key] = Tally(now, wall, wall)
             t.add(wall, method, host, client)
 
     def _summaries_locked(self, force: bool) -> None:
@@ -327,21 +228,7 @@ class AuditWriter:
                 self._dropped_pending += 1
                 self._dropped_total += 1
                 continue
-            decision, status, error = key
-            self._queue.append(
-                refusal_summary(
-                    decision=decision,
-                    status=status,
-                    error=error,
-                    count=t.count,
-                    first=datetime.fromtimestamp(t.first, UTC),
-                    last=datetime.fromtimestamp(t.last, UTC),
-                    window_s=self._summary_window,
-                    clients=t.clients,
-                    hosts=t.hosts,
-                    methods=t.methods,
-                )
-            )
+            self._queue.append(t.summary(key, self._summary_window))
             self._accepted += 1
 
     def flush(self, timeout: float = 5.0) -> None:
@@ -441,7 +328,7 @@ class AuditWriter:
         replaced = 0
         seq, prev = self._seq, self._hash
         for rec in batch:
-            row, prev, lost = _link(rec, seq + 1, prev)
+            row, prev, lost = link(rec, seq + 1, prev)
             if lost:
                 replaced += 1
                 logger.error(

@@ -136,6 +136,7 @@ def _patch_points() -> Iterator[tuple[str, Callable[[], bool]]]:
     from mitmproxy.proxy import mode_servers, server
     from mitmproxy.proxy.layers import TCPLayer
     from mitmproxy.proxy.layers import http as mhttp
+    from mitmproxy.proxy.layers import websocket as mws
 
     stream = mhttp.HttpStream
     yield (
@@ -223,6 +224,22 @@ def _patch_points() -> Iterator[tuple[str, Callable[[], bool]]]:
     yield (
         "Proxyserver keeps its connection handlers in .connections",
         lambda: "connections" in _names(proxyserver.Proxyserver.__init__),
+    )
+    yield (
+        "WebsocketLayer builds both sides through the module name WebsocketConnection, reassembling "
+        "messages in frame_buf and reading wsproto events through events()",
+        lambda: (
+            "WebsocketConnection" in _names(mws.WebsocketLayer.start)
+            and "frame_buf" in _names(mws.WebsocketLayer.relay_messages)
+            and callable(getattr(mws.WebsocketConnection, "events", None))
+        ),
+    )
+    yield (
+        "Proxyserver connection handlers abort a side through transports[conn].writer",
+        lambda: (
+            "transports" in _names(server.ConnectionHandler.handle_connection)
+            or "transports" in _names(server.ConnectionHandler.close_connection)
+        ),
     )
     yield (
         "HTTP message fields are dataclasses (LeanDispatch reads hook fields)",

@@ -25,8 +25,9 @@ from agent_vault.audit import AuditWriter, proxy_record
 from agent_vault.errors import AgentVaultError, BadRequest, HeadersTooLarge, ProxyInternal, RateLimited
 from agent_vault.metrics import Metrics, status_class
 from agent_vault.proxy import engine, inject
+from agent_vault.proxy.answers import is_proxy_answer, upstream_error
 from agent_vault.proxy.decide import Decision, Identity
-from agent_vault.proxy.engine import ByteCounter, is_proxy_answer, upstream_error
+from agent_vault.proxy.live import ByteCounter
 from agent_vault.proxy.redact import contains_secret
 from agent_vault.servicedef import ServiceDef
 

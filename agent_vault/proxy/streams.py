@@ -10,24 +10,21 @@ is aborted: the filter swallows the rest, closes the upstream connection, and th
 kills the flow if the end arrived first, so the agent sees a reset stream, never a truncated
 "complete" body; the audit record carries the code (`fs.error`).
 
-WebSockets (mitmproxy's layer reassembles each message in memory): `install_websocket_limits`
-makes every intercepted WebSocket close with 1009 when a message grows past the cap, and the
-addon trims `flow.websocket.messages` (mitmproxy keeps every message of a connection otherwise).
+WebSockets (mitmproxy's layer reassembles each message in memory): `engine.set_websocket_limit`
+makes every intercepted WebSocket close with 1009 when a message grows past the cap, and
+`trim_ws_history` drops `flow.websocket.messages` (mitmproxy keeps every message otherwise).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-import wsproto.events
-from mitmproxy import ctx, http
-from mitmproxy.proxy.layers import websocket as mws
+from mitmproxy import http
 from mitmproxy.websocket import WebSocketMessage
 
 from agent_vault.errors import BodyTooLarge, ProxyInternal, ResponseTooLarge
-from agent_vault.proxy import decoding, inject
+from agent_vault.proxy import decoding, inject, live
 from agent_vault.proxy.engine import BodyOverLimit
 from agent_vault.proxy.flowlog import FlowState
 from agent_vault.proxy.redact import contains_secret
@@ -72,22 +69,6 @@ def stream_decoder(encoding: str, limit: int) -> Filter | None:
     return lambda chunk: dec.feed(chunk) if chunk else b""
 
 
-def abort_upstream(flow: http.HTTPFlow) -> None:
-    """Drop the upstream connection of `flow` at the socket (abort, no FIN handshake): the engine
-    then reads an end of stream, as if the upstream had hung up mid-body, resets the response to
-    the agent and runs the `error` hook. (Closing through the engine's `close_connection` cancels
-    the reader task, which can lose that notification.) Best effort: without a live engine the
-    `response` hook still kills the flow before its end reaches the agent."""
-    try:
-        handler = ctx.master.addons.get("proxyserver").connections.get(flow.client_conn.id)  # type: ignore[no-untyped-call]
-        io = handler.transports.get(flow.server_conn) if handler is not None else None
-    except AttributeError:
-        return
-    transport = getattr(getattr(io, "writer", None), "transport", None)
-    if transport is not None:
-        transport.abort()
-
-
 def response_filter(fs: FlowState, flow: http.HTTPFlow, limit: int) -> StreamFn:
     """The stream callable for one response; rewrites framing headers when the length changes.
 
@@ -126,7 +107,7 @@ def response_filter(fs: FlowState, flow: http.HTTPFlow, limit: int) -> StreamFn:
             fs.error = (
                 ResponseTooLarge.code if isinstance(e, decoding.DecodedTooLarge) else ProxyInternal.code
             )
-            abort_upstream(flow)
+            live.abort_server(flow.client_conn.id, flow.server_conn)
             return []
         out = redactor.feed(data) if chunk else redactor.feed(data) + redactor.flush()
         fs.redacted |= redactor.redacted_keys
@@ -184,51 +165,6 @@ def ws_message(ws: WsState, msg: WebSocketMessage, max_size: int = 1 << 20) -> N
         content, keys = inject.redact_bytes(msg.content, ws.secrets)
         if keys:
             msg.content = content
-
-
-# ---- WebSocket bounds -------------------------------------------------------------------------------
-
-_WsConnection: Any = mws.WebsocketConnection  # mitmproxy's, as imported (before any install)
-
-
-class BoundedWebsocketConnection(_WsConnection):  # type: ignore[misc]
-    """mitmproxy's WebSocket connection (one per side) that refuses a message growing past
-    `max_message` bytes: instead of reassembling it further, it reports a close with 1009
-    (message too big), which mitmproxy's layer relays to both peers before closing both
-    connections. wsproto parses frames incrementally, so the reassembly buffer (`frame_buf`) is
-    the only place a message accumulates; compression is never negotiated on intercepted
-    WebSockets (`inject.strip_*_headers`), so no inflation happens before this check."""
-
-    max_message = 32 << 20
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._pending = 0
-
-    def events(self) -> Iterator[wsproto.events.Event]:
-        for ev in super().events():
-            if isinstance(ev, wsproto.events.Message):
-                data = ev.data
-                self._pending += len(data) if isinstance(data, bytes | bytearray) else len(data.encode())
-                if self._pending > self.max_message:
-                    self.frame_buf = [b""]  # drop what was reassembled so far
-                    self._pending = 0
-                    yield wsproto.events.CloseConnection(code=1009, reason="message too big")
-                    return
-                if ev.message_finished:
-                    self._pending = 0
-            yield ev
-
-
-def install_websocket_limits(max_message: int) -> None:
-    """Make mitmproxy's WebSocket layer use `BoundedWebsocketConnection` (one engine per process,
-    idempotent). Messages over `max_message` bytes close the WebSocket with 1009."""
-    BoundedWebsocketConnection.max_message = max_message
-    setattr(mws, "WebsocketConnection", BoundedWebsocketConnection)  # noqa: B010 - WebsocketLayer.start reads it
-
-
-def uninstall_websocket_limits() -> None:
-    setattr(mws, "WebsocketConnection", _WsConnection)  # noqa: B010
 
 
 def trim_ws_history(flow: http.HTTPFlow) -> WebSocketMessage | None:

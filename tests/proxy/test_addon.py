@@ -31,7 +31,7 @@ from agent_vault.matching import ServiceIndex
 from agent_vault.metrics import Metrics
 from agent_vault.models import utcnow
 from agent_vault.proxy import addon as addon_mod
-from agent_vault.proxy import engine
+from agent_vault.proxy import answers, engine, request_phase
 from agent_vault.proxy.addon import VaultAddon
 from agent_vault.proxy.auth import token_digest
 from agent_vault.runtime import Runtime
@@ -139,7 +139,7 @@ def test_unexpected_error_fails_closed(
     def boom(*args: Any) -> Any:
         raise RuntimeError(f"failure carrying {SECRET}")
 
-    monkeypatch.setattr(addon_mod, "decide", boom)
+    monkeypatch.setattr(request_phase, "decide", boom)
     f = absolute_flow()
 
     async def go() -> None:
@@ -381,16 +381,16 @@ def test_websocket_messages_are_substituted_and_redacted(tmp_path: Path) -> None
     ],
 )
 def test_upstream_error_classification(message: str, code: str) -> None:
-    err = engine.upstream_error(message, "h:1")
+    err = answers.upstream_error(message, "h:1")
     assert err.code == code and err.extra["cause"]
 
 
 def test_h1_error_page_is_spec_json() -> None:
-    raw = engine._h1_error_response(400, "HTTP request has no host header, destination unknown.")
+    raw = answers.h1_error_response(400, "HTTP request has no host header, destination unknown.")
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400") and b"X-Agent-Vault-Proxy-Error: true" in head
     assert json.loads(body)["error"] == "bad_request"
-    raw = engine._h1_error_response(502, "Certificate verify failed: self-signed certificate")
+    raw = answers.h1_error_response(502, "Certificate verify failed: self-signed certificate")
     assert json.loads(raw.partition(b"\r\n\r\n")[2])["error"] == "upstream_tls"
 
 

@@ -1,0 +1,142 @@
+"""The request decision and injection (SPEC §5.2-§5.7, §5.10), in the order a request meets them:
+identity (the connection's, re-checked, or the request's own), rate and size limits, the decision
+(`decide`, pure), the SSRF check, placeholder substitution, header hygiene, injection, and how the
+body travels (streamed and counted, cut past the limit, or buffered for body substitution).
+
+Everything raises AgentVaultError (or lets a surprise through) for the addon's fail-closed boundary;
+nothing here answers the client itself. Danger: after `headers()` the flow carries injected values:
+the addon scrubs them when the flow ends.
+"""
+
+from __future__ import annotations
+
+import time
+
+from mitmproxy import http
+from mitmproxy.net.http import url
+
+from agent_vault.core import Core
+from agent_vault.errors import BodyTooLarge, RateLimited, VaultForbidden
+from agent_vault.metrics import Metrics
+from agent_vault.proxy import inject
+from agent_vault.proxy.connections import Connections, normalized_target
+from agent_vault.proxy.decide import Identity, decide, recheck
+from agent_vault.proxy.flowlog import FlowState
+from agent_vault.proxy.ssrf import Egress
+from agent_vault.proxy.streams import counter, limited_upload
+
+STREAM_THRESHOLD = 1 << 20  # bodies larger than this (or of unknown length) are streamed, not buffered
+
+
+def content_length(headers: http.Headers) -> int | None:
+    value = headers.get("content-length")
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
+class RequestPhase:
+    def __init__(self, core: Core, metrics: Metrics, conns: Connections, egress: Egress) -> None:
+        self.core, self.metrics, self.conns, self.egress = core, metrics, conns, egress
+
+    def _identity(self, flow: http.HTTPFlow, fs: FlowState) -> tuple[Identity, str, int]:
+        """The caller and the target: the connection's (bound by CONNECT, re-checked so revocation
+        applies to the very next request), or the absolute-form request's own."""
+        req = flow.request
+        st = self.conns.get(flow.client_conn.id)
+        if st is not None and st.ident is not None and st.target is not None:
+            fs.ident = st.ident  # a refusal below is recorded for the identity the connection had
+            fs.ident = ident = st.ident = recheck(self.core.runtime.snapshot, st.ident)
+            xv = req.headers.get("x-vault")
+            if xv and xv != ident.vault:
+                raise VaultForbidden(f"this connection is bound to vault {ident.vault}")
+            host, port = st.target
+            return ident, host, port
+        fs.ident = ident = self.conns.authenticate(
+            req.headers.get("proxy-authorization"), req.headers.get("x-vault")
+        )
+        host, port = normalized_target(req.host, req.port)
+        if st is not None and (st.ident is None or st.ident.digest != ident.digest):
+            self.conns.bind(flow.client_conn.id, st, ident)  # absolute-form: counts for its token too
+        return ident, host, port
+
+    async def headers(self, flow: http.HTTPFlow, fs: FlowState) -> None:
+        """`requestheaders`: decide, then substitute and inject (SPEC §5.4-§5.7)."""
+        req = flow.request
+        ident, host, port = self._identity(flow, fs)
+        fs.host, fs.port = host, port
+        limited = self.conns.limits_for(ident.vault).request(ident.digest)
+        if limited is not None:
+            limiter, wait = limited
+            raise RateLimited("request rate limit exceeded", retry_after=max(1, round(wait)), limiter=limiter)
+        clen = content_length(req.headers)
+        limit = self.core.settings.max_request_bytes
+        if clen is not None and clen > limit:
+            raise BodyTooLarge("the request body is over the limit", limit_bytes=limit)
+        view = self.core.runtime.snapshot.vaults[ident.vault]
+        base = self.core.public_url
+        fs.decision = d = decide(
+            view,
+            ident,
+            host,
+            port,
+            req.method,
+            req.path,
+            f"{base}/v1/proposals",
+            f"{base}/v1/discover",
+            req.scheme,
+        )
+        await self.egress.address(host, port)
+        svc, inj = d.service, d.injection
+        matched = svc is not None and d.kind in ("injected", "passthrough")
+        surfaces = svc.substitutions.in_ if svc is not None else []
+        if matched and svc is not None:
+            allowed = {k: view.values[k] for k in svc.substitution_keys if k in view.values}
+            req.path, fs.substituted = inject.substitute_request(req.headers, req.path, allowed, surfaces)
+            fs.add_secrets(svc, inj, {k: allowed[k] for k in fs.substituted})
+            if "websocket" in surfaces:
+                req.headers.pop("sec-websocket-extensions", None)
+        inject.strip_request_headers(req.headers, list(inj.headers) if inj else ())
+        if inj is not None:
+            req.path = inject.apply_injection(req.headers, req.path, inj)
+        if fs.secrets:
+            req.headers["accept-encoding"] = "identity"
+        if not (matched and "body" in surfaces):
+            if clen is None:  # chunked or HTTP/2 without a length: cut when it crosses the limit
+                req.stream = limited_upload(fs, limit)
+            elif clen > STREAM_THRESHOLD:
+                req.stream = counter(fs, up=True)
+        if req.host != host or req.port != port:  # the setters are costly; usually equal already
+            req.host, req.port = host, port
+        host_header = url.hostport(req.scheme, host, port)
+        if req.host_header != host_header:
+            req.host_header = host_header
+        self.metrics.child(self.metrics.added_latency, d.kind).observe(time.perf_counter() - fs.started)
+
+    def body(self, flow: http.HTTPFlow, fs: FlowState) -> None:
+        """`request`: substitute placeholders in a buffered body, only for services that opted in
+        (SPEC §5.6); otherwise just count it."""
+        svc = fs.decision.service if fs.decision is not None else None
+        if (
+            svc is None
+            or fs.decision is None
+            or fs.decision.kind not in ("injected", "passthrough")
+            or "body" not in svc.substitutions.in_
+        ):
+            fs.bytes_up = len(flow.request.raw_content or b"")
+            return
+        body = flow.request.raw_content or b""
+        limit = self.core.settings.max_buffered_bytes
+        if len(body) > limit:
+            raise BodyTooLarge("the body is too large to substitute", limit_bytes=limit)
+        assert fs.ident is not None
+        view = self.core.runtime.snapshot.vaults[fs.ident.vault]
+        allowed = {k: view.values[k] for k in svc.substitution_keys if k in view.values}
+        headers = flow.request.headers
+        new, used = inject.substitute_body(
+            body, headers.get("content-type"), headers.get("content-encoding"), allowed, allowed
+        )
+        if used:
+            flow.request.raw_content = new
+            headers["content-length"] = str(len(new))
+            fs.substituted += [k for k in used if k not in fs.substituted]
+            fs.add_secrets(svc, None, {k: allowed[k] for k in used})
+        fs.bytes_up = len(new)

@@ -1,0 +1,71 @@
+"""The import graph points one way (issue 21): the data plane (proxy/) sits above the domain, the
+domain above the store; leaf and pure modules stay free of the engine and the ORM."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[2] / "agent_vault"
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            base = node.module
+            if node.level:  # relative: resolve against the package of `path`
+                parts = path.relative_to(PKG.parent).with_suffix("").parts[: -node.level]
+                base = ".".join((*parts, node.module))
+            found.add(base)
+            found |= {f"{base}.{a.name}" for a in node.names}
+    return found
+
+
+def _modules(sub: str = "") -> dict[str, set[str]]:
+    root = PKG / sub if sub else PKG
+    return {str(p.relative_to(PKG)): _imports(p) for p in root.rglob("*.py")}
+
+
+def test_only_the_server_and_the_cli_import_the_data_plane() -> None:
+    offenders = {
+        mod: sorted(i for i in imps if i.startswith("agent_vault.proxy"))
+        for mod, imps in _modules().items()
+        if not mod.startswith(("proxy/", "cli/")) and mod != "server.py"
+    }
+    assert {m: i for m, i in offenders.items() if i} == {}
+
+
+def test_domain_store_and_audit_do_not_import_the_api_or_the_cli() -> None:
+    for sub in ("domain", "store", "audit"):
+        for mod, imps in _modules(sub).items():
+            bad = sorted(
+                i for i in imps if i.startswith(("agent_vault.api", "agent_vault.cli", "agent_vault.server"))
+            )
+            assert not bad, (sub, mod, bad)
+
+
+def test_hostpath_is_a_leaf() -> None:
+    imps = _imports(PKG / "hostpath.py")
+    assert not [i for i in imps if i.startswith("agent_vault")], imps
+
+
+def test_decide_and_the_snapshot_load_without_the_engine_or_the_orm() -> None:
+    code = (
+        "import sys\n"
+        "import agent_vault.proxy.decide, agent_vault.snapshot, agent_vault.matching, agent_vault.hostpath\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'mitmproxy', 'sqlmodel', 'sqlalchemy'})\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_no_module_is_over_450_lines() -> None:
+    long = {
+        str(p.relative_to(PKG)): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > 450
+    }
+    assert long == {}
