@@ -1,4 +1,11 @@
-"""Test isolation: every test owns its home; no proxy/CA env leaks in; Argon2 is cheap."""
+"""Test isolation: nothing of the developer's environment leaks in; every test owns its home; cheap Argon2.
+
+`isolated_session_env` (session, autouse) strips every proxy/CA/`AGENT_VAULT_*` variable (helpers.env.leaks)
+and sets the keyring/KDF variables before any other fixture runs, so module- and session-scoped fixtures
+(the module-scoped `srv` servers of tests/e2e and tests/security) never see the developer's environment.
+`isolated_env` (function, autouse) gives each test its own AGENT_VAULT_HOME. Subprocesses of the product
+get helpers.env.base_env, built from scratch.
+"""
 
 from __future__ import annotations
 
@@ -8,32 +15,35 @@ from pathlib import Path
 
 import pytest
 import trustme
+from helpers.env import leaks
 
-_STRIP = (
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "NO_PROXY",
-    "SSL_CERT_FILE",
-    "REQUESTS_CA_BUNDLE",
-    "CURL_CA_BUNDLE",
-    "NODE_EXTRA_CA_CERTS",
-    "GIT_SSL_CAINFO",
-    "DENO_CERT",
-    "NODE_USE_ENV_PROXY",
-)
+_SET = {
+    "AGENT_VAULT_TEST_KDF": "1",
+    "AGENT_VAULT_KEYRING": "0",
+    "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring",
+}
+
+
+def _isolate(mp: pytest.MonkeyPatch, home: Path) -> None:
+    for name in list(os.environ):
+        if leaks(name):
+            mp.delenv(name, raising=False)
+    for name, value in _SET.items():
+        mp.setenv(name, value)
+    mp.setenv("AGENT_VAULT_HOME", str(home))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_session_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as mp:
+        _isolate(mp, tmp_path_factory.mktemp("session") / "home")
+        yield
 
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     home = tmp_path / "home"
-    for name in list(os.environ):
-        if name.upper() in _STRIP or name.startswith("AGENT_VAULT_"):
-            monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AGENT_VAULT_HOME", str(home))
-    monkeypatch.setenv("AGENT_VAULT_TEST_KDF", "1")
-    monkeypatch.setenv("AGENT_VAULT_KEYRING", "0")
-    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
+    _isolate(monkeypatch, home)  # again: an in-process CLI run may have set AGENT_VAULT_* meanwhile
     yield home
 
 

@@ -9,6 +9,9 @@ import threading
 import time
 from pathlib import Path
 
+from helpers.env import base_env
+from helpers.wait import wait_until
+
 from agent_vault.cli.run import NOT_EXECUTABLE, NOT_FOUND, Renewer, check_command, spawn
 from agent_vault.errors import AgentVaultError
 
@@ -27,45 +30,67 @@ def test_check_command(tmp_path: Path) -> None:
     assert check_command("tool", str(tmp_path)) is None
 
 
-def test_spawn_exit_codes() -> None:
-    env = dict(os.environ)
+def test_spawn_exit_codes(tmp_path: Path) -> None:
+    env = base_env(tmp_path)
     assert spawn(["sh", "-c", "exit 7"], env) == 7
     assert spawn(["sh", "-c", "kill -TERM $$"], env) == 128 + signal.SIGTERM
     assert spawn(["sh", "-c", "kill -KILL $$"], env) == 128 + signal.SIGKILL
 
 
-def test_spawn_restores_signal_handlers() -> None:
+def test_spawn_restores_signal_handlers(tmp_path: Path) -> None:
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    spawn(["true"], dict(os.environ))
+    spawn(["true"], base_env(tmp_path))
     assert {s: signal.getsignal(s) for s in before} == before
 
 
-def test_sigterm_to_the_wrapper_is_forwarded() -> None:
-    timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGTERM))
-    timer.start()
+def test_sigterm_to_the_wrapper_is_forwarded(tmp_path: Path) -> None:
+    up = tmp_path / "child-up"
+    failed: list[AssertionError] = []
+
+    def term_once_the_child_runs() -> None:
+        try:
+            wait_until(up.exists, "the child to start", timeout=30)
+        except AssertionError as e:  # no signal then: the child exits 0 after its 20 s and the test fails
+            failed.append(e)
+            return
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    sender = threading.Thread(target=term_once_the_child_runs)
+    sender.start()
+    # scenario: the child must still be running when the wrapper is signalled (20 s is never reached)
+    child = "import pathlib, sys, time; pathlib.Path(sys.argv[1]).touch(); time.sleep(20)"
     try:
-        code = spawn([sys.executable, "-c", "import time; time.sleep(20)"], dict(os.environ))
+        code = spawn([sys.executable, "-c", child, str(up)], base_env(tmp_path))
     finally:
-        timer.cancel()
+        sender.join(35)
+    assert not failed, failed
     assert code == 128 + signal.SIGTERM
 
 
-def test_sigint_to_the_wrapper_is_ignored_child_keeps_default() -> None:
+def test_sigint_to_the_wrapper_is_ignored_child_keeps_default(tmp_path: Path) -> None:
     # The wrapper ignores SIGINT; the child (which exec resets to default handling) dies from it.
+    # scenario: the child stays alive 0.3 s after signalling the wrapper, so the wrapper had time to die of it
     script = "import os, signal, time; os.kill(os.getppid(), signal.SIGINT); time.sleep(0.3); print('alive')"
-    assert spawn([sys.executable, "-c", script], dict(os.environ)) == 0
-    assert spawn(
-        [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGINT)"], dict(os.environ)
-    ) in (128 + signal.SIGINT, 130, 1)
+    env = base_env(tmp_path)
+    assert spawn([sys.executable, "-c", script], env) == 0
+    assert spawn([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGINT)"], env) in (
+        128 + signal.SIGINT,
+        130,
+        1,
+    )
 
 
 def test_renewer_renews_at_half_ttl_and_stops() -> None:
     calls: list[float] = []
+    created = time.monotonic()
     r = Renewer(lambda: calls.append(time.monotonic()), ttl=0.4, max_sleep=0.05).start()
-    time.sleep(0.75)
+    wait_until(lambda: len(calls) >= 3, "three renewals", timeout=10)
     r.stop()
     n = len(calls)
-    assert 2 <= n <= 5  # every ~0.2 s
+    # every ~0.2 s: each renewal only once half the TTL (0.2 s) of the previous deadline has passed
+    gaps = [b - a for a, b in zip([created, *calls], calls, strict=False)]
+    assert all(g >= 0.199 for g in gaps), gaps  # (float rounding of deadline - ttl / 2)
+    # a window must pass to show nothing happens: longer than the renewal interval (0.2 s)
     time.sleep(0.3)
     assert len(calls) == n  # stopped
 
@@ -79,7 +104,7 @@ def test_renewer_retries_after_failure() -> None:
             raise AgentVaultError("server down")
 
     r = Renewer(renew, ttl=0.2, max_sleep=0.05).start()
-    time.sleep(0.4)
+    wait_until(lambda: r.renewals >= 1, "a renewal after the failed attempt", timeout=10)
     r.stop()
     assert len(attempts) >= 2 and r.renewals >= 1
 

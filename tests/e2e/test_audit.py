@@ -29,6 +29,7 @@ import pytest
 import trustme
 from helpers.server import OWNER_PASSWORD, ServerProc
 from helpers.upstream import TLSUpstream
+from helpers.wait import wait_until
 from sqlalchemy import create_engine
 
 from agent_vault.audit import AuditWriter, admin_record, utc_ts
@@ -159,7 +160,7 @@ def test_proxy_and_admin_records_name_things_never_values(rserver: ServerProc, u
         return [r for r in all_records(server) if r["kind"].startswith("proxy.")]
 
     # the tunnel record is written when the proxy sees the client go away
-    assert server.wait_for(lambda: len(proxy_recs()) >= 3, timeout=10), proxy_recs()
+    wait_until(lambda: len(proxy_recs()) >= 3, "three proxy.* audit records", timeout=10)
     recs = all_records(server)
     proxy = [r for r in recs if r["kind"].startswith("proxy.")]
     assert len(proxy) == 3, proxy
@@ -285,7 +286,7 @@ def test_tunnel_record_counts_bytes(rserver: ServerProc, upstream: TLSUpstream) 
     token = server.make_agent("tunnel-bot")
     with agent_client(server, token) as c:
         assert c.get(f"https://other.upstream.test:{upstream.port}/download?bytes=20000").status_code == 200
-    assert server.wait_for(lambda: all_records(server, kind="proxy.tunnel"), timeout=10)
+    wait_until(lambda: all_records(server, kind="proxy.tunnel"), "a proxy.tunnel audit record", timeout=10)
     (tun,) = all_records(server, kind="proxy.tunnel")
     assert tun["bytes_down"] > 20000 and tun["bytes_up"] > 0, tun  # TLS bytes relayed both ways
 
@@ -393,7 +394,7 @@ def test_kill9_during_load_leaves_a_verifiable_chain(rserver: ServerProc, upstre
     threads = [threading.Thread(target=load) for _ in range(4)]
     for t in threads:
         t.start()
-    assert server.wait_for(lambda: sent[0] >= 200, timeout=20)
+    wait_until(lambda: sent[0] >= 200, "200 proxied requests before the kill", timeout=20)
     server.kill9()
     stop.set()
     for t in threads:
@@ -517,7 +518,7 @@ def test_retention_prunes_at_start_and_the_chain_still_verifies(
     engine.dispose()
     server.start()
     try:
-        assert server.wait_for(lambda: all_records(server, kind="audit.prune"), timeout=10)
+        wait_until(lambda: all_records(server, kind="audit.prune"), "an audit.prune record", timeout=10)
         recs = all_records(server)
         (mark,) = [r for r in recs if r["kind"] == "audit.prune"]
         assert mark["details"]["last_deleted_seq"] == 5 and mark["details"]["deleted"] == 5

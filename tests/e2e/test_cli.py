@@ -15,12 +15,12 @@ from helpers.cli_fixtures import (
     SECRET,
     Call,
     assert_clean,
-    clean_env,
     mserver,
     mupstream,
     parallel,
     proxy_status,
 )
+from helpers.env import base_env
 from helpers.server import OWNER_EMAIL, OWNER_PASSWORD, ServerProc
 from helpers.upstream import TLSUpstream
 
@@ -377,16 +377,13 @@ def test_user_invite_accept_and_remote_agent_ca_fetch(mserver: ServerProc, tmp_p
     )
     url = invited.stdout.strip()
     assert "token=av_inv_" in url
-    dev_env = {**clean_env(mserver.env), "AGENT_VAULT_HOME": str(tmp_path / "dev-home")}
+    dev_env = base_env(tmp_path, AGENT_VAULT_HOME=str(tmp_path / "dev-home"))
     # A remote agent: only AGENT_VAULT_ADDR + AGENT_VAULT_TOKEN, and its own empty home.
     token = mserver.make_agent("remote-bot")
     agent_home = tmp_path / "agent-home"
-    agent_env = {
-        **clean_env(mserver.env),
-        "AGENT_VAULT_HOME": str(agent_home),
-        "AGENT_VAULT_ADDR": mserver.api,
-        "AGENT_VAULT_TOKEN": token,
-    }
+    agent_env = base_env(
+        tmp_path, AGENT_VAULT_HOME=str(agent_home), AGENT_VAULT_ADDR=mserver.api, AGENT_VAULT_TOKEN=token
+    )
     accepted, fetched = parallel(
         mserver,
         Call("user", "accept", url, "--password-stdin", input="dev-password-123\n", env=dev_env),

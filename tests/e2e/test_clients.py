@@ -44,6 +44,7 @@ from urllib.parse import quote, urlsplit
 import certifi
 import pytest
 import trustme
+from helpers.env import base_env
 from helpers.server import OWNER_EMAIL, OWNER_PASSWORD, ServerProc
 from helpers.upstream import GitHttpUpstream, PlainUpstream, TLSUpstream, make_bare_repo
 
@@ -309,13 +310,6 @@ def system_roots() -> bytes:
     return b""
 
 
-def clean_env() -> dict[str, str]:
-    """This process's environment without any proxy/CA variable (any case) or agent-vault setting."""
-    return {
-        k: v for k, v in os.environ.items() if k.upper() not in MANAGED and not k.startswith("AGENT_VAULT_")
-    }
-
-
 def manual_child_env(m: Matrix, base: dict[str, str]) -> dict[str, str]:
     """SPEC §7.2 built by hand, with a session minted over the API (the fallback to `vault run`)."""
     with m.server.http() as c:
@@ -362,8 +356,6 @@ def m(tmp_path_factory: pytest.TempPathFactory, upstream_ca: trustme.CA) -> Iter
                 )
             },
         )
-        for name in [k for k in server.env if k.upper() in MANAGED]:
-            del server.env[name]
         stack.enter_context(server)
         server.set_credential("API_TOKEN", SECRET)
         server.set_credential("GIT_TOKEN", GIT_TOKEN)
@@ -388,19 +380,16 @@ def m(tmp_path_factory: pytest.TempPathFactory, upstream_ca: trustme.CA) -> Iter
         roots.write_bytes(system_roots() + tunnel_ca.cert_pem.bytes())
         mx = Matrix(server, upstream, tunnel, plain, git, git_tunnel, work, roots, tunnel_ca)
         mx.cases = build_cases(mx)
-        base = {
-            **clean_env(),
-            "AGENT_VAULT_HOME": str(tmp / "client-home"),
-            "AGENT_VAULT_ADDR": server.api,
-            "AGENT_VAULT_KEYRING": "0",
-            "AGENT_VAULT_TEST_KDF": "1",
-            "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring",
-            "SSL_CERT_FILE": str(roots),  # the wrapper's "system roots" (see the module docstring)
-            "HOME": str(work / "home"),
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_CONFIG_GLOBAL": os.devnull,
-            "GIT_TERMINAL_PROMPT": "0",
-        }
+        base = base_env(
+            tmp,
+            AGENT_VAULT_HOME=str(tmp / "client-home"),
+            AGENT_VAULT_ADDR=server.api,
+            SSL_CERT_FILE=str(roots),  # the wrapper's "system roots" (see the module docstring)
+            HOME=str(work / "home"),
+            GIT_CONFIG_NOSYSTEM="1",
+            GIT_CONFIG_GLOBAL=os.devnull,
+            GIT_TERMINAL_PROMPT="0",
+        )
         plan, results = work / "plan.json", work / "results.json"
         plan.write_text(json.dumps(plan_steps(mx)))
         driver = [sys.executable, str(CLIENTS / "run_plan.py"), str(plan), str(results)]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +23,7 @@ import trustme
 from helpers.proxy import RawConn, audit_records, basic, free_port, wait_audit
 from helpers.server import OWNER_PASSWORD, ServerProc
 from helpers.upstream import TLSUpstream, download_payload
+from helpers.wait import wait_until
 
 SECRET = "sk-decisions-secret-424242"
 CORRUPT = "corrupt-secret-value-31337"
@@ -190,11 +190,8 @@ def test_tunnel_relays_large_bodies_both_ways_intact(srv: ServerProc, up: TLSUps
         recs = audit_records(srv.home, kind="proxy.tunnel", host="other.upstream.test")
         return [r for r in recs if r["bytes_up"] > len(upload)]
 
-    deadline = time.monotonic() + 5
-    while not big_tunnels() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    recs = big_tunnels()
-    assert recs and recs[-1]["bytes_down"] > 5_000_000, recs
+    recs = wait_until(big_tunnels, "the tunnel's audit record with the upload's bytes", timeout=5)
+    assert recs[-1]["bytes_down"] > 5_000_000, recs
 
 
 def test_passthrough_policy_mitms_without_injection(srv: ServerProc, up: TLSUpstream, token: str) -> None:
@@ -345,7 +342,7 @@ def test_unexpected_error_fails_closed(srv: ServerProc, up: TLSUpstream, client:
     incident = body["incident"]
     assert incident and SECRET not in str(body)
     assert up.requests_seen.snapshot() == [] and up.connection_count >= 0
-    assert srv.wait_for(lambda: incident in srv.stderr_text())
+    wait_until(lambda: incident in srv.stderr_text(), f"incident {incident} in the server log", timeout=5)
     assert client.get(f"https://localhost:{up.port}/echo/fine").status_code == 200  # connection still usable
 
 

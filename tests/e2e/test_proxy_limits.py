@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -13,6 +12,7 @@ import trustme
 from helpers.proxy import RawConn, basic, wait_audit
 from helpers.server import OWNER_PASSWORD, ServerProc
 from helpers.upstream import PlainUpstream, TLSUpstream
+from helpers.wait import wait_until
 
 SECRET = "limits-secret-value-5555"
 TOKENS: list[str] = []
@@ -213,13 +213,12 @@ def test_strict_concurrent_connection_limit(
                 conn.request("GET", plain_target, {**head, "Proxy-Authorization": basic(other)}).status == 200
             )
         held.pop().close()  # a closed connection frees its slot
-        deadline = time.monotonic() + 5
-        while True:
+
+        def slot_free() -> bool:
             with RawConn(strict.proxy_port) as extra:
-                if extra.request("GET", plain_target, head).status == 200:
-                    break
-            assert time.monotonic() < deadline, "the closed connection's slot was never freed"
-            time.sleep(0.1)
+                return extra.request("GET", plain_target, head).status == 200
+
+        wait_until(slot_free, "the closed connection's slot to be freed", timeout=5, interval=0.1)
     finally:
         for conn in held:
             conn.close()

@@ -650,9 +650,7 @@ def test_64_agents_10k_requests_under_admin_churn(
     assert {(r["service"], tuple(r["injected_keys"]), r["status"]) for r in injected} == {
         ("echo-api", (KEY,), 200)
     }
-    assert refused_methods == Counter(
-        {"GET": verdict.refused["GET"], "CONNECT": verdict.refused["CONNECT"]}
-    )
+    assert refused_methods == Counter({"GET": verdict.refused["GET"], "CONNECT": verdict.refused["CONNECT"]})
     assert admin_recs == acked, (admin_recs, acked)
     assert metric(text, "agent_vault_proxy_requests_total", decision="injected", status_class="2xx") == ok
     assert metric(text, "agent_vault_denials_total", code="proxy_auth_required") == refusals
@@ -682,7 +680,7 @@ def test_kill9_under_load_keeps_acknowledged_mutations(
             kinds = {op.kind for adm in adms for op in adm.journal if op.acked is not None}
             return {"agent.rotate", "proposal.approve", "service.remove", "credential.set"} <= kinds
 
-        async def killer() -> None:
+        async def killer() -> None:  # polls (on the load's event loop, 120 s deadline) for the kill moment
             end = time.monotonic() + 120
             while time.monotonic() < end:
                 done = sum(a.successes for a in world.agents)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from helpers.env import base_env
 from helpers.server import MASTER_PASSWORD, ServerProc
 
 
@@ -80,7 +80,7 @@ def test_password_mode_needs_the_right_master_password(tmp_path: Path, upstream_
 
 
 def test_uninitialised_home_without_tty(tmp_path: Path) -> None:
-    env = {**os.environ, "AGENT_VAULT_HOME": str(tmp_path / "empty")}
+    env = base_env(tmp_path, AGENT_VAULT_HOME=str(tmp_path / "empty"))
     cp = _run(["server", "--port", "0", "--proxy-port", "0"], env)
     assert cp.returncode == 1
     line = cp.stderr.strip()
@@ -97,14 +97,14 @@ def test_postgres_is_reserved(tmp_path: Path, upstream_ca: trustme.CA) -> None:
 
 @pytest.mark.parametrize("args", [["server", "--port", "notanumber"], ["server", "--bogus-flag"], ["nope"]])
 def test_usage_errors_exit_2(tmp_path: Path, args: list[str]) -> None:
-    cp = _run(args, {**os.environ, "AGENT_VAULT_HOME": str(tmp_path / "h")})
+    cp = _run(args, base_env(tmp_path, AGENT_VAULT_HOME=str(tmp_path / "h")))
     assert cp.returncode == 2 and "Traceback" not in cp.stderr
 
 
 def test_unreadable_home_is_a_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    env = {**os.environ, "AGENT_VAULT_HOME": str(blocker / "home")}
+    env = base_env(tmp_path, AGENT_VAULT_HOME=str(blocker / "home"))
     cp = subprocess.run(
         [
             sys.executable,

@@ -12,12 +12,12 @@ from helpers.cli_fixtures import (
     Call,
     assert_clean,
     child_env,
-    clean_env,
     mserver,
     mupstream,
     parallel,
     proxy_status,
 )
+from helpers.env import base_env
 from helpers.server import ServerProc
 from helpers.upstream import TLSUpstream
 
@@ -156,12 +156,9 @@ def test_agent_mode_and_nested_run(
     mserver: ServerProc, mupstream: TLSUpstream, echo: str, tmp_path: Path
 ) -> None:
     agent_token = mserver.make_agent("run-bot")
-    env = {
-        **clean_env(mserver.env),
-        "AGENT_VAULT_HOME": str(tmp_path),
-        "AGENT_VAULT_ADDR": mserver.api,
-        "AGENT_VAULT_TOKEN": agent_token,
-    }  # no CLI login in this home
+    env = base_env(
+        tmp_path, AGENT_VAULT_HOME=str(tmp_path), AGENT_VAULT_ADDR=mserver.api, AGENT_VAULT_TOKEN=agent_token
+    )  # no CLI login in this home
     mupstream.requests_seen.clear()
     nested = f"{sys.executable} -m agent_vault run --quiet -- sh -c 'echo NESTED=$AGENT_VAULT_TOKEN'"
     script = f"env; {CURL} -sS {echo}/agent-mode; echo; {nested}"

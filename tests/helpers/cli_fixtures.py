@@ -17,30 +17,10 @@ from helpers.server import OWNER_EMAIL, OWNER_PASSWORD, ServerProc
 from helpers.upstream import TLSUpstream
 
 SECRET = "sk-live-cli-e2e-secret-value-0123456789"
-_STRIP = (
-    "PROXY",
-    "SSL_CERT_FILE",
-    "REQUESTS_CA_BUNDLE",
-    "CURL_CA_BUNDLE",
-    "NODE_EXTRA_CA_CERTS",
-    "GIT_SSL_CAINFO",
-    "DENO_CERT",
-)
-
-
-def clean_env(env: dict[str, str]) -> dict[str, str]:
-    keep = {"AGENT_VAULT_HOME", "AGENT_VAULT_TEST_KDF", "AGENT_VAULT_KEYRING"}
-    return {
-        k: v
-        for k, v in env.items()
-        if not any(s in k.upper() for s in _STRIP) and (not k.startswith("AGENT_VAULT_") or k in keep)
-    }
 
 
 def start_server(tmp: Path, upstream_ca: trustme.CA) -> Iterator[ServerProc]:
-    s = ServerProc(tmp, upstream_ca)
-    s.env = clean_env(s.env)
-    with s:
+    with ServerProc(tmp, upstream_ca) as s:
         s.login_result = s.cli(
             "auth",
             "login",

@@ -232,6 +232,7 @@ class TokenBoard:
             self.unacked[old] = (name, started)
 
     async def wait_new(self, name: str, old: str, timeout: float) -> bool:
+        """Poll (async, with a deadline) for the agent's next token; False is judged by the caller."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.current(name) != old:
@@ -287,7 +288,7 @@ async def drive(
                     conn.close()
                     conn = None
                     errors += 1
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.05)  # pacing: back off after a failure, the load goes on
                     continue
                 if status != 200:
                     note("CONNECT", "", token, t0, status=status)
@@ -297,7 +298,7 @@ async def drive(
                         await refused(token)
                     else:
                         errors += 1
-                        await asyncio.sleep(0.05)
+                        await asyncio.sleep(0.05)  # pacing: back off after a failure
                     continue
             token = conn.token  # a kept-alive connection still speaks for the token it was opened with
             rid = f"{agent.name}.{n}"
@@ -310,7 +311,7 @@ async def drive(
                 conn.close()
                 conn = None
                 errors += 1
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # pacing: back off after a failure, the load goes on
                 continue
             if status == 200:
                 got_rid, _, digest = body.decode("latin-1").partition(" ")
@@ -328,7 +329,7 @@ async def drive(
                 await refused(token)
             else:
                 errors += 1
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # pacing: back off after a failure
     finally:
         if conn is not None:
             conn.close()

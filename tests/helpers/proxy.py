@@ -13,10 +13,11 @@ import json
 import socket
 import sqlite3
 import ssl
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from helpers.wait import wait_until
 
 
 def basic(token: str, vault: str | None = "default") -> str:
@@ -150,11 +151,8 @@ def audit_records(home: Path, **match: Any) -> list[dict[str, Any]]:
 
 
 def wait_audit(home: Path, timeout: float = 5.0, **match: Any) -> dict[str, Any]:
-    end = time.monotonic() + timeout
-    while True:
-        found = audit_records(home, **match)
-        if found:
-            return found[-1]
-        if time.monotonic() > end:
-            raise AssertionError(f"no audit record matching {match}")
-        time.sleep(0.1)
+    """The newest proxy audit record matching `match`, polled until `timeout` (records are written async)."""
+    found = wait_until(
+        lambda: audit_records(home, **match), f"an audit record matching {match}", timeout=timeout
+    )
+    return found[-1]

@@ -4,23 +4,26 @@
 manager; `allow_net=False` omits `--allow-net 127.0.0.0/8`, so loopback upstreams are SSRF-blocked.
 After start: `api` (base URL), `proxy` (http://127.0.0.1:PORT), `proxy_port`, `owner_token`,
 `ca_bundle` (agent-vault CA + the upstream test CA, for clients), `env` (the CLI env), `home`.
+`env` is `helpers.env.base_env(tmp_path, AGENT_VAULT_HOME=home, **env)`: built from scratch, nothing of the
+developer's environment; the server and every CLI run get it (plus what a caller passes explicitly).
 `cli(*args, input=None, check=True)` runs the real CLI; `http()` is an httpx client with the owner token;
 `make_agent(name, vaults=("default",))` returns a token; `add_service(def)`, `set_credential(key, value)`.
 `stop()` sends SIGTERM and returns the exit code; `stderr_text()` is everything the server logged.
+To wait for something the server does asynchronously, poll with `helpers.wait.wait_until`.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import trustme
+
+from helpers.env import base_env
 
 OWNER_EMAIL = "owner@example.com"
 OWNER_PASSWORD = "owner-password-123"
@@ -45,13 +48,7 @@ class ServerProc:
         self.allow_net = allow_net  # False: no --allow-net, so loopback upstreams are SSRF-blocked
         self.upstream_ca_file = tmp_path / "upstream-ca.pem"
         upstream_ca.cert_pem.write_to_path(str(self.upstream_ca_file))
-        self.env = {
-            **os.environ,
-            "AGENT_VAULT_HOME": str(self.home),
-            "AGENT_VAULT_TEST_KDF": "1",
-            "AGENT_VAULT_KEYRING": "0",
-            **(env or {}),
-        }
+        self.env = base_env(tmp_path, AGENT_VAULT_HOME=str(self.home), **(env or {}))
         self.proc: subprocess.Popen[str] | None = None
         self._stderr_path = tmp_path / "server.stderr"
         self.api = self.proxy = ""
@@ -115,11 +112,13 @@ class ServerProc:
         self.api, self.proxy = fields["api"], fields["proxy"]
         self.proxy_port = int(self.proxy.rsplit(":", 1)[1])
         self.owner_token = self.login()
-        ca = httpx.get(self.api + "/v1/mitm/ca.pem").content
+        ca = httpx.get(self.api + "/v1/mitm/ca.pem", trust_env=False).content
         self.ca_bundle.write_bytes(ca + self.upstream_ca_file.read_bytes())
 
     def login(self, email: str = OWNER_EMAIL, password: str = OWNER_PASSWORD) -> str:
-        r = httpx.post(self.api + "/v1/auth/login", json={"email": email, "password": password})
+        r = httpx.post(
+            self.api + "/v1/auth/login", json={"email": email, "password": password}, trust_env=False
+        )
         r.raise_for_status()
         return str(r.json()["token"])
 
@@ -210,11 +209,3 @@ class ServerProc:
     def proxy_url(self, token: str, vault: str | None = "default") -> str:
         host = self.proxy.removeprefix("http://")
         return f"http://{token}:{vault}@{host}" if vault else f"http://{token}@{host}"
-
-    def wait_for(self, cond: Any, timeout: float = 5.0) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if cond():
-                return True
-            time.sleep(0.05)
-        return False

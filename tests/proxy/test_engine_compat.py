@@ -3,12 +3,12 @@ patch point refuses to start with exit 1 and one line naming mitmproxy, its vers
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers.env import base_env
 from mitmproxy.proxy.layers import http as mhttp
 
 from agent_vault.proxy import engine, engine_compat
@@ -58,12 +58,7 @@ def _server_with_engine_version(tmp_path: Path, version: str) -> subprocess.Comp
     (site / "sitecustomize.py").write_text(
         f"import mitmproxy.version\nmitmproxy.version.VERSION = {version!r}\n"
     )
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(tmp_path),
-        "PYTHONPATH": str(site),
-        "AGENT_VAULT_HOME": str(tmp_path / "home"),
-    }
+    env = base_env(tmp_path, PYTHONPATH=str(site), AGENT_VAULT_HOME=str(tmp_path / "home"))
     return subprocess.run(
         [sys.executable, "-m", "agent_vault", "server", "--port", "0", "--proxy-port", "0"],
         env=env,

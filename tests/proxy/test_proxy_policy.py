@@ -5,9 +5,11 @@ from __future__ import annotations
 import ipaddress
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.env import base_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -275,7 +277,7 @@ def test_ten_thousand_services() -> None:
     assert idx.could_match("api1.example.com", 443) and not idx.could_match("api1.example.net", 443)
 
 
-def test_pure_modules_import_neither_mitmproxy_nor_the_orm() -> None:
+def test_pure_modules_import_neither_mitmproxy_nor_the_orm(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "import agent_vault.servicedef, agent_vault.proxy.auth\n"
@@ -284,4 +286,4 @@ def test_pure_modules_import_neither_mitmproxy_nor_the_orm() -> None:
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'mitmproxy', 'sqlmodel', 'sqlalchemy'})\n"
         "assert not bad, bad\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, env=base_env(tmp_path))

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.env import base_env
 from mitmproxy.addons import tlsconfig
 from mitmproxy.proxy.layers import http as mhttp
 
@@ -40,7 +41,7 @@ def test_engine_uses_the_instance_ca_and_wipes_the_key_file(
     original = tlsconfig.TlsConfig.running
 
     async def late_running(self: tlsconfig.TlsConfig) -> None:
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # scenario: the late reload itself, not a wait for something
         original(self)
 
     monkeypatch.setattr(tlsconfig.TlsConfig, "running", late_running)
@@ -62,7 +63,7 @@ def test_engine_uses_the_instance_ca_and_wipes_the_key_file(
     asyncio.run(once())
 
 
-def test_the_server_imports_only_the_lean_chain_of_mitmproxy_addons() -> None:
+def test_the_server_imports_only_the_lean_chain_of_mitmproxy_addons(tmp_path: Path) -> None:
     """SPEC §14.13: no web UI, onboarding app, HAR export or LDAP auth is even imported."""
     code = (
         "import sys\n"
@@ -74,4 +75,4 @@ def test_the_server_imports_only_the_lean_chain_of_mitmproxy_addons() -> None:
         "assert not bad, bad\n"
         "assert 'mitmproxy.addons.proxyserver' in sys.modules\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, env=base_env(tmp_path))

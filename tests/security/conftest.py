@@ -40,7 +40,6 @@ import h2.events
 import httpx
 import pytest
 import trustme
-from helpers.cli_fixtures import clean_env
 from helpers.proxy import RawConn, Resp
 from helpers.server import MASTER_PASSWORD, OWNER_EMAIL, OWNER_PASSWORD, ServerProc
 from helpers.upstream import TLSUpstream, UpstreamRequest, UpstreamResponse
@@ -219,7 +218,6 @@ class SweptServer(ServerProc):
     def __init__(self, tmp_path: Path, upstream_ca: trustme.CA, sweep: Sweep, **kw: Any) -> None:
         env = {"AGENT_VAULT_RESOLVE": RESOLVE, **kw.pop("env", {})}
         super().__init__(tmp_path, upstream_ca, env=env, **kw)
-        self.env = {**clean_env(self.env), **env}
         self.sweep = sweep
         sweep.servers.append(self)
         sweep.secret_token("owner password", OWNER_PASSWORD)

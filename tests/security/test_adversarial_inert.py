@@ -30,6 +30,7 @@ import pytest
 import trustme
 from helpers.proxy import basic
 from helpers.server import OWNER_PASSWORD
+from helpers.wait import wait_until
 from security.conftest import Forger, Sweep, SweptServer, new_secret, start_server
 
 from agent_vault.cli.output import inert
@@ -167,16 +168,12 @@ def _hostile_requests(world: dict[str, Any]) -> None:
 
 
 def _probe_records(srv: SweptServer) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-
-    def seen() -> bool:
+    def seen() -> list[dict[str, Any]]:
         with srv.http() as c:
             logs = c.get("/v1/vaults/default/logs", params={"limit": 100}).json()["logs"]
-        found[:] = [r for r in logs if "inert" in str(r.get("path") or "")]
-        return bool(found)
+        return [r for r in logs if "inert" in str(r.get("path") or "")]
 
-    assert srv.wait_for(seen, timeout=10), "the hostile requests left no audit record"
-    return found
+    return wait_until(seen, "an audit record of the hostile requests", timeout=10)
 
 
 def test_logs_of_hostile_requests_are_inert(world: dict[str, Any]) -> None:

@@ -13,7 +13,6 @@ import signal
 import sqlite3
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pytest
 import trustme
 from helpers.proxy import basic
 from helpers.server import OWNER_PASSWORD as PW
+from helpers.wait import wait_until
 from security.conftest import (
     Forger,
     Sweep,
@@ -227,7 +227,7 @@ DAEMON = textwrap.dedent('''
     (d / "pid").write_text(str(os.getpid()))
     with httpx.Client(trust_env=True, timeout=10) as c:  # HTTPS_PROXY and SSL_CERT_FILE from vault run
         (d / "first").write_text(str(c.get(url + "/daemon-1").status_code))
-        for _ in range(600):
+        for _ in range(600):  # scenario: stay alive (connection kept) until the test says go (<= 30 s)
             if (d / "go").exists():
                 break
             time.sleep(0.05)
@@ -240,11 +240,9 @@ DAEMON = textwrap.dedent('''
 
 
 def _wait_file(path: Path, timeout: float = 20) -> str:
-    end = time.monotonic() + timeout
-    while not path.exists() or not path.read_text():
-        assert time.monotonic() < end, f"{path.name} never written"
-        time.sleep(0.05)
-    return path.read_text()
+    return wait_until(
+        lambda: path.read_text() if path.exists() else "", f"{path.name} written", timeout=timeout
+    )
 
 
 def test_session_dies_with_vault_run_even_for_a_daemon_it_left_behind(
@@ -252,6 +250,8 @@ def test_session_dies_with_vault_run_even_for_a_daemon_it_left_behind(
 ) -> None:
     (tmp_path / "daemon.py").write_text(DAEMON)
     url = f"https://api.upstream.test:{up.port}/echo"
+    # scenario: the `vault run` child lingers (<= 20 s) until its daemon's first request went through, so
+    # that request runs while the wrapper is alive; then the wrapper exits and leaves the daemon behind
     script = (
         f"echo TOKEN=$AGENT_VAULT_TOKEN; {sys.executable} {tmp_path / 'daemon.py'} {tmp_path} {url} "
         f"</dev/null >/dev/null 2>&1 & i=0; while [ ! -s {tmp_path / 'first'} ] && [ $i -lt 400 ]; "

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers.env import base_env
+
 from agent_vault.config import Settings
 from agent_vault.instance import init_instance, unlock
 
@@ -13,7 +15,7 @@ OLD, NEW = "master-password-old-1", "master-password-new-2"
 
 
 def _cli(home: Path, *args: str, stdin: str) -> subprocess.CompletedProcess[str]:
-    env = {"AGENT_VAULT_HOME": str(home), "AGENT_VAULT_TEST_KDF": "1", "PATH": "/usr/bin:/bin"}
+    env = base_env(home.parent, AGENT_VAULT_HOME=str(home))
     return subprocess.run(
         [sys.executable, "-m", "agent_vault", "master-password", *args],
         input=stdin,

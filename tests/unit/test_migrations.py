@@ -8,7 +8,6 @@ foreign keys. A model change without a migration fails it.
 from __future__ import annotations
 
 import hashlib
-import os
 import sqlite3
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.env import base_env
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
@@ -155,12 +155,7 @@ def test_newer_schema_is_refused_and_left_untouched(tmp_path: Path) -> None:
 
 
 def _env(home: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "AGENT_VAULT_HOME": str(home),
-        "AGENT_VAULT_TEST_KDF": "1",
-        "AGENT_VAULT_KEYRING": "0",
-    }
+    return base_env(home.parent, AGENT_VAULT_HOME=str(home))
 
 
 def _cli(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
