@@ -32,7 +32,6 @@ from agent_vault.proxy.redact import contains_secret
 from agent_vault.servicedef import ServiceDef
 
 log = logging.getLogger("agent_vault.proxy")
-DECODABLE = frozenset({"", "identity", "gzip", "deflate", "br", "zstd"})
 
 
 def incident(e: BaseException) -> AgentVaultError:
@@ -195,7 +194,10 @@ class FlowLog:
         if d is not None and error is None:
             decision = d.kind
         else:
-            decision = "denied" if status is not None and status < 500 else "error"
+            # `denied`: the proxy refused (its own 4xx); `error`: it failed, or the exchange failed
+            # after the upstream answered (e.g. a streamed body cut at the decoding cap)
+            refused = status is not None and status < 500 and is_proxy_answer(resp)
+            decision = "denied" if refused else "error"
         svc = d.service if d is not None else None
         ident = fs.ident
         vault = ident.vault if ident is not None else None

@@ -33,15 +33,15 @@ TOKENS: list[str] = []
 FAULT_HOOK = """
 import os
 if os.environ.get("AV_TEST_FAULT"):
-    import agent_vault.proxy.addon as _addon
-    _decide = _addon.decide
+    import agent_vault.proxy.request_phase as _phase
+    _decide = _phase.decide
 
     def decide(view, ident, host, port, method, path, *rest):
         if path.startswith("/echo/boom"):
             raise RuntimeError("unexpected failure carrying " + view.values.get("API_TOKEN", ""))
         return _decide(view, ident, host, port, method, path, *rest)
 
-    _addon.decide = decide
+    _phase.decide = decide
 """
 
 

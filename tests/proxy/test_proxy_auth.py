@@ -95,6 +95,12 @@ header_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=80) | st.t
 )
 
 
+_FIXED_WORDS = (
+    "Proxy-Authorization is longer than 4096 characters must be 'Basic <base64>' or 'Bearer <token>' "
+    "scheme must be Basic or Bearer credentials are not valid base64 UTF-8 percent-encoding is empty"
+)
+
+
 @settings(max_examples=500, deadline=None)
 @given(st.sampled_from(["", "Basic ", "Bearer ", "basic ", "Negotiate "]), header_text)
 @example("Basic ", "dG9rZW4=")
@@ -105,7 +111,9 @@ def test_fuzz_only_malformed_and_never_echoes(scheme: str, rest: str) -> None:
     except MalformedProxyAuth as exc:
         message = str(exc)
         assert message.startswith("Proxy-Authorization ")
-        if len(rest.strip()) >= 6:
+        # the message never quotes the input: it is one of the fixed sentences (an input that happens
+        # to be a word of those sentences, like "scheme", proves nothing either way)
+        if len(rest.strip()) >= 6 and rest.strip() not in _FIXED_WORDS:
             assert rest.strip() not in message
         return
     if creds is not None:

@@ -69,6 +69,7 @@ PROXY_CODES = {
     "upstream_unreachable": 502,
     "upstream_tls": 502,
     "upstream_timeout": 504,
+    "response_too_large": 502,
     "internal": 502,
 }
 
