@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import trustme
-from helpers.proxy import basic
+from helpers.proxy import Resp, basic
 from security.conftest import Sweep, SweptServer, new_secret, proxy_error, start_server
 
 V: dict[str, str] = {}
@@ -235,18 +235,19 @@ def test_unauthenticated_connections_are_capped_and_the_api_answers(srv: SweptSe
         assert s.recv(4096).startswith(b"HTTP/1.1 200")
 
 
+def _get_through_mitm(srv: SweptServer, hostile: HostileHeadUpstream, path: str) -> Resp:
+    """GET `path` from the hostile upstream as an agent would: CONNECT, TLS to the proxy's CA, HTTP/1."""
+    authority = f"api.upstream.test:{hostile.port}"
+    with srv.raw() as conn:
+        assert conn.connect(authority, {"Proxy-Authorization": basic(V["token"])}).status == 200
+        conn.start_tls("api.upstream.test", srv.ca_bundle)
+        return conn.request("GET", path, {"Host": authority})
+
+
 def test_malformed_upstream_head_echoing_the_value_is_not_reflected(
     srv: SweptServer, sweep: Sweep, hostile: HostileHeadUpstream
 ) -> None:
-    with srv.raw() as conn:
-        assert (
-            conn.connect(
-                f"api.upstream.test:{hostile.port}", {"Proxy-Authorization": basic(V["token"])}
-            ).status
-            == 200
-        )
-        conn.start_tls("api.upstream.test", srv.ca_bundle)
-        r = conn.request("GET", "/echo-bad", {"Host": f"api.upstream.test:{hostile.port}"})
+    r = _get_through_mitm(srv, hostile, "/echo-bad")
     assert any(V["KEY"].encode() in h for h in hostile.seen)  # the upstream did get the value
     assert r.status == 502
     code = proxy_error(r.status, r.headers, r.body)
@@ -258,14 +259,6 @@ def test_malformed_upstream_head_echoing_the_value_is_not_reflected(
 def test_endless_upstream_head_is_cut(srv: SweptServer, sweep: Sweep, hostile: HostileHeadUpstream) -> None:
     assert srv.proc is not None
     before = _rss_kib(srv.proc.pid)
-    with srv.raw() as conn:
-        assert (
-            conn.connect(
-                f"api.upstream.test:{hostile.port}", {"Proxy-Authorization": basic(V["token"])}
-            ).status
-            == 200
-        )
-        conn.start_tls("api.upstream.test", srv.ca_bundle)
-        r = conn.request("GET", "/endless", {"Host": f"api.upstream.test:{hostile.port}"})
+    r = _get_through_mitm(srv, hostile, "/endless")
     assert r.status == 502 and r.json()["cause"] == "the upstream's response head is over the proxy's limit"
     assert _rss_kib(srv.proc.pid) - before < 32 << 10
