@@ -24,6 +24,9 @@ import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import agent_vault.proxy.lean_mitmproxy  # noqa: F401 - before any mitmproxy.addons import (no web UI etc.)
+
+# isort: split
 from mitmproxy import version as mversion
 
 from agent_vault.errors import AgentVaultError

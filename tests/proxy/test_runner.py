@@ -67,6 +67,8 @@ def test_the_server_imports_only_the_lean_chain_of_mitmproxy_addons(tmp_path: Pa
     """SPEC §14.13: no web UI, onboarding app, HAR export or LDAP auth is even imported."""
     code = (
         "import sys\n"
+        "from agent_vault.proxy import engine_compat\n"
+        "engine_compat.require_compatible()  # what `agent-vault server` runs first\n"
         "import agent_vault.server\n"
         "loaded = {m.split('.')[0] for m in sys.modules} | set(sys.modules)\n"
         "unwanted = {'flask', 'ldap3', 'mitmproxy.tools.web', 'mitmproxy.addons.onboarding',\n"
