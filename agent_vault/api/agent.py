@@ -34,6 +34,7 @@ def discover_body(core: Any, vault: str, role: str) -> J:
                 "auth_type": svc.auth.type,
                 "enabled": svc.enabled,
                 "placeholders": list(svc.substitution_keys),
+                "schemes": ["https", "http"] if svc.allow_http else ["https"],
             }
         )
     base = core.public_url

@@ -207,3 +207,14 @@ def test_grants_set_list_and_remove(api: httpx.Client) -> None:
         ).status_code
         == 404
     )
+
+
+def test_discover_tells_agents_which_schemes_a_service_accepts(api: httpx.Client) -> None:
+    """An agent learns from discover that a service refuses plain http (`insecure_scheme`) unless opted in."""
+    for name, extra in (("tls-only", {}), ("plain-ok", {"allow_http": True})):
+        svc = {"name": name, "host": f"{name}.example.com", "auth": {"type": "bearer", "token": "K"}, **extra}
+        r = api.post("/v1/vaults/default/services", json={"password": OWNER_PASSWORD, "service": svc})
+        assert r.status_code in (200, 201), r.text
+    hdr = {"Authorization": f"Bearer {_agent(api)}"}
+    schemes = {s["name"]: s["schemes"] for s in api.get("/v1/discover", headers=hdr).json()["services"]}
+    assert schemes == {"tls-only": ["https"], "plain-ok": ["https", "http"]}
