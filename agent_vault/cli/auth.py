@@ -57,12 +57,17 @@ def login(
         email = typer.prompt("Email")
     pw = password(f"Password for {email}: ", password_stdin)
     c = client()
-    result = c.request(
-        "POST",
-        "/v1/auth/login",
-        auth=False,
-        json_body={"email": email, "password": pw, "label": label or f"cli@{socket.gethostname()}"},
-    )
+    try:
+        result = c.request(
+            "POST",
+            "/v1/auth/login",
+            auth=False,
+            json_body={"email": email, "password": pw, "label": label or f"cli@{socket.gethostname()}"},
+        )
+    except ApiError as e:
+        if e.status == 401:  # the server's hint ("log in with ...") is what the user just did
+            e.hint = "Check the email and the password (your login, not the master password) and try again."
+        raise
     info = store_login(c.addr, result)
     out.data(info, f"logged in as {info['email']} at {c.addr} (until {info['expires_at']})")
 

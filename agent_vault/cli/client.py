@@ -86,10 +86,16 @@ class Client:
         try:
             with httpx.Client(timeout=30.0, trust_env=False) as c:
                 r = c.request(method, self.addr + path, json=json_body, params=params, headers=h)
-        except httpx.HTTPError as e:
+        except httpx.TimeoutException:
             raise ServerUnreachable(
-                f"cannot reach the server at {self.addr} ({type(e).__name__})",
-                hint="Start it with 'agent-vault server' or check --addr.",
+                f"the server at {self.addr} did not answer within 30 seconds",
+                hint="Is it overloaded or stuck? Check with 'agent-vault status'.",
+            ) from None
+        except httpx.HTTPError:
+            raise ServerUnreachable(
+                f"cannot reach the server at {self.addr}",
+                hint="Is the server running? Check with 'agent-vault status'; start it with "
+                "'agent-vault server', or point --addr at it.",
             ) from None
         if r.status_code >= 400:
             try:

@@ -30,6 +30,7 @@ VaultOpt = Annotated[
     str | None,
     typer.Option(
         "--vault",
+        metavar="NAME",
         help="Vault to use (default: AGENT_VAULT_VAULT, .agent-vault.toml, 'vault use', then 'default').",
     ),
 ]

@@ -88,6 +88,10 @@ class Out:
         elif not self.quiet:
             self.console.print(inert(human, keep_lines=True), markup=False)
 
+    def fields(self, obj: dict[str, Any]) -> None:
+        """`obj` as `key: value` lines in words (yes/no/none, lists joined), or as JSON with --json."""
+        self.data(obj, "\n".join(f"{k.replace('_', ' ')}: {words(v)}" for k, v in obj.items()))
+
     def table(
         self, obj: Any, rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str | None = None
     ) -> None:
@@ -134,6 +138,21 @@ class Out:
                 print(json_text({"error": "error", "message": msg}), file=sys.stderr)
                 return
         print(f"error: {inert(msg)}", file=sys.stderr)
+
+
+def words(v: Any) -> str:
+    """A value for human output: never Python's True/False/None."""
+    if v is True:
+        return "yes"
+    if v is False:
+        return "no"
+    if v is None:
+        return "none"
+    if isinstance(v, list | tuple):
+        return ", ".join(words(x) for x in v) or "none"
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {words(x)}" for k, x in v.items()) or "none"
+    return str(v)
 
 
 def _cell(v: Any) -> str:

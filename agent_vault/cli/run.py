@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import typer
 
-from agent_vault.cli import G, app
+from agent_vault.cli import G, app, choice
 from agent_vault.cli.certs import fetch_ca, write_ca_files
 from agent_vault.cli.client import Client
 from agent_vault.cli.common import VaultOpt, client, exit_with, resolve_vault, vault_app
@@ -227,8 +227,11 @@ def run_command(
             )
         if argv[0].startswith("-"):
             raise InvalidRequest(f"unknown option {argv[0]}", hint="Put the command after '--'.")
-        if policy is not None and policy not in POLICIES:
-            raise InvalidRequest("--policy must be tunnel, passthrough or deny")
+        if policy is not None:
+            try:
+                policy = choice(policy, POLICIES, "--policy")
+            except typer.BadParameter as e:  # a wrapper failure (exit 125), not a usage error
+                raise InvalidRequest(e.format_message()) from None
         for key in placeholder or []:
             check_key(key)
         ttl_s = parse_duration(ttl)

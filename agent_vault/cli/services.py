@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from agent_vault.cli import choice
 from agent_vault.cli.common import (
     PasswordStdinOpt,
     VaultOpt,
@@ -21,6 +22,7 @@ from agent_vault.cli.common import (
 )
 from agent_vault.cli.output import out
 from agent_vault.cli.servicefile import (
+    AUTH_TYPES,
     AuthFlags,
     build_auth,
     dump_services,
@@ -161,7 +163,11 @@ def _service_command(name: str, *, update: bool) -> Any:
         ] = None,
         redact: Annotated[bool | None, Opt("--redact/--no-redact", help="Redact echoed values.")] = None,
         forward_set_cookie: Annotated[
-            bool | None, Opt("--forward-set-cookie/--no-forward-set-cookie")
+            bool | None,
+            Opt(
+                "--forward-set-cookie/--no-forward-set-cookie",
+                help="Pass upstream Set-Cookie to the agent (default: only when no credential is sent).",
+            ),
         ] = None,
         allow_http: Annotated[
             bool | None,
@@ -172,12 +178,16 @@ def _service_command(name: str, *, update: bool) -> Any:
             ),
         ] = None,
         enabled: Annotated[bool | None, Opt("--enabled/--disabled", help="Enabled (default) or not.")] = None,
-        description: Annotated[str | None, Opt("--description")] = None,
+        description: Annotated[
+            str | None, Opt("--description", metavar="TEXT", help="What it is for.")
+        ] = None,
         from_catalog: Annotated[
             str | None, Opt("--from-catalog", metavar="ID", help="Start from a built-in template.")
         ] = None,
         password_stdin: PasswordStdinOpt = False,
     ) -> None:
+        if auth_type is not None:
+            auth_type = choice(auth_type, AUTH_TYPES, "--auth-type")
         v = vault_name(vault)
         base: dict[str, Any] | None = None
         if from_catalog:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from agent_vault.cli import G, app, credentials, services  # noqa: F401  (credentials/services: sub-apps)
+from agent_vault.cli import G, app, choice, credentials, services  # noqa: F401  (credentials/services: sub-apps)
 from agent_vault.cli.client import ApiError
 from agent_vault.cli.common import (
     PasswordStdinOpt,
@@ -140,12 +140,12 @@ def settings(
     if unmatched_policy is None and enforcement is None and rate_limits is None:
         data = c.get(f"/v1/vaults/{seg(name)}")
     else:
-        if unmatched_policy is not None and unmatched_policy not in POLICIES:
-            raise typer.BadParameter("must be tunnel, passthrough or deny", param_hint="--unmatched-policy")
-        if enforcement is not None and enforcement not in ENFORCEMENTS:
-            raise typer.BadParameter("must be enforce or dry-run", param_hint="--enforcement")
-        if rate_limits is not None and rate_limits not in RATE_LIMIT_PROFILES:
-            raise typer.BadParameter("must be default, strict, off or server", param_hint="--rate-limits")
+        if unmatched_policy is not None:
+            unmatched_policy = choice(unmatched_policy, POLICIES, "--unmatched-policy")
+        if enforcement is not None:
+            enforcement = choice(enforcement, ENFORCEMENTS, "--enforcement")
+        if rate_limits is not None:
+            rate_limits = choice(rate_limits, RATE_LIMIT_PROFILES, "--rate-limits")
         body: dict[str, Any] = {"password": step_up(password_stdin)}
         if unmatched_policy:
             body["unmatched_policy"] = unmatched_policy
