@@ -73,6 +73,21 @@ class Home:
         return self.root / "run"
 
     @property
+    def server_lock(self) -> Path:
+        """flock-ed by the running server for its lifetime; holds its pid. Outside run/ (wiped per start)."""
+        return self.root / "server.lock"
+
+    @property
+    def server_state(self) -> Path:
+        """JSON {pid, api, proxy, key_mode}: written once the server is ready, removed when it stops."""
+        return self.root / "server.json"
+
+    @property
+    def server_log(self) -> Path:
+        """stdout + stderr of a server started with `--detach` (appended, 0600)."""
+        return self.root / "server.log"
+
+    @property
     def audit_head(self) -> Path:
         return self.root / "audit.head"
 

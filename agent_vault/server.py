@@ -2,7 +2,9 @@
 
 Prints exactly one line to stdout when both listeners are bound:
 `agent-vault ready api=http://H:P proxy=http://H:Q key-mode=M`. Everything else goes to stderr.
-A bind failure on either listener is fatal (exit 1) and leaves nothing running.
+A bind failure on either listener is fatal (exit 1) and leaves nothing running. One server per home:
+`run` holds `<home>/server.lock` (agent_vault/lifecycle.py) from before the master password is asked
+until exit, and publishes its pid and addresses in `<home>/server.json` just before the ready line.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from agent_vault.errors import MasterPasswordRequired
 from agent_vault.home import Home
 from agent_vault.housekeeping import start_housekeeping
 from agent_vault.instance import Unlocked, unlock
+from agent_vault.lifecycle import ServerLock
 from agent_vault.metrics import Metrics
 from agent_vault.proxy.addon import VaultAddon
 from agent_vault.proxy.runner import BindError, ProxyRunner
@@ -82,13 +85,25 @@ def master_password(key_mode: str, instance_id: str, password_stdin: bool) -> st
         kr = keys.keyring_get(instance_id)
         if kr:
             return kr
-    if sys.stdin.isatty():
+    if foreground_tty():
         import getpass
 
         return getpass.getpass("Master password: ")
     raise MasterPasswordRequired(
-        "the master password is required", hint="Set AGENT_VAULT_MASTER_PASSWORD or pass --password-stdin."
+        "the master password is required and there is no terminal to ask for it",
+        hint="Set AGENT_VAULT_MASTER_PASSWORD or pass --password-stdin; to run it in the background: "
+        "'agent-vault server --detach' with one of them",
     )
+
+
+def foreground_tty() -> bool:
+    """stdin is a terminal and we are its foreground job. A background job (`agent-vault server &`) that
+    reads the terminal is stopped by the shell (SIGTTIN) and would wait silently forever."""
+    try:
+        fd = sys.stdin.fileno()
+        return os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp()
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def resolve_overrides() -> dict[str, str]:
@@ -101,8 +116,14 @@ def resolve_overrides() -> dict[str, str]:
     return out
 
 
-async def serve(settings: Settings, unlocked: Unlocked, ready: asyncio.Event | None = None) -> None:
-    """Run until SIGINT/SIGTERM (or `core.services.stop` is set)."""
+async def serve(
+    settings: Settings,
+    unlocked: Unlocked,
+    ready: asyncio.Event | None = None,
+    lock: ServerLock | None = None,
+) -> None:
+    """Run until SIGINT/SIGTERM (or `core.services.stop` is set). With `lock` (held by the caller), the
+    state file (pid and addresses) is written just before the ready line."""
     home = Home(settings.home)
     home.reset_run_dir()
     store = unlocked.store
@@ -167,6 +188,8 @@ async def serve(settings: Settings, unlocked: Unlocked, ready: asyncio.Event | N
                 if core.proxy_port
                 else "off"
             )
+            if lock is not None:
+                lock.write_state(core.api_url, proxy, unlocked.key_mode)
             print(
                 f"agent-vault ready api={core.api_url} proxy={proxy} key-mode={unlocked.key_mode}", flush=True
             )
@@ -240,13 +263,18 @@ def raise_nofile_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def run(settings: Settings, password_stdin: bool = False) -> None:
-    """Blocking entry point used by the CLI. Raises AgentVaultError for user-facing failures."""
+def run(settings: Settings, password_stdin: bool = False, lock: ServerLock | None = None) -> None:
+    """Blocking entry point used by the CLI. Raises AgentVaultError for user-facing failures.
+
+    `lock`: the home's ServerLock, already held (the CLI takes it before any prompt); None takes it here."""
     settings.sqlalchemy_url()  # refuses postgresql early
     raise_nofile_limit()
     home = Home(settings.home)
-    info = home.instance()
-    with _logging(settings.log_level):
-        password = master_password(info["key_mode"], info["instance_id"], password_stdin)
-        unlocked = unlock(settings, password)
-        asyncio.run(serve(settings, unlocked))
+    with contextlib.ExitStack() as stack:
+        if lock is None:
+            lock = stack.enter_context(ServerLock(home))
+        info = home.instance()
+        with _logging(settings.log_level):
+            password = master_password(info["key_mode"], info["instance_id"], password_stdin)
+            unlocked = unlock(settings, password)
+            asyncio.run(serve(settings, unlocked, lock=lock))

@@ -1,19 +1,17 @@
-"""Local commands: init, server, status."""
+"""Local commands: init, master-password (`server` and `status` are in cli/serverctl.py)."""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from agent_vault.cli import G, app
-from agent_vault.cli.client import Client
 from agent_vault.cli.output import out
 from agent_vault.cli.prompts import password, read_stdin_line
 from agent_vault.config import env_settings
-from agent_vault.errors import AgentVaultError, InvalidRequest, NotInitialised
+from agent_vault.errors import InvalidRequest
 from agent_vault.home import Home
 
 
@@ -62,99 +60,6 @@ def init(
         f"initialised {settings.home} (instance {instance_id[:8]}, key mode {key_mode}); "
         f"start it with 'agent-vault server'",
     )
-
-
-@app.command()
-def server(
-    host: Annotated[str | None, typer.Option(help="API bind host.")] = None,
-    port: Annotated[int | None, typer.Option(help="API port (0 = any free port).")] = None,
-    proxy_host: Annotated[str | None, typer.Option(help="Proxy bind host.")] = None,
-    proxy_port: Annotated[int | None, typer.Option(help="Proxy port (0 = any free port).")] = None,
-    disable_proxy: Annotated[bool, typer.Option(help="Run the API only.")] = False,
-    public_url: Annotated[str | None, typer.Option(help="Base URL for approval links.")] = None,
-    database_url: Annotated[str | None, typer.Option(help="sqlite:///PATH")] = None,
-    log_level: Annotated[str | None, typer.Option(help="debug | info | warning")] = None,
-    allow_net: Annotated[
-        list[str] | None, typer.Option(help="Allow upstreams in this CIDR (repeatable).")
-    ] = None,
-    upstream_ca: Annotated[Path | None, typer.Option(help="Extra CA file for upstream TLS.")] = None,
-    max_request_bytes: Annotated[int | None, typer.Option()] = None,
-    max_buffered_bytes: Annotated[int | None, typer.Option()] = None,
-    rate_limits: Annotated[str | None, typer.Option(help="default | strict | off")] = None,
-    audit_retention_days: Annotated[int | None, typer.Option()] = None,
-    idle_timeout: Annotated[int | None, typer.Option()] = None,
-    auth_timeout: Annotated[
-        float | None, typer.Option(help="Seconds a proxy connection may take to authenticate (10).")
-    ] = None,
-    max_unauthenticated: Annotated[
-        int | None, typer.Option(help="Proxy connections not yet authenticated, at most (512).")
-    ] = None,
-    no_step_up: Annotated[bool, typer.Option(help="Throwaway instances only: no password re-entry.")] = False,
-    password_stdin: Annotated[bool, typer.Option(help="Read the master password from stdin.")] = False,
-) -> None:
-    """Run the control API and the injecting proxy on one event loop."""
-    from pydantic import ValidationError
-
-    from agent_vault.proxy import engine_compat
-
-    engine_compat.require_compatible()  # before the patching modules are imported: one line, exit 1
-    from agent_vault import server as srv
-
-    try:
-        settings = env_settings(
-            home=G.home,
-            host=host,
-            port=port,
-            proxy_host=proxy_host,
-            proxy_port=proxy_port,
-            disable_proxy=disable_proxy or None,
-            public_url=public_url,
-            database_url=database_url,
-            log_level=log_level,
-            allow_net=tuple(allow_net or ()),
-            upstream_ca=upstream_ca,
-            max_request_bytes=max_request_bytes,
-            max_buffered_bytes=max_buffered_bytes,
-            rate_limits=rate_limits,
-            audit_retention_days=audit_retention_days,
-            idle_timeout=idle_timeout,
-            auth_timeout=auth_timeout,
-            max_unauthenticated=max_unauthenticated,
-            no_step_up=no_step_up or None,
-        )
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise InvalidRequest(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    home = Home(settings.home)
-    if not home.initialised():
-        if sys.stdin.isatty():
-            init(key_mode="password", owner_email=None, password_stdin=False, yes=False)
-        else:
-            raise NotInitialised(
-                f"{settings.home} is not initialised yet (no terminal to ask for passwords)",
-                hint="Run: printf '%s\\n' LOGIN_PASSWORD | AGENT_VAULT_MASTER_PASSWORD=... "
-                "agent-vault init --owner-email you@example.com --password-stdin",
-            )
-    srv.run(settings, password_stdin=password_stdin)
-
-
-@app.command()
-def status() -> None:
-    """Server reachable?, version, key mode, login, ports."""
-    from agent_vault import keys
-
-    client = Client(G.addr, G.home)
-    info = client.request("GET", "/v1/status", auth=False)
-    me = None
-    if client.token:
-        try:
-            me = client.get("/v1/auth/me")
-        except AgentVaultError:
-            me = None
-    info = {**info, "addr": client.addr, "logged_in_as": (me or {}).get("name")}
-    if info.get("key_mode") == "passwordless":
-        out.warn(keys.PASSWORDLESS_WARNING.format(path=G.home / "dek.key"))
-    out.data(info, "\n".join(f"{k}: {v}" for k, v in info.items()))
 
 
 master_app = typer.Typer(no_args_is_help=True, help="Change how the data key is protected (server stopped).")
@@ -225,3 +130,6 @@ def master_remove(
     if not yes:
         raise InvalidRequest("removing the master password needs --yes")
     _rewrap("passwordless", password_stdin, need_new=False)
+
+
+from agent_vault.cli import serverctl  # noqa: E402, F401  (registers server, server stop, status)
