@@ -60,11 +60,18 @@ def server(
         list[str] | None, typer.Option(help="Allow upstreams in this CIDR (repeatable).")
     ] = None,
     upstream_ca: Annotated[Path | None, typer.Option(help="Extra CA file for upstream TLS.")] = None,
-    max_request_bytes: Annotated[int | None, typer.Option()] = None,
-    max_buffered_bytes: Annotated[int | None, typer.Option()] = None,
+    max_request_bytes: Annotated[
+        int | None, typer.Option(help="Largest request body forwarded, bytes (1 GiB).")
+    ] = None,
+    max_buffered_bytes: Annotated[
+        int | None,
+        typer.Option(help="Largest body buffered or decoded for substitution/redaction, bytes (32 MiB)."),
+    ] = None,
     rate_limits: Annotated[str | None, typer.Option(help="default | strict | off")] = None,
-    audit_retention_days: Annotated[int | None, typer.Option()] = None,
-    idle_timeout: Annotated[int | None, typer.Option()] = None,
+    audit_retention_days: Annotated[int | None, typer.Option(help="Days of audit records kept (30).")] = None,
+    idle_timeout: Annotated[
+        int | None, typer.Option(help="Seconds an idle client or upstream connection stays open (900).")
+    ] = None,
     auth_timeout: Annotated[
         float | None, typer.Option(help="Seconds a proxy connection may take to authenticate (10).")
     ] = None,
@@ -323,4 +330,4 @@ def status() -> None:
         info.setdefault("proxy", running.proxy)
     if info.get("key_mode") == "passwordless":
         out.warn(keys.PASSWORDLESS_WARNING.format(path=G.home / "dek.key"))
-    out.data(info, "\n".join(f"{k}: {v}" for k, v in info.items()))
+    out.fields(info)  # in words: yes/no/none, never Python's True/None
