@@ -7,6 +7,8 @@ stored AES-GCM-sealed under the DEK; its plaintext touches disk only inside run/
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,8 +94,12 @@ def unwrap_dek(home: Home, store: Store, instance_id: str, mode: str, master_pas
     try:
         return crypto.open_sealed(kek, row.wrapped_dek, dek_aad(instance_id))
     except crypto.DecryptionError:
+        from_env = _env_digest is not None and hmac.compare_digest(_digest(master_password), _env_digest)
         raise WrongMasterPassword(
-            "wrong master password", hint="Check AGENT_VAULT_MASTER_PASSWORD."
+            "wrong master password",
+            hint="Check AGENT_VAULT_MASTER_PASSWORD."
+            if from_env
+            else "Type the master password chosen at init (not your login password).",
         ) from None
 
 
@@ -118,9 +124,21 @@ def keyring_set(instance_id: str, password: str) -> bool:
     return True
 
 
+# A digest of the last password read from AGENT_VAULT_MASTER_PASSWORD: a wrong one names the variable.
+_env_digest: bytes | None = None
+
+
+def _digest(password: str) -> bytes:
+    return hashlib.sha256(password.encode()).digest()
+
+
 def master_password_from_env() -> str | None:
     """Read AGENT_VAULT_MASTER_PASSWORD and remove it from the process environment at once."""
-    return os.environ.pop("AGENT_VAULT_MASTER_PASSWORD", None) or None
+    global _env_digest
+    value = os.environ.pop("AGENT_VAULT_MASTER_PASSWORD", None) or None
+    if value is not None:
+        _env_digest = _digest(value)
+    return value
 
 
 @dataclass(frozen=True)

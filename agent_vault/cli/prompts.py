@@ -7,7 +7,10 @@ import os
 import sys
 from pathlib import Path
 
+from agent_vault.cli.output import out
 from agent_vault.errors import InvalidRequest
+
+TRIES = 3
 
 
 def read_stdin_line() -> str:
@@ -24,6 +27,25 @@ def password(prompt: str, password_stdin: bool) -> str:
     if not sys.stdin.isatty():
         raise InvalidRequest("a password is required", hint="Pass --password-stdin and pipe it on stdin.")
     return getpass.getpass(prompt)
+
+
+def new_password(prompt: str, *, what: str, minimum: int, differs_from: str | None = None) -> str:
+    """A new password typed twice on the terminal, checked as it is typed: too short, equal to
+    `differs_from` or a repeat that does not match is said (never the value) and asked again, up to
+    TRIES times; then InvalidRequest naming the last problem."""
+    problem = ""
+    for _ in range(TRIES):
+        value = getpass.getpass(prompt)
+        if len(value) < minimum:
+            problem = f"the {what} must be at least {minimum} characters"
+        elif differs_from is not None and value == differs_from:
+            problem = f"the {what} must differ from the login password"
+        elif getpass.getpass("Repeat: ") != value:
+            problem = f"the {what}s do not match"
+        else:
+            return value
+        out.warn(f"{problem}; try again")
+    raise InvalidRequest(f"{problem} ({TRIES} tries)", hint="Run 'agent-vault init' again.")
 
 
 def secret_value(name: str, *, stdin: bool, from_env: str | None, from_file: Path | None) -> str:

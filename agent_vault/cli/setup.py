@@ -9,10 +9,13 @@ import typer
 
 from agent_vault.cli import G, app
 from agent_vault.cli.output import out
-from agent_vault.cli.prompts import password, read_stdin_line
+from agent_vault.cli.prompts import new_password, password, read_stdin_line
 from agent_vault.config import env_settings
-from agent_vault.errors import InvalidRequest
+from agent_vault.errors import Conflict, InvalidRequest
 from agent_vault.home import Home
+
+LOGIN_MIN = 8  # the minimums instance.init_instance (and domain.users, keys.check_master_password) enforce
+MASTER_MIN = 12
 
 
 @app.command()
@@ -28,17 +31,20 @@ def init(
 
     if key_mode not in keys.KEY_MODES:
         raise typer.BadParameter("must be password, keyring or passwordless", param_hint="--key-mode")
+    settings = env_settings(home=G.home)
+    home = Home(settings.home)
+    if home.initialised():
+        raise Conflict(
+            "this home is already initialised",
+            hint=f"{home.root} holds an instance: start it with 'agent-vault server', "
+            "or pass another --home for a new one.",
+        )
     if owner_email is None:
         if not sys.stdin.isatty():
             raise InvalidRequest("--owner-email is required without a terminal")
         owner_email = typer.prompt("Owner email")
-    if password_stdin:
-        owner_pw = read_stdin_line()
-    else:
-        owner_pw = password("Owner login password: ", False)
-        if password("Repeat: ", False) != owner_pw:
-            raise InvalidRequest("the passwords do not match")
     master: str | None = None
+    ask_master = False
     if key_mode != "passwordless":
         master = keys.master_password_from_env()
         if master is None:
@@ -46,15 +52,35 @@ def init(
                 raise InvalidRequest(
                     "the master password is required", hint="Set AGENT_VAULT_MASTER_PASSWORD."
                 )
-            master = password("Master password (>= 12 chars): ", False)
-            if password("Repeat: ", False) != master:
-                raise InvalidRequest("the passwords do not match")
-    settings = env_settings(home=G.home)
+            ask_master = True
+    if not password_stdin:
+        out.info(
+            f"The login password is how you log in to the CLI and the web UI "
+            f"({LOGIN_MIN}+ characters; you can change it later)."
+        )
+    if ask_master:
+        out.info(
+            f"The master password encrypts every stored credential; it cannot be recovered if lost "
+            f"({MASTER_MIN}+ characters, different from the login password)."
+        )
+    if password_stdin:
+        owner_pw = read_stdin_line()
+    else:
+        owner_pw = new_password(
+            f"Login password ({LOGIN_MIN}+ characters): ", what="login password", minimum=LOGIN_MIN
+        )
+    if ask_master:
+        master = new_password(
+            f"Master password ({MASTER_MIN}+ characters): ",
+            what="master password",
+            minimum=MASTER_MIN,
+            differs_from=owner_pw,
+        )
     instance_id = init_instance(
         settings, key_mode=key_mode, owner_email=owner_email, owner_password=owner_pw, master_password=master
     )
     if key_mode == "passwordless":
-        out.warn(keys.PASSWORDLESS_WARNING.format(path=Home(settings.home).dek_file))
+        out.warn(keys.PASSWORDLESS_WARNING.format(path=home.dek_file))
     out.data(
         {"instance_id": instance_id, "home": str(settings.home), "key_mode": key_mode},
         f"initialised {settings.home} (instance {instance_id[:8]}, key mode {key_mode}); "
@@ -94,7 +120,7 @@ def _rewrap(new_mode: str | None, password_stdin: bool, *, need_new: bool) -> No
         else (keys.master_password_from_env() or ask("Current master password: "))
     )
     mode = new_mode or (old_mode if old_mode != "passwordless" else "password")
-    new = ask("New master password (>= 12 chars): ") if need_new else None
+    new = ask(f"New master password ({MASTER_MIN}+ characters): ") if need_new else None
     store = Store(settings.sqlalchemy_url())
     try:
         keys.change_key_mode(home, store, info["instance_id"], old_mode, old, mode, new)
