@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, TextIO
 
 import typer
+from rich.cells import cell_len, set_cell_size
 from sqlalchemy import Engine, create_engine
 
 from agent_vault.audit import VerifyResult, utc_ts, verify_db
@@ -36,7 +37,6 @@ app.add_typer(logs_app, name="logs")
 
 PAGE = 500  # the API's maximum for /v1/vaults/{v}/logs
 EXPORT_PAGE = 1000  # the API's maximum for /v1/audit
-COLUMNS = ["seq", "time", "actor", "what", "target", "status", "service", "keys"]
 
 SinceOpt = Annotated[
     str | None, typer.Option(help="Only records newer than this: 90s, 15m, 1h, 7d or ISO time.")
@@ -116,26 +116,84 @@ def _row(rec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _line(rec: dict[str, Any]) -> str:
-    """One record on one line. Paths, hosts and methods are the agent's: each field is made inert
-    (newlines included), so a record can neither drive the terminal nor forge a second line."""
-    r = _row(rec)
-    parts = [str(r["seq"]), r["time"], str(r["actor"]), r["what"], r["target"]]
-    if r["status"] is not None:
-        parts.append(f"-> {r['status']}")
-    if r["service"]:
-        parts.append(f"[{r['service']}]")
-    if r["keys"]:
-        parts.append("keys=" + ",".join(r["keys"]))
-    return "  ".join(inert(p) for p in parts if p)
+WIDE = 120  # from this console width on: full times, full actors, service and keys
+SESSION_KINDS = ("session.",)  # `vault run` bookkeeping: one create and one revoke per run
+AllOpt = Annotated[
+    bool, typer.Option("--all", help="Also show session bookkeeping records (session.create/revoke).")
+]
+
+
+def _visible(rec: dict[str, Any], show_all: bool) -> bool:
+    return show_all or not str(rec.get("kind", "")).startswith(SESSION_KINDS)
+
+
+def _fit(text: str, width: int) -> str:
+    """`text` cut to `width` terminal cells, an ellipsis marking the cut."""
+    if cell_len(text) <= width:
+        return text
+    if width <= 1:
+        return "\u2026"[:width]
+    return set_cell_size(text, width - 1) + "\u2026"
+
+
+def _short_actor(actor: str) -> str:
+    """`user:a@b.c` -> `a@b.c`, `agent:bot` -> `bot`, `session:12:agent:bot` -> `s12:bot`."""
+    if actor.startswith("session:"):
+        _, sid, _, rest = [*actor.split(":", 3), "", "", ""][:4]
+        return f"s{sid}:{rest or '?'}"
+    return actor.split(":", 1)[1] if ":" in actor else actor
+
+
+def _width() -> int:
+    return max(40, int(out.console.width))
+
+
+def _lines(records: list[dict[str, Any]], width: int | None = None) -> list[str]:
+    """One line per record, each at most `width` cells. Paths, hosts and methods are the agent's: each
+    field is made inert (newlines included) before it is measured or cut, so a record can neither drive
+    the terminal nor forge a second line. Compact below WIDE columns: `seq HH:MM:SS actor what target
+    status`; wider terminals get the full time and actor, the service and the keys."""
+    width = _width() if width is None else width
+    wide = width >= WIDE
+    cells: list[tuple[str, str, str, str, str, str]] = []
+    for rec in records:
+        r = _row(rec)
+        time_ = r["time"][:19] if wide else r["time"][11:19]
+        actor = str(r["actor"]) if wide else _short_actor(str(r["actor"]))
+        tail = [] if r["status"] is None else [f"{r['status']}" if not wide else f"-> {r['status']}"]
+        if wide and r["service"]:
+            tail.append(f"[{r['service']}]")
+        if wide and r["keys"]:
+            tail.append("keys=" + ",".join(r["keys"]))
+        cells.append(
+            (
+                inert(r["seq"]),
+                inert(time_),
+                _fit(inert(actor), 40 if wide else 14),
+                _fit(inert(r["what"]), 40 if wide else 18),
+                inert(r["target"]),
+                inert("  ".join(tail) if wide else " ".join(tail)),
+            )
+        )
+    sep = "  " if wide else " "
+    cols = [max((cell_len(c[i]) for c in cells), default=0) for i in range(4)]
+    lines = []
+    for c in cells:
+        head = sep.join([c[0].rjust(cols[0])] + [c[i] + " " * (cols[i] - cell_len(c[i])) for i in (1, 2, 3)])
+        status = c[5]
+        room = width - cell_len(head) - len(sep) - (cell_len(status) + len(sep) if status else 0)
+        line = head + sep + _fit(c[4], max(room, 1)) + (sep + status if status else "")
+        lines.append(_fit(line.rstrip(), width))
+    return lines
 
 
 def _emit_lines(records: list[dict[str, Any]]) -> None:
-    for rec in records:
-        if out.json_mode:
+    if out.json_mode:
+        for rec in records:
             out.json_line(rec)
-        else:
-            out.line(_line(rec))
+        return
+    for line in _lines(records):
+        out.line(line)
 
 
 # -- logs ----------------------------------------------------------------------------------------
@@ -151,8 +209,12 @@ def logs(
     service: ServiceOpt = None,
     decision: DecisionOpt = None,
     status: StatusOpt = None,
+    show_all: AllOpt = False,
 ) -> None:
-    """Show the vault's newest records (member role on the vault)."""
+    """Show the vault's newest records, one line each (member role on the vault).
+
+    Session bookkeeping (the session.create/revoke records of every `vault run`) is hidden unless --all,
+    with --json too. The layout follows the terminal width (COLUMNS): compact at 80 columns."""
     if ctx.invoked_subcommand is not None:
         return
     name = vault_name(vault)
@@ -160,22 +222,28 @@ def logs(
     params = _filters(agent, service, decision, status, since)
     records: list[dict[str, Any]] = []
     before: int | None = None
+    hidden = 0
     while len(records) < limit:
         page_params = {**params, "limit": min(PAGE, limit - len(records))}
         if before is not None:
             page_params["before"] = before
         page = api.get(f"/v1/vaults/{seg(name)}/logs", params=page_params)
-        records = list(page["logs"]) + records
+        shown = [r for r in page["logs"] if _visible(r, show_all)]
+        hidden += len(page["logs"]) - len(shown)
+        records = shown + records
         before = page.get("next_cursor")
         if before is None:
             break
+    records = records[-limit:]
     if out.json_mode:
         _emit_lines(records)
         return
     if not records:
         out.info(f"no records in vault {name} match")
         return
-    out.table({"logs": records}, [_row(r) for r in records], COLUMNS, title=f"vault {name}")
+    _emit_lines(records)
+    if hidden:
+        out.info(f"({hidden} session record(s) hidden; --all shows them)")
 
 
 @logs_app.command("follow")
@@ -189,8 +257,9 @@ def follow(
     backlog: Annotated[int, typer.Option(min=0, max=PAGE, help="Older records to print first.")] = 10,
     interval: Annotated[float, typer.Option(min=0.1, help="Seconds between polls.")] = 1.0,
     max_seconds: Annotated[float | None, typer.Option(hidden=True)] = None,
+    show_all: AllOpt = False,
 ) -> None:
-    """Print new records as they arrive (polls the server); Ctrl-C to stop."""
+    """Print new records as they arrive (polls the server); Ctrl-C to stop. Session records: --all."""
     name = vault_name(vault)
     api = client()
     params = _filters(agent, service, decision, status, since)
@@ -199,7 +268,7 @@ def follow(
     try:
         first = api.get(path, params={**params, "limit": max(backlog, 1)})
         shown = first["logs"][-backlog:] if backlog else []
-        _emit_lines(shown)
+        _emit_lines([r for r in shown if _visible(r, show_all)])
         seen = [int(r["seq"]) for r in first["logs"]]
         cursor = max([int(first["latest_seq"]), *seen])
         out.info(f"following vault {name} after seq {cursor} (Ctrl-C to stop)")
@@ -207,7 +276,7 @@ def follow(
             time.sleep(interval if deadline is None else max(0.0, min(interval, deadline - time.monotonic())))
             while True:
                 page = api.get(path, params={**params, "after": cursor, "limit": PAGE})
-                _emit_lines(page["logs"])
+                _emit_lines([r for r in page["logs"] if _visible(r, show_all)])
                 cursor = int(page["next_cursor"])
                 if len(page["logs"]) < PAGE:
                     break

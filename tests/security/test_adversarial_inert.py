@@ -268,15 +268,18 @@ def test_logs_never_pass_raw_record_text_to_the_terminal(world: dict[str, Any], 
     srv: SweptServer = world["srv"]
     env = {**srv.env, "AGENT_VAULT_ADDR": fake_api, "AGENT_VAULT_TOKEN": "av_usr_not-a-real-token"}
     records = _fake_records()
-    for args in (("logs",), ("logs", "follow", "--backlog", "5", "--max-seconds", "0.2")):
+    for args in (("logs", "--all"), ("logs", "follow", "--all", "--backlog", "5", "--max-seconds", "0.2")):
         cp = srv.cli(*args, env=env)
         text = cp.stdout + cp.stderr
         _check_human(text, must=("\\x1b]0;pwned\\x07", "\\x1b[2J", "\\u202e", "\\r", "\\x08", "\\x9b"))
         assert MARKUP in cp.stdout  # printed as text
         assert "\n12  owner" not in cp.stdout  # the label's newline did not forge a record line
         assert inert(records[0]["path"]) in cp.stdout and inert(LABEL) in cp.stdout
-    for args in (("--json", "logs"), ("--json", "logs", "follow", "--backlog", "5", "--max-seconds", "0.2")):
-        cp = srv.cli(*args, env=env)
+    for json_args in (
+        ("--json", "logs", "--all"),
+        ("--json", "logs", "follow", "--all", "--backlog", "5", "--max-seconds", "0.2"),
+    ):
+        cp = srv.cli(*json_args, env=env)
         assert not raw_controls(cp.stdout.replace("\n", "")), raw_controls(cp.stdout)
         assert [json.loads(line) for line in cp.stdout.splitlines() if line.strip()] == records
     cp = srv.cli("logs", "export", env=env)
