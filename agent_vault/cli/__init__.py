@@ -254,8 +254,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code if e.exit_code else 1)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as e:  # never a traceback; the type is enough to report it
-        out.error(f"internal error ({type(e).__name__}); rerun with AGENT_VAULT_DEBUG=1 for details")
+    except Exception:  # never a traceback nor an exception class name (issue 23); details on request
+        out.error("unexpected internal error; rerun with AGENT_VAULT_DEBUG=1 for the details")
         if os.environ.get("AGENT_VAULT_DEBUG") == "1":
             raise
         sys.exit(1)

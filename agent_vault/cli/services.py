@@ -234,7 +234,9 @@ def _service_command(name: str, *, update: bool) -> Any:
             data = c.put(f"/v1/vaults/{seg(v)}/services/{seg(service_name)}", body)
         else:
             data = c.post(f"/v1/vaults/{seg(v)}/services", body)
-        out.data(data, _summary(data, v, "updated" if update else "added"))
+        listed = c.get(f"/v1/vaults/{seg(v)}/credentials")["credentials"]
+        have = {x["key"] for x in listed if x.get("has_value")}
+        out.data(data, _summary(data, v, "updated" if update else "added", have))
 
     command.__name__ = name
     command.__doc__ = (
@@ -245,15 +247,16 @@ def _service_command(name: str, *, update: bool) -> Any:
     return command
 
 
-def _summary(d: dict[str, Any], vault: str, verb: str) -> str:
+def _summary(d: dict[str, Any], vault: str, verb: str, have: set[str]) -> str:
+    """One line: what was added, and which referenced credentials still need a value."""
     a = d.get("auth", {})
-    keys = [a[k] for k in ("token", "username", "password", "key") if a.get(k)]
+    keys = [a[k] for k in ("token", "username", "password", "key") if a.get(k) and a[k] not in have]
     port = f":{d['port']}" if d.get("port") else ""
     text = f"{verb} service {d['name']} in vault {vault}: {d['host']}{port}{d['path']} ({a.get('type')})"
     if d.get("allow_http"):
         text += "; credentials also go over plain http://"
     if keys:
-        text += f"; set the value with 'agent-vault vault credential set {keys[0]}'"
+        text += f"; {keys[0]} has no value yet: set it with 'agent-vault vault credential set {keys[0]}'"
     return text
 
 

@@ -121,3 +121,18 @@ def test_run_wrapper_failures_exit_125(capsys: pytest.CaptureFixture[str]) -> No
     assert run(capsys, "vault", "run", "--bogus", "--", "true")[0] == 125
     code, _, stderr = run(capsys, "run", "--", "definitely-not-a-command-xyz")
     assert code == 127 and "command not found" in stderr
+
+
+def test_an_unexpected_error_is_one_line_without_a_class_name(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in a command is one line pointing at AGENT_VAULT_DEBUG: no traceback, no class name."""
+    import agent_vault.cli.vault as vault_cmd
+
+    def boom(*_a: object, **_k: object) -> object:
+        raise KeyError("private detail")
+
+    monkeypatch.setattr(vault_cmd, "resolve_vault", boom)
+    code, stdout, stderr = run(capsys, "vault", "current")
+    assert code == 1 and stdout == ""
+    assert stderr == "error: unexpected internal error; rerun with AGENT_VAULT_DEBUG=1 for the details\n"

@@ -65,10 +65,20 @@ def test_the_quickstart_works_as_written(tmp_path: Path, upstream_ca: trustme.CA
         assert "running" in run(["status"], [])
         run(["auth", "login", "--email", EMAIL], [("Password for", LOGIN)])
         run(["vault", "credential", "set", "GITHUB_TOKEN"], [("Value for GITHUB_TOKEN", SECRET)])
-        run(
+        added = run(
             ["vault", "service", "add", "github", "--host", "localhost", "--port", str(up.port)]
             + ["--auth-type", "bearer", "--token-key", "GITHUB_TOKEN"],
             [("login password", LOGIN)],
+        )
+        assert "added service github" in added and "has no value" not in added  # the value is set
+        missing = run(
+            ["vault", "service", "add", "other", "--host", "other.example.com"]
+            + ["--auth-type", "bearer", "--token-key", "OTHER_TOKEN"],
+            [("login password", LOGIN)],
+        )
+        assert (
+            "OTHER_TOKEN has no value yet: set it with 'agent-vault vault credential set OTHER_TOKEN'"
+            in missing
         )
         created = run(["agent", "create", "ci-bot", "--vault", "default"], [("login password", LOGIN)])
         assert "av_" in created  # the agent token, shown once
