@@ -7,8 +7,13 @@ without a reload) and that no page ever holds a credential value.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import httpx
 import pytest
+from helpers.env import base_env
 from helpers.server import OWNER_PASSWORD, ServerProc
 from helpers.upstream import TLSUpstream
 from helpers.wait import wait_until
@@ -252,3 +257,62 @@ def test_pages_fit_a_phone(console: Console, width: int, height: int) -> None:
         )
         assert overflow <= 1, (page, overflow)
     console.shot("phone-dashboard")
+
+
+def test_the_quickstart_entirely_from_the_browser(
+    console: Console, console_server: ServerProc, upstream_b: TLSUpstream, tmp_path: Path
+) -> None:
+    """After `init` + `server`: credential, service and agent made in the browser; the agent's token then
+    drives `vault run -- curl`, which is injected; the request shows up in the live log."""
+    server = console_server
+    value = "qs-browser-value-0c7d1e"
+    console.login()
+    console.go("/ui/vaults/default/credentials")
+    console.ready()
+    console.css("#cred-key").send_keys("QS_TOKEN")
+    console.css("#cred-value").send_keys(value)
+    console.css("#credential-form button[type='submit']").click()
+    console.wait_text("QS_TOKEN", "#credentials-list")
+    console.go("/ui/vaults/default/services")
+    console.ready()
+    for field, text in (("#svc-name", "qs-echo"), ("#svc-host", "localhost"), ("#svc-key", "QS_TOKEN")):
+        console.css(field).send_keys(text)
+    console.css("#svc-port").send_keys(str(upstream_b.port))
+    console.css("#service-form button[type='submit']").click()
+    console.step_up()
+    console.wait_text("qs-echo", "#services-list")
+    console.go("/ui/agents")
+    console.ready()
+    console.css("#agent-name").send_keys("qs-agent")
+    console.css("#agent-create-submit").click()
+    console.step_up()
+    token = console.css("#once-value").text
+    console.css("#once-done").click()
+    env = base_env(tmp_path, AGENT_VAULT_TOKEN=token, AGENT_VAULT_ADDR=server.api)
+    cp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agent_vault",
+            "vault",
+            "run",
+            "--",
+            "curl",
+            "-sS",
+            "--fail",
+            upstream_b.url("/echo/quickstart-from-browser", host="localhost"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert cp.returncode == 0, cp.stderr
+    assert value not in cp.stdout and "[REDACTED:QS_TOKEN]" in cp.stdout
+    seen = [x for x in upstream_b.requests_seen.snapshot() if x["path"] == "/echo/quickstart-from-browser"]
+    assert {k.lower(): v for k, v in seen[-1]["headers"]}["authorization"] == f"Bearer {value}"
+    console.go("/ui/vaults/default/logs")
+    console.ready()
+    console.wait_text("/echo/quickstart-from-browser", "#log-rows tr")
+    assert value not in console.dom_and_inputs()
