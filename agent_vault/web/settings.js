@@ -67,4 +67,48 @@ AV.page("settings", async ({main, vault, me}) => {
   }
   main.append(AV.card("Your login sessions", sessions));
   await loadSessions();
+  if (me.role === "owner") await people(main, vault);
 });
+
+/** The owner's people: users, pending invites (revocable) and new invites (the link is shown once). */
+async function people(main, vault) {
+  const {el, api, enc, when, withStepUp, notify, showOnce} = AV;
+  const box = el("div", {id: "people"});
+  const email = el("input", {type: "email", id: "invite-email", required: true});
+  const role = AV.select("invite-role", [["member", "member"], ["owner", "owner"]], "member");
+  const vrole = AV.select("invite-vault-role", [["member", "member of " + vault], ["admin", "admin of " + vault],
+    ["", "no vault grant"]], "member");
+  const form = el("form", {class: "inline", id: "invite-form"}, AV.field("Email", email), AV.field("Role", role),
+    AV.field("Vault access", vrole), el("button", {type: "submit", class: "primary"}, "Invite"));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const vaults = vrole.value ? [{vault: vault, role: vrole.value}] : [];
+    const r = await withStepUp("Invite " + email.value, "The invite link is shown once.", (pw) =>
+      api("POST", "/v1/users/invites", {password: pw, email: email.value, role: role.value, vaults: vaults}));
+    if (!r || !r.ok) return;
+    showOnce(box, "Invite link for " + email.value + ":", r.data.invite_url);
+    form.reset(); await load();
+  });
+  async function load() {
+    const [users, invites] = await Promise.all([api("GET", "/v1/users"), api("GET", "/v1/users/invites")]);
+    const list = el("div", {});
+    if (users.ok) {
+      list.append(AV.table(["User", "Role", "Since"], users.data.users.map((u) =>
+        el("tr", {}, el("td", {}, u.email), el("td", {}, u.role), el("td", {}, when(u.created_at))))));
+    }
+    if (invites.ok && invites.data.invites.length) {
+      list.append(el("h3", {}, "Pending invites"), AV.table(["Email", "Role", "Expires", ""],
+        invites.data.invites.map((i) => el("tr", {}, el("td", {}, i.email), el("td", {}, i.role),
+          el("td", {}, when(i.expires_at)), el("td", {}, el("button", {type: "button", class: "small danger",
+            on: {click: async () => {
+              const d = await api("DELETE", "/v1/users/invites/" + enc(String(i.id)));
+              if (!d.ok) { AV.fail(d); return; }
+              notify("Invite for " + i.email + " revoked."); await load();
+            }}}, "Revoke"))))));
+    }
+    box.querySelectorAll(":scope > div:not(.once)").forEach((n) => n.remove());
+    box.append(list);
+  }
+  main.append(AV.card("People", box, form));
+  await load();
+}
