@@ -268,6 +268,18 @@ def test_vault_counts_cover_the_last_hour_of_this_vault(api: httpx.Client, core:
     assert counts["pending_proposals"] == 1
     other = api.get("/v1/vaults/other").json()["counts"]
     assert (other["requests_last_hour"], other["denied_last_hour"], other["pending_proposals"]) == (1, 1, 0)
+    # the traffic counts summarise the request log: a proxy-role caller (no log access) does not get them
+    r = api.post(
+        "/v1/agents",
+        json={
+            "password": OWNER_PASSWORD,
+            "name": "proxy-bot",
+            "vaults": [{"vault": "default", "role": "proxy"}],
+        },
+    )
+    proxy_only = api.get("/v1/vaults/default", headers=_bearer(r.json()["token"])).json()["counts"]
+    assert proxy_only == {"services": 0, "credentials": 0, "pending_proposals": 1}
+    assert api.get("/v1/vaults/default/logs", headers=_bearer(r.json()["token"])).status_code == 403
 
 
 def test_vault_counts_read_only_the_window_through_indexes(core: Core) -> None:
