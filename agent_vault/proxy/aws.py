@@ -34,6 +34,8 @@ from agent_vault.proxy.tokencache import TokenCache
 from agent_vault.proxy.tokenfetch import TokenFetch, host_header, unavailable
 
 STS_DURATION = 3600
+#: Payload hashes an SDK may choose itself and the proxy keeps (services that allow unsigned payloads).
+CLIENT_UNSIGNED = (UNSIGNED_PAYLOAD, "STREAMING-UNSIGNED-PAYLOAD-TRAILER")
 _DROP = ("authorization", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256")
 _SIGNED = ("content-type", "content-md5")
 _CODE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -72,7 +74,15 @@ class _Signer(SigV4Auth):  # type: ignore[misc]
         return path if self._s3 else str(super()._normalize_url_path(path))
 
 
-__all__ = ["UNSIGNED_PAYLOAD", "AwsCredentials", "AwsKeys", "parse_sts", "payload_hash", "sign"]
+__all__ = [
+    "CLIENT_UNSIGNED",
+    "UNSIGNED_PAYLOAD",
+    "AwsCredentials",
+    "AwsKeys",
+    "parse_sts",
+    "payload_hash",
+    "sign",
+]
 
 
 def payload_hash(body: bytes | None) -> str:
@@ -100,7 +110,7 @@ def sign(
         low = name.lower()
         if low in _SIGNED or low.startswith("x-amz-"):
             signed[low] = headers[name]
-    if service.startswith("s3") or body_hash == UNSIGNED_PAYLOAD:
+    if service.startswith("s3") or body_hash in CLIENT_UNSIGNED:
         signed["x-amz-content-sha256"] = body_hash
     req = AWSRequest(method=method, url=url, headers=signed)
     _Signer(keys, service, region, body_hash).add_auth(req)

@@ -25,7 +25,7 @@ from mitmproxy.net.http import url
 from agent_vault.authtypes import AwsSigV4Auth, OAuth2Auth
 from agent_vault.core import Core
 from agent_vault.domain.rotation import store_rotated
-from agent_vault.errors import BodyTooLarge
+from agent_vault.errors import BadRequest, BodyTooLarge
 from agent_vault.proxy import aws
 from agent_vault.proxy.inject import MIN_REDACT_LEN, Injection
 from agent_vault.proxy.oauth2 import OAuth2Tokens
@@ -94,6 +94,15 @@ class Broker:
         chunked = "chunked" in req.headers.get("transfer-encoding", "").lower()
         empty = clen == 0 or (clen is None and req.http_version.startswith("HTTP/1") and not chunked)
         too_big = bool(req.stream) or (clen is not None and clen > limit)
+        declared = req.headers.get("x-amz-content-sha256", "")
+        if declared.startswith("STREAMING-AWS4-HMAC-SHA256"):  # chunk signatures: cannot be re-signed
+            raise BadRequest(
+                "chunk-signed (STREAMING-AWS4-HMAC-SHA256-PAYLOAD) uploads cannot be re-signed by the proxy",
+                hint="Use HTTPS with unsigned payloads (the AWS SDKs' default over HTTPS).",
+            )
+        if pending.auth.unsigned_payload_allowed and declared in aws.CLIENT_UNSIGNED:
+            self._sign(req, pending, declared)  # the SDK chose it (e.g. aws-chunked with a trailer)
+            return False
         if empty:
             self._sign(req, pending, aws.payload_hash(b""))
             return False
