@@ -280,3 +280,36 @@ def test_curl_under_vault_run(srv: ServerProc, api: TLSUpstream, idp: TokenServe
     assert "Traceback" not in srv.stderr_text()
     for t in idp.issued:
         assert t not in srv.stderr_text()
+
+
+def test_cli_flags_add_the_new_auth_types(srv: ServerProc, api: TLSUpstream, idp: TokenServer) -> None:
+    pw = "owner-password-123\n"
+    common = ["--host", "localhost", "--port", str(api.port), "--password-stdin"]
+    oauth = ["--token-url", f"https://localhost:{idp.port}/token", "--client-id-key", "OAUTH_CLIENT_ID"]
+    cp = srv.cli(
+        "vault", "service", "add", "cli-cc", *common, "--path", "/echo/clicc", "--auth-type",
+        "OAuth2-Client-Credentials", *oauth, "--client-secret-key", "OAUTH_CLIENT_SECRET", "--scope", "a",
+        "--scope", "b", "--token-auth", "post", "--json", input=pw,
+    )  # fmt: skip
+    auth = json.loads(cp.stdout)["auth"]
+    assert auth["type"] == "oauth2-client-credentials" and auth["scopes"] == ["a", "b"]
+    assert auth["token_auth"] == "post" and auth["client_secret"] == "OAUTH_CLIENT_SECRET"
+    missing = srv.cli(
+        "vault", "service", "add", "cli-rt", *common, "--auth-type", "oauth2-refresh-token", *oauth,
+        "--client-secret-key", "OAUTH_CLIENT_SECRET", input=pw, check=False,
+    )  # fmt: skip
+    assert missing.returncode != 0 and "needs --refresh-token-key" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    cp = srv.cli(
+        "vault", "service", "add", "cli-aws", *common, "--path", "/aws", "--auth-type", "aws-sigv4",
+        "--aws-access-key-id-key", "NEW_AWS_ID", "--aws-secret-access-key-key", "NEW_AWS_SECRET",
+        "--aws-region", "eu-west-1", "--aws-service", "s3", "--aws-role-arn",
+        "arn:aws:iam::123456789012:role/x", "--aws-sts-endpoint", "https://sts.example.com/", input=pw,
+    )  # fmt: skip
+    assert "NEW_AWS_ID has no value yet" in cp.stdout
+    bad = srv.cli(
+        "vault", "service", "add", "cli-aws2", *common, "--auth-type", "aws-sigv4",
+        "--aws-access-key-id-key", "A", "--aws-secret-access-key-key", "B", "--aws-region", "moon",
+        "--aws-service", "s3", input=pw, check=False,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "region must be an AWS region name" in bad.stderr
