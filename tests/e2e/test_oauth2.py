@@ -313,3 +313,33 @@ def test_cli_flags_add_the_new_auth_types(srv: ServerProc, api: TLSUpstream, idp
         "--aws-service", "s3", input=pw, check=False,
     )  # fmt: skip
     assert bad.returncode != 0 and "region must be an AWS region name" in bad.stderr
+
+
+def test_agents_discover_and_propose_the_new_auth_types(
+    srv: ServerProc, agent: str, api: TLSUpstream, idp: TokenServer
+) -> None:
+    with srv.http(agent) as a:
+        d = a.get("/v1/discover").json()
+        assert {"oauth2-client-credentials", "oauth2-refresh-token", "token-exchange", "aws-sigv4"} <= set(
+            d["supported_auth_types"]
+        )
+        cc = next(s for s in d["services"] if s["name"] == "cc-api")
+        assert cc["auth_type"] == "oauth2-client-credentials" and cc["placeholders"] == []
+        auth = {
+            "type": "token-exchange",
+            "token_url": f"https://localhost:{idp.port}/token",
+            "client_id": "OAUTH_CLIENT_ID",
+            "client_secret": "NEW_CLIENT_SECRET",
+            "subject_token": "OAUTH_SUBJECT",
+            "audience": "https://api.example.com",
+        }
+        svc = {"action": "set", "name": "proposed-te", "host": "localhost", "port": api.port, "auth": auth}
+        cred = {"action": "set", "key": "NEW_CLIENT_SECRET", "description": "client secret"}
+        r = a.post("/v1/proposals", json={"services": [svc], "credentials": [cred], "message": "need it"})
+        assert r.status_code == 201, r.text
+        bad = {**svc, "auth": {k: v for k, v in auth.items() if k != "token_url"}}
+        r = a.post("/v1/proposals", json={"services": [bad], "message": "need it"})
+        assert r.status_code in (400, 422) and "token_url" in r.text
+        insecure = {**svc, "auth": {**auth, "token_url": "http://localhost/token"}}
+        r = a.post("/v1/proposals", json={"services": [insecure], "message": "need it"})
+        assert r.status_code in (400, 422) and "https://" in r.text
