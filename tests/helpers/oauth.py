@@ -5,8 +5,9 @@ the three grants the proxy uses: `client_credentials`, `refresh_token` (the curr
 only; with `rotate=True` every answer carries a new one) and RFC 8693 token exchange (the expected
 `subject_token`). Client authentication: HTTP Basic (form-encoded pair) or `client_id`/`client_secret`
 in the form. Knobs: `expires_in`, `fail_with` (an RFC 6749 `error` code answered with 400),
-`delay` (seconds before answering). Counters: `issued` (access tokens handed out, in order),
-`grants` (the form of each token request). Other paths are the default test routes.
+`delay` (seconds before answering), `override` (an answer sent as is). Counters: `issued` (access
+tokens handed out, in order), `grants` (the form of each token request). Other paths: the default
+test routes.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class TokenServer(TLSUpstream):
         self.refresh_token, self.subject_token = refresh_token, subject_token
         self.expires_in, self.rotate = expires_in, rotate
         self.fail_with: str | None = None
+        self.override: UpstreamResponse | None = None  # answered as is (hostile endpoint tests)
         self.delay = 0.0
         self.issued: list[str] = []
         self.grants: list[dict[str, str]] = []
@@ -68,6 +70,8 @@ class TokenServer(TLSUpstream):
             await asyncio.sleep(self.delay)
         if req.method != "POST":
             return _json(405, {"error": "invalid_request"})
+        if self.override is not None:
+            return self.override
         if self.fail_with:
             return _json(400, {"error": self.fail_with, "error_description": "configured to fail"})
         if not self._client_ok(req, form):
