@@ -106,7 +106,7 @@ class Broker:
         if empty:
             self._sign(req, pending, aws.payload_hash(b""))
             return False
-        if too_big:
+        if too_big or (clen is None and pending.auth.unsigned_payload_allowed):  # S3: never streams unsigned
             if not pending.auth.unsigned_payload_allowed:
                 raise BodyTooLarge(
                     f"the body is too large to sign for AWS service {pending.auth.service}",
