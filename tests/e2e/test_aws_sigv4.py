@@ -130,6 +130,9 @@ def test_boto3_s3_and_sqs_with_placeholder_keys_are_resigned(srv: ServerProc, aw
     facts = [r for _, r in aws.results]
     assert len(facts) == 3 and facts[0]["payload"] == "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
     assert facts[2]["service"] == "sqs" and facts[2]["payload"] is None  # hashed body, no header
+    with srv.http(srv.make_agent("sigv4-discover")) as a:
+        listed = {x["name"]: x for x in a.get("/v1/discover").json()["services"]}
+    assert listed["sqs-api"]["aws"] == {"region": "us-east-1", "service": "sqs"}
     rec = wait_until(lambda: audit_records(srv.home, service="sqs-api"), "sqs audit")
     assert rec[-1]["injected_keys"] == ["AWS_KEY_ID", "AWS_SECRET", "AWS_SESSION"]
     assert SECRET not in json.dumps(audit_records(srv.home))
