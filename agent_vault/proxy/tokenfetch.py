@@ -123,5 +123,15 @@ class TokenFetch:
         except httpx.TimeoutException:
             raise unavailable(service, host, "timeout", what) from None
         except httpx.HTTPError as e:
-            cause = "tls_error" if isinstance(e.__cause__ or e.__context__, ssl.SSLError) else "unreachable"
-            raise unavailable(service, host, cause, what) from None
+            raise unavailable(service, host, "tls_error" if _tls(e) else "unreachable", what) from None
+
+
+def _tls(e: BaseException | None) -> bool:
+    """True if a TLS failure (certificate, handshake) is somewhere in the exception chain."""
+    for _ in range(8):
+        if e is None:
+            return False
+        if isinstance(e, ssl.SSLError):
+            return True
+        e = e.__cause__ or e.__context__
+    return False

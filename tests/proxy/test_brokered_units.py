@@ -185,3 +185,40 @@ def test_signing_replaces_the_agents_signature(service: str, unsigned: bool) -> 
         )
         assert verify(other, {"AKIAREAL": ("real-secret-key", "real-session")}) != facts
     assert hashlib.sha256(body).hexdigest() == aws.payload_hash(body)
+
+
+def test_token_fetch_pins_verifies_and_bounds(tmp_path: Any) -> None:
+    """A real local HTTPS endpoint: trusted -> the answer; untrusted certificate -> tls_error; a
+    loopback address without --allow-net -> ssrf_blocked; nothing listening -> unreachable."""
+    import trustme
+    from helpers.proxy import free_port
+    from helpers.upstream import TLSUpstream
+
+    from agent_vault.proxy.ssrf import Egress
+    from agent_vault.proxy.tokenfetch import TokenFetch
+
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+
+    async def run(fetch: TokenFetch, url: str) -> Answer | str:
+        try:
+            return await fetch.post(url, b"a=1", {}, service="svc")
+        except CredentialUnavailable as e:
+            return str(e.extra["cause"])
+        finally:
+            await fetch.aclose()
+
+    with TLSUpstream(ca=ca) as up:
+        url = f"https://localhost:{up.port}/echo/token"
+        ok = asyncio.run(run(TokenFetch(Egress(["127.0.0.0/8", "::1/128"]), ca_file), url))
+        assert isinstance(ok, Answer) and ok.status == 200 and b'"method": "POST"' in ok.body
+        assert asyncio.run(run(TokenFetch(Egress(["127.0.0.0/8", "::1/128"]), None), url)) == "tls_error"
+        assert asyncio.run(run(TokenFetch(Egress([]), ca_file), url)) == "ssrf_blocked"
+        big = f"https://localhost:{up.port}/download?bytes={200_000}"
+        assert (
+            asyncio.run(run(TokenFetch(Egress(["127.0.0.0/8", "::1/128"]), ca_file), big))
+            == "answer_too_large"
+        )
+    dead = f"https://127.0.0.1:{free_port()}/token"
+    assert asyncio.run(run(TokenFetch(Egress(["127.0.0.0/8"]), ca_file), dead)) == "unreachable"
