@@ -7,6 +7,7 @@ fetch among concurrent requests and never forwards a request when the endpoint f
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -343,3 +344,16 @@ def test_agents_discover_and_propose_the_new_auth_types(
         insecure = {**svc, "auth": {**auth, "token_url": "http://localhost/token"}}
         r = a.post("/v1/proposals", json={"services": [insecure], "message": "need it"})
         assert r.status_code in (400, 422) and "https://" in r.text
+
+
+def test_httpx_under_vault_run(srv: ServerProc, api: TLSUpstream, idp: TokenServer) -> None:
+    script = (
+        "import httpx, sys; r = httpx.get(sys.argv[1], headers={'Authorization': 'Bearer placeholder'}); "
+        "print(r.status_code, r.json()['headers']['authorization'])"
+    )
+    url = f"https://localhost:{api.port}/echo/te/httpx"
+    cp = srv.cli("vault", "run", "--quiet", "--", sys.executable, "-c", script, url)
+    assert cp.stdout.strip() == "200 Bearer [REDACTED:te-api:access_token]"
+    (seen,) = _auth_seen(api, "/echo/te/httpx")
+    assert seen.removeprefix("Bearer ") in idp.issued
+    assert seen.removeprefix("Bearer ") not in cp.stdout + cp.stderr
