@@ -1,7 +1,8 @@
 """The request decision and injection (SPEC §5.2-§5.7, §5.10), in the order a request meets them:
 identity (the connection's, re-checked, or the request's own), rate and size limits, the decision
-(`decide`, pure), the SSRF check, placeholder substitution, header hygiene, injection, and how the
-body travels (streamed and counted, cut past the limit, or buffered for body substitution).
+(`decide`, pure), the SSRF check, brokered credentials (`brokered`: an OAuth2 token fetch or AWS keys,
+awaited), placeholder substitution, header hygiene, injection, and how the body travels (streamed and
+counted, cut past the limit, or buffered for body substitution or a SigV4 payload hash).
 
 Everything raises AgentVaultError (or lets a surprise through) for the addon's fail-closed boundary;
 nothing here answers the client itself. Danger: after `headers()` the flow carries injected values:
