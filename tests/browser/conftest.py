@@ -20,7 +20,7 @@ import trustme
 from helpers.server import OWNER_EMAIL, OWNER_PASSWORD, ServerProc
 from helpers.upstream import TLSUpstream
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
@@ -62,9 +62,12 @@ class Console:
 
     def wait_text(self, text: str, selector: str = "body", timeout: float = WAIT) -> WebElement:
         def found(d: webdriver.Chrome) -> WebElement | bool:
-            for e in d.find_elements(By.CSS_SELECTOR, selector):
-                if text in e.text:
-                    return e
+            try:
+                for e in d.find_elements(By.CSS_SELECTOR, selector):
+                    if text in e.text:
+                        return e
+            except StaleElementReferenceException:  # the page re-rendered meanwhile: look again
+                pass
             return False
 
         try:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 from helpers.env import base_env
 from helpers.server import OWNER_PASSWORD, ServerProc
 from helpers.upstream import TLSUpstream
@@ -260,11 +261,15 @@ def test_pages_fit_a_phone(console: Console, width: int, height: int) -> None:
 
 
 def test_the_quickstart_entirely_from_the_browser(
-    console: Console, console_server: ServerProc, upstream_b: TLSUpstream, tmp_path: Path
+    console: Console, console_server: ServerProc, upstream_ca: trustme.CA, tmp_path: Path
 ) -> None:
     """After `init` + `server`: credential, service and agent made in the browser; the agent's token then
     drives `vault run -- curl`, which is injected; the request shows up in the live log."""
-    server = console_server
+    with TLSUpstream(ca=upstream_ca, http2=False) as own:  # a port no earlier test made a service for
+        _quickstart(console, console_server, own, tmp_path)
+
+
+def _quickstart(console: Console, server: ServerProc, upstream_b: TLSUpstream, tmp_path: Path) -> None:
     value = "qs-browser-value-0c7d1e"
     console.login()
     console.go("/ui/vaults/default/credentials")
