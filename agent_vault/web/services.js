@@ -64,7 +64,7 @@ AV.page("services", async ({main, vault}) => {
     if (!r.ok) { catalogBox.replaceChildren(AV.empty("The catalog is unavailable.", AV.why(r))); return; }
     catalogBox.replaceChildren(...r.data.services.map((t) => {
       const key = (t.suggested_keys || [])[0];
-      const name = el("input", {value: t.id, maxLength: 64, attrs: {"aria-label": "Service name"}});
+      const name = el("input", {defaultValue: t.id, value: t.id, maxLength: 64, attrs: {"aria-label": "Service name"}});
       const value = key ? el("input", {type: "password", autocomplete: "off", placeholder: "optional",
         attrs: {"aria-label": "Value for " + key}}) : null;
       const form = el("form", {class: "item", data: {template: t.id}},

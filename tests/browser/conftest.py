@@ -4,7 +4,7 @@
 Chromium; `Console` wraps the driver with the few moves the tests make (log in, wait for text, answer the
 step-up dialog). `bash .ci/run` installs `chromium` and `chromium-driver`; without them these tests fail
 (they are not skipped): the console is part of the product.
-Set AGENT_VAULT_SCREENSHOTS=DIR to keep a PNG of every page a test visits (docs/console/ holds a set).
+Set CONSOLE_SCREENSHOTS=DIR to keep a PNG of every page a test visits (docs/console/ holds a set).
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def chrome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrom
 def console(chrome: webdriver.Chrome, console_server: ServerProc) -> Iterator[Console]:
     chrome.delete_all_cookies()
     chrome.set_window_size(1280, 900)
-    shots = os.environ.get("AGENT_VAULT_SCREENSHOTS")
+    shots = os.environ.get("CONSOLE_SCREENSHOTS")
     if shots:
         Path(shots).mkdir(parents=True, exist_ok=True)
     yield Console(chrome, console_server, Path(shots) if shots else None)

@@ -53,7 +53,6 @@ def test_login_form_sets_the_cookie_and_guards_every_page(console: Console) -> N
     console.ready()
     console.wait_text("default", "#vault-cards")
     console.wait_text("Intact", "#chain-state")
-    console.shot("dashboard")
     console.css("#logout").click()
     console.wait_js("location.pathname === '/ui/login'")
     console.go("/ui/")
@@ -244,6 +243,9 @@ def test_no_page_holds_a_credential_value(console: Console, console_server: Serv
         assert leaked == [], (page, leaked)
         if page.endswith("settings"):
             console.shot("settings")
+        if page == "/ui/":
+            console.wait_text("Intact", "#chain-state")
+            console.shot("dashboard")
 
 
 @pytest.mark.parametrize("width,height", [(390, 844)])
