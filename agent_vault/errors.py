@@ -20,6 +20,8 @@ edge, never shown as such to a user (the tree's classes are for answers):
 - `proxy.engine.BodyOverLimit`: raised by a request-body stream, caught by the engine's HttpStream,
   which cuts the upload and answers 413 body_too_large.
 - `proxy.decoding.DecodedTooLarge` / `CorruptEncoding`: -> 502 response_too_large / internal.
+- `proxy.sources.SourceFailed`: -> 502 credential_unavailable (a command or file source failed).
+- `oskeyring.KeyringUnavailable`: -> a fallback (password sources, the 0600 login file) and one note.
 """
 
 from __future__ import annotations
@@ -181,6 +183,22 @@ class CredentialCorrupt(AgentVaultError):
 
     def __init__(self, vault: str, key: str) -> None:
         super().__init__(f"credential {key} in vault {vault} failed to decrypt", key=key)
+        self.key = key
+
+
+class CredentialUnavailable(AgentVaultError):
+    """A dynamic source (command or file) failed to yield a value (proxy: 502). The message says why
+    in general terms (timeout, exit status, empty, too large); never the output or the command."""
+
+    code = "credential_unavailable"
+    status = 502
+    hint = (
+        "The request was not sent. Ask the instance owner to check the source of the credential named "
+        "in `key` ('agent-vault vault credential list' shows its kind)."
+    )
+
+    def __init__(self, key: str, why: str) -> None:
+        super().__init__(f"credential {key} is unavailable: {why}", key=key)
         self.key = key
 
 
