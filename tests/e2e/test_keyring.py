@@ -157,3 +157,17 @@ def test_a_failing_keyring_is_one_note_and_the_file(tmp_path: Path, upstream_ca:
         assert "file" in _doctor_line(s)["detail"]
         s.cli("auth", "logout")
         assert not session.exists()
+
+
+def test_leaving_key_mode_keyring_removes_the_entry(tmp_path: Path, upstream_ca: trustme.CA) -> None:
+    s = ServerProc(tmp_path, upstream_ca, key_mode="keyring", env=keyring_env(tmp_path))
+    s.init()
+    instance_id = json.loads((s.home / "instance.json").read_text())["instance_id"]
+    assert keyring_get(s.env, f"master-password:{instance_id}") == MASTER_PASSWORD
+    env = dict(s.env, AGENT_VAULT_MASTER_PASSWORD=MASTER_PASSWORD)
+    cp = s.cli("master-password", "remove", "--yes", env=env)
+    assert "passwordless" in cp.stdout + cp.stderr
+    assert keyring_get(s.env, f"master-password:{instance_id}") is None
+    cp = s.cli("master-password", "set", "--keyring", "--password-stdin", input="another-master-pass-1\n")
+    assert "stored in the OS keyring" in cp.stderr
+    assert keyring_get(s.env, f"master-password:{instance_id}") == "another-master-pass-1"
