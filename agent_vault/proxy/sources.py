@@ -138,6 +138,7 @@ class SourceResolver:
         self.limit = limit
         self._cache: dict[tuple[int, str], _Entry] = {}
         self._inflight: dict[tuple[int, str], asyncio.Task[_Entry]] = {}
+        self._inflight_spec: dict[tuple[int, str], SourceSpec] = {}
 
     def __repr__(self) -> str:
         return f"SourceResolver(entries={len(self._cache)})"
@@ -149,9 +150,9 @@ class SourceResolver:
         now = time.monotonic()
         if entry is None or entry.spec != spec or not self._fresh(entry, now):
             task = self._inflight.get(slot)
-            if task is None:
+            if task is None or self._inflight_spec.get(slot) != spec:  # none, or for an older spec
                 task = asyncio.ensure_future(self._refresh(slot, spec, entry))
-                self._inflight[slot] = task
+                self._inflight[slot], self._inflight_spec[slot] = task, spec
                 task.add_done_callback(functools.partial(self._done, slot))
             entry = await asyncio.shield(task)
         if entry.value is None:
@@ -165,7 +166,7 @@ class SourceResolver:
 
     def _done(self, slot: tuple[int, str], task: asyncio.Task[_Entry]) -> None:
         if self._inflight.get(slot) is task:
-            del self._inflight[slot]
+            del self._inflight[slot], self._inflight_spec[slot]
         if not task.cancelled() and task.exception() is None:
             if len(self._cache) >= MAX_ENTRIES:
                 self._cache.clear()
