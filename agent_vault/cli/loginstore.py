@@ -21,6 +21,13 @@ from agent_vault.cli.output import out
 from agent_vault.home import ensure_dir, write_private
 
 KEYRING = "keyring"
+_noted: set[str] = set()  # notes already printed by this process (a command may load the login twice)
+
+
+def _note(text: str) -> None:
+    if text not in _noted:
+        _noted.add(text)
+        out.warn(text)
 
 
 def session_file(home: Path) -> Path:
@@ -48,7 +55,7 @@ def load_login(home: Path) -> dict[str, Any] | None:
     try:
         token = oskeyring.get(_user(str(data.get("addr", ""))))
     except oskeyring.KeyringUnavailable as e:
-        out.warn(f"note: the CLI login is in the OS keyring, which is unavailable ({e}); log in again")
+        _note(f"note: the CLI login is in the OS keyring, which is unavailable ({e}); log in again")
         return {k: v for k, v in data.items() if k != "token"}
     return {**data, "token": token} if token else {k: v for k, v in data.items() if k != "token"}
 
@@ -62,7 +69,7 @@ def save_login(home: Path, data: dict[str, Any]) -> str:
         oskeyring.put(_user(addr), str(data["token"]))
     except oskeyring.KeyringUnavailable as e:
         if e.present:
-            out.warn(f"note: the OS keyring failed ({e}); the login is kept in {session_file(home)} (0600)")
+            _note(f"note: the OS keyring failed ({e}); the login is kept in {session_file(home)} (0600)")
         write_private(session_file(home), json.dumps(data))
         return str(session_file(home))
     pointer = {k: v for k, v in data.items() if k != "token"}

@@ -6,10 +6,12 @@ falls back with one note; the real server and CLI run as subprocesses."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trustme
 from helpers.server import MASTER_PASSWORD, OWNER_EMAIL, OWNER_PASSWORD, ServerProc
 
@@ -171,3 +173,68 @@ def test_leaving_key_mode_keyring_removes_the_entry(tmp_path: Path, upstream_ca:
     cp = s.cli("master-password", "set", "--keyring", "--password-stdin", input="another-master-pass-1\n")
     assert "stored in the OS keyring" in cp.stderr
     assert keyring_get(s.env, f"master-password:{instance_id}") == "another-master-pass-1"
+
+
+# -- the Secret Service (gnome-keyring on a private D-Bus session), when installed (.ci/run installs it)
+
+SECRET_SERVICE = "keyring.backends.SecretService.Keyring"
+needs_secret_service = pytest.mark.skipif(
+    not (shutil.which("dbus-run-session") and shutil.which("gnome-keyring-daemon")),
+    reason="dbus-run-session / gnome-keyring-daemon not installed",
+)
+
+
+def _ss_cli(
+    s: ServerProc, tmp: Path, *args: str, unlock: bool, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The real CLI inside its own D-Bus session with gnome-keyring's Secret Service; its keyrings live
+    under tmp (XDG_DATA_HOME), unlocked with a test password or left locked (no prompter: it fails)."""
+    run = tmp / "xdg-run"
+    run.mkdir(mode=0o700, exist_ok=True)
+    env = dict(
+        s.env,
+        AGENT_VAULT_ADDR=s.api,
+        AGENT_VAULT_KEYRING="1",
+        PYTHON_KEYRING_BACKEND=SECRET_SERVICE,
+        XDG_DATA_HOME=str(tmp / "xdg-ss"),
+        XDG_RUNTIME_DIR=str(run),
+    )
+    start = (
+        "printf keyring-test-pw | gnome-keyring-daemon --unlock --components=secrets"
+        if unlock
+        else "gnome-keyring-daemon --start --components=secrets"
+    )
+    script = f'{start} >/dev/null 2>&1; exec "$@"'
+    return subprocess.run(
+        ["dbus-run-session", "--", "sh", "-c", script, "sh", sys.executable, "-m", "agent_vault", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@needs_secret_service
+def test_cli_login_in_the_secret_service_and_a_locked_one(tmp_path: Path, upstream_ca: trustme.CA) -> None:
+    with ServerProc(tmp_path, upstream_ca) as s:
+        login = ("--json", "auth", "login", "--email", OWNER_EMAIL, "--password-stdin")
+        cp = _ss_cli(s, tmp_path, *login, unlock=True, stdin=OWNER_PASSWORD + "\n")
+        assert cp.returncode == 0, cp.stderr
+        assert json.loads(cp.stdout)["stored_in"] == "OS keyring"
+        session = s.home / "cli" / "session.json"
+        assert "av_usr_" not in session.read_text()
+        cp = _ss_cli(s, tmp_path, "--json", "auth", "status", unlock=True)  # a new session reads it back
+        assert cp.returncode == 0 and json.loads(cp.stdout)["source"] == "OS keyring", cp.stderr
+        cp = _ss_cli(s, tmp_path, "--json", "doctor", unlock=True)
+        line = next(c for c in json.loads(cp.stdout)["checks"] if c["check"] == "login store")
+        assert line["detail"] == f"OS keyring ({SECRET_SERVICE})"
+        # Locked (no prompter can unlock it): reading says so once; a new login goes to the file.
+        cp = _ss_cli(s, tmp_path, "--json", "auth", "status", unlock=False)
+        assert cp.returncode == 1 and cp.stderr.count("note: the CLI login is in the OS keyring") == 1
+        assert "Traceback" not in cp.stderr
+        cp = _ss_cli(s, tmp_path, *login, unlock=False, stdin=OWNER_PASSWORD + "\n")
+        assert cp.returncode == 0 and cp.stderr.count("note: the OS keyring failed (") == 1, cp.stderr
+        assert "Traceback" not in cp.stderr and json.loads(session.read_text())["token"].startswith("av_usr_")
+        cp = _ss_cli(s, tmp_path, "auth", "logout", unlock=True)
+        assert cp.returncode == 0 and not session.exists()
