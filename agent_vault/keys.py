@@ -18,14 +18,14 @@ from cryptography.hazmat.primitives import serialization
 from mitmproxy import certs
 from sqlmodel import select
 
-from agent_vault import crypto
+from agent_vault import crypto, oskeyring
 from agent_vault.errors import InvalidRequest, KeyMaterialUnavailable, WrongMasterPassword
 from agent_vault.home import Home, ensure_dir, write_private
 from agent_vault.models import MasterKey
 from agent_vault.store import Store
 
 KEY_MODES = ("password", "keyring", "passwordless")
-KEYRING_SERVICE = "agent-vault"
+KEYRING_SERVICE = oskeyring.SERVICE
 PASSWORDLESS_WARNING = "WARNING: passwordless mode — anyone who can read {path} can decrypt every credential"
 
 
@@ -68,9 +68,7 @@ def create_dek(home: Home, store: Store, instance_id: str, mode: str, master_pas
     )
     with store.write() as s:
         s.add(row)
-    if mode == "keyring":
-        keyring_set(instance_id, master_password)
-    return dek
+    return dek  # mode keyring: the caller stores the password with keyring_set and reports failure
 
 
 def unwrap_dek(home: Home, store: Store, instance_id: str, mode: str, master_password: str | None) -> bytes:
@@ -103,25 +101,25 @@ def unwrap_dek(home: Home, store: Store, instance_id: str, mode: str, master_pas
         ) from None
 
 
+def keyring_user(instance_id: str) -> str:
+    return f"master-password:{instance_id}"
+
+
 def keyring_get(instance_id: str) -> str | None:
-    """The master password from the OS keyring, or None if absent or no backend is usable."""
+    """The master password from the OS keyring, or None if there is no entry.
+
+    Raises oskeyring.KeyringUnavailable when the keyring is off, missing or failing (the caller
+    falls back to the `password` sources and says so once)."""
+    return oskeyring.get(keyring_user(instance_id))
+
+
+def keyring_set(instance_id: str, password: str) -> str | None:
+    """Store the master password in the OS keyring; None on success, else why not (a short reason)."""
     try:
-        import keyring
-
-        value = keyring.get_password(KEYRING_SERVICE, f"master-password:{instance_id}")
-    except Exception:  # any backend failure means "not available"; never fatal
-        return None
-    return value if isinstance(value, str) else None
-
-
-def keyring_set(instance_id: str, password: str) -> bool:
-    try:
-        import keyring
-
-        keyring.set_password(KEYRING_SERVICE, f"master-password:{instance_id}", password)
-    except Exception:  # no usable backend: the password sources of mode `password` apply
-        return False
-    return True
+        oskeyring.put(keyring_user(instance_id), password)
+    except oskeyring.KeyringUnavailable as e:
+        return str(e)
+    return None
 
 
 # A digest of the last password read from AGENT_VAULT_MASTER_PASSWORD: a wrong one names the variable.
@@ -238,8 +236,10 @@ def change_key_mode(
     old_password: str | None,
     new_mode: str,
     new_password: str | None,
-) -> None:
+) -> str | None:
     """Re-wrap the same DEK for `new_mode` (server stopped). Values are not re-encrypted.
+    Returns a note when mode `keyring` could not store the password in the OS keyring (why).
+    Leaving mode `keyring` removes the keyring entry.
 
     Order matters for crash safety: the new wrapping is written before the old one is removed.
     """
@@ -249,7 +249,8 @@ def change_key_mode(
         with store.write() as s:
             for row in s.exec(select(MasterKey)):
                 s.delete(row)
-        return
+        oskeyring.delete(keyring_user(instance_id))
+        return None
     if new_password is None:
         raise InvalidRequest("a new master password is required")
     check_master_password(new_password)
@@ -266,4 +267,6 @@ def change_key_mode(
         s.add(row)
     home.dek_file.unlink(missing_ok=True)
     if new_mode == "keyring":
-        keyring_set(instance_id, new_password)
+        return keyring_set(instance_id, new_password)
+    oskeyring.delete(keyring_user(instance_id))
+    return None

@@ -47,7 +47,7 @@ def discover_body(core: Any, vault: str, role: str) -> J:
         "vault": vault,
         "role": role,
         "services": svcs,
-        "available_credentials": sorted(view.values),
+        "available_credentials": view.key_names(),
         "unmatched_policy": view.unmatched_policy,
         "enforcement": view.enforcement,
         "proposals_url": f"{base}/v1/proposals",

@@ -15,6 +15,7 @@ import logging
 import time
 import traceback
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -56,6 +57,8 @@ class FlowState:
     decision: Decision | None = None
     error: str | None = None  # SPEC §6 code when the proxy answered itself
     substituted: list[str] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)  # dynamic key -> source kind (names only)
+    values: Mapping[str, str] | None = field(default=None, repr=False)  # view values + dynamic ones
     secrets: list[tuple[str, bytes]] = field(default_factory=list, repr=False)
     redacted: set[str] = field(default_factory=set)
     redaction_skipped: bool = False
@@ -242,6 +245,7 @@ class FlowLog:
                 injected_keys=list(inj.used_keys) if inj is not None and decision == "injected" else [],
                 substituted_keys=fs.substituted,
                 redacted_keys=sorted(fs.redacted),
+                credential_sources=fs.sources,
                 decision=decision,
                 status=status,
                 error=error,

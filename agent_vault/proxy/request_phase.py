@@ -25,6 +25,7 @@ from agent_vault.proxy.brokered import Broker
 from agent_vault.proxy.connections import Connections, normalized_target
 from agent_vault.proxy.decide import Identity, decide, recheck
 from agent_vault.proxy.flowlog import FlowState
+from agent_vault.proxy.sources import SourceResolver
 from agent_vault.proxy.ssrf import Egress
 from agent_vault.proxy.streams import counter, limited_upload
 
@@ -40,6 +41,7 @@ class RequestPhase:
     def __init__(self, core: Core, metrics: Metrics, conns: Connections, egress: Egress) -> None:
         self.core, self.metrics, self.conns, self.egress = core, metrics, conns, egress
         self.broker = Broker(core, egress)
+        self.sources = SourceResolver()
 
     def _identity(self, flow: http.HTTPFlow, fs: FlowState) -> tuple[Identity, str, int]:
         """The caller and the target: the connection's (bound by CONNECT, re-checked so revocation
@@ -76,6 +78,9 @@ class RequestPhase:
         if clen is not None and clen > limit:
             raise BodyTooLarge("the request body is over the limit", limit_bytes=limit)
         view = self.core.runtime.snapshot.vaults[ident.vault]
+        if view.sources:  # dynamic values the matched service needs (commands, files; issue #16)
+            view, fs.sources = await self.sources.overlay(view, host, port, req.method, req.path, req.scheme)
+            fs.values = view.values
         base = self.core.public_url
         fs.decision = d = decide(
             view,
@@ -141,8 +146,10 @@ class RequestPhase:
         if len(body) > limit:
             raise BodyTooLarge("the body is too large to substitute", limit_bytes=limit)
         assert fs.ident is not None
-        view = self.core.runtime.snapshot.vaults[fs.ident.vault]
-        allowed = {k: view.values[k] for k in svc.substitution_keys if k in view.values}
+        have = (
+            fs.values if fs.values is not None else self.core.runtime.snapshot.vaults[fs.ident.vault].values
+        )
+        allowed = {k: have[k] for k in svc.substitution_keys if k in have}
         headers = flow.request.headers
         new, used = inject.substitute_body(
             body, headers.get("content-type"), headers.get("content-encoding"), allowed, allowed
