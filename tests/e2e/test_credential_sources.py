@@ -221,7 +221,13 @@ def test_listing_discover_and_the_leak_sweep(
     assert _get(srv, token, url).status_code == 200 and _sent(up) == f"Bearer {value}"
     with srv.http() as c:
         rows = {x["key"]: x for x in c.get("/v1/vaults/default/credentials").json()["credentials"]}
-        audit = c.get("/v1/audit", params={"limit": 1000}).json()["records"]
+
+        def audit_with_the_request() -> list[dict[str, Any]]:  # records are written in batches
+            records: list[dict[str, Any]] = c.get("/v1/audit", params={"limit": 1000}).json()["records"]
+            served = [x for x in records if x["kind"] == "proxy.request" and x.get("service") == "cmd-list"]
+            return records if served else []
+
+        audit = wait_until(audit_with_the_request, "the proxy record of the request")
     assert rows["CMD_LIST"]["source"] == "command" and rows["CMD_LIST"]["ttl"] == 300.0
     assert rows["CMD_LIST"]["has_value"] is True
     assert rows["CMD_LIST"]["source_detail"]["command"] == cmd  # owner
