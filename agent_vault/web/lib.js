@@ -45,7 +45,7 @@ const AV = (() => {
     }
     let data = {};
     try { data = r.status === 204 ? {} : await r.json(); } catch (e) { data = {}; }
-    if (r.status === 401 && state.page !== "login") toLogin();
+    if (r.status === 401 && state.page !== "login" && !path.startsWith("/v1/auth/login")) toLogin();
     return {ok: r.ok, status: r.status, data: data};
   }
   function why(r) {

@@ -6,7 +6,12 @@ AV.page("proposals", async ({main, vault}) => {
   main.append(AV.heading("Proposals in " + vault,
     "Agents ask for services and credentials here; nothing changes until a human approves."));
   const pendingBox = el("div", {id: "pending"}), pastBox = el("div", {id: "past"});
-  main.append(AV.card("Waiting for a decision", pendingBox), AV.card("History", pastBox));
+  const holdsBox = el("div", {id: "holds"});
+  const holdsCard = AV.card("Requests held for approval", el("p", {class: "muted"},
+    "An agent's request to a service that requires approval waits here until you decide or it times out."),
+    holdsBox);
+  holdsCard.hidden = true;
+  main.append(holdsCard, AV.card("Waiting for a decision", pendingBox), AV.card("History", pastBox));
   const effectKind = {add: "good", create: "good", update: "warn", replace: "warn", delete: "bad"};
 
   /** The exact change set of a pending proposal (its detail), or the names a decided one touched. */
@@ -55,5 +60,35 @@ AV.page("proposals", async ({main, vault}) => {
     pastBox.replaceChildren(...(past.length ? past.map((p) => row(p, false))
       : [el("p", {class: "muted"}, "No decided proposals yet.")]));
   }
-  await load();
+  async function loadHolds() {
+    const r = await api("GET", vaultPath(vault, "/holds"));
+    if (!r.ok) return;  // a member's view; proxy-role callers cannot list holds
+    holdsCard.hidden = false;
+    const decide = (h, action, scope) => async () => {
+      const path = vaultPath(vault, "/holds/" + enc(h.id) + "/" + action);
+      const res = action === "deny" ? await api("POST", path, {})
+        : await AV.withStepUp("Let " + h.method + " " + h.host + h.path + " through",
+          scope === "always" ? "Always: " + h.agent + " no longer needs approval for " + h.service + "."
+            : scope === "1h" ? "For one hour, " + h.agent + "'s requests to " + h.service + " pass." : "This request only.",
+          (pw) => api("POST", path, {password: pw, scope: scope}));
+      if (res && !res.ok && action === "deny") AV.fail(res);
+      if (res && res.ok) notify(action === "deny" ? "Denied." : "Approved (" + scope + ").");
+      await loadHolds();
+    };
+    holdsBox.replaceChildren(...(r.data.holds.length ? [AV.table(["Agent", "Request", "Service", "Expires", ""],
+      r.data.holds.map((h) => el("tr", {data: {hold: h.id}}, el("td", {}, h.agent),
+        el("td", {class: "mono"}, h.method + " " + h.host + (h.port && h.port !== 443 ? ":" + h.port : "") + h.path),
+        el("td", {}, h.service), el("td", {}, when(h.expires_at)),
+        el("td", {}, el("div", {class: "actions"},
+          el("button", {type: "button", class: "small primary", data: {action: "approve-once"},
+            on: {click: decide(h, "approve", "once")}}, "Approve once"),
+          el("button", {type: "button", class: "small", on: {click: decide(h, "approve", "1h")}}, "1 hour"),
+          el("button", {type: "button", class: "small", on: {click: decide(h, "approve", "always")}}, "Always"),
+          el("button", {type: "button", class: "small danger", data: {action: "deny"},
+            on: {click: decide(h, "deny")}}, "Deny"))))))]
+      : [el("p", {class: "muted"}, "No request is waiting.")]));
+  }
+  await Promise.all([load(), loadHolds()]);
+  const timer = setInterval(() => { if (!document.hidden) loadHolds(); }, 2000);
+  window.addEventListener("pagehide", () => clearInterval(timer));
 });

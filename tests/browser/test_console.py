@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -323,3 +324,41 @@ def _quickstart(console: Console, server: ServerProc, upstream_b: TLSUpstream, t
     console.ready()
     console.wait_text("/echo/quickstart-from-browser", "#log-rows tr")
     assert value not in console.dom_and_inputs()
+
+
+def test_a_held_request_is_approved_from_the_console(
+    console: Console, console_server: ServerProc, upstream_ca: trustme.CA
+) -> None:
+    """A service that requires approval: the agent's request waits; the console lists the hold (method,
+    host, path, agent; never a value) and approving it once lets that very request through."""
+    server = console_server
+    server.set_credential("HOLD_KEY", "held-secret-value-8e21")
+    with TLSUpstream(ca=upstream_ca, http2=False) as own:
+        server.add_service(
+            {
+                "name": "held-echo",
+                "host": "localhost",
+                "port": own.port,
+                "approval": {"timeout_seconds": 60},
+                "auth": {"type": "bearer", "token": "HOLD_KEY"},
+            }
+        )
+        token = server.make_agent("hold-agent")
+        console.login()
+        console.go("/ui/vaults/default/proposals")
+        console.ready()
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(
+                proxied_get, server, token, own.url("/echo/needs-a-human", host="localhost")
+            )
+            row = console.wait_text("/echo/needs-a-human", "#holds tr", timeout=15)
+            assert "hold-agent" in row.text and "GET" in row.text and "held-echo" in row.text
+            assert own.requests_seen.paths() == []  # nothing reached the upstream before the decision
+            console.shot("holds")
+            row.find_element(By.CSS_SELECTOR, "button[data-action='approve-once']").click()
+            console.step_up()
+            r = pending.result(timeout=30)
+        assert r.status_code == 200
+        assert own.requests_seen.paths() == ["/echo/needs-a-human"]
+        console.wait_text("No request is waiting", "#holds")
+        assert "held-secret-value-8e21" not in console.dom_and_inputs()
