@@ -9,6 +9,7 @@ from typing import Any
 
 from agent_vault.audit import AuditWriter, admin_record
 from agent_vault.config import Settings
+from agent_vault.holds import HoldManager
 from agent_vault.home import Home
 from agent_vault.keys import CA
 from agent_vault.metrics import Metrics
@@ -31,6 +32,7 @@ class Services:
     api_limiter_made: bool = False
     login_limiter: FailureLimiter | None = None
     proposal_gauge_vaults: set[str] = field(default_factory=set)  # label sets of the pending gauge
+    holds: HoldManager | None = None  # approval holds (issue 19); None: no proxy in this process
 
 
 @dataclass

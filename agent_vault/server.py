@@ -28,6 +28,7 @@ from agent_vault.audit import AuditWriter
 from agent_vault.config import Settings
 from agent_vault.core import Core, Services
 from agent_vault.errors import MasterPasswordRequired
+from agent_vault.holds import HoldManager
 from agent_vault.home import Home
 from agent_vault.housekeeping import start_housekeeping
 from agent_vault.instance import Unlocked, unlock
@@ -145,6 +146,7 @@ async def serve(
     )
     stop = asyncio.Event()
     core.services = Services(metrics=metrics, resolve=resolve_overrides(), stop=stop)
+    core.services.holds = HoldManager(core.record)
     housekeeping = start_housekeeping(core)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -197,6 +199,8 @@ async def serve(
                 ready.set()
             await stop.wait()
             log.info("shutting down")
+            if core.services.holds is not None and core.services.holds.shutdown():
+                await asyncio.sleep(0.3)  # let the held requests' 503 answers go out
             server.should_exit = True
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(task, timeout=10)

@@ -100,8 +100,10 @@ def _definition(
     enabled: bool | None,
     description: str | None,
     allow_http: bool | None = None,
+    approval: tuple[bool | None, str | None, str | None] = (None, None, None),
 ) -> dict[str, Any]:
     d: dict[str, Any] = dict(base or {})
+    _set_approval(d, *approval)
     d["name"] = name
     for k, v in (
         ("host", host),
@@ -129,6 +131,25 @@ def _definition(
             subs["in"] = parse_surfaces(substitute_in)
         d["substitutions"] = subs
     return validate(d)
+
+
+def _set_approval(d: dict[str, Any], required: bool | None, methods: str | None, timeout: str | None) -> None:
+    """Issue 19 flags: `--approval-required` [`--approval-methods M,..`] [`--approval-timeout 120s`]."""
+    from agent_vault.cli.durations import duration_param
+
+    if required is False:
+        d["approval"] = None
+        return
+    if required is None and not d.get("approval") and (methods or timeout):
+        raise InvalidRequest("--approval-methods and --approval-timeout need --approval-required")
+    if required is None and not d.get("approval"):
+        return
+    spec = dict(d.get("approval") or {})
+    if methods:
+        spec["methods"] = [m.strip().upper() for m in methods.split(",") if m.strip()]
+    if timeout:
+        spec["timeout_seconds"] = duration_param(timeout, "--approval-timeout")
+    d["approval"] = spec
 
 
 def _service_command(name: str, *, update: bool) -> Any:
@@ -184,6 +205,19 @@ def _service_command(name: str, *, update: bool) -> Any:
         from_catalog: Annotated[
             str | None, Opt("--from-catalog", metavar="ID", help="Start from a built-in template.")
         ] = None,
+        approval_required: Annotated[
+            bool | None,
+            Opt(
+                "--approval-required/--no-approval-required",
+                help="Hold matching requests until a human approves ('vault hold').",
+            ),
+        ] = None,
+        approval_methods: Annotated[
+            str | None, Opt("--approval-methods", metavar="M,..", help="Only hold these methods.")
+        ] = None,
+        approval_timeout: Annotated[
+            str | None, Opt("--approval-timeout", metavar="DURATION", help="Wait this long (default 120s).")
+        ] = None,
         password_stdin: PasswordStdinOpt = False,
     ) -> None:
         if auth_type is not None:
@@ -227,6 +261,7 @@ def _service_command(name: str, *, update: bool) -> Any:
             enabled=enabled,
             description=description,
             allow_http=allow_http,
+            approval=(approval_required, approval_methods, approval_timeout),
         )
         body = {"password": step_up(password_stdin), "service": d}
         c = client()
@@ -255,6 +290,8 @@ def _summary(d: dict[str, Any], vault: str, verb: str, have: set[str]) -> str:
     text = f"{verb} service {d['name']} in vault {vault}: {d['host']}{port}{d['path']} ({a.get('type')})"
     if d.get("allow_http"):
         text += "; credentials also go over plain http://"
+    if d.get("approval"):
+        text += "; requests wait for approval ('agent-vault vault hold list')"
     if keys:
         text += f"; {keys[0]} has no value yet: set it with 'agent-vault vault credential set {keys[0]}'"
     return text

@@ -40,6 +40,11 @@ class Principal:
             return f"session:{self.token_id}:{self.name}"
         return f"{self.kind}:{self.name}"
 
+    @property
+    def owner(self) -> str:
+        """Who the token acts for: `agent:<name>` or `user:<email>` (a session acts for its creator)."""
+        return self.name if self.kind == "session" else f"{self.kind}:{self.name}"
+
     def role_on(self, vault: str) -> str | None:
         if self.kind == "session":
             return "proxy" if vault == self.session_vault else None
