@@ -60,6 +60,11 @@ def discover(request: Request, core: CoreDep, p: PrincipalDep) -> J:
     body = discover_body(core, vault, role)
     if p.kind == "session" and p.session_policy:
         body["unmatched_policy"] = p.session_policy
+    if p.narrowed:  # issue 19: a narrowed session sees only what it may use
+        only = p.only_services
+        body["services"] = [s for s in body["services"] if only is None or s["name"] in only]
+        body["unmatched_policy"] = "deny"
+        body["narrowed"] = {"services": p.only_services, "methods": p.only_methods}
     return body
 
 

@@ -188,6 +188,14 @@ _V1 = (
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _V1),
     Migration(2, "per-vault rate limit profile", ("ALTER TABLE vaults ADD COLUMN rate_limits VARCHAR",)),
+    Migration(
+        4,
+        "narrowed sessions",
+        (
+            "ALTER TABLE tokens ADD COLUMN only_services VARCHAR",
+            "ALTER TABLE tokens ADD COLUMN only_methods VARCHAR",
+        ),
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 _CREATE = "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL)"
