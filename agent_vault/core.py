@@ -13,6 +13,7 @@ from agent_vault.holds import HoldManager
 from agent_vault.home import Home
 from agent_vault.keys import CA
 from agent_vault.metrics import Metrics
+from agent_vault.notify import Notifier
 from agent_vault.ratelimit import FailureLimiter, TokenBucket
 from agent_vault.runtime import Runtime
 from agent_vault.store import Store
@@ -33,6 +34,7 @@ class Services:
     login_limiter: FailureLimiter | None = None
     proposal_gauge_vaults: set[str] = field(default_factory=set)  # label sets of the pending gauge
     holds: HoldManager | None = None  # approval holds (issue 19); None: no proxy in this process
+    notifier: Notifier | None = None  # webhooks (issue 19); None: no --notify-url
 
 
 @dataclass
@@ -64,6 +66,11 @@ class Core:
         """Append one admin audit record (names only; never values, tokens or passwords)."""
         if not self.audit.submit(admin_record(kind, actor, vault=vault, target=target, details=details)):
             log.warning("audit queue full: %s record counted as dropped", kind)
+
+    def notify(self, event: str, vault: str | None, data: dict[str, Any]) -> None:
+        """Queue a webhook event (names, ids, links; never values or tokens). Never blocks."""
+        if self.services.notifier is not None:
+            self.services.notifier.emit(event, vault, data)
 
     @property
     def public_url(self) -> str:

@@ -34,8 +34,10 @@ from agent_vault.housekeeping import start_housekeeping
 from agent_vault.instance import Unlocked, unlock
 from agent_vault.lifecycle import ServerLock
 from agent_vault.metrics import Metrics
+from agent_vault.notify import Notifier
 from agent_vault.proxy.addon import VaultAddon
 from agent_vault.proxy.runner import BindError, ProxyRunner
+from agent_vault.proxy.ssrf import Egress
 from agent_vault.runtime import Runtime
 
 log = logging.getLogger("agent_vault")
@@ -146,7 +148,18 @@ async def serve(
     )
     stop = asyncio.Event()
     core.services = Services(metrics=metrics, resolve=resolve_overrides(), stop=stop)
-    core.services.holds = HoldManager(core.record)
+    core.services.holds = HoldManager(
+        core.record, lambda event, data: core.notify(event, data["vault"], data)
+    )
+    if settings.notify_url:
+        guard = Egress(settings.allow_net, core.services.resolve)
+        core.services.notifier = Notifier(
+            settings.notify_url,
+            guard.address,
+            public_url=lambda: core.public_url,
+            upstream_ca=settings.upstream_ca,
+        )
+        core.services.notifier.start()
     housekeeping = start_housekeeping(core)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -206,6 +219,8 @@ async def serve(
                 await asyncio.wait_for(task, timeout=10)
     finally:
         housekeeping.cancel()
+        if core.services.notifier is not None:
+            await core.services.notifier.close()
         with contextlib.suppress(Exception):
             core.record("server.stop", "server")
         await asyncio.to_thread(audit.close)
