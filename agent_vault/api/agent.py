@@ -35,6 +35,7 @@ def discover_body(core: Any, vault: str, role: str) -> J:
                 "enabled": svc.enabled,
                 "placeholders": list(svc.substitution_keys),
                 "schemes": ["https", "http"] if svc.allow_http else ["https"],
+                "approval_methods": None if svc.approval is None else (svc.approval.methods or ["*"]),
             }
         )
     base = core.public_url

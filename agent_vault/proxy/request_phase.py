@@ -122,7 +122,7 @@ class RequestPhase:
         holds = self.core.services.holds
         if holds is None:  # fail closed: a flagged service is never forwarded unapproved
             raise HoldInterrupted("approval holds are not available in this process")
-        await holds.gate(
+        hold = await holds.gate(
             vault=ident.vault,
             svc=svc,
             agent=ident.principal.owner,
@@ -133,6 +133,8 @@ class RequestPhase:
             path=flow.request.path,
             client_id=flow.client_conn.id,
         )
+        if hold is not None:  # approved after a wait: the token may have been revoked meanwhile
+            recheck(self.core.runtime.snapshot, ident)
 
     def body(self, flow: http.HTTPFlow, fs: FlowState) -> None:
         """`request`: substitute placeholders in a buffered body, only for services that opted in
