@@ -196,6 +196,16 @@ class SubstitutionError(AgentVaultError):
         self.key = key
 
 
+class CredentialUnavailable(AgentVaultError):
+    """A brokered credential (OAuth2 access token, AWS STS keys) could not be obtained (proxy: 502).
+    The request is never sent unauthenticated. `message`/`hint` name the service, the endpoint's
+    host and its error code, never a value."""
+
+    code = "credential_unavailable"
+    status = 502
+    hint = "Check the service's token endpoint and credentials."
+
+
 class ProxyAuthRequired(AgentVaultError):
     code = "proxy_auth_required"
     status = 407

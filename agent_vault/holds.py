@@ -219,7 +219,7 @@ class HoldManager:
         kind = "hold.approve" if approve else "hold.deny"
         details = {**self._details(h), "scope": scope if approve else None}
         self.record(kind, by, vault=vault, target=h.id, details=details)
-        self._notify("hold.decided", h, decided_by=by)
+        self._notify("hold.decided", h, decided_by=by, scope=scope if approve else None)
         outcome = "approved" if approve else "denied"
         h.future.get_loop().call_soon_threadsafe(_resolve, h.future, outcome)
         return {**h.public(), "scope": scope if approve else None}

@@ -155,26 +155,65 @@ class CA:
 
         return x509.load_pem_x509_certificate(self.cert_pem).fingerprint(hashes.SHA256()).hex()
 
+    @property
+    def not_after(self) -> str:
+        """The certificate's expiry, ISO-8601 UTC (`2036-01-31T12:00:00Z`)."""
+        when = x509.load_pem_x509_certificate(self.cert_pem).not_valid_after_utc
+        return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
-def create_ca(home: Home, instance_id: str, dek: bytes) -> CA:
-    """A new self-signed CA: cert in ca/ca-cert.pem (0644), key sealed in ca/ca-key.enc (0600)."""
+
+_CA_KEY, _CA_CERT, _NEXT = "ca-key.enc", "ca-cert.pem", ".next"
+
+
+def new_ca(instance_id: str) -> CA:
+    """A new self-signed CA (SPEC §4.3), in memory only; `store_ca` persists it."""
     key, cert = certs.create_ca(
         organization="agent-vault", cn=f"agent-vault CA {instance_id[:8]}", key_size=2048
     )
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    return CA(cert.public_bytes(serialization.Encoding.PEM), key_pem)
+
+
+def store_ca(home: Home, instance_id: str, dek: bytes, ca: CA) -> None:
+    """Persist `ca` as ca/ca-cert.pem (0644) + ca/ca-key.enc (0600, sealed under the DEK), replacing any
+    CA stored there. Crash-safe: both new files are first written complete beside the old ones
+    (`*.next`), then moved over them, key first; `load_ca` finishes a move a crash interrupted, and
+    drops a half-written pair (the old CA then stands). The key never touches disk unsealed."""
     ensure_dir(home.ca_dir)
-    write_private(home.ca_dir / "ca-key.enc", crypto.seal(dek, key_pem, ca_key_aad(instance_id)))
-    write_private(home.ca_dir / "ca-cert.pem", cert_pem, mode=0o644)
-    return CA(cert_pem, key_pem)
+    write_private(home.ca_dir / (_CA_KEY + _NEXT), crypto.seal(dek, ca.key_pem, ca_key_aad(instance_id)))
+    write_private(home.ca_dir / (_CA_CERT + _NEXT), ca.cert_pem, mode=0o644)
+    _finish_ca_move(home.ca_dir)
+
+
+def _finish_ca_move(ca_dir: Path) -> None:
+    key_next, cert_next = ca_dir / (_CA_KEY + _NEXT), ca_dir / (_CA_CERT + _NEXT)
+    if not cert_next.exists():  # the new pair was never complete: keep the old CA
+        key_next.unlink(missing_ok=True)
+        return
+    if key_next.exists():
+        os.replace(key_next, ca_dir / _CA_KEY)
+    os.replace(cert_next, ca_dir / _CA_CERT)
+    fd = os.open(ca_dir, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the renames themselves survive a power loss
+    finally:
+        os.close(fd)
+
+
+def create_ca(home: Home, instance_id: str, dek: bytes) -> CA:
+    """A new CA, stored: cert in ca/ca-cert.pem (0644), key sealed in ca/ca-key.enc (0600)."""
+    ca = new_ca(instance_id)
+    store_ca(home, instance_id, dek, ca)
+    return ca
 
 
 def load_ca(home: Home, instance_id: str, dek: bytes) -> CA:
     try:
-        sealed = (home.ca_dir / "ca-key.enc").read_bytes()
-        cert_pem = (home.ca_dir / "ca-cert.pem").read_bytes()
+        _finish_ca_move(home.ca_dir)
+        sealed = (home.ca_dir / _CA_KEY).read_bytes()
+        cert_pem = (home.ca_dir / _CA_CERT).read_bytes()
     except OSError:
         raise KeyMaterialUnavailable(f"the instance CA is missing under {home.ca_dir}") from None
     try:

@@ -184,6 +184,7 @@ async def serve(
                 await stack.enter_async_context(runner)
                 core.proxy_port = runner.port
                 core.proxy_ready = True
+                core.services.ca_engine = runner.prepare_ca  # `ca rotate` re-signs new connections
             app = create_app(allowed_hosts=lambda: _allowed_hosts(core))
             app.state.core = core
             config = uvicorn.Config(

@@ -38,6 +38,11 @@ def discover_body(core: Any, vault: str, role: str) -> J:
                 "approval_methods": None if svc.approval is None else (svc.approval.methods or ["*"]),
             }
         )
+        if svc.auth.type == "aws-sigv4":  # what the agent's SDK needs (it signs with placeholder keys)
+            svcs[-1]["aws"] = {
+                "region": getattr(svc.auth, "region", None),
+                "service": getattr(svc.auth, "service", None),
+            }
     base = core.public_url
     return {
         "vault": vault,

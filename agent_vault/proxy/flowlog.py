@@ -16,6 +16,7 @@ import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import quote
 
 from mitmproxy import http
@@ -60,6 +61,7 @@ class FlowState:
     redaction_skipped: bool = False
     bytes_up: int = 0
     bytes_down: int = 0
+    signing: Any = field(default=None, repr=False)  # brokered.PendingSign: an AWS request to sign
 
     def add_secrets(self, svc: ServiceDef, inj: inject.Injection | None, values: dict[str, str]) -> None:
         """Remember values sent in this request for redaction (SPEC §5.9), if the service redacts."""

@@ -1,7 +1,8 @@
 """The request decision and injection (SPEC §5.2-§5.7, §5.10), in the order a request meets them:
 identity (the connection's, re-checked, or the request's own), rate and size limits, the decision
-(`decide`, pure), the SSRF check, placeholder substitution, header hygiene, injection, and how the
-body travels (streamed and counted, cut past the limit, or buffered for body substitution).
+(`decide`, pure), the SSRF check, brokered credentials (`brokered`: an OAuth2 token fetch or AWS keys,
+awaited), placeholder substitution, header hygiene, injection, and how the body travels (streamed and
+counted, cut past the limit, or buffered for body substitution or a SigV4 payload hash).
 
 Everything raises AgentVaultError (or lets a surprise through) for the addon's fail-closed boundary;
 nothing here answers the client itself. Danger: after `headers()` the flow carries injected values:
@@ -15,10 +16,12 @@ import time
 from mitmproxy import http
 from mitmproxy.net.http import url
 
+from agent_vault.authtypes import BROKERED_AUTH_TYPES
 from agent_vault.core import Core
 from agent_vault.errors import BodyTooLarge, HoldInterrupted, RateLimited, VaultForbidden
 from agent_vault.metrics import Metrics
 from agent_vault.proxy import inject
+from agent_vault.proxy.brokered import Broker
 from agent_vault.proxy.connections import Connections, normalized_target
 from agent_vault.proxy.decide import Identity, decide, recheck
 from agent_vault.proxy.flowlog import FlowState
@@ -37,6 +40,7 @@ def content_length(headers: http.Headers) -> int | None:
 class RequestPhase:
     def __init__(self, core: Core, metrics: Metrics, conns: Connections, egress: Egress) -> None:
         self.core, self.metrics, self.conns, self.egress = core, metrics, conns, egress
+        self.broker = Broker(core, egress)
 
     def _identity(self, flow: http.HTTPFlow, fs: FlowState) -> tuple[Identity, str, int]:
         """The caller and the target: the connection's (bound by CONNECT, re-checked so revocation
@@ -87,6 +91,8 @@ class RequestPhase:
         )
         await self.egress.address(host, port)
         svc, inj = d.service, d.injection
+        if inj is not None and svc is not None and svc.auth.type in BROKERED_AUTH_TYPES:
+            fs.signing = await self.broker.prepare(view, svc, inj)  # OAuth2 token fetch, AWS keys
         matched = svc is not None and d.kind in ("injected", "passthrough")
         if matched and svc is not None and svc.approval is not None:
             await self._hold(flow, ident, svc, host, port)
@@ -102,7 +108,9 @@ class RequestPhase:
             req.path = inject.apply_injection(req.headers, req.path, inj)
         if fs.secrets:
             req.headers["accept-encoding"] = "identity"
-        if not (matched and "body" in surfaces):
+        if fs.signing is not None and not self.broker.plan(flow, fs.signing, host, port, clen):
+            fs.signing = None  # signed already (empty body, or UNSIGNED-PAYLOAD)
+        if not (matched and "body" in surfaces) and fs.signing is None:
             if clen is None:  # chunked or HTTP/2 without a length: cut when it crosses the limit
                 req.stream = limited_upload(fs, limit)
             elif clen > STREAM_THRESHOLD:
@@ -138,7 +146,12 @@ class RequestPhase:
 
     def body(self, flow: http.HTTPFlow, fs: FlowState) -> None:
         """`request`: substitute placeholders in a buffered body, only for services that opted in
-        (SPEC §5.6); otherwise just count it."""
+        (SPEC §5.6), otherwise just count it; then sign it (aws-sigv4)."""
+        self._substitute_body(flow, fs)
+        if fs.signing is not None:
+            self.broker.sign_buffered(flow, fs.signing)
+
+    def _substitute_body(self, flow: http.HTTPFlow, fs: FlowState) -> None:
         svc = fs.decision.service if fs.decision is not None else None
         if (
             svc is None
