@@ -201,9 +201,4 @@ class Notifier:
         headers = {"Host": parts.netloc.rsplit("@", 1)[-1], "User-Agent": "agent-vault-notify"}
         async with httpx.AsyncClient(verify=self._ssl, trust_env=False, timeout=self.timeout) as c:
             r = await c.post(target, json=body, headers=headers, extensions={"sni_hostname": host})
-        if r.status_code >= 300:
-            raise WebhookRefused(r.status_code)
-
-
-class WebhookRefused(Exception):
-    """The receiver answered with a non-2xx status (retried; internal to this module)."""
+        r.raise_for_status()  # a non-2xx answer is a failed attempt (retried)

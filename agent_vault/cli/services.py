@@ -10,6 +10,7 @@ import typer
 
 from agent_vault.cli import authflags as af
 from agent_vault.cli import choice
+from agent_vault.cli.approvalflags import set_approval
 from agent_vault.cli.common import (
     PasswordStdinOpt,
     VaultOpt,
@@ -104,7 +105,7 @@ def _definition(
     approval: tuple[bool | None, str | None, str | None] = (None, None, None),
 ) -> dict[str, Any]:
     d: dict[str, Any] = dict(base or {})
-    _set_approval(d, *approval)
+    set_approval(d, *approval)
     d["name"] = name
     for k, v in (
         ("host", host),
@@ -132,25 +133,6 @@ def _definition(
             subs["in"] = parse_surfaces(substitute_in)
         d["substitutions"] = subs
     return validate(d)
-
-
-def _set_approval(d: dict[str, Any], required: bool | None, methods: str | None, timeout: str | None) -> None:
-    """Issue 19 flags: `--approval-required` [`--approval-methods M,..`] [`--approval-timeout 120s`]."""
-    from agent_vault.cli.durations import duration_param
-
-    if required is False:
-        d["approval"] = None
-        return
-    if required is None and not d.get("approval") and (methods or timeout):
-        raise InvalidRequest("--approval-methods and --approval-timeout need --approval-required")
-    if required is None and not d.get("approval"):
-        return
-    spec = dict(d.get("approval") or {})
-    if methods:
-        spec["methods"] = [m.strip().upper() for m in methods.split(",") if m.strip()]
-    if timeout:
-        spec["timeout_seconds"] = duration_param(timeout, "--approval-timeout")
-    d["approval"] = spec
 
 
 def _service_command(name: str, *, update: bool) -> Any:
