@@ -43,6 +43,14 @@ class Settings(BaseModel):
     auth_timeout: float = Field(default=10.0, gt=0)  # proxy connections that have not authenticated
     max_unauthenticated: int = Field(default=512, ge=1)  # proxy connections not authenticated yet
     no_step_up: bool = False
+    notify_url: tuple[str, ...] = ()  # webhooks for proposals and holds (issue 19); may hold secrets
+
+    @field_validator("notify_url")
+    @classmethod
+    def _notify(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from agent_vault.notify import check_url
+
+        return tuple(check_url(u) for u in v)
 
     @field_validator("allow_net")
     @classmethod
@@ -100,5 +108,7 @@ def env_settings(**overrides: object) -> Settings:
             values[field] = env[var]
     if env.get("AGENT_VAULT_ALLOW_NET"):
         values["allow_net"] = tuple(x.strip() for x in env["AGENT_VAULT_ALLOW_NET"].split(",") if x.strip())
+    if env.get("AGENT_VAULT_NOTIFY_URL"):
+        values["notify_url"] = tuple(x.strip() for x in env["AGENT_VAULT_NOTIFY_URL"].split(",") if x.strip())
     values.update({k: v for k, v in overrides.items() if v is not None and v != ()})
     return Settings.model_validate(values)

@@ -10,9 +10,11 @@ from typing import Any
 
 from agent_vault.audit import AuditWriter, admin_record
 from agent_vault.config import Settings
+from agent_vault.holds import HoldManager
 from agent_vault.home import Home
 from agent_vault.keys import CA
 from agent_vault.metrics import Metrics
+from agent_vault.notify import Notifier
 from agent_vault.ratelimit import FailureLimiter, TokenBucket
 from agent_vault.runtime import Runtime
 from agent_vault.store import Store
@@ -32,6 +34,8 @@ class Services:
     api_limiter_made: bool = False
     login_limiter: FailureLimiter | None = None
     proposal_gauge_vaults: set[str] = field(default_factory=set)  # label sets of the pending gauge
+    holds: HoldManager | None = None  # approval holds (issue 19); None: no proxy in this process
+    notifier: Notifier | None = None  # webhooks (issue 19); None: no --notify-url
     # CA rotation, proxy side: prepares the engine for a new CA (may raise; changes nothing) and returns
     # the call that switches new TLS connections to it (cannot fail). None without a proxy.
     ca_engine: Callable[[CA], Callable[[], None]] | None = None
@@ -66,6 +70,11 @@ class Core:
         """Append one admin audit record (names only; never values, tokens or passwords)."""
         if not self.audit.submit(admin_record(kind, actor, vault=vault, target=target, details=details)):
             log.warning("audit queue full: %s record counted as dropped", kind)
+
+    def notify(self, event: str, vault: str | None, data: dict[str, Any]) -> None:
+        """Queue a webhook event (names, ids, links; never values or tokens). Never blocks."""
+        if self.services.notifier is not None:
+            self.services.notifier.emit(event, vault, data)
 
     @property
     def public_url(self) -> str:

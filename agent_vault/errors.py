@@ -257,6 +257,38 @@ class InsecureScheme(AgentVaultError):
     )
 
 
+class ApprovalDenied(AgentVaultError):
+    """A held request (service flag `approval_required`) was denied by a human."""
+
+    code = "approval_denied"
+    status = 403
+    hint = "A human denied this request; ask them why before trying again."
+
+
+class ApprovalTimeout(AgentVaultError):
+    """A held request got no decision within the service's approval timeout."""
+
+    code = "approval_timeout"
+    status = 403
+    hint = "No human decided in time; retry when someone can approve ('agent-vault vault hold list')."
+
+
+class HoldInterrupted(AgentVaultError):
+    """A held request lost its hold: the server stopped or restarted (holds survive nothing)."""
+
+    code = "hold_interrupted"
+    status = 503
+    hint = "The server stopped while the request waited for approval; retry once it is back."
+
+
+class TooManyHolds(AgentVaultError):
+    """Too many requests of one agent (or in all) are already waiting for approval."""
+
+    code = "too_many_holds"
+    status = 429
+    hint = "Wait for a human to decide the pending holds ('agent-vault vault hold list')."
+
+
 class SsrfBlocked(AgentVaultError):
     code = "ssrf_blocked"
     status = 403

@@ -83,6 +83,8 @@ class Token(SQLModel, table=True):
     vault_id: int | None = Field(default=None, foreign_key="vaults.id", ondelete="CASCADE")
     label: str = ""
     unmatched_policy: str | None = None  # session override (stricter only)
+    only_services: str | None = None  # narrowed session: JSON list of service names (None: all)
+    only_methods: str | None = None  # narrowed session: JSON list of methods (None: all)
     created_at: datetime = Field(default_factory=utcnow)
     expires_at: datetime | None = None
     revoked_at: datetime | None = None

@@ -26,6 +26,17 @@ from agent_vault.store import Store
 log = logging.getLogger("agent_vault.runtime")
 
 
+def _names(stored: str | None) -> tuple[str, ...] | None:
+    """A narrowed session's JSON list column; anything unreadable narrows to nothing (fail closed)."""
+    if stored is None:
+        return None
+    try:
+        items = json.loads(stored)
+    except ValueError:
+        return ()
+    return tuple(str(x) for x in items) if isinstance(items, list) else ()
+
+
 class Runtime:
     """Holds the current Snapshot; `reload()` is thread-safe and cheap enough per admin change."""
 
@@ -121,6 +132,8 @@ class Runtime:
                     session_vault=vault_name[t.vault_id],
                     session_policy=t.unmatched_policy,
                     expires_at=t.expires_at,
+                    only_services=_names(t.only_services),
+                    only_methods=_names(t.only_methods),
                 )
         return out
 

@@ -109,6 +109,8 @@ class SessionCreate(Body):
     agent: str | None = None
     label: str = Field(default="", max_length=200)
     unmatched_policy: str | None = None
+    only_services: list[str] | None = Field(default=None, max_length=100)  # narrowed session (issue 19)
+    only_methods: list[str] | None = Field(default=None, max_length=32)
 
 
 class SessionRenew(Body):

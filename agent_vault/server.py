@@ -28,14 +28,17 @@ from agent_vault.audit import AuditWriter
 from agent_vault.config import Settings
 from agent_vault.core import Core, Services
 from agent_vault.errors import MasterPasswordRequired
+from agent_vault.holds import HoldManager
 from agent_vault.home import Home
 from agent_vault.housekeeping import start_housekeeping
 from agent_vault.instance import Unlocked, unlock
 from agent_vault.lifecycle import ServerLock
 from agent_vault.metrics import Metrics
+from agent_vault.notify import Notifier
 from agent_vault.oskeyring import KeyringUnavailable
 from agent_vault.proxy.addon import VaultAddon
 from agent_vault.proxy.runner import BindError, ProxyRunner
+from agent_vault.proxy.ssrf import Egress
 from agent_vault.runtime import Runtime
 
 log = logging.getLogger("agent_vault")
@@ -156,6 +159,18 @@ async def serve(
     )
     stop = asyncio.Event()
     core.services = Services(metrics=metrics, resolve=resolve_overrides(), stop=stop)
+    core.services.holds = HoldManager(
+        core.record, lambda event, data: core.notify(event, data["vault"], data)
+    )
+    if settings.notify_url:
+        guard = Egress(settings.allow_net, core.services.resolve)
+        core.services.notifier = Notifier(
+            settings.notify_url,
+            guard.address,
+            public_url=lambda: core.public_url,
+            upstream_ca=settings.upstream_ca,
+        )
+        core.services.notifier.start()
     housekeeping = start_housekeeping(core)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -209,11 +224,15 @@ async def serve(
                 ready.set()
             await stop.wait()
             log.info("shutting down")
+            if core.services.holds is not None and core.services.holds.shutdown():
+                await asyncio.sleep(0.3)  # let the held requests' 503 answers go out
             server.should_exit = True
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(task, timeout=10)
     finally:
         housekeeping.cancel()
+        if core.services.notifier is not None:
+            await core.services.notifier.close()
         with contextlib.suppress(Exception):
             core.record("server.stop", "server")
         await asyncio.to_thread(audit.close)

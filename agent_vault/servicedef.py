@@ -283,6 +283,37 @@ class Substitutions(BaseModel):
         return list(dict.fromkeys(v))
 
 
+class Approval(_Model):
+    """`approval_required` (issue 19): matching requests wait for a human's decision before they go
+    upstream. `methods` None = every method; `exempt` lists the actors (`agent:NAME`, `user:EMAIL`) a
+    human approved "always" for this service."""
+
+    methods: list[str] | None = None
+    timeout_seconds: int = Field(default=120, ge=1, le=3600)
+    exempt: list[str] = Field(default_factory=list, max_length=1000)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        out = _dedupe([m.strip().upper() for m in v])
+        if not out or any(len(m) > _HTTP_METHODS_MAX or not _TOKEN.fullmatch(m) for m in out):
+            raise ValueError("approval methods must be HTTP methods such as POST or DELETE")
+        return out
+
+    @field_validator("exempt")
+    @classmethod
+    def _exempt(cls, v: list[str]) -> list[str]:
+        if any(len(a) > 300 or _CTL.search(a) for a in v):
+            raise ValueError("approval exemptions are actor labels such as agent:ci-bot")
+        return _dedupe(v)
+
+    def applies(self, method: str, actor: str) -> bool:
+        """True when a request by `actor` (owner label) with `method` must be held."""
+        return (self.methods is None or method in self.methods) and actor not in self.exempt
+
+
 class ServiceDef(_Model):
     """One service of a vault. `host`, `path` and `methods` are stored normalised."""
 
@@ -300,6 +331,8 @@ class ServiceDef(_Model):
     #: Off: such a request gets 403 `insecure_scheme` and the upstream is never contacted.
     allow_http: bool = False
     description: str = Field(default="", max_length=500)
+    #: Issue 19: hold matching requests until a human approves (None: never held).
+    approval: Approval | None = None
 
     @field_validator("host")
     @classmethod

@@ -35,6 +35,7 @@ def discover_body(core: Any, vault: str, role: str) -> J:
                 "enabled": svc.enabled,
                 "placeholders": list(svc.substitution_keys),
                 "schemes": ["https", "http"] if svc.allow_http else ["https"],
+                "approval_methods": None if svc.approval is None else (svc.approval.methods or ["*"]),
             }
         )
         if svc.auth.type == "aws-sigv4":  # what the agent's SDK needs (it signs with placeholder keys)
@@ -65,6 +66,11 @@ def discover(request: Request, core: CoreDep, p: PrincipalDep) -> J:
     body = discover_body(core, vault, role)
     if p.kind == "session" and p.session_policy:
         body["unmatched_policy"] = p.session_policy
+    if p.narrowed:  # issue 19: a narrowed session sees only what it may use
+        only = p.only_services
+        body["services"] = [s for s in body["services"] if only is None or s["name"] in only]
+        body["unmatched_policy"] = "deny"
+        body["narrowed"] = {"services": p.only_services, "methods": p.only_methods}
     return body
 
 

@@ -18,7 +18,7 @@ from agent_vault.errors import AgentVaultError
 
 log = logging.getLogger("agent_vault.api")
 MAX_BODY = 1 << 20
-OPTIONAL_ROUTERS = ("proposals", "observability", "ui", "console")
+OPTIONAL_ROUTERS = ("proposals", "observability", "ui", "console", "holds")
 
 
 def error_response(err: AgentVaultError) -> JSONResponse:

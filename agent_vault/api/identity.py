@@ -106,7 +106,15 @@ def revoke_agent(name: str, core: CoreDep, p: PrincipalDep) -> J:
 def create_session(body: SessionCreate, core: CoreDep, p: PrincipalDep) -> J:
     vault = select_vault(core, p, body.vault) if p.kind != "user" or body.vault is None else body.vault
     return sessions.create_session(
-        core, p, vault, body.ttl_seconds, body.agent, body.label, body.unmatched_policy
+        core,
+        p,
+        vault,
+        body.ttl_seconds,
+        body.agent,
+        body.label,
+        body.unmatched_policy,
+        body.only_services,
+        body.only_methods,
     )
 
 

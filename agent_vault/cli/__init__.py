@@ -144,7 +144,19 @@ def completion_cmd(
 def _register() -> None:
     from agent_vault.cli import setup  # noqa: F401  (registers init/server/status)
 
-    for mod in ("serverctl", "auth", "vault", "agents", "users", "misc", "run", "logs", "proposals"):
+    for mod in (
+        "serverctl",
+        "auth",
+        "vault",
+        "agents",
+        "users",
+        "misc",
+        "run",
+        "logs",
+        "proposals",
+        "holds",
+        "mcp",
+    ):
         try:
             __import__(f"agent_vault.cli.{mod}")
         except ModuleNotFoundError as e:

@@ -152,8 +152,21 @@ def session_create(
     ] = None,
     agent: Annotated[str | None, typer.Option("--agent", help="Attribute the session to this agent.")] = None,
     label: Annotated[str, typer.Option("--label", help="Shown in 'vault session list'.")] = "",
+    service: Annotated[
+        list[str] | None,
+        typer.Option("--service", metavar="NAMES", help="Narrow the session to these services (a,b)."),
+    ] = None,
+    method: Annotated[
+        list[str] | None,
+        typer.Option("--method", metavar="METHODS", help="Narrow the session to these methods (GET)."),
+    ] = None,
 ) -> None:
-    """Mint a session token for a sandbox and print it (AGENT_VAULT_TOKEN=<agent token>: for that agent)."""
+    """Mint a session token for a sandbox and print it (AGENT_VAULT_TOKEN=<agent token>: for that agent).
+
+    --service/--method narrow it: anything else gets 403 service_not_allowed. Under a session token
+    (AGENT_VAULT_TOKEN=av_sess_...) only a narrower session can be minted."""
+    from agent_vault.cli.run import split_list
+
     ttl_s = duration_param(ttl, "--ttl")
     name, source = resolve_vault(vault)
     agent_token = os.environ.get("AGENT_VAULT_TOKEN", "").startswith("av_agt_")
@@ -162,7 +175,11 @@ def session_create(
         "ttl_seconds": ttl_s,
         "agent": agent,
         "label": label,
+        "only_services": split_list(service),
+        "only_methods": split_list(method),
     }
+    if os.environ.get("AGENT_VAULT_TOKEN", "").startswith("av_sess_") and source == "default":
+        body["vault"] = None
     data = client().post("/v1/sessions", body)
     _print_token(
         data,

@@ -46,6 +46,7 @@ class RunSession:
     session_id: int | None  # None: nested, the session belongs to an outer wrapper
     ttl: int
     expires_at: str | None = None
+    child: bool = False  # minted by an outer session (narrowed): not renewable, revoked with its own token
 
 
 class Renewer:
@@ -108,10 +109,36 @@ def check_command(cmd: str, path: str | None) -> int | None:
     return NOT_FOUND
 
 
+def split_list(values: list[str] | None) -> list[str] | None:
+    """Repeatable, comma-separated option values (`--only-service a,b --only-service c`)."""
+    items = [x.strip() for v in values or [] for x in v.split(",") if x.strip()]
+    return items or None
+
+
 def open_session(
-    c: Client, *, vault: str | None, agent: str | None, ttl: int, policy: str | None, label: str
+    c: Client,
+    *,
+    vault: str | None,
+    agent: str | None,
+    ttl: int,
+    policy: str | None,
+    label: str,
+    only_services: list[str] | None = None,
+    only_methods: list[str] | None = None,
 ) -> RunSession:
     token = os.environ.get("AGENT_VAULT_TOKEN", "")
+    narrow = {"only_services": only_services, "only_methods": only_methods}
+    if token.startswith("av_sess_") and (only_services or only_methods):  # nested and narrower: a child
+        child = {"vault": vault, "ttl_seconds": ttl, "label": label[:200], "unmatched_policy": policy}
+        data = c.post("/v1/sessions", {**child, **narrow})
+        return RunSession(
+            token=str(data["token"]),
+            vault=str(data["vault"]),
+            session_id=int(data["id"]),
+            ttl=ttl,
+            expires_at=data.get("expires_at"),
+            child=True,
+        )
     if token.startswith("av_sess_"):  # nested: reuse as is
         me = c.get("/v1/auth/me")
         bound = str((me.get("vaults") or [{}])[0].get("name") or "")
@@ -129,6 +156,7 @@ def open_session(
         "agent": agent,
         "label": label[:200],
         "unmatched_policy": policy,
+        **narrow,
     }
     data = c.post("/v1/sessions", body)
     return RunSession(
@@ -215,6 +243,14 @@ def run_command(
         typer.Option("--no-proxy", metavar="HOSTS", help="Extra NO_PROXY entries (comma list)."),
     ] = None,
     label: Annotated[str | None, typer.Option("--label", help="Session label (vault session list).")] = None,
+    only_service: Annotated[
+        list[str] | None,
+        typer.Option("--only-service", metavar="NAMES", help="Narrow the session to these services (a,b)."),
+    ] = None,
+    only_method: Annotated[
+        list[str] | None,
+        typer.Option("--only-method", metavar="METHODS", help="Narrow the session to these methods (GET)."),
+    ] = None,
 ) -> None:
     """Run CMD with a short-lived session token, the proxy and the CA in its environment; revoke on exit."""
     argv = list(cmd or [])
@@ -246,7 +282,14 @@ def run_command(
     session: RunSession | None = None
     try:
         session = open_session(
-            c, vault=vault, agent=agent, ttl=ttl_s, policy=policy, label=label or f"run {Path(argv[0]).name}"
+            c,
+            vault=vault,
+            agent=agent,
+            ttl=ttl_s,
+            policy=policy,
+            label=label or f"run {Path(argv[0]).name}",
+            only_services=split_list(only_service),
+            only_methods=split_list(only_method),
         )
         ca = fetch_ca(c)
         if ca.proxy_port is None:
@@ -281,7 +324,7 @@ def run_command(
     _banner(session, c.addr, f"http://{proxy_host}:{ca.proxy_port}", discover)
     start_seq = None if out.quiet or session.session_id is None else _latest_seq(c, session.vault)
     renewer = None
-    if session.session_id is not None:
+    if session.session_id is not None and not session.child:
         sid = session.session_id
         renewer = Renewer(lambda: c.post(f"/v1/sessions/{sid}/renew", {"ttl_seconds": ttl_s}), ttl_s).start()
     try:
@@ -355,6 +398,8 @@ def _revoke(c: Client, session: RunSession | None) -> None:
     if session is None or session.session_id is None:
         return
     try:
+        if session.child:  # the outer session may not revoke it; the child revokes itself
+            c = Client(c.addr, G.home, token=session.token)
         c.delete(f"/v1/sessions/{session.session_id}")
     except AgentVaultError as e:
         out.warn(

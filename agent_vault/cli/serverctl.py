@@ -79,6 +79,14 @@ def server(
         int | None, typer.Option(help="Proxy connections not yet authenticated, at most (512).")
     ] = None,
     no_step_up: Annotated[bool, typer.Option(help="Throwaway instances only: no password re-entry.")] = False,
+    notify_url: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="URL",
+            help="POST proposal and hold events here (repeatable; Slack webhooks get a text body). "
+            "Prefer AGENT_VAULT_NOTIFY_URL for URLs that hold a secret.",
+        ),
+    ] = None,
     password_stdin: Annotated[bool, typer.Option(help="Read the master password from stdin.")] = False,
     detach: Annotated[
         bool,
@@ -118,6 +126,7 @@ def server(
         "auth_timeout": auth_timeout,
         "max_unauthenticated": max_unauthenticated,
         "no_step_up": no_step_up or None,
+        "notify_url": tuple(notify_url or ()),
     }
     try:
         settings = env_settings(home=G.home, **options)

@@ -10,6 +10,7 @@ import typer
 
 from agent_vault.cli import authflags as af
 from agent_vault.cli import choice
+from agent_vault.cli.approvalflags import set_approval
 from agent_vault.cli.common import (
     PasswordStdinOpt,
     VaultOpt,
@@ -101,8 +102,10 @@ def _definition(
     enabled: bool | None,
     description: str | None,
     allow_http: bool | None = None,
+    approval: tuple[bool | None, str | None, str | None] = (None, None, None),
 ) -> dict[str, Any]:
     d: dict[str, Any] = dict(base or {})
+    set_approval(d, *approval)
     d["name"] = name
     for k, v in (
         ("host", host),
@@ -208,6 +211,19 @@ def _service_command(name: str, *, update: bool) -> Any:
         from_catalog: Annotated[
             str | None, Opt("--from-catalog", metavar="ID", help="Start from a built-in template.")
         ] = None,
+        approval_required: Annotated[
+            bool | None,
+            Opt(
+                "--approval-required/--no-approval-required",
+                help="Hold matching requests until a human approves ('vault hold').",
+            ),
+        ] = None,
+        approval_methods: Annotated[
+            str | None, Opt("--approval-methods", metavar="M,..", help="Only hold these methods.")
+        ] = None,
+        approval_timeout: Annotated[
+            str | None, Opt("--approval-timeout", metavar="DURATION", help="Wait this long (default 120s).")
+        ] = None,
         password_stdin: PasswordStdinOpt = False,
     ) -> None:
         if auth_type is not None:
@@ -252,6 +268,7 @@ def _service_command(name: str, *, update: bool) -> Any:
             enabled=enabled,
             description=description,
             allow_http=allow_http,
+            approval=(approval_required, approval_methods, approval_timeout),
         )
         body = {"password": step_up(password_stdin), "service": d}
         c = client()
@@ -281,6 +298,8 @@ def _summary(d: dict[str, Any], vault: str, verb: str, have: set[str]) -> str:
     text = f"{verb} service {d['name']} in vault {vault}: {d['host']}{port}{d['path']} ({a.get('type')})"
     if d.get("allow_http"):
         text += "; credentials also go over plain http://"
+    if d.get("approval"):
+        text += "; requests wait for approval ('agent-vault vault hold list')"
     if keys:
         text += f"; {keys[0]} has no value yet: set it with 'agent-vault vault credential set {keys[0]}'"
     return text

@@ -24,6 +24,21 @@ class Principal:
     session_policy: str | None = None
     expires_at: datetime | None = None
     grants: dict[str, str] = field(default_factory=dict)
+    only_services: tuple[str, ...] | None = None  # a narrowed session: these services only
+    only_methods: tuple[str, ...] | None = None  # a narrowed session: these methods only
+
+    @property
+    def narrowed(self) -> bool:
+        """A session limited to some services (and methods) of its vault (issue 19)."""
+        return self.only_services is not None or self.only_methods is not None
+
+    def allows(self, service: str | None, method: str) -> bool:
+        """Whether a narrowed session may send `method` to `service` (None: no service matched)."""
+        if not self.narrowed:
+            return True
+        if self.only_services is not None and service not in self.only_services:
+            return False
+        return service is not None and (self.only_methods is None or method in self.only_methods)
 
     @property
     def is_human(self) -> bool:
@@ -39,6 +54,11 @@ class Principal:
         if self.kind == "session":
             return f"session:{self.token_id}:{self.name}"
         return f"{self.kind}:{self.name}"
+
+    @property
+    def owner(self) -> str:
+        """Who the token acts for: `agent:<name>` or `user:<email>` (a session acts for its creator)."""
+        return self.name if self.kind == "session" else f"{self.kind}:{self.name}"
 
     def role_on(self, vault: str) -> str | None:
         if self.kind == "session":

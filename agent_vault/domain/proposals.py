@@ -114,6 +114,7 @@ def create(core: Core, p: Principal, vault: str, data: Any) -> J:
             )
         )
     core.record("proposal.create", p.actor, vault=vault, target=str(seq), details=changes.summary())
+    core.notify("proposal.created", vault, {"id": seq, "actor": p.actor, **changes.summary()})
     who = "an admin" if changes.needed_role == "admin" else "a member"
     return {
         "id": seq,

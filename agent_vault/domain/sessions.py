@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import json
+import re
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlmodel import col, select
@@ -16,6 +18,7 @@ from agent_vault.models import Agent, Token, utcnow
 
 MIN_TTL, MAX_TTL, DEFAULT_TTL = 300, 7 * 86400, 86400
 POLICY_RANK = {"tunnel": 0, "passthrough": 1, "deny": 2}
+_METHOD = re.compile(r"^[A-Z]{1,32}$")
 
 
 def _ttl(ttl_seconds: int | None) -> int:
@@ -33,11 +36,18 @@ def create_session(
     agent: str | None = None,
     label: str = "",
     unmatched_policy: str | None = None,
+    only_services: list[str] | None = None,
+    only_methods: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Mint an av_sess_ token: agents for themselves (narrowing), member+ humans for an agent."""
+    """Mint an av_sess_ token: agents for themselves (narrowing), member+ humans for an agent.
+
+    `only_services` / `only_methods` narrow the session to some services (and methods) of the vault
+    (issue 19). A session token may mint only a narrower session of its own vault, for its own
+    creator, expiring no later than itself; it is not renewable (the child may revoke itself)."""
     ttl = _ttl(ttl_seconds)
+    services, methods = _narrowing(core, vault, only_services, only_methods)
     if p.kind == "session":
-        raise Forbidden("a session token cannot mint sessions", hint="Reuse the session token as is.")
+        return _child_session(core, p, vault, ttl, label, unmatched_policy, services, methods)
     if p.role_on(vault) is None:
         raise VaultForbidden(f"this token may not use vault {vault}")
     view = core.runtime.snapshot.vaults.get(vault)
@@ -77,10 +87,29 @@ def create_session(
             agent_id=agent_id,
             user_id=p.user_id if agent_id is None else None,
             unmatched_policy=unmatched_policy,
+            only_services=None if services is None else json.dumps(services),
+            only_methods=None if methods is None else json.dumps(methods),
         )
         s.add(row)
+    return _minted(core, p, vault, row, token, ttl, expires, services, methods)
+
+
+def _minted(
+    core: Core,
+    p: Principal,
+    vault: str,
+    row: Token,
+    token: str,
+    ttl: int,
+    expires: datetime,
+    services: list[str] | None,
+    methods: list[str] | None,
+) -> dict[str, Any]:
     core.runtime.reload(vaults=False)
-    core.record("session.create", p.actor, vault=vault, target=str(row.id), details={"ttl_seconds": ttl})
+    details: dict[str, Any] = {"ttl_seconds": ttl}
+    if services is not None or methods is not None:
+        details["narrowed"] = {"services": services, "methods": methods}
+    core.record("session.create", p.actor, vault=vault, target=str(row.id), details=details)
     host = core.settings.effective_proxy_host
     return {
         "id": row.id,
@@ -89,7 +118,88 @@ def create_session(
         "expires_at": iso(expires),
         "proxy_url": f"http://{host}:{core.proxy_port}" if core.proxy_port else None,
         "addr": core.public_url,
+        "only_services": services,
+        "only_methods": methods,
     }
+
+
+def _narrowing(
+    core: Core, vault: str, services: list[str] | None, methods: list[str] | None
+) -> tuple[list[str] | None, list[str] | None]:
+    """Validated narrowing: existing service names of the vault, HTTP method tokens."""
+    if services is not None:
+        if not services:
+            raise InvalidRequest("only_services needs at least one service name")
+        view = core.runtime.snapshot.vaults.get(vault)
+        known = {svc.name for svc in view.services} if view is not None else set()
+        unknown = [n for n in services if n not in known]
+        if unknown:
+            shown = ", ".join(n[:64] for n in unknown[:5])
+            raise InvalidRequest(
+                f"vault {vault} has no service {shown}", hint="List them with vault discover."
+            )
+        services = list(dict.fromkeys(services))
+    if methods is not None:
+        methods = list(dict.fromkeys(m.strip().upper() for m in methods))
+        if not methods or any(not _METHOD.fullmatch(m) for m in methods):
+            raise InvalidRequest("only_methods must be HTTP methods such as GET")
+    return services, methods
+
+
+def _child_session(
+    core: Core,
+    p: Principal,
+    vault: str,
+    ttl: int,
+    label: str,
+    unmatched_policy: str | None,
+    services: list[str] | None,
+    methods: list[str] | None,
+) -> dict[str, Any]:
+    """A session minting a narrower session of itself (nested `vault run --only-service`)."""
+    if services is None and methods is None:
+        raise Forbidden(
+            "a session token can only mint a narrower session", hint="Reuse the session token as is."
+        )
+    if vault != p.session_vault:
+        raise VaultForbidden(f"this session is bound to vault {p.session_vault}")
+    if p.only_services is not None:
+        if services is None:
+            services = list(p.only_services)
+        elif not set(services) <= set(p.only_services):
+            raise Forbidden("a narrowed session can only mint a narrower one (services)")
+    if p.only_methods is not None:
+        if methods is None:
+            methods = list(p.only_methods)
+        elif not set(methods) <= set(p.only_methods):
+            raise Forbidden("a narrowed session can only mint a narrower one (methods)")
+    if unmatched_policy is not None and unmatched_policy not in POLICY_RANK:
+        raise InvalidRequest("unmatched_policy must be tunnel, passthrough or deny")
+    now = utcnow()
+    expires = now + timedelta(seconds=ttl)
+    if p.expires_at is not None and p.expires_at < expires:
+        expires = p.expires_at  # never outlives its parent
+    token = crypto.mint_token("av_sess_")
+    with core.store.write() as s:
+        parent = s.get(Token, p.token_id)
+        if parent is None or parent.revoked_at is not None:
+            raise NotFound("this session is revoked")
+        row = Token(
+            digest=crypto.digest(token),
+            kind="session",
+            vault_id=parent.vault_id,
+            expires_at=expires,
+            label=label,
+            agent_id=parent.agent_id,
+            user_id=parent.user_id,
+            unmatched_policy=unmatched_policy or p.session_policy,
+            only_services=None if services is None else json.dumps(services),
+            only_methods=None if methods is None else json.dumps(methods),
+        )
+        s.add(row)
+    return _minted(
+        core, p, vault, row, token, int((expires - now).total_seconds()), expires, services, methods
+    )
 
 
 def _own(core: Core, p: Principal, row: Token) -> bool:

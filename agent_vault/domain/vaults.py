@@ -9,6 +9,7 @@ from sqlmodel import func, select
 
 from agent_vault.audit import proxy_counts
 from agent_vault.core import Core
+from agent_vault.domain import holds
 from agent_vault.domain.common import get_vault, iso, step_up
 from agent_vault.domain.names import check_email, check_vault_name
 from agent_vault.domain.principal import ROLE_RANK, Principal
@@ -43,6 +44,7 @@ def list_vaults(core: Core, p: Principal) -> dict[str, Any]:
                 "role": p.role_on(name),
                 "created_at": iso(v.created_at),
                 "pending_proposals": pending.get(v.id, 0),
+                "pending_holds": holds.count(core, v.name),
                 "unmatched_policy": v.unmatched_policy,
                 "enforcement": v.enforcement,
             }

@@ -86,6 +86,9 @@ class VaultAddon:
 
     def client_disconnected(self, client: connection.Client) -> None:
         self.connections.disconnected(client)
+        holds = self.core.services.holds
+        if holds is not None:
+            holds.cancel_client(client.id)
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         """Refusals here are the CONNECT response itself, before any TLS (SPEC §6)."""

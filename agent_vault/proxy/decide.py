@@ -64,6 +64,8 @@ def authenticate(snapshot: Snapshot, proxy_authorization: str | None, x_vault: s
 
 def effective_policy(view: VaultView, p: Principal) -> str:
     """The vault's unmatched policy, or the session's stricter override (SPEC §7.1)."""
+    if p.narrowed:  # issue 19: a narrowed session reaches nothing else, unlisted hosts included
+        return "deny"
     policy = view.unmatched_policy
     if p.session_policy and POLICY_RANK[p.session_policy] > POLICY_RANK[policy]:
         policy = p.session_policy
@@ -99,6 +101,22 @@ def recheck(snapshot: Snapshot, ident: Identity) -> Identity:
 def wants_mitm(view: VaultView, policy: str, host: str, port: int) -> bool:
     """SPEC §5.3: intercept if a service could match the target, or the policy is not `tunnel`."""
     return policy != "tunnel" or view.index.could_match(host, port)
+
+
+def _check_narrowed(p: Principal, result: Match | Denied | None, method: str, host: str, port: int) -> None:
+    """A narrowed session (issue 19) may use only its services and methods: anything else is 403
+    `service_not_allowed` whatever the vault's policy or enforcement mode."""
+    name = result.service.name if isinstance(result, Match) else getattr(result, "service", None)
+    if p.allows(name, method):
+        return
+    scope = ", ".join(p.only_services) if p.only_services is not None else "all services"
+    if p.only_methods is not None:
+        scope += f" (methods {', '.join(p.only_methods)})"
+    raise ServiceNotAllowed(
+        f"this session may not send {method} to {host}:{port}",
+        hint=f"This session is narrowed to {scope}; ask the human who started it for a wider one.",
+        narrowed={"services": p.only_services, "methods": p.only_methods},
+    )
 
 
 @dataclass(slots=True)
@@ -139,6 +157,8 @@ def decide(
             sender = result if isinstance(result, Match) and _sends(result) else alt
             name = sender.service.name if isinstance(sender, Match) else host
             raise InvalidPath(f"path to service {name} has ; parameters that change which service matches")
+    if ident.principal.narrowed:
+        _check_narrowed(ident.principal, result, method, host, port)
     dry_run = view.enforcement == "dry-run"
     if isinstance(result, Match):
         svc = result.service

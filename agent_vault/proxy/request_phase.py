@@ -18,7 +18,7 @@ from mitmproxy.net.http import url
 
 from agent_vault.authtypes import BROKERED_AUTH_TYPES
 from agent_vault.core import Core
-from agent_vault.errors import BodyTooLarge, RateLimited, VaultForbidden
+from agent_vault.errors import BodyTooLarge, HoldInterrupted, RateLimited, VaultForbidden
 from agent_vault.metrics import Metrics
 from agent_vault.proxy import inject
 from agent_vault.proxy.brokered import Broker
@@ -28,6 +28,7 @@ from agent_vault.proxy.flowlog import FlowState
 from agent_vault.proxy.sources import SourceResolver
 from agent_vault.proxy.ssrf import Egress
 from agent_vault.proxy.streams import counter, limited_upload
+from agent_vault.servicedef import ServiceDef
 
 STREAM_THRESHOLD = 1 << 20  # bodies larger than this (or of unknown length) are streamed, not buffered
 
@@ -98,6 +99,8 @@ class RequestPhase:
         if inj is not None and svc is not None and svc.auth.type in BROKERED_AUTH_TYPES:
             fs.signing = await self.broker.prepare(view, svc, inj)  # OAuth2 token fetch, AWS keys
         matched = svc is not None and d.kind in ("injected", "passthrough")
+        if matched and svc is not None and svc.approval is not None:
+            await self._hold(flow, ident, svc, host, port)
         surfaces = svc.substitutions.in_ if svc is not None else []
         if matched and svc is not None:
             allowed = {k: view.values[k] for k in svc.substitution_keys if k in view.values}
@@ -123,6 +126,28 @@ class RequestPhase:
         if req.host_header != host_header:
             req.host_header = host_header
         self.metrics.child(self.metrics.added_latency, d.kind).observe(time.perf_counter() - fs.started)
+
+    async def _hold(
+        self, flow: http.HTTPFlow, ident: Identity, svc: ServiceDef, host: str, port: int
+    ) -> None:
+        """Issue 19: wait (without blocking the loop) until a human approves; raise when they deny,
+        time runs out or the server stops. Nothing has been injected or dialled yet."""
+        holds = self.core.services.holds
+        if holds is None:  # fail closed: a flagged service is never forwarded unapproved
+            raise HoldInterrupted("approval holds are not available in this process")
+        hold = await holds.gate(
+            vault=ident.vault,
+            svc=svc,
+            agent=ident.principal.owner,
+            actor=ident.principal.actor,
+            method=flow.request.method,
+            host=host,
+            port=port,
+            path=flow.request.path,
+            client_id=flow.client_conn.id,
+        )
+        if hold is not None:  # approved after a wait: the token may have been revoked meanwhile
+            recheck(self.core.runtime.snapshot, ident)
 
     def body(self, flow: http.HTTPFlow, fs: FlowState) -> None:
         """`request`: substitute placeholders in a buffered body, only for services that opted in

@@ -197,6 +197,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE credentials ADD COLUMN source_ttl FLOAT",
         ),
     ),
+    Migration(
+        4,
+        "narrowed sessions",
+        (
+            "ALTER TABLE tokens ADD COLUMN only_services VARCHAR",
+            "ALTER TABLE tokens ADD COLUMN only_methods VARCHAR",
+        ),
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 _CREATE = "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL)"

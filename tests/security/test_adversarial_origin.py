@@ -93,6 +93,7 @@ def _params(w: dict[str, Any], path: str) -> dict[str, str]:
         "pid": w["pid"],
         "sid": w["sid"],
         "iid": "1",
+        "hid": "0badc0de",
         "token": "av_inv_" + "A" * 43,
     }
 
@@ -132,6 +133,7 @@ def _body(w: dict[str, Any], method: str, path: str) -> Any:
         ("POST", "/v1/auth/login"): {"email": OWNER_EMAIL, "password": PW},
         ("POST", "/v1/vaults/{v}/proposals/{pid}/approve"): {"password": PW, "credentials": {}},
         ("POST", "/v1/vaults/{v}/proposals/{pid}/reject"): {"reason": "csrf"},
+        ("POST", "/v1/vaults/{v}/holds/{hid}/approve"): {"password": PW, "scope": "always"},
         ("POST", "/v1/proposals"): {"credentials": [{"action": "set", "key": "CSRF_KEY"}]},
         ("POST", "/v1/invites/{token}/accept"): {"password": "x" * 12},
     }

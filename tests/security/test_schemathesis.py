@@ -261,6 +261,7 @@ def _known_path_params(op: Operation, seed: Seed) -> list[dict[str, Any]]:
         "pid": [1],
         "sid": [seed.session_id],
         "iid": [1],
+        "hid": ["0badc0de"],
         "token": ["av_inv_" + "A" * 43],
     }
     out: list[dict[str, Any]] = [{}]

@@ -1,0 +1,26 @@
+"""The approval flags of `vault service add|set` (issue 19): `--approval-required` [`--approval-methods
+M,..`] [`--approval-timeout 120s`], folded into a service definition's `approval` field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent_vault.cli.durations import duration_param
+from agent_vault.errors import InvalidRequest
+
+
+def set_approval(d: dict[str, Any], required: bool | None, methods: str | None, timeout: str | None) -> None:
+    """Issue 19 flags: `--approval-required` [`--approval-methods M,..`] [`--approval-timeout 120s`]."""
+    if required is False:
+        d["approval"] = None
+        return
+    if required is None and not d.get("approval") and (methods or timeout):
+        raise InvalidRequest("--approval-methods and --approval-timeout need --approval-required")
+    if required is None and not d.get("approval"):
+        return
+    spec = dict(d.get("approval") or {})
+    if methods:
+        spec["methods"] = [m.strip().upper() for m in methods.split(",") if m.strip()]
+    if timeout:
+        spec["timeout_seconds"] = duration_param(timeout, "--approval-timeout")
+    d["approval"] = spec

@@ -1,0 +1,160 @@
+"""HoldManager and Notifier without sockets (issue 19): bounds, outcomes, thread-safe decisions, the
+hour grant, shutdown; the webhook queue's bound, retries and Slack detection. The real thing runs in
+tests/e2e/test_holds.py and tests/e2e/test_notify.py."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+from agent_vault.errors import ApprovalDenied, ApprovalTimeout, HoldInterrupted, TooManyHolds
+from agent_vault.holds import HoldManager
+from agent_vault.notify import Notifier, check_url, is_slack, summary
+from agent_vault.servicedef import ServiceDef
+
+SVC = ServiceDef.model_validate(
+    {
+        "name": "pay",
+        "host": "api.example.com",
+        "auth": {"type": "bearer", "token": "K"},
+        "approval": {"methods": ["POST"], "timeout_seconds": 1},
+    }
+)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.records: list[tuple[str, str, dict[str, Any]]] = []
+        self.events: list[str] = []
+
+    def record(self, kind: str, actor: str, **kw: Any) -> None:
+        self.records.append((kind, actor, kw))
+
+    def notify(self, event: str, data: dict[str, Any]) -> None:
+        self.events.append(event)
+
+
+def _gate(m: HoldManager, agent: str = "agent:a", client: str = "c1", method: str = "POST") -> Any:
+    return m.gate(
+        vault="v", svc=SVC, agent=agent, actor=agent, method=method, host="api.example.com",
+        port=443, path="/charge?amount=5", client_id=client,
+    )  # fmt: skip
+
+
+async def _pending(m: HoldManager, n: int) -> list[dict[str, Any]]:
+    for _ in range(200):
+        holds = m.list("v")
+        if len(holds) >= n:
+            return holds
+        await asyncio.sleep(0.01)
+    raise AssertionError("holds did not appear")
+
+
+def test_outcomes_bounds_and_the_hour() -> None:
+    rec = Recorder()
+    now = [1000.0]
+    m = HoldManager(rec.record, rec.notify, per_actor=2, total=3, clock=lambda: now[0])
+
+    async def scenario() -> None:
+        assert await _gate(m, method="GET") is None  # GET is not held
+        a = asyncio.create_task(_gate(m))
+        b = asyncio.create_task(_gate(m))
+        holds = await _pending(m, 2)
+        assert holds[0]["path"] == "/charge" and "amount" not in str(holds)
+        with pytest.raises(TooManyHolds):
+            await _gate(m)  # a third of the same agent
+        c = asyncio.create_task(_gate(m, agent="agent:b"))
+        await _pending(m, 3)
+        with pytest.raises(TooManyHolds):
+            await _gate(m, agent="agent:c")  # over the global bound
+        # decisions come from API worker threads
+        decision = {"approve": True, "scope": "1h", "by": "user:h"}
+        t = threading.Thread(target=m.decide, args=("v", holds[0]["id"]), kwargs=decision)
+        t.start()
+        t.join()
+        assert (await a).id == holds[0]["id"]
+        m.decide("v", holds[1]["id"], approve=False, scope="", by="user:h")
+        with pytest.raises(ApprovalDenied):
+            await b
+        with pytest.raises(ApprovalTimeout):
+            await c
+        assert await _gate(m) is None  # agent:a has the hour
+        now[0] += 3601
+        with pytest.raises(ApprovalTimeout):
+            await _gate(m)  # the hour is over
+
+    asyncio.run(scenario())
+    kinds = [k for k, _, _ in rec.records]
+    assert kinds.count("hold.create") == 4 and "hold.approve" in kinds and "hold.deny" in kinds
+    assert kinds.count("hold.timeout") == 2
+    assert rec.events.count("hold.created") == 4 and "hold.decided" in rec.events
+
+
+def test_a_gone_client_and_a_shutdown_end_holds() -> None:
+    rec = Recorder()
+    m = HoldManager(rec.record)
+
+    async def scenario() -> None:
+        gone = asyncio.create_task(_gate(m, client="c1"))
+        other = asyncio.create_task(_gate(m, client="c2"))
+        await _pending(m, 2)
+        m.cancel_client("c1")
+        with pytest.raises(HoldInterrupted):
+            await gone
+        assert len(m.list("v")) == 1
+        assert m.shutdown() == 1
+        with pytest.raises(HoldInterrupted):
+            await other
+        with pytest.raises(HoldInterrupted):
+            await _gate(m)  # no new holds once stopping
+
+    asyncio.run(scenario())
+    assert [k for k, _, _ in rec.records].count("hold.cancel") == 1
+
+
+def test_exempt_agents_are_not_held() -> None:
+    svc = SVC.model_copy(update={"approval": SVC.approval.model_copy(update={"exempt": ["agent:a"]})})  # type: ignore[union-attr]
+    m = HoldManager(Recorder().record)
+    assert not m.needs_hold("v", svc, "POST", "agent:a")
+    assert m.needs_hold("v", svc, "POST", "agent:b")
+
+
+def test_webhook_urls_and_bodies() -> None:
+    assert is_slack("https://hooks.slack.com/services/T/B/x")
+    assert not is_slack("https://example.com/services/T/B/x")
+    with pytest.raises(ValueError) as e:
+        check_url("ftp://user:secret@host/x")
+    assert "secret" not in str(e.value)
+    text = summary("hold.created", {"vault": "v", "agent": "agent:a", "method": "POST", "host": "h",
+                                    "path": "/p", "service": "s", "id": "ab12"})  # fmt: skip
+    assert text == "agent-vault: agent:a waits for approval: POST h/p (service s, vault v, hold ab12)"
+
+
+def test_the_queue_is_bounded_and_failures_are_retried_then_counted() -> None:
+    calls: list[str] = []
+
+    async def refuse(host: str, port: int) -> str:
+        calls.append(host)
+        raise OSError("blocked")
+
+    async def scenario() -> Notifier:
+        n = Notifier(["https://a.example/x"], refuse, queue_size=2, workers=1, attempts=3, backoff=0.01)
+        n.emit("hold.created", "v", {"id": "1"})  # before start: nothing to deliver with
+        n.start()
+        for i in range(5):
+            n.emit("hold.created", "v", {"id": str(i)})
+        await asyncio.sleep(0)  # the emits land (call_soon_threadsafe)
+        for _ in range(300):
+            if n.failed == 2:
+                break
+            await asyncio.sleep(0.01)
+        await n.close()
+        return n
+
+    n = asyncio.run(scenario())
+    assert n.failed == 2 and n.delivered == 0
+    assert n.dropped == 3  # two queued, three over the bound: emit never waits
+    assert calls == ["a.example"] * 6  # three attempts each
