@@ -34,7 +34,7 @@ from agent_vault.cli.output import out
 from agent_vault.cli.runenv import build_child_env
 from agent_vault.domain.names import check_key
 from agent_vault.errors import AgentVaultError, BadServerResponse, InvalidRequest, Unauthenticated
-from agent_vault.isolate.sandbox import probe
+from agent_vault.isolate.sandbox import probe, sandbox_certs
 
 WRAPPER_FAILED, NOT_EXECUTABLE, NOT_FOUND = 125, 126, 127
 POLICIES = ("tunnel", "passthrough", "deny")
@@ -285,7 +285,7 @@ def run_command(
             addr=sandbox.addr if sandbox else c.addr,
             proxy_host=sandbox.proxy_host if sandbox else proxy_host,
             proxy_port=sandbox.proxy_port if sandbox else ca.proxy_port,
-            ca_bundle=str(bundle),
+            ca_bundle=str(sandbox_certs(G.home) / bundle.name if sandbox else bundle),
             no_proxy=no_proxy or [],
             placeholders=placeholder or [],
             service_hosts=[s["host"] for s in discover.get("services", [])],

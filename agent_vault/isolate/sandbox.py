@@ -59,12 +59,12 @@ class IsolationUnavailable(AgentVaultError):
 
 @dataclass(frozen=True)
 class Hidden:
-    """What the sandbox covers: directories get an empty tmpfs, other paths /dev/null; `keep` is re-bound
-    read-only on top (the CA bundle directory inside the hidden agent-vault home)."""
+    """What the sandbox covers: directories get an empty (writable) tmpfs, other paths /dev/null; `keep`
+    binds a host directory read-only at a path inside (the CA files, into the hidden agent-vault home)."""
 
     dirs: tuple[Path, ...]
     others: tuple[Path, ...]
-    keep: tuple[Path, ...]
+    keep: tuple[tuple[Path, Path], ...]
 
 
 def _dbus_path(address: str) -> Path | None:
@@ -80,7 +80,9 @@ def _dbus_path(address: str) -> Path | None:
 
 def hidden_paths(home: Path, certs: Path, env: Mapping[str, str]) -> Hidden:
     """The agent-vault home(s) (CLI login, keys, database), the OS keyring's files and the D-Bus session
-    socket (Secret Service). Only paths that exist are listed (bwrap would create the others)."""
+    socket (Secret Service). Only paths that exist are listed (bwrap would create the others). The CA
+    directory `certs` is shown read-only at `sandbox_certs(home)`; the home's own `certs` stays writable
+    for a nested `vault run` inside."""
     user_home = Path(env.get("HOME") or Path.home())
     data_home = Path(env.get("XDG_DATA_HOME") or user_home / ".local" / "share")
     candidates = [home, user_home / ".agent-vault", data_home / "python_keyring", data_home / "keyrings"]
@@ -99,9 +101,14 @@ def hidden_paths(home: Path, certs: Path, env: Mapping[str, str]) -> Hidden:
         group = dirs if real.is_dir() else others
         if real not in dirs and real not in others:
             group.append(real)
-    real_certs = certs.resolve()
-    keep = tuple(real_certs for d in dirs if real_certs.is_relative_to(d) and real_certs.is_dir())[:1]
+    real_home = home.resolve()
+    keep = ((certs.resolve(), sandbox_certs(real_home)),) if real_home in dirs and certs.is_dir() else ()
     return Hidden(tuple(dirs), tuple(others), keep)
+
+
+def sandbox_certs(home: Path) -> Path:
+    """Where the sandboxed child finds the CA files (inside the hidden home)."""
+    return home / "sandbox-certs"
 
 
 def bwrap_args(bwrap: str, hidden: Hidden) -> list[str]:
@@ -111,8 +118,8 @@ def bwrap_args(bwrap: str, hidden: Hidden) -> list[str]:
         args += ["--perms", "0700", "--tmpfs", str(d)]
     for p in hidden.others:
         args += ["--ro-bind", "/dev/null", str(p)]
-    for k in hidden.keep:
-        args += ["--ro-bind", str(k), str(k)]
+    for src, dest in hidden.keep:
+        args += ["--ro-bind", str(src), str(dest)]
     return [*args, "--"]
 
 

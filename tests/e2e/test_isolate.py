@@ -8,12 +8,14 @@ where bubblewrap or user namespaces are missing, `--isolate` refuses with one li
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
-import time
+import termios
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,7 +144,7 @@ print(json.dumps(res))
         "ipv6-loopback": res["ipv6-loopback"],
         "dns": "gaierror",
         "login": "ENOENT",
-        "home": ["certs"],
+        "home": ["sandbox-certs"],  # an empty tmpfs, plus the CA files read-only
         "bundle": True,
         "pids": res["pids"],
         "server_visible": False,
@@ -166,6 +168,13 @@ def test_the_api_is_reachable_for_discover(mserver: ServerProc) -> None:
     cp = mserver.cli(*ISO, sys.executable, "-c", script)
     addr, vault = cp.stdout.split()
     assert addr == f"http://127.0.0.1:{mserver.api.rsplit(':', 1)[1]}" and vault == "default"
+
+
+def test_nested_run_inside_the_sandbox_reuses_the_session(mserver: ServerProc, echo: str) -> None:
+    nested = f"{sys.executable} -m agent_vault run --quiet -- {CURL} -sS {echo}/nested"
+    cp = mserver.cli(*ISO, "sh", "-c", nested)
+    assert authorization(cp.stdout) == "Bearer [REDACTED:API_TOKEN]"
+    assert_clean(cp, SECRET)
 
 
 def test_exit_codes_and_the_session_is_revoked(mserver: ServerProc, echo: str, tmp_path: Path) -> None:
@@ -214,8 +223,12 @@ def test_sigterm_to_the_wrapper_reaches_the_child(mserver: ServerProc, tmp_path:
 
 
 def test_terminal_ctrl_c_and_tty_pass_through(mserver: ServerProc) -> None:
+    """The child has the terminal on its standard streams; Ctrl-C and a window resize reach it."""
     script = (
-        "import os, sys, time\n"
+        "import os, signal, sys, time\n"
+        "def winch(*_):\n"
+        "    os.write(1, ('size %d %d\\n' % tuple(os.get_terminal_size(0))).encode())\n"
+        "signal.signal(signal.SIGWINCH, winch)\n"
         "print('tty', os.isatty(0), os.isatty(1), flush=True)\n"
         "try:\n"
         "    time.sleep(60)\n"
@@ -225,7 +238,8 @@ def test_terminal_ctrl_c_and_tty_pass_through(mserver: ServerProc) -> None:
     )
     term = Term([*ISO, sys.executable, "-c", script], {**mserver.env, "AGENT_VAULT_ADDR": mserver.api}, 60)
     term.expect("tty True True")
-    time.sleep(0.3)
+    fcntl.ioctl(term.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
+    term.expect("size 111 33")
     os.write(term.fd, b"\x03")  # Ctrl-C on the terminal
     term.expect("interrupted")
     rc, _rest = term.finish()
