@@ -49,17 +49,16 @@ class Route:
     target: Target
 
 
-class SandboxFailed(Exception):
-    """The sandbox exited or stalled before the handshake (bwrap printed its own reason)."""
-
-
-def _handshake(sock: socket.socket, proc: subprocess.Popen[bytes], n: int) -> tuple[list[socket.socket], int]:
-    """The listening sockets and CMD's pid (ours) from inner's one message, within the deadline."""
+def _handshake(
+    sock: socket.socket, proc: subprocess.Popen[bytes], n: int
+) -> tuple[list[socket.socket], int] | None:
+    """The listening sockets and CMD's pid (ours) from inner's one message, within the deadline; None
+    if the sandbox exited or stalled first (bwrap or inner printed the reason)."""
     deadline = time.monotonic() + HANDSHAKE_TIMEOUT_S
     while True:
         left = deadline - time.monotonic()
         if left <= 0 or (proc.poll() is not None and not select.select([sock], [], [], 0)[0]):
-            raise SandboxFailed
+            return None
         if select.select([sock], [], [], min(left, 0.2))[0]:
             break
     msg, anc, _flags, _addr = sock.recvmsg(16, socket.CMSG_SPACE(n * 4) + socket.CMSG_SPACE(_UCRED.size))
@@ -74,7 +73,7 @@ def _handshake(sock: socket.socket, proc: subprocess.Popen[bytes], n: int) -> tu
     if msg != b"ready" or len(socks) != n or pid <= 0:
         for s in socks:
             s.close()
-        raise SandboxFailed
+        return None
     return socks, pid
 
 
@@ -105,13 +104,13 @@ def run_sandboxed(prefix: list[str], argv: list[str], env: dict[str, str], route
             for s in FORWARDED:
                 signal.signal(s, forward)
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        try:
-            listeners, pid = _handshake(ours, proc, len(routes))
-        except SandboxFailed:
+        got = _handshake(ours, proc, len(routes))
+        if got is None:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
             return WRAPPER_FAILED
+        listeners, pid = got
         with contextlib.suppress(ProcessLookupError):  # CMD may already be gone
             pidfd.append(os.pidfd_open(pid))
         relay = Relay().start([(s, r.target) for s, r in zip(listeners, routes, strict=True)])

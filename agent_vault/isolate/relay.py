@@ -61,7 +61,7 @@ class Relay:
     async def _serve(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter, target: Target) -> None:
         if self.active >= self.max_connections:
             self.refused += 1
-            cw.transport.abort()
+            cw.close()
             return
         self.active += 1
         task = asyncio.current_task()
