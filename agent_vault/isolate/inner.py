@@ -15,7 +15,19 @@ import socket
 import sys
 
 #: Blocked and ignored by the wrapper around the spawn; CMD gets them back at their defaults.
-RESET = ("SIGINT", "SIGQUIT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGPIPE", "SIGXFSZ")
+RESET = (
+    "SIGINT",
+    "SIGQUIT",
+    "SIGTERM",
+    "SIGHUP",
+    "SIGUSR1",
+    "SIGUSR2",
+    "SIGWINCH",
+    "SIGTSTP",
+    "SIGCONT",
+    "SIGPIPE",
+    "SIGXFSZ",
+)
 
 
 def _fail(message: str, code: int) -> None:

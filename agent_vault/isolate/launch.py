@@ -4,7 +4,9 @@ Handshake: `inner` (in the sandbox) sends its listening sockets over a Unix sock
 its credentials (SO_PASSCRED), whose pid is translated into our PID namespace, so we hold a pidfd of CMD
 itself (inner execs CMD in place) and forward signals to it race-free. bwrap and its init are started
 with the forwarded signals ignored (inner restores them for CMD). CMD has no controlling terminal
-(`--new-session`), so the terminal's SIGINT, SIGQUIT and SIGWINCH reach the wrapper and are forwarded.
+(`--new-session`), so the terminal's SIGINT, SIGQUIT and SIGWINCH reach the wrapper and are forwarded;
+Ctrl-Z (SIGTSTP) stops CMD with SIGSTOP (its process group is orphaned: the kernel would drop a SIGTSTP)
+and then the wrapper itself, so the shell sees the job stopped; SIGCONT (`fg`) is forwarded.
 Exit: CMD's code, 128+N when killed by signal N (bwrap reports it so), 125 when the sandbox did not start.
 """
 
@@ -36,6 +38,8 @@ FORWARDED = (
     signal.SIGUSR1,
     signal.SIGUSR2,
     signal.SIGWINCH,
+    signal.SIGTSTP,
+    signal.SIGCONT,
 )
 INNER = Path(__file__).with_name("inner.py")
 _UCRED = struct.Struct("iII")  # pid, uid, gid
@@ -90,7 +94,9 @@ def run_sandboxed(prefix: list[str], argv: list[str], env: dict[str, str], route
             pending.append(signum)
             return
         with contextlib.suppress(ProcessLookupError):
-            signal.pidfd_send_signal(pidfd[0], signum)
+            signal.pidfd_send_signal(pidfd[0], signal.SIGSTOP if signum == signal.SIGTSTP else signum)
+        if signum == signal.SIGTSTP:
+            os.kill(os.getpid(), signal.SIGSTOP)
 
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     saved = {s: signal.signal(s, signal.SIG_IGN) for s in FORWARDED}

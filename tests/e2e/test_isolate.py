@@ -16,6 +16,7 @@ import struct
 import subprocess
 import sys
 import termios
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -222,10 +223,16 @@ def test_sigterm_to_the_wrapper_reaches_the_child(mserver: ServerProc, tmp_path:
     assert proc.returncode == 42, err
 
 
-def test_terminal_ctrl_c_and_tty_pass_through(mserver: ServerProc) -> None:
-    """The child has the terminal on its standard streams; Ctrl-C and a window resize reach it."""
+def test_terminal_ctrl_c_and_tty_pass_through(mserver: ServerProc, tmp_path: Path) -> None:
+    """The child has the terminal on its standard streams; a window resize, Ctrl-Z/fg and Ctrl-C reach it."""
+    beats = tmp_path / "beats"
     script = (
-        "import os, signal, sys, time\n"
+        "import os, signal, sys, threading, time\n"
+        "def beat():\n"
+        "    n = 0\n"
+        "    while True:\n"
+        f"        open({str(beats)!r}, 'w').write(str(n)); n += 1; time.sleep(0.05)\n"
+        "threading.Thread(target=beat, daemon=True).start()\n"
         "def winch(*_):\n"
         "    os.write(1, ('size %d %d\\n' % tuple(os.get_terminal_size(0))).encode())\n"
         "signal.signal(signal.SIGWINCH, winch)\n"
@@ -240,6 +247,14 @@ def test_terminal_ctrl_c_and_tty_pass_through(mserver: ServerProc) -> None:
     term.expect("tty True True")
     fcntl.ioctl(term.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
     term.expect("size 111 33")
+    os.write(term.fd, b"\x1a")  # Ctrl-Z: the wrapper (the shell's job) and the command stop
+    _pid, status = os.waitpid(term.proc.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status)
+    before = beats.read_text()
+    time.sleep(0.5)
+    assert beats.read_text() == before  # the command is stopped too
+    os.kill(term.proc.pid, signal.SIGCONT)  # `fg`
+    wait_until(lambda: beats.read_text() != before, "the command to run again")
     os.write(term.fd, b"\x03")  # Ctrl-C on the terminal
     term.expect("interrupted")
     rc, _rest = term.finish()
