@@ -105,6 +105,9 @@ def run_sandboxed(prefix: list[str], argv: list[str], env: dict[str, str], route
     try:
         try:
             proc = subprocess.Popen([*prefix, *inner, "--", *argv], env=env, pass_fds=(theirs.fileno(),))
+        except OSError as e:
+            print(f"error: --isolate: cannot start {prefix[0]} ({e.strerror})", file=sys.stderr)
+            return WRAPPER_FAILED
         finally:
             theirs.close()
             for s in FORWARDED:
@@ -120,18 +123,18 @@ def run_sandboxed(prefix: list[str], argv: list[str], env: dict[str, str], route
         with contextlib.suppress(ProcessLookupError):  # CMD may already be gone
             pidfd.append(os.pidfd_open(pid))
         relay = Relay().start([(s, r.target) for s, r in zip(listeners, routes, strict=True)])
-        for signum in pending:
+        for signum in pending if pidfd else ():
             forward(signum, None)
         rc = proc.wait()
     finally:
         if proc is not None and proc.poll() is None:  # interrupted: take the sandbox down with us
             proc.kill()
             proc.wait()
+        for s, h in saved.items():  # first: `forward` must not meet a closed pidfd
+            signal.signal(s, h)
         if relay is not None:
             relay.stop()
         for fd in pidfd:
             os.close(fd)
         ours.close()
-        for s, h in saved.items():
-            signal.signal(s, h)
     return 128 - rc if rc < 0 else rc

@@ -39,10 +39,16 @@ class Relay:
         self.max_connections = max_connections
         self.active = 0
         self.refused = 0
+        self.errors = 0
         self._loop = asyncio.new_event_loop()
+        self._loop.set_exception_handler(self._on_error)
         self._thread = threading.Thread(target=self._loop.run_forever, name="isolate-relay", daemon=True)
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def _on_error(self, _loop: asyncio.AbstractEventLoop, _context: dict[str, object]) -> None:
+        """Counted, never printed: a failure closes one connection and must not spill onto the terminal."""
+        self.errors += 1
 
     def start(self, routes: list[tuple[socket.socket, Target]]) -> Relay:
         self._thread.start()
@@ -54,7 +60,8 @@ class Relay:
         for sock, target in routes:
 
             async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter, t: Target = target) -> None:
-                await self._serve(r, w, t)
+                with contextlib.suppress(asyncio.CancelledError):  # stop(): asyncio 3.12.1 would print
+                    await self._serve(r, w, t)  # a traceback for a cancelled connection callback
 
             self._servers.append(await asyncio.start_server(handle, sock=sock, limit=CHUNK))
 
@@ -72,8 +79,8 @@ class Relay:
             ur, up = await asyncio.wait_for(asyncio.open_connection(*target, limit=CHUNK), CONNECT_TIMEOUT_S)
             uw = up
             await asyncio.gather(_pipe(cr, up), _pipe(ur, cw))
-        except (OSError, TimeoutError):
-            pass
+        except Exception:  # any failure (a refused target included) closes this pair only
+            self.errors += 1
         finally:
             self.active -= 1
             for w in (cw, uw):
@@ -97,3 +104,5 @@ class Relay:
             asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(timeout=5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._loop.close()

@@ -140,7 +140,7 @@ def probe(path: str | None = None) -> str:
     bwrap = find_bwrap(path)
     try:
         cp = subprocess.run(
-            [bwrap, *BASE_ARGS, "--", "true"],
+            [bwrap, *BASE_ARGS, "--", sys.executable, "-I", "-S", "-c", ""],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,

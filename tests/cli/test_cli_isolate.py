@@ -191,3 +191,26 @@ def test_relay_bounds_connections_and_closes_on_refused_targets(echo_target: tup
         for c in held:
             c.close()
         relay.stop()
+
+
+def test_relay_stop_with_open_connections_is_silent(
+    echo_target: tuple[str, int], capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The child's last connections may still be open when it exits: stopping closes them, printing nothing
+    (asyncio 3.12.1 prints a traceback for a cancelled connection callback unless the relay absorbs it)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    relay = Relay().start([(listener, echo_target)])
+    clients = [socket.create_connection(listener.getsockname()[:2], timeout=10) for _ in range(4)]
+    try:
+        for c in clients:
+            c.sendall(b"x")
+            assert c.recv(1) == b"x"
+        relay.stop()
+        for c in clients:
+            assert c.recv(1) == b""
+    finally:
+        for c in clients:
+            c.close()
+    _out, err = capfd.readouterr()
+    assert err == "" and relay.errors == 0
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []  # stderr outside pytest
