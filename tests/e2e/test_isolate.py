@@ -11,10 +11,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import termios
 import time
 from collections.abc import Iterator
@@ -312,3 +314,56 @@ def isolate_check(doctor_json: str) -> dict[str, str]:
 def test_doctor_says_isolate_works(mserver: ServerProc) -> None:
     check = isolate_check(mserver.cli("--json", "doctor", check=False).stdout)
     assert check["status"] == "ok" and check["detail"].startswith("bubblewrap 0.")
+
+
+UNPRIVILEGED = """
+import os, socket, sys, threading
+from pathlib import Path
+from agent_vault.isolate.launch import Route, run_sandboxed
+from agent_vault.isolate.sandbox import bwrap_args, hidden_paths, probe
+srv = socket.create_server(("127.0.0.1", 0))
+def serve():
+    c, _ = srv.accept()
+    c.sendall(b"relayed\\n")
+    c.close()
+threading.Thread(target=serve, daemon=True).start()
+home = Path(os.environ["AGENT_VAULT_HOME"])
+prefix = bwrap_args(probe(os.environ["PATH"]), hidden_paths(home, home / "certs", os.environ))
+child = (
+    "import os, socket; print('uid', os.getuid());"
+    "print(socket.create_connection(('127.0.0.1', 15555)).recv(100).decode().strip());"
+    "print('home', os.listdir(os.environ['AGENT_VAULT_HOME'])); raise SystemExit(9)"
+)
+route = Route(15555, ("127.0.0.1", srv.getsockname()[1]))
+print("rc", run_sandboxed(prefix, [sys.executable, "-c", child], dict(os.environ), [route]))
+"""
+
+
+def test_an_unprivileged_user_gets_the_sandbox_through_a_user_namespace() -> None:
+    """The same sandbox for a user without privileges (here `nobody`, with the system's Python: the
+    test venv's interpreter lives under /root): its uid is kept, the relay works, the home is hidden."""
+    import agent_vault
+
+    repo = Path(agent_vault.__file__).resolve().parents[1]
+    base = Path(tempfile.mkdtemp(prefix="av-isolate-nobody-", dir="/tmp"))
+    try:
+        (base / "av" / "cli").mkdir(parents=True)
+        (base / "av" / "cli" / "session.json").write_text("{}")
+        as_user: list[str] = []
+        if os.geteuid() == 0:
+            for p in (base, *base.rglob("*")):
+                os.chown(p, 65534, 65534)
+            as_user = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(base), "AGENT_VAULT_HOME": str(base / "av"),
+               "PYTHONPATH": str(repo), "LANG": "C.UTF-8"}  # fmt: skip
+        cp = subprocess.run(
+            [*as_user, "/usr/bin/python3", "-c", UNPRIVILEGED],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    uid = 65534 if as_user else os.geteuid()
+    assert cp.stdout.split("\n") == [f"uid {uid}", "relayed", "home []", "rc 9", ""], cp.stderr
