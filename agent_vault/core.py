@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,9 @@ class Services:
     api_limiter_made: bool = False
     login_limiter: FailureLimiter | None = None
     proposal_gauge_vaults: set[str] = field(default_factory=set)  # label sets of the pending gauge
+    # CA rotation, proxy side: prepares the engine for a new CA (may raise; changes nothing) and returns
+    # the call that switches new TLS connections to it (cannot fail). None without a proxy.
+    ca_engine: Callable[[CA], Callable[[], None]] | None = None
 
 
 @dataclass

@@ -20,6 +20,8 @@ edge, never shown as such to a user (the tree's classes are for answers):
 - `proxy.engine.BodyOverLimit`: raised by a request-body stream, caught by the engine's HttpStream,
   which cuts the upload and answers 413 body_too_large.
 - `proxy.decoding.DecodedTooLarge` / `CorruptEncoding`: -> 502 response_too_large / internal.
+- `proxy.sources.SourceFailed`: -> 502 credential_unavailable (a command or file source failed).
+- `oskeyring.KeyringUnavailable`: -> a fallback (password sources, the 0600 login file) and one note.
 """
 
 from __future__ import annotations
@@ -194,6 +196,26 @@ class SubstitutionError(AgentVaultError):
     def __init__(self, key: str) -> None:
         super().__init__(f"credential {key} contains characters not allowed in a request", key=key)
         self.key = key
+
+
+class CredentialUnavailable(AgentVaultError):
+    """A credential value could not be obtained (proxy: 502): a brokered one (OAuth2 access token, AWS
+    STS keys; `message`/`hint` name the service, the endpoint's host and its error code) or a dynamic
+    source (command or file; `key` names it, the message says why in general terms: timeout, exit
+    status, empty, too large). The request is never sent unauthenticated; never a value or output."""
+
+    code = "credential_unavailable"
+    status = 502
+    hint = "Check the service's token endpoint and credentials."
+
+    @classmethod
+    def from_source(cls, key: str, why: str) -> CredentialUnavailable:
+        return cls(
+            f"credential {key} is unavailable: {why}",
+            hint="The request was not sent. Ask the instance owner to check the source of the credential "
+            "named in `key` ('agent-vault vault credential list' shows its kind).",
+            key=key,
+        )
 
 
 class ProxyAuthRequired(AgentVaultError):

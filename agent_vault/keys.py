@@ -18,14 +18,14 @@ from cryptography.hazmat.primitives import serialization
 from mitmproxy import certs
 from sqlmodel import select
 
-from agent_vault import crypto
+from agent_vault import crypto, oskeyring
 from agent_vault.errors import InvalidRequest, KeyMaterialUnavailable, WrongMasterPassword
 from agent_vault.home import Home, ensure_dir, write_private
 from agent_vault.models import MasterKey
 from agent_vault.store import Store
 
 KEY_MODES = ("password", "keyring", "passwordless")
-KEYRING_SERVICE = "agent-vault"
+KEYRING_SERVICE = oskeyring.SERVICE
 PASSWORDLESS_WARNING = "WARNING: passwordless mode — anyone who can read {path} can decrypt every credential"
 
 
@@ -68,9 +68,7 @@ def create_dek(home: Home, store: Store, instance_id: str, mode: str, master_pas
     )
     with store.write() as s:
         s.add(row)
-    if mode == "keyring":
-        keyring_set(instance_id, master_password)
-    return dek
+    return dek  # mode keyring: the caller stores the password with keyring_set and reports failure
 
 
 def unwrap_dek(home: Home, store: Store, instance_id: str, mode: str, master_password: str | None) -> bytes:
@@ -103,25 +101,25 @@ def unwrap_dek(home: Home, store: Store, instance_id: str, mode: str, master_pas
         ) from None
 
 
+def keyring_user(instance_id: str) -> str:
+    return f"master-password:{instance_id}"
+
+
 def keyring_get(instance_id: str) -> str | None:
-    """The master password from the OS keyring, or None if absent or no backend is usable."""
+    """The master password from the OS keyring, or None if there is no entry.
+
+    Raises oskeyring.KeyringUnavailable when the keyring is off, missing or failing (the caller
+    falls back to the `password` sources and says so once)."""
+    return oskeyring.get(keyring_user(instance_id))
+
+
+def keyring_set(instance_id: str, password: str) -> str | None:
+    """Store the master password in the OS keyring; None on success, else why not (a short reason)."""
     try:
-        import keyring
-
-        value = keyring.get_password(KEYRING_SERVICE, f"master-password:{instance_id}")
-    except Exception:  # any backend failure means "not available"; never fatal
-        return None
-    return value if isinstance(value, str) else None
-
-
-def keyring_set(instance_id: str, password: str) -> bool:
-    try:
-        import keyring
-
-        keyring.set_password(KEYRING_SERVICE, f"master-password:{instance_id}", password)
-    except Exception:  # no usable backend: the password sources of mode `password` apply
-        return False
-    return True
+        oskeyring.put(keyring_user(instance_id), password)
+    except oskeyring.KeyringUnavailable as e:
+        return str(e)
+    return None
 
 
 # A digest of the last password read from AGENT_VAULT_MASTER_PASSWORD: a wrong one names the variable.
@@ -155,26 +153,65 @@ class CA:
 
         return x509.load_pem_x509_certificate(self.cert_pem).fingerprint(hashes.SHA256()).hex()
 
+    @property
+    def not_after(self) -> str:
+        """The certificate's expiry, ISO-8601 UTC (`2036-01-31T12:00:00Z`)."""
+        when = x509.load_pem_x509_certificate(self.cert_pem).not_valid_after_utc
+        return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
-def create_ca(home: Home, instance_id: str, dek: bytes) -> CA:
-    """A new self-signed CA: cert in ca/ca-cert.pem (0644), key sealed in ca/ca-key.enc (0600)."""
+
+_CA_KEY, _CA_CERT, _NEXT = "ca-key.enc", "ca-cert.pem", ".next"
+
+
+def new_ca(instance_id: str) -> CA:
+    """A new self-signed CA (SPEC §4.3), in memory only; `store_ca` persists it."""
     key, cert = certs.create_ca(
         organization="agent-vault", cn=f"agent-vault CA {instance_id[:8]}", key_size=2048
     )
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    return CA(cert.public_bytes(serialization.Encoding.PEM), key_pem)
+
+
+def store_ca(home: Home, instance_id: str, dek: bytes, ca: CA) -> None:
+    """Persist `ca` as ca/ca-cert.pem (0644) + ca/ca-key.enc (0600, sealed under the DEK), replacing any
+    CA stored there. Crash-safe: both new files are first written complete beside the old ones
+    (`*.next`), then moved over them, key first; `load_ca` finishes a move a crash interrupted, and
+    drops a half-written pair (the old CA then stands). The key never touches disk unsealed."""
     ensure_dir(home.ca_dir)
-    write_private(home.ca_dir / "ca-key.enc", crypto.seal(dek, key_pem, ca_key_aad(instance_id)))
-    write_private(home.ca_dir / "ca-cert.pem", cert_pem, mode=0o644)
-    return CA(cert_pem, key_pem)
+    write_private(home.ca_dir / (_CA_KEY + _NEXT), crypto.seal(dek, ca.key_pem, ca_key_aad(instance_id)))
+    write_private(home.ca_dir / (_CA_CERT + _NEXT), ca.cert_pem, mode=0o644)
+    _finish_ca_move(home.ca_dir)
+
+
+def _finish_ca_move(ca_dir: Path) -> None:
+    key_next, cert_next = ca_dir / (_CA_KEY + _NEXT), ca_dir / (_CA_CERT + _NEXT)
+    if not cert_next.exists():  # the new pair was never complete: keep the old CA
+        key_next.unlink(missing_ok=True)
+        return
+    if key_next.exists():
+        os.replace(key_next, ca_dir / _CA_KEY)
+    os.replace(cert_next, ca_dir / _CA_CERT)
+    fd = os.open(ca_dir, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the renames themselves survive a power loss
+    finally:
+        os.close(fd)
+
+
+def create_ca(home: Home, instance_id: str, dek: bytes) -> CA:
+    """A new CA, stored: cert in ca/ca-cert.pem (0644), key sealed in ca/ca-key.enc (0600)."""
+    ca = new_ca(instance_id)
+    store_ca(home, instance_id, dek, ca)
+    return ca
 
 
 def load_ca(home: Home, instance_id: str, dek: bytes) -> CA:
     try:
-        sealed = (home.ca_dir / "ca-key.enc").read_bytes()
-        cert_pem = (home.ca_dir / "ca-cert.pem").read_bytes()
+        _finish_ca_move(home.ca_dir)
+        sealed = (home.ca_dir / _CA_KEY).read_bytes()
+        cert_pem = (home.ca_dir / _CA_CERT).read_bytes()
     except OSError:
         raise KeyMaterialUnavailable(f"the instance CA is missing under {home.ca_dir}") from None
     try:
@@ -199,8 +236,10 @@ def change_key_mode(
     old_password: str | None,
     new_mode: str,
     new_password: str | None,
-) -> None:
+) -> str | None:
     """Re-wrap the same DEK for `new_mode` (server stopped). Values are not re-encrypted.
+    Returns a note when mode `keyring` could not store the password in the OS keyring (why).
+    Leaving mode `keyring` removes the keyring entry.
 
     Order matters for crash safety: the new wrapping is written before the old one is removed.
     """
@@ -210,7 +249,8 @@ def change_key_mode(
         with store.write() as s:
             for row in s.exec(select(MasterKey)):
                 s.delete(row)
-        return
+        oskeyring.delete(keyring_user(instance_id))
+        return None
     if new_password is None:
         raise InvalidRequest("a new master password is required")
     check_master_password(new_password)
@@ -227,4 +267,6 @@ def change_key_mode(
         s.add(row)
     home.dek_file.unlink(missing_ok=True)
     if new_mode == "keyring":
-        keyring_set(instance_id, new_password)
+        return keyring_set(instance_id, new_password)
+    oskeyring.delete(keyring_user(instance_id))
+    return None

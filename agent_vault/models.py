@@ -102,6 +102,11 @@ class Credential(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     updated_by: str = ""
+    # Dynamic source (credsource.SourceSpec): kind in clear (command | file; NULL = a stored value),
+    # the spec sealed under the DEK (a command may embed a secret), the TTL in clear for listings.
+    source_kind: str | None = None
+    source: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True), repr=False)
+    source_ttl: float | None = None
 
 
 class Service(SQLModel, table=True):

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from sqlmodel import col, select
 
-from agent_vault import crypto
+from agent_vault import credsource, crypto
 from agent_vault.domain.principal import Principal
 from agent_vault.matching import ServiceIndex
 from agent_vault.models import Agent, Credential, Grant, Service, Token, User, Vault
@@ -133,8 +133,17 @@ class Runtime:
             d["enabled"] = row.enabled
             svc_by_vault.setdefault(row.vault_id, []).append(ServiceDef.model_validate(d))
         values: dict[int, dict[str, str]] = {}
+        sources: dict[int, dict[str, credsource.SourceSpec]] = {}
         corrupt: dict[int, set[str]] = {}
         for c in creds:
+            if c.source_kind is not None and c.source is not None:
+                try:
+                    spec = credsource.open_spec(self._dek, c.source, c.vault_id, c.key, c.key_version)
+                    sources.setdefault(c.vault_id, {})[c.key] = spec
+                except (crypto.DecryptionError, ValueError, KeyError, TypeError):
+                    log.error("credential source %s in vault id %s failed to decrypt", c.key, c.vault_id)
+                    corrupt.setdefault(c.vault_id, set()).add(c.key)
+                continue
             if c.ciphertext is None:
                 continue
             try:
@@ -159,5 +168,6 @@ class Runtime:
                 values.get(v.id, {}),
                 frozenset(corrupt.get(v.id, set())),
                 v.rate_limits,
+                sources.get(v.id, {}),
             )
         return out

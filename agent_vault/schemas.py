@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -35,8 +35,36 @@ class VaultUpdate(StepUp):
     rate_limits: str | None = None  # default | strict | off | server (= follow --rate-limits)
 
 
-class CredentialPut(Body):
-    value: SecretStr
+class CredentialSource(Body):
+    """A dynamic source (credsource.SourceSpec). The command may embed a secret: SecretStr."""
+
+    kind: Literal["command", "file"]
+    command: SecretStr | None = Field(default=None, max_length=4096)
+    shell: bool = False
+    path: str | None = Field(default=None, max_length=4096)
+    ttl: str | float | None = None
+    timeout: str | float | None = None
+
+    def spec_input(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"kind": self.kind}
+        if self.command is not None:
+            d["command"], d["shell"] = self.command.get_secret_value(), self.shell
+        elif self.shell:
+            d["shell"] = True
+        if self.path is not None:
+            d["path"] = self.path
+        if self.ttl is not None:
+            d["ttl"] = self.ttl
+        if self.timeout is not None:
+            d["timeout"] = self.timeout
+        return d
+
+
+class CredentialPut(StepUp):
+    """Exactly one of `value` (stored, sealed) and `source` (owner + step-up `password`)."""
+
+    value: SecretStr | None = None
+    source: CredentialSource | None = None
     description: str | None = Field(default=None, max_length=500)
 
 

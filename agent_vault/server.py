@@ -33,6 +33,7 @@ from agent_vault.housekeeping import start_housekeeping
 from agent_vault.instance import Unlocked, unlock
 from agent_vault.lifecycle import ServerLock
 from agent_vault.metrics import Metrics
+from agent_vault.oskeyring import KeyringUnavailable
 from agent_vault.proxy.addon import VaultAddon
 from agent_vault.proxy.runner import BindError, ProxyRunner
 from agent_vault.runtime import Runtime
@@ -82,7 +83,17 @@ def master_password(key_mode: str, instance_id: str, password_stdin: bool) -> st
     if password_stdin:
         return sys.stdin.readline().rstrip("\r\n")
     if key_mode == "keyring":
-        kr = keys.keyring_get(instance_id)
+        try:
+            kr = keys.keyring_get(instance_id)
+        except KeyringUnavailable as e:
+            kr = None
+            print(
+                f"note: OS keyring unavailable ({e}); asking the other master password sources",
+                file=sys.stderr,
+            )
+        else:
+            if kr is None:
+                print("note: no master password in the OS keyring for this instance", file=sys.stderr)
         if kr:
             return kr
     if foreground_tty():
@@ -169,6 +180,7 @@ async def serve(
                 await stack.enter_async_context(runner)
                 core.proxy_port = runner.port
                 core.proxy_ready = True
+                core.services.ca_engine = runner.prepare_ca  # `ca rotate` re-signs new connections
             app = create_app(allowed_hosts=lambda: _allowed_hosts(core))
             app.state.core = core
             config = uvicorn.Config(

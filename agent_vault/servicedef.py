@@ -13,9 +13,17 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agent_vault.authtypes import (
+    BROKERED_AUTH_TYPES,
+    AwsSigV4Auth,
+    OAuth2ClientCredentialsAuth,
+    OAuth2RefreshTokenAuth,
+    TokenExchangeAuth,
+)
 from agent_vault.hostpath import InvalidHost, ip_of, normalize_host, path_is_safe
 
-SUPPORTED_AUTH_TYPES = ["bearer", "basic", "api-key", "custom", "passthrough"]  # shown to agents (discover)
+#: Shown to agents (discover, proposal hints).
+SUPPORTED_AUTH_TYPES = ["bearer", "basic", "api-key", "custom", "passthrough", *BROKERED_AUTH_TYPES]
 NAME_RE = r"^[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]$"
 CREDENTIAL_KEY_RE = r"^[A-Z][A-Z0-9_]*$"
 CREDENTIAL_KEY_MAX = 128
@@ -239,7 +247,16 @@ class PassthroughAuth(_Model):
 
 
 Auth = Annotated[
-    BearerAuth | BasicAuth | ApiKeyAuth | CustomAuth | PassthroughAuth, Field(discriminator="type")
+    BearerAuth
+    | BasicAuth
+    | ApiKeyAuth
+    | CustomAuth
+    | PassthroughAuth
+    | OAuth2ClientCredentialsAuth
+    | OAuth2RefreshTokenAuth
+    | TokenExchangeAuth
+    | AwsSigV4Auth,
+    Field(discriminator="type"),
 ]
 
 
@@ -349,8 +366,11 @@ class ServiceDef(_Model):
 
     @property
     def substitution_keys(self) -> list[str]:
-        """Keys agents may write as placeholders: `substitutions.keys`, else the keys `auth` references."""
+        """Keys agents may write as placeholders: `substitutions.keys`, else the keys `auth` references
+        (none for brokered auth types: client secrets and base keys only go to the token endpoint)."""
         keys = self.substitutions.keys
+        if keys is None and self.auth.type in BROKERED_AUTH_TYPES:
+            return []
         return list(keys) if keys is not None else self.auth.referenced_keys()
 
     @property

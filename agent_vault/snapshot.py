@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from agent_vault.credsource import SourceSpec
 from agent_vault.domain.principal import Principal
 from agent_vault.errors import VaultForbidden, VaultRequired
 from agent_vault.matching import ServiceIndex
@@ -30,9 +31,14 @@ class VaultView:
     values: dict[str, str] = field(repr=False)
     corrupt: frozenset[str] = frozenset()
     rate_limits: str | None = None  # None: the server's profile
+    sources: Mapping[str, SourceSpec] = field(default_factory=dict, repr=False)  # dynamic keys
 
     def __repr__(self) -> str:
         return f"VaultView({self.name!r}, services={len(self.services)}, keys={sorted(self.values)})"
+
+    def key_names(self) -> list[str]:
+        """Every key with a value now or from a source (names only: what discover lists)."""
+        return sorted(set(self.values) | set(self.sources))
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import urllib.request
 from pathlib import Path
 
 import trustme
@@ -81,7 +82,12 @@ def main() -> None:
 
     def run(*args: str, stdin: str | None = None, extra: dict[str, str] | None = None) -> str:
         cp = subprocess.run(
-            [av, *args], input=stdin, capture_output=True, text=True, env={**env, **(extra or {})}, timeout=120
+            [av, *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env={**env, **(extra or {})},
+            timeout=120,
         )
         if cp.returncode != 0:
             _fail(f"agent-vault {' '.join(args)} exited {cp.returncode}: {cp.stderr.strip()}", server_log)
@@ -138,7 +144,19 @@ def main() -> None:
             _fail(f"the upstream did not receive the injected credential (saw {len(_Echo.seen)} requests)")
         if SECRET in out or "[REDACTED:SMOKE_TOKEN]" not in out:
             _fail("curl's output was not redacted")
-        print(f"smoke-wheel: ok (vault run -- curl injected the credential; {fields['proxy']})")
+        # the web console's assets are package data: the wheel must carry them
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        for path, marker in (
+            ("/ui/", "agent-vault"),
+            ("/ui/assets/lib.js", "AV"),
+            ("/ui/assets/login.js", "login"),
+        ):
+            with direct.open(fields["api"] + path, timeout=20) as resp:
+                if marker not in resp.read().decode():
+                    _fail(f"the console is missing from the wheel: GET {path}")
+        print(
+            f"smoke-wheel: ok (vault run -- curl injected the credential; console served; {fields['proxy']})"
+        )
     finally:
         server.terminate()
         try:

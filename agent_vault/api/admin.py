@@ -8,6 +8,7 @@ from fastapi import APIRouter, Response
 
 from agent_vault.api.deps import CoreDep, PrincipalDep
 from agent_vault.domain import credentials, services, vaults
+from agent_vault.errors import InvalidRequest
 from agent_vault.schemas import (
     CredentialPut,
     CredentialRotate,
@@ -70,6 +71,11 @@ def list_credentials(v: str, core: CoreDep, p: PrincipalDep) -> J:
 
 @router.put("/{v}/credentials/{key}")
 def put_credential(v: str, key: str, body: CredentialPut, core: CoreDep, p: PrincipalDep) -> J:
+    if (body.value is None) == (body.source is None):
+        raise InvalidRequest("give exactly one of value and source")
+    if body.source is not None:
+        return credentials.set_source(core, p, v, key, body.source.spec_input(), body.pw(), body.description)
+    assert body.value is not None
     return credentials.set_credential(core, p, v, key, body.value.get_secret_value(), body.description)
 
 

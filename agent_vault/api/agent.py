@@ -37,12 +37,17 @@ def discover_body(core: Any, vault: str, role: str) -> J:
                 "schemes": ["https", "http"] if svc.allow_http else ["https"],
             }
         )
+        if svc.auth.type == "aws-sigv4":  # what the agent's SDK needs (it signs with placeholder keys)
+            svcs[-1]["aws"] = {
+                "region": getattr(svc.auth, "region", None),
+                "service": getattr(svc.auth, "service", None),
+            }
     base = core.public_url
     return {
         "vault": vault,
         "role": role,
         "services": svcs,
-        "available_credentials": sorted(view.values),
+        "available_credentials": view.key_names(),
         "unmatched_policy": view.unmatched_policy,
         "enforcement": view.enforcement,
         "proposals_url": f"{base}/v1/proposals",

@@ -13,12 +13,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent_vault import __version__
-from agent_vault.api import admin, agent, csrf, identity, ratelimit
+from agent_vault.api import admin, agent, csrf, identity, instance, ratelimit
 from agent_vault.errors import AgentVaultError
 
 log = logging.getLogger("agent_vault.api")
 MAX_BODY = 1 << 20
-OPTIONAL_ROUTERS = ("proposals", "observability", "ui")
+OPTIONAL_ROUTERS = ("proposals", "observability", "ui", "console")
 
 
 def error_response(err: AgentVaultError) -> JSONResponse:
@@ -34,7 +34,7 @@ def create_app(allowed_hosts: Callable[[], set[str]] | None = None) -> FastAPI:
     Every POST/PUT/PATCH/DELETE first passes `csrf.refusal` (cookie writes need our own Origin), in the
     middleware, so routers added later are covered without opting in."""
     app = FastAPI(title="agent-vault", version=__version__, docs_url=None, redoc_url=None)
-    for r in (admin.router, identity.router, agent.router):
+    for r in (admin.router, identity.router, agent.router, instance.router):
         app.include_router(r)
     for name in OPTIONAL_ROUTERS:
         try:

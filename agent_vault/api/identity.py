@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from agent_vault.api.deps import UI_COOKIE, CoreDep, PrincipalDep, RowId, select_vault
-from agent_vault.domain import agents, sessions, users
+from agent_vault.domain import agents, logins, sessions, users
 from agent_vault.domain.vaults import visible_vaults
 from agent_vault.schemas import (
     AgentCreate,
@@ -44,6 +44,22 @@ def login(body: LoginIn, core: CoreDep, request: Request, response: Response) ->
 def logout(core: CoreDep, p: PrincipalDep) -> Response:
     users.logout(core, p)
     return Response(status_code=204)
+
+
+@router.get("/v1/auth/sessions")
+def list_logins(core: CoreDep, p: PrincipalDep) -> J:
+    """The caller's own logins (CLI and web UI); `current` is the one making this request."""
+    return logins.list_logins(core, p)
+
+
+@router.delete("/v1/auth/sessions/{sid}", status_code=204)
+def revoke_login(sid: RowId, core: CoreDep, p: PrincipalDep) -> Response:
+    """Revoke one of the caller's own logins; revoking the current one also clears the UI cookie."""
+    logins.revoke_login(core, p, sid)
+    response = Response(status_code=204)
+    if sid == p.token_id:
+        response.delete_cookie(UI_COOKIE, httponly=True, samesite="strict")
+    return response
 
 
 @router.get("/v1/auth/me")
@@ -118,6 +134,17 @@ def list_users(core: CoreDep, p: PrincipalDep) -> J:
 @router.post("/v1/users/invites", status_code=201)
 def invite(body: InviteCreate, core: CoreDep, p: PrincipalDep) -> J:
     return users.invite(core, p, body.pw(), body.email, body.role, [g.model_dump() for g in body.vaults])
+
+
+@router.get("/v1/users/invites")
+def list_invites(core: CoreDep, p: PrincipalDep) -> J:
+    return users.list_invites(core, p)
+
+
+@router.delete("/v1/users/invites/{iid}", status_code=204)
+def revoke_invite(iid: RowId, core: CoreDep, p: PrincipalDep) -> Response:
+    users.revoke_invite(core, p, iid)
+    return Response(status_code=204)
 
 
 @router.post("/v1/invites/{token}/accept", status_code=201)

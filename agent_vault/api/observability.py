@@ -29,6 +29,7 @@ from agent_vault.audit import DECISIONS, latest_seq, list_records, verify_db
 from agent_vault.core import Core
 from agent_vault.domain.principal import Principal
 from agent_vault.errors import AgentVaultError, InvalidRequest, NotFound, Unauthenticated
+from agent_vault.hostpath import InvalidHost, normalize_host
 from agent_vault.housekeeping import refresh_gauges
 from agent_vault.schemas import Body
 
@@ -133,6 +134,7 @@ def vault_logs(
     status: str | None = None,
     service: str | None = None,
     agent: str | None = None,
+    host: Annotated[str | None, Query(max_length=300)] = None,
     kind: str | None = None,
     since: str | None = None,
 ) -> J:
@@ -142,13 +144,18 @@ def vault_logs(
     oldest seq returned when older matches may exist (pass it as `before=`), else null.
     With `after`: the oldest `limit` matches after it; `next_cursor` is where to continue (pass it as
     `after=`; it skips non-matching records already scanned, so polling a filtered tail stays cheap).
-    `latest_seq` is the newest seq of the whole log. Extensions: `kind` (e.g. `proxy.*`), `since` (ISO).
+    `latest_seq` is the newest seq of the whole log. Extensions: `kind` (e.g. `proxy.*`), `since` (ISO),
+    `host` (exact target host, normalised as the proxy matches it: case, trailing dot, IDNA, IP forms).
     """
     _require_member(core, p, v)
     if decision is not None and decision not in DECISIONS:
         raise InvalidRequest("decision must be one of " + ", ".join(sorted(DECISIONS)))
     _check_status(status)
     when = _parse_since(since)
+    try:
+        target = normalize_host(host) if host is not None else None
+    except InvalidHost:
+        raise InvalidRequest("host is not a valid host name or IP address") from None
     engine = core.store.engine
     latest = latest_seq(engine)  # read first: every seq <= latest is committed before the scan below
     records = list_records(
@@ -159,6 +166,7 @@ def vault_logs(
         service=service,
         decision=decision,
         status_class=status,
+        host=target,
         since=when,
         after_seq=after,
         before_seq=before,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import html
 import re
 import secrets
+from pathlib import Path
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
@@ -22,6 +23,7 @@ from fastapi.responses import HTMLResponse
 from agent_vault.errors import NotFound
 
 router = APIRouter()
+WEB = Path(__file__).resolve().parent.parent / "web"
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]$")
 
 _CSS = """
@@ -42,24 +44,12 @@ blockquote{margin:.5rem 0;padding-left:.8rem;border-left:3px solid #c5ccd4}
 
 _JS = r"""
 "use strict";
+__INERT__
 const V = document.body.dataset.vault, ID = document.body.dataset.id;
 const token = new URLSearchParams(location.search).get("token") || "";
 if (location.search) history.replaceState(null, "", location.pathname);
 const $ = (i) => document.getElementById(i);
 const BASE = "/v1/vaults/" + encodeURIComponent(V) + "/proposals/" + encodeURIComponent(ID);
-// control, bidi and separator characters (the class cli.output.inert escapes), \n and \t excluded
-const INERT_CLASS = "\\u0000-\\u0008\\u000b-\\u001f\\u007f-\\u009f\\ud800-\\udfff\\u061c\\u200e\\u200f" +
-  "\\u2028\\u2029\\u202a-\\u202e\\u2066-\\u2069";
-const INERT_ALL = new RegExp("[\\n\\t" + INERT_CLASS + "]", "gu");
-const INERT_KEEP = new RegExp("[" + INERT_CLASS + "]", "gu");
-const INERT_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"};
-function inert(text, keepLines) {
-  return String(text).replace(keepLines ? INERT_KEEP : INERT_ALL, (c) => {
-    if (INERT_NAMED[c]) return INERT_NAMED[c];
-    const n = c.charCodeAt(0);
-    return n <= 0xff ? "\\x" + n.toString(16).padStart(2, "0") : "\\u" + n.toString(16).padStart(4, "0");
-  });
-}
 function setText(node, text, keepLines) { node.textContent = inert(text, keepLines); }
 function el(tag, text, cls, keepLines) {
   const e = document.createElement(tag);
@@ -163,7 +153,7 @@ $("reject-btn").addEventListener("click", async () => {
   await load(); say("Rejected.");
 });
 load();
-"""
+""".replace("__INERT__", (WEB / "inert.js").read_text().strip())
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

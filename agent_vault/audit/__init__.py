@@ -24,7 +24,7 @@ from agent_vault.audit.chain import (
     utc_ts,
     verify_chain,
 )
-from agent_vault.audit.query import latest_seq, list_records, read_head, verify_db
+from agent_vault.audit.query import latest_seq, list_records, proxy_counts, read_head, verify_db
 from agent_vault.audit.retention import prune
 from agent_vault.audit.writer import AuditWriter, write_head
 
@@ -45,6 +45,7 @@ __all__ = [
     "latest_seq",
     "link_hash",
     "list_records",
+    "proxy_counts",
     "proxy_record",
     "prune",
     "read_head",

@@ -224,6 +224,7 @@ def proxy_record(
     injected_keys: Iterable[str] = (),
     substituted_keys: Iterable[str] = (),
     redacted_keys: Iterable[str] = (),
+    credential_sources: Mapping[str, str] | None = None,
     status: int | None = None,
     error: str | None = None,
     bytes_up: int | None = 0,
@@ -268,6 +269,8 @@ def proxy_record(
         rec["would_deny_code"] = would_deny_code
     if redaction is not None:
         rec["redaction"] = redaction
+    if credential_sources:  # {key: command|file} for dynamic values used (names only)
+        rec["credential_sources"] = dict(sorted(credential_sources.items()))
     return rec
 
 

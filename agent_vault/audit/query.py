@@ -12,11 +12,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, or_, select
+from sqlalchemy import Connection, Engine, Select, case, func, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col
 
-from agent_vault.audit.chain import GENESIS, Row, VerifyResult, utc_ts, verify_chain
+from agent_vault.audit.chain import GENESIS, PROXY_KINDS, Row, VerifyResult, utc_ts, verify_chain
 from agent_vault.models import AuditEvent
 
 _seq_c, _ts_c, _kind_c = col(AuditEvent.seq), col(AuditEvent.ts), col(AuditEvent.kind)
@@ -54,6 +54,38 @@ def latest_seq(engine: Engine) -> int:
     with engine.connect() as conn:
         value = conn.execute(select(func.max(_seq_c))).scalar()
     return int(value) if value is not None else 0
+
+
+def window_start_stmt(cutoff: str) -> Select[Any]:
+    """The first seq recorded at or after `cutoff` (an index-only range of the `ts` index). `seq + 0`:
+    a bare min(seq) lets SQLite walk the table from its oldest row until one is in the window."""
+    return select(func.min(_seq_c + 0)).where(_ts_c >= cutoff)
+
+
+def window_counts_stmt(vault: str, first_seq: int, cutoff: str) -> Select[Any]:
+    """(requests, denied, errors) of `vault`'s proxied records from `first_seq` on, at or after `cutoff`.
+    `vault = ? AND seq >= ?` is one range of the `vault` index (its entries are in seq order within a
+    vault); `ts` is checked again because records are not strictly in ts order."""
+    failed = (_decision_c == "error") | (_status_c >= 500)
+    return select(
+        func.count(),
+        func.coalesce(func.sum(case((_decision_c == "denied", 1), else_=0)), 0),
+        func.coalesce(func.sum(case((failed, 1), else_=0)), 0),
+    ).where(_vault_c == vault, _seq_c >= first_seq, _ts_c >= cutoff, _kind_c.in_(sorted(PROXY_KINDS)))
+
+
+def proxy_counts(engine: Engine, vault: str, since: datetime) -> dict[str, int]:
+    """Proxied requests of `vault` recorded at or after `since`: {requests, denied, errors} where errors
+    are upstream or proxy failures (decision `error`) and upstream answers with status >= 500.
+
+    Cost follows the records of the window, never the history (two index ranges, see above)."""
+    cutoff = utc_ts(since)
+    with engine.connect() as conn:
+        first = conn.execute(window_start_stmt(cutoff)).scalar()
+        if first is None:
+            return {"requests": 0, "denied": 0, "errors": 0}
+        row = conn.execute(window_counts_stmt(vault, int(first), cutoff)).one()
+    return {"requests": int(row[0]), "denied": int(row[1]), "errors": int(row[2])}
 
 
 def _status_filter(status_class: str) -> ColumnElement[bool]:

@@ -20,7 +20,19 @@ __all__ = ["CatalogEntry", "get_template", "load_catalog"]
 
 _ID = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]$")
 _KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")
-_AUTH_TYPES = frozenset({"bearer", "basic", "api-key", "custom", "passthrough"})
+_AUTH_TYPES = frozenset(
+    {
+        "bearer",
+        "basic",
+        "api-key",
+        "custom",
+        "passthrough",
+        "oauth2-client-credentials",
+        "oauth2-refresh-token",
+        "token-exchange",
+        "aws-sigv4",
+    }
+)
 _CATALOG_FILE = "services.yaml"
 
 

@@ -1,4 +1,5 @@
-"""`auth login | logout | status`: the CLI's own user login (an av_usr_ token kept in cli/session.json, 0600).
+"""`auth login | logout | status`: the CLI's own user login (an av_usr_ token kept in the OS keyring, or
+in cli/session.json (0600) when no keyring is usable; see cli/loginstore.py).
 
 The login token is never printed. It is not a proxy credential: agents get agent or session tokens.
 """
@@ -13,8 +14,9 @@ from typing import Annotated, Any
 import typer
 
 from agent_vault.cli import G, app
-from agent_vault.cli.client import ApiError, clear_login, load_login, save_login, session_file
+from agent_vault.cli.client import ApiError, clear_login, load_login, save_login
 from agent_vault.cli.common import client, exit_with
+from agent_vault.cli.loginstore import where
 from agent_vault.cli.output import out
 from agent_vault.cli.prompts import password
 from agent_vault.errors import AgentVaultError, InvalidRequest
@@ -27,7 +29,7 @@ def store_login(addr: str, result: dict[str, Any]) -> dict[str, Any]:
     """Save a login answer ({token, expires_at, user}); returns the public part (no token)."""
     user = result.get("user") or {}
     email = str(user.get("email", ""))
-    save_login(
+    stored_in = save_login(
         G.home,
         {"addr": addr, "token": result["token"], "email": email, "expires_at": result.get("expires_at")},
     )
@@ -36,7 +38,7 @@ def store_login(addr: str, result: dict[str, Any]) -> dict[str, Any]:
         "email": email,
         "role": user.get("role"),
         "expires_at": result.get("expires_at"),
-        "stored_in": str(session_file(G.home)),
+        "stored_in": "OS keyring" if stored_in == "keyring" else stored_in,
     }
 
 
@@ -50,7 +52,7 @@ def login(
         str | None, typer.Option("--label", help="A label for this login (shown in the UI).")
     ] = None,
 ) -> None:
-    """Log in with email and password; the token is stored 0600 in the home, never printed."""
+    """Log in with email and password; the token goes to the OS keyring (else a 0600 file), never printed."""
     if email is None:
         if password_stdin or not sys.stdin.isatty():
             raise InvalidRequest("--email is required without a terminal")
@@ -106,7 +108,8 @@ def status() -> None:
     if os.environ.get("AGENT_VAULT_TOKEN"):
         info["source"] = "AGENT_VAULT_TOKEN"
     elif c.token:
-        info["source"] = str(session_file(G.home))
+        at = where(G.home)
+        info["source"] = "OS keyring" if at == "keyring" else at
     if not c.token:
         out.data(info, "not logged in (run 'agent-vault auth login')")
         exit_with(1)

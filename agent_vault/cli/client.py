@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from agent_vault.cli.loginstore import clear_login as clear_login
+from agent_vault.cli.loginstore import load_login as load_login
+from agent_vault.cli.loginstore import save_login as save_login
+from agent_vault.cli.loginstore import session_file as session_file
 from agent_vault.errors import AgentVaultError, ServerUnreachable, Unauthenticated
-from agent_vault.home import ensure_dir, write_private
 
 DEFAULT_ADDR = "http://127.0.0.1:14321"
 
@@ -23,28 +25,6 @@ class ApiError(AgentVaultError):
         self.status = status
         self.code = str(body.get("error") or "error")
         self.extra = {k: v for k, v in body.items() if k not in ("error", "message", "hint")}
-
-
-def session_file(home: Path) -> Path:
-    return home / "cli" / "session.json"
-
-
-def load_login(home: Path) -> dict[str, Any] | None:
-    try:
-        data: dict[str, Any] = json.loads(session_file(home).read_text())
-        return data
-    except (OSError, ValueError):
-        return None
-
-
-def save_login(home: Path, data: dict[str, Any]) -> None:
-    ensure_dir(home)
-    ensure_dir(home / "cli")
-    write_private(session_file(home), json.dumps(data))
-
-
-def clear_login(home: Path) -> None:
-    session_file(home).unlink(missing_ok=True)
 
 
 class Client:

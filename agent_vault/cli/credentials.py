@@ -2,6 +2,8 @@
 
 Values come from a hidden prompt, `--stdin`, `--from-env VAR` or `--from-file PATH` — never argv — and are
 never printed, except by `get --reveal` (admin, terminal only, typed confirmation and step-up; audited).
+`set --command CMD` / `--file PATH` make a key dynamic (issue #16): the server runs CMD / reads PATH when
+a request needs the value and keeps it in memory for `--ttl`; owners only, with step-up.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def list_credentials(vault: VaultOpt = None) -> None:
     out.table(
         data,
         data["credentials"],
-        ["key", "has_value", "version", "updated_at", "used_by", "description"],
+        ["key", "has_value", "source", "ttl", "version", "updated_at", "used_by", "description"],
     )
 
 
@@ -77,6 +79,27 @@ def _write(
     out.data(data, f"{verb} {key} in vault {v} (version {data.get('version')})")
 
 
+def _set_source(
+    key: str,
+    vault: str | None,
+    description: str | None,
+    source: dict[str, object],
+    password_stdin: bool,
+) -> None:
+    check_key(key)
+    v = vault_name(vault)
+    body: dict[str, object] = {"source": source, "password": step_up(password_stdin)}
+    if description is not None:
+        body["description"] = description
+    data = client().put(f"/v1/vaults/{seg(v)}/credentials/{seg(key)}", body)
+    ttl = data.get("ttl")
+    every = f"cached {ttl:g}s" if isinstance(ttl, int | float) else "re-read when it changes"
+    out.data(
+        data,
+        f"set {key} in vault {v} from a {data.get('source')} source ({every}; version {data.get('version')})",
+    )
+
+
 @credential_app.command("set")
 def set_credential(
     key: KeyArg,
@@ -85,8 +108,51 @@ def set_credential(
     stdin: StdinOpt = False,
     from_env: FromEnvOpt = None,
     from_file: FromFileOpt = None,
+    command: Annotated[
+        str | None,
+        typer.Option(
+            "--command", metavar="CMD", help="Dynamic: the value is what CMD prints (owner, step-up)."
+        ),
+    ] = None,
+    shell: Annotated[bool, typer.Option("--shell", help="Run --command through /bin/sh -c.")] = False,
+    file: Annotated[
+        str | None,
+        typer.Option(
+            "--file", metavar="PATH", help="Dynamic: the value is PATH's content, re-read on change."
+        ),
+    ] = None,
+    ttl: Annotated[
+        str | None, typer.Option("--ttl", help="Keep a dynamic value in memory this long (30s, 5m, 1h).")
+    ] = None,
+    timeout: Annotated[
+        str | None, typer.Option("--timeout", help="Command time limit (default 10s).")
+    ] = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Step-up password (dynamic sources) from stdin.")
+    ] = False,
 ) -> None:
-    """Create or replace a value (hidden prompt unless --stdin/--from-env/--from-file)."""
+    """Create or replace a value (hidden prompt unless --stdin/--from-env/--from-file), or make KEY
+    dynamic with --command CMD or --file PATH (instance owners; asks for your login password)."""
+    if command is not None or file is not None:
+        if command is not None and file is not None:
+            raise InvalidRequest("use only one of --command and --file")
+        if stdin or from_env or from_file:
+            raise InvalidRequest("--command/--file take no value (--stdin, --from-env, --from-file)")
+        if shell and command is None:
+            raise InvalidRequest("--shell needs --command")
+        source: dict[str, object] = (
+            {"kind": "command", "command": command, "shell": shell}
+            if command is not None
+            else {"kind": "file", "path": str(Path(file or "").expanduser().absolute())}
+        )
+        if ttl is not None:
+            source["ttl"] = ttl
+        if timeout is not None:
+            source["timeout"] = timeout
+        _set_source(key, vault, description, source, password_stdin)
+        return
+    if ttl is not None or timeout is not None or shell or password_stdin:
+        raise InvalidRequest("--ttl, --timeout, --shell and --password-stdin go with --command or --file")
     _write("set", key, vault, description, stdin, from_env, from_file)
 
 

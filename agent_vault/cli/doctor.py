@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent_vault.cli import G, app
+from agent_vault.cli import G, app, loginstore
 from agent_vault.cli.certs import fetch_ca
 from agent_vault.cli.client import ApiError, Client
 from agent_vault.cli.common import client, exit_with
@@ -174,6 +174,7 @@ def _ca_checks(c: Client, checks: list[Check]) -> str | None:
 def doctor() -> None:
     """Check home permissions, server, CA, proxy, *_PROXY variables, Node, --isolate; exit 1 on a failure."""
     checks: list[Check] = [check_home(G.home)]
+    checks.append(loginstore.check(G.home))  # OS keyring or the 0600 file
     c = client()
     proxy: str | None = None
     try:

@@ -43,6 +43,7 @@ SinceOpt = Annotated[
 ]
 AgentOpt = Annotated[str | None, typer.Option(help="Only this agent (and its sessions).")]
 ServiceOpt = Annotated[str | None, typer.Option(help="Only requests matched to this service.")]
+HostOpt = Annotated[str | None, typer.Option(help="Only requests to this host (exact, any case).")]
 DecisionOpt = Annotated[
     str | None,
     typer.Option(help="injected, passthrough, unmatched_passthrough, tunnel, denied, would_deny or error."),
@@ -69,11 +70,17 @@ def parse_since(text: str) -> str:
 
 
 def _filters(
-    agent: str | None, service: str | None, decision: str | None, status: str | None, since: str | None
+    agent: str | None,
+    service: str | None,
+    decision: str | None,
+    status: str | None,
+    since: str | None,
+    host: str | None = None,
 ) -> dict[str, Any]:
     params = {
         "agent": agent,
         "service": service,
+        "host": host,
         "decision": decision,
         "status": status,
         "since": parse_since(since) if since else None,
@@ -207,6 +214,7 @@ def logs(
     limit: Annotated[int, typer.Option(min=1, help="How many of the newest records.")] = 50,
     agent: AgentOpt = None,
     service: ServiceOpt = None,
+    host: HostOpt = None,
     decision: DecisionOpt = None,
     status: StatusOpt = None,
     show_all: AllOpt = False,
@@ -219,7 +227,7 @@ def logs(
         return
     name = vault_name(vault)
     api = client()
-    params = _filters(agent, service, decision, status, since)
+    params = _filters(agent, service, decision, status, since, host)
     records: list[dict[str, Any]] = []
     before: int | None = None
     hidden = 0
@@ -252,6 +260,7 @@ def follow(
     since: SinceOpt = None,
     agent: AgentOpt = None,
     service: ServiceOpt = None,
+    host: HostOpt = None,
     decision: DecisionOpt = None,
     status: StatusOpt = None,
     backlog: Annotated[int, typer.Option(min=0, max=PAGE, help="Older records to print first.")] = 10,
@@ -262,7 +271,7 @@ def follow(
     """Print new records as they arrive (polls the server); Ctrl-C to stop. Session records: --all."""
     name = vault_name(vault)
     api = client()
-    params = _filters(agent, service, decision, status, since)
+    params = _filters(agent, service, decision, status, since, host)
     path = f"/v1/vaults/{seg(name)}/logs"
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
     try:

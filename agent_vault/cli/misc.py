@@ -1,4 +1,4 @@
-"""`ca fetch|path`, `catalog list|show`, `agent-guide` (and `doctor`, in cli/doctor.py)."""
+"""`ca fetch|path|rotate`, `catalog list|show`, `agent-guide` (and `doctor`, in cli/doctor.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import typer
 from agent_vault.cli import G, app
 from agent_vault.cli import doctor as _doctor  # noqa: F401  (registers `doctor`)
 from agent_vault.cli.certs import fetch_ca, write_ca_files
-from agent_vault.cli.common import client
+from agent_vault.cli.common import PasswordStdinOpt, YesOpt, client, confirm, step_up
 from agent_vault.cli.output import out
-from agent_vault.errors import InstallationIncomplete, NotFound
+from agent_vault.errors import AgentVaultError, InstallationIncomplete, NotFound
 
 ca_app = typer.Typer(no_args_is_help=True, help="The instance CA certificate, for clients of the proxy.")
 catalog_app = typer.Typer(no_args_is_help=True, help="Built-in service templates.")
@@ -49,6 +49,24 @@ def ca_path(
         out.data({"path": str(p)})
     else:
         out.line(str(p))
+
+
+@ca_app.command("rotate")
+def ca_rotate(yes: YesOpt = False, password_stdin: PasswordStdinOpt = False) -> None:
+    """Replace the instance CA (owner, step-up). New proxied connections use it at once; agents holding
+    the old certificate must fetch the new one ('vault run' does at every start)."""
+    confirm("Replace the instance CA (agents must fetch the new certificate)?", yes)
+    c = client()
+    data = c.post("/v1/ca/rotate", {"password": step_up(password_stdin)})
+    note = "run 'agent-vault ca fetch' where agents keep a copy"
+    if (G.home / "certs" / "ca-cert.pem").is_file():  # this machine's copy is stale now: refresh it
+        try:
+            cert, _bundle = write_ca_files(fetch_ca(c).pem, G.home / "certs", home=G.home)
+            note = f"refreshed {cert}; {note}"
+        except AgentVaultError as e:
+            out.warn(f"could not refresh the local CA files: {e.message}")
+    out.data(data, f"new CA {data['fingerprint_sha256']} (valid until {data['not_after']})")
+    out.info(note)
 
 
 @catalog_app.command("list")

@@ -16,7 +16,34 @@ from typing import Any
 
 from agent_vault.errors import InvalidRequest
 
-AUTH_TYPES = ("bearer", "basic", "api-key", "custom", "passthrough")
+AUTH_TYPES = (
+    "bearer",
+    "basic",
+    "api-key",
+    "custom",
+    "passthrough",
+    "oauth2-client-credentials",
+    "oauth2-refresh-token",
+    "token-exchange",
+    "aws-sigv4",
+)
+#: Brokered auth type -> (field, flag) pairs it needs (SPEC §5.5 field names; issue #16).
+_OAUTH2_NEEDS = (
+    ("token_url", "--token-url"),
+    ("client_id", "--client-id-key"),
+    ("client_secret", "--client-secret-key"),
+)
+BROKERED_NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "oauth2-client-credentials": _OAUTH2_NEEDS,
+    "oauth2-refresh-token": (*_OAUTH2_NEEDS, ("refresh_token", "--refresh-token-key")),
+    "token-exchange": (*_OAUTH2_NEEDS, ("subject_token", "--subject-token-key")),
+    "aws-sigv4": (
+        ("access_key_id", "--aws-access-key-id-key"),
+        ("secret_access_key", "--aws-secret-access-key-key"),
+        ("region", "--aws-region"),
+        ("service", "--aws-service"),
+    ),
+}
 SURFACES = ("header", "path", "query", "body", "websocket")
 
 
@@ -32,6 +59,7 @@ class AuthFlags:
     api_key_query: str | None = None
     api_key_prefix: str | None = None
     custom_headers: list[str] = field(default_factory=list)
+    brokered: dict[str, Any] = field(default_factory=dict)  # OAuth2/AWS fields (cli.authflags)
 
     def any_field(self) -> bool:
         return any(v for k, v in vars(self).items() if k != "auth_type")
@@ -88,6 +116,12 @@ def build_auth(f: AuthFlags, base: dict[str, Any] | None = None) -> dict[str, An
                 "auth type custom needs --custom-header 'Name: {{ KEY }}' (or import a file)"
             )
         a["headers"] = headers
+    elif t in BROKERED_NEEDS:
+        a.update(f.brokered)
+        for name, flag in BROKERED_NEEDS[t]:
+            _need(a.get(name), flag, t)
+    if f.brokered and t not in BROKERED_NEEDS:
+        raise InvalidRequest(f"auth type {t} takes none of the OAuth2/AWS flags")
     return a
 
 

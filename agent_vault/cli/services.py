@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from agent_vault.cli import authflags as af
 from agent_vault.cli import choice
 from agent_vault.cli.common import (
     PasswordStdinOpt,
@@ -133,6 +134,7 @@ def _definition(
 
 def _service_command(name: str, *, update: bool) -> Any:
     def command(
+        ctx: typer.Context,
         service_name: NameArg,
         vault: VaultOpt = None,
         host: Annotated[str | None, Opt("--host", help="Host, or *.example.com.")] = None,
@@ -142,7 +144,12 @@ def _service_command(name: str, *, update: bool) -> Any:
             list[str] | None, Opt("--method", help="Allowed method (repeatable; default all).")
         ] = None,
         auth_type: Annotated[
-            str | None, Opt("--auth-type", help="bearer|basic|api-key|custom|passthrough")
+            str | None,
+            Opt(
+                "--auth-type",
+                help="bearer|basic|api-key|custom|passthrough|oauth2-client-credentials|"
+                "oauth2-refresh-token|token-exchange|aws-sigv4",
+            ),
         ] = None,
         token_key: Annotated[str | None, Opt("--token-key", help="bearer: credential KEY.")] = None,
         username_key: Annotated[str | None, Opt("--username-key", help="basic: username from KEY.")] = None,
@@ -155,6 +162,23 @@ def _service_command(name: str, *, update: bool) -> Any:
         custom_header: Annotated[
             list[str] | None, Opt("--custom-header", help="custom: 'Name: text {{ KEY }}' (repeatable).")
         ] = None,
+        token_url: af.TokenUrlOpt = None,
+        client_id_key: af.ClientIdKeyOpt = None,
+        client_secret_key: af.ClientSecretKeyOpt = None,
+        scope: af.ScopeOpt = None,
+        audience: af.AudienceOpt = None,
+        token_auth: af.TokenAuthOpt = None,
+        refresh_token_key: af.RefreshTokenKeyOpt = None,
+        subject_token_key: af.SubjectTokenKeyOpt = None,
+        subject_token_type: af.SubjectTokenTypeOpt = None,
+        aws_access_key_id_key: af.AwsKeyIdOpt = None,
+        aws_secret_access_key_key: af.AwsSecretOpt = None,
+        aws_session_token_key: af.AwsSessionOpt = None,
+        aws_region: af.AwsRegionOpt = None,
+        aws_service: af.AwsServiceOpt = None,
+        aws_role_arn: af.AwsRoleArnOpt = None,
+        aws_external_id_key: af.AwsExternalIdOpt = None,
+        aws_sts_endpoint: af.AwsStsEndpointOpt = None,
         substitute: Annotated[
             list[str] | None, Opt("--substitute", help="KEY agents may write as {{KEY}}.")
         ] = None,
@@ -211,6 +235,7 @@ def _service_command(name: str, *, update: bool) -> Any:
             api_key_query,
             api_key_prefix,
             custom_header or [],
+            af.brokered_fields(ctx.params),
         )
         d = _definition(
             service_name,
@@ -250,7 +275,8 @@ def _service_command(name: str, *, update: bool) -> Any:
 def _summary(d: dict[str, Any], vault: str, verb: str, have: set[str]) -> str:
     """One line: what was added, and which referenced credentials still need a value."""
     a = d.get("auth", {})
-    keys = [a[k] for k in ("token", "username", "password", "key") if a.get(k) and a[k] not in have]
+    names = ("token", "username", "password", "key", *af.KEY_FIELDS)
+    keys = [a[k] for k in names if a.get(k) and a[k] not in have]
     port = f":{d['port']}" if d.get("port") else ""
     text = f"{verb} service {d['name']} in vault {vault}: {d['host']}{port}{d['path']} ({a.get('type')})"
     if d.get("allow_http"):

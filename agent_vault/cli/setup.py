@@ -81,11 +81,25 @@ def init(
     )
     if key_mode == "passwordless":
         out.warn(keys.PASSWORDLESS_WARNING.format(path=home.dek_file))
+    if key_mode == "keyring":
+        assert master is not None
+        _keyring_note(keys.keyring_set(instance_id, master))
     out.data(
         {"instance_id": instance_id, "home": str(settings.home), "key_mode": key_mode},
         f"initialised {settings.home} (instance {instance_id[:8]}, key mode {key_mode}); "
         f"start it with 'agent-vault server'",
     )
+
+
+def _keyring_note(reason: str | None) -> None:
+    """One stderr line saying where the master password for mode `keyring` is (or why not)."""
+    if reason is None:
+        out.info("the master password is stored in the OS keyring; 'agent-vault server' reads it from there")
+    else:
+        out.warn(
+            f"note: the master password is NOT in the OS keyring ({reason}); start the server with "
+            "AGENT_VAULT_MASTER_PASSWORD, --password-stdin or at the prompt"
+        )
 
 
 master_app = typer.Typer(no_args_is_help=True, help="Change how the data key is protected (server stopped).")
@@ -123,10 +137,12 @@ def _rewrap(new_mode: str | None, password_stdin: bool, *, need_new: bool) -> No
     new = ask(f"New master password ({MASTER_MIN}+ characters): ") if need_new else None
     store = Store(settings.sqlalchemy_url())
     try:
-        keys.change_key_mode(home, store, info["instance_id"], old_mode, old, mode, new)
+        note = keys.change_key_mode(home, store, info["instance_id"], old_mode, old, mode, new)
     finally:
         store.close()
     write_private(home.instance_file, json.dumps({**info, "key_mode": mode}, indent=2))
+    if mode == "keyring":
+        _keyring_note(note)
     out.data({"key_mode": mode}, f"key mode is now {mode}")
 
 

@@ -157,7 +157,7 @@ class State:
 
     @property
     def with_value(self) -> set[str]:
-        return {k for k, c in self.creds.items() if c.ciphertext is not None}
+        return {k for k, c in self.creds.items() if c.ciphertext is not None or c.source_kind is not None}
 
 
 def vault_state(s: Session, v: Vault) -> State:

@@ -1,5 +1,9 @@
 """Credential values: write-only for members, reveal for admins after step-up (SPEC §3.3, §4.3).
 
+Also dynamic sources (issue #16): a command or a file the proxy asks for the value. Setting one is
+an owner-only step-up action (the command runs, or the file is read, as the server's user), and
+the spec is sealed under the DEK (a command line may embed a secret).
+
 Danger: values pass through here in clear. They are sealed before any row is written and are
 never put into messages, audit details or return values (except `reveal`).
 """
@@ -10,7 +14,7 @@ from typing import Any
 
 from sqlmodel import select
 
-from agent_vault import crypto
+from agent_vault import credsource, crypto
 from agent_vault.core import Core
 from agent_vault.domain.common import get_vault, iso, step_up
 from agent_vault.domain.names import check_key
@@ -39,20 +43,27 @@ def list_credentials(core: Core, p: Principal, vault: str) -> dict[str, Any]:
     with core.store.read() as s:
         v = get_vault(s, vault)
         rows = list(s.exec(select(Credential).where(Credential.vault_id == v.id).order_by(Credential.key)))
-    return {
-        "credentials": [
-            {
-                "key": c.key,
-                "description": c.description,
-                "has_value": c.ciphertext is not None,
-                "version": c.version,
-                "updated_at": iso(c.updated_at),
-                "updated_by": c.updated_by,
-                "used_by": _used_by(core, vault, c.key),
-            }
-            for c in rows
-        ]
-    }
+    view = core.runtime.snapshot.vaults.get(vault)
+    specs = view.sources if view is not None else {}
+    owner = p.kind == "user" and p.is_owner
+    out = []
+    for c in rows:
+        item: dict[str, Any] = {
+            "key": c.key,
+            "description": c.description,
+            "has_value": c.ciphertext is not None or c.source_kind is not None,
+            "source": c.source_kind or "static",
+            "ttl": c.source_ttl,
+            "version": c.version,
+            "updated_at": iso(c.updated_at),
+            "updated_by": c.updated_by,
+            "used_by": _used_by(core, vault, c.key),
+        }
+        spec = specs.get(c.key)
+        if owner and spec is not None:  # the command line is config an owner may read; nobody else
+            item["source_detail"] = spec.public(owner=True)
+        out.append(item)
+    return {"credentials": out}
 
 
 def set_credential(
@@ -97,10 +108,56 @@ def set_credential(
 
 
 def write_value(c: Credential, value: str, dek: bytes) -> None:
-    """Seal `value` into row `c` (AAD binds vault id, key and key version) and bump its version."""
+    """Seal `value` into row `c` (AAD binds vault id, key and key version) and bump its version.
+    A stored value replaces any dynamic source."""
     c.ciphertext = crypto.seal(dek, value.encode(), crypto.credential_aad(c.vault_id, c.key, c.key_version))
+    c.source_kind = c.source = c.source_ttl = None
     c.version += 1
     c.updated_at = utcnow()
+
+
+def set_source(
+    core: Core,
+    p: Principal,
+    vault: str,
+    key: str,
+    source: dict[str, Any],
+    password: str | None,
+    description: str | None = None,
+) -> dict[str, Any]:
+    """Make KEY dynamic: its value comes from a command or a file, resolved by the proxy and kept
+    in memory only. Owner + step-up: the server runs the command / reads the file as its own user."""
+    p.require(vault, "member", human=True)
+    p.require_owner()
+    check_key(key)
+    spec = credsource.make_spec(source)
+    if description is not None and len(description) > 500:
+        raise InvalidRequest("description is longer than 500 characters")
+    step_up(core, p, password)
+    with core.store.write() as s:
+        v = get_vault(s, vault)
+        assert v.id is not None
+        c = s.exec(select(Credential).where(Credential.vault_id == v.id, Credential.key == key)).first()
+        if c is None:
+            c = Credential(vault_id=v.id, key=key)
+        c.ciphertext = None
+        c.source_kind, c.source_ttl = spec.kind, spec.ttl
+        c.source = credsource.seal_spec(core.dek, spec, v.id, key, c.key_version)
+        c.version += 1
+        c.updated_at = utcnow()
+        c.updated_by = p.actor
+        if description is not None:
+            c.description = description
+        s.add(c)
+    core.runtime.reload()
+    core.record(
+        "credential.source",
+        p.actor,
+        vault=vault,
+        target=key,
+        details={"version": c.version, "source": spec.kind, "ttl": spec.ttl},
+    )
+    return {"key": key, "version": c.version, "source": spec.kind, "ttl": spec.ttl}
 
 
 def delete_credential(core: Core, p: Principal, vault: str, key: str, force: bool = False) -> None:
@@ -124,6 +181,11 @@ def reveal(core: Core, p: Principal, vault: str, key: str, password: str | None)
     with core.store.read() as s:
         v = get_vault(s, vault)
         c = s.exec(select(Credential).where(Credential.vault_id == v.id, Credential.key == key)).first()
+    if c is not None and c.source_kind is not None:
+        raise InvalidRequest(
+            f"credential {key} comes from a {c.source_kind} source; its value is never stored",
+            hint="Run the command or read the file yourself.",
+        )
     if c is None or c.ciphertext is None:
         raise NotFound(f"credential {key} not found in vault {vault}")
     try:

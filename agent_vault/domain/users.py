@@ -110,6 +110,51 @@ def invite(
     }
 
 
+#: Listings are bounded: a hostile owner session cannot make one answer grow without limit.
+MAX_LISTED = 1000
+
+
+def list_invites(core: Core, p: Principal) -> dict[str, Any]:
+    """Owner: pending invites (not accepted, not expired), oldest first. Never the token or its digest."""
+    p.require_owner()
+    now = utcnow()
+    with core.store.read() as s:
+        rows = list(
+            s.exec(
+                select(Invite)
+                .where(col(Invite.accepted_at).is_(None), col(Invite.expires_at) > now)
+                .order_by(col(Invite.id))
+                .limit(MAX_LISTED)
+            )
+        )
+    return {
+        "invites": [
+            {
+                "id": r.id,
+                "email": r.email,
+                "role": r.role,
+                "vaults": json.loads(r.vaults),
+                "created_at": iso(r.created_at),
+                "expires_at": iso(r.expires_at),
+                "created_by": r.created_by,
+            }
+            for r in rows
+        ]
+    }
+
+
+def revoke_invite(core: Core, p: Principal, invite_id: int) -> None:
+    """Owner: delete a pending invite (its URL stops working at once); 404 if none is pending."""
+    p.require_owner()
+    with core.store.write() as s:
+        inv = s.get(Invite, invite_id)
+        if inv is None or inv.accepted_at is not None or inv.expires_at <= utcnow():
+            raise NotFound(f"invite {invite_id} not found, used or expired")
+        email = inv.email
+        s.delete(inv)
+    core.record("user.invite_revoke", p.actor, target=email, details={"invite": invite_id})
+
+
 def accept_invite(core: Core, token: str, password: str) -> dict[str, Any]:
     if len(password) < 8:
         raise InvalidRequest("the password must be at least 8 characters")

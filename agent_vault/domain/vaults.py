@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
-from sqlmodel import select
+from sqlmodel import func, select
 
+from agent_vault.audit import proxy_counts
 from agent_vault.core import Core
 from agent_vault.domain.common import get_vault, iso, step_up
 from agent_vault.domain.names import check_email, check_vault_name
-from agent_vault.domain.principal import Principal
+from agent_vault.domain.principal import ROLE_RANK, Principal
 from agent_vault.errors import Conflict, InvalidRequest, NotFound
-from agent_vault.models import Agent, Credential, Grant, Proposal, Service, User, Vault
+from agent_vault.models import Agent, Credential, Grant, Proposal, Service, User, Vault, utcnow
 
 POLICIES = ("tunnel", "passthrough", "deny")
 RATE_LIMIT_PROFILES = ("default", "strict", "off", "server")
@@ -70,11 +72,21 @@ def create_vault(core: Core, p: Principal, name: str) -> dict[str, Any]:
 
 
 def get_vault_info(core: Core, p: Principal, name: str) -> dict[str, Any]:
+    """Settings and counts. The `*_last_hour` counts (proxied requests, denials, errors: decision
+    `error` or status >= 500) come from the committed audit records, so they lag by one writer batch;
+    they summarise the request log, so only its readers (member+) get them."""
     p.require(name, "proxy")
     with core.store.read() as s:
         v = get_vault(s, name)
         n_svc = len(list(s.exec(select(Service.id).where(Service.vault_id == v.id))))
         n_cred = len(list(s.exec(select(Credential.id).where(Credential.vault_id == v.id))))
+        pending = s.exec(
+            select(func.count()).where(Proposal.vault_id == v.id, Proposal.status == "pending")
+        ).one()
+    counts = {"services": n_svc, "credentials": n_cred, "pending_proposals": int(pending)}
+    if ROLE_RANK[p.role_on(name) or "proxy"] >= ROLE_RANK["member"]:
+        recent = proxy_counts(core.store.engine, v.name, utcnow() - timedelta(hours=1))
+        counts |= {f"{k}_last_hour": n for k, n in recent.items()}
     return {
         "name": v.name,
         "settings": {
@@ -82,7 +94,7 @@ def get_vault_info(core: Core, p: Principal, name: str) -> dict[str, Any]:
             "enforcement": v.enforcement,
             "rate_limits": v.rate_limits or "server",
         },
-        "counts": {"services": n_svc, "credentials": n_cred},
+        "counts": counts,
     }
 
 

@@ -133,9 +133,11 @@ def _consts(func: Any) -> str:
 
 def _patch_points() -> Iterator[tuple[str, Callable[[], bool]]]:
     """(what agent-vault relies on, a check of it against the running engine)."""
-    from mitmproxy import http
+    import inspect
+
+    from mitmproxy import certs, http
     from mitmproxy.addonmanager import AddonManager
-    from mitmproxy.addons import proxyserver
+    from mitmproxy.addons import proxyserver, tlsconfig
     from mitmproxy.proxy import mode_servers, server
     from mitmproxy.proxy.layers import TCPLayer
     from mitmproxy.proxy.layers import http as mhttp
@@ -242,6 +244,17 @@ def _patch_points() -> Iterator[tuple[str, Callable[[], bool]]]:
         lambda: (
             "transports" in _names(server.ConnectionHandler.handle_connection)
             or "transports" in _names(server.ConnectionHandler.close_connection)
+        ),
+    )
+    yield (
+        "TlsConfig signs client-side leaf certificates through self.certstore, a CertStore(privatekey, "
+        "ca, chain_file, crl, dhparams) (ProxyRunner.prepare_ca swaps it to rotate the CA)",
+        lambda: (
+            "certstore" in _names(tlsconfig.TlsConfig.get_cert)
+            and "get_cert" in _names(tlsconfig.TlsConfig.tls_start_client)
+            and list(inspect.signature(certs.CertStore.__init__).parameters)[1:]
+            == ["default_privatekey", "default_ca", "default_chain_file", "default_crl", "dhparams"]
+            and callable(getattr(certs, "dummy_crl", None))
         ),
     )
     yield (

@@ -15,7 +15,9 @@ import logging
 import time
 import traceback
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import quote
 
 from mitmproxy import http
@@ -55,11 +57,14 @@ class FlowState:
     decision: Decision | None = None
     error: str | None = None  # SPEC §6 code when the proxy answered itself
     substituted: list[str] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)  # dynamic key -> source kind (names only)
+    values: Mapping[str, str] | None = field(default=None, repr=False)  # view values + dynamic ones
     secrets: list[tuple[str, bytes]] = field(default_factory=list, repr=False)
     redacted: set[str] = field(default_factory=set)
     redaction_skipped: bool = False
     bytes_up: int = 0
     bytes_down: int = 0
+    signing: Any = field(default=None, repr=False)  # brokered.PendingSign: an AWS request to sign
 
     def add_secrets(self, svc: ServiceDef, inj: inject.Injection | None, values: dict[str, str]) -> None:
         """Remember values sent in this request for redaction (SPEC §5.9), if the service redacts."""
@@ -240,6 +245,7 @@ class FlowLog:
                 injected_keys=list(inj.used_keys) if inj is not None and decision == "injected" else [],
                 substituted_keys=fs.substituted,
                 redacted_keys=sorted(fs.redacted),
+                credential_sources=fs.sources,
                 decision=decision,
                 status=status,
                 error=error,

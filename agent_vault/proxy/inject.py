@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote, quote_plus, unquote_plus
 
+from agent_vault.authtypes import BrokeredAuth
 from agent_vault.errors import CredentialNotFound, SubstitutionError
 from agent_vault.proxy.redact import StreamRedactor as StreamRedactor
 from agent_vault.proxy.redact import redact_bytes as redact_bytes
@@ -32,7 +33,8 @@ from agent_vault.servicedef import (
     PassthroughAuth,
 )
 
-AuthSpec = BearerAuth | BasicAuth | ApiKeyAuth | CustomAuth | PassthroughAuth
+#: Brokered types (OAuth2, AWS) build an empty Injection here; `proxy.brokered` fills it in.
+AuthSpec = BearerAuth | BasicAuth | ApiKeyAuth | CustomAuth | PassthroughAuth | BrokeredAuth
 
 #: Values shorter than this are not redacted from responses (SPEC §5.9): too many false positives.
 MIN_REDACT_LEN = 8

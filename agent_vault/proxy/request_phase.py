@@ -1,7 +1,8 @@
 """The request decision and injection (SPEC §5.2-§5.7, §5.10), in the order a request meets them:
 identity (the connection's, re-checked, or the request's own), rate and size limits, the decision
-(`decide`, pure), the SSRF check, placeholder substitution, header hygiene, injection, and how the
-body travels (streamed and counted, cut past the limit, or buffered for body substitution).
+(`decide`, pure), the SSRF check, brokered credentials (`brokered`: an OAuth2 token fetch or AWS keys,
+awaited), placeholder substitution, header hygiene, injection, and how the body travels (streamed and
+counted, cut past the limit, or buffered for body substitution or a SigV4 payload hash).
 
 Everything raises AgentVaultError (or lets a surprise through) for the addon's fail-closed boundary;
 nothing here answers the client itself. Danger: after `headers()` the flow carries injected values:
@@ -15,13 +16,16 @@ import time
 from mitmproxy import http
 from mitmproxy.net.http import url
 
+from agent_vault.authtypes import BROKERED_AUTH_TYPES
 from agent_vault.core import Core
 from agent_vault.errors import BodyTooLarge, RateLimited, VaultForbidden
 from agent_vault.metrics import Metrics
 from agent_vault.proxy import inject
+from agent_vault.proxy.brokered import Broker
 from agent_vault.proxy.connections import Connections, normalized_target
 from agent_vault.proxy.decide import Identity, decide, recheck
 from agent_vault.proxy.flowlog import FlowState
+from agent_vault.proxy.sources import SourceResolver
 from agent_vault.proxy.ssrf import Egress
 from agent_vault.proxy.streams import counter, limited_upload
 
@@ -36,6 +40,8 @@ def content_length(headers: http.Headers) -> int | None:
 class RequestPhase:
     def __init__(self, core: Core, metrics: Metrics, conns: Connections, egress: Egress) -> None:
         self.core, self.metrics, self.conns, self.egress = core, metrics, conns, egress
+        self.broker = Broker(core, egress)
+        self.sources = SourceResolver()
 
     def _identity(self, flow: http.HTTPFlow, fs: FlowState) -> tuple[Identity, str, int]:
         """The caller and the target: the connection's (bound by CONNECT, re-checked so revocation
@@ -72,6 +78,9 @@ class RequestPhase:
         if clen is not None and clen > limit:
             raise BodyTooLarge("the request body is over the limit", limit_bytes=limit)
         view = self.core.runtime.snapshot.vaults[ident.vault]
+        if view.sources:  # dynamic values the matched service needs (commands, files; issue #16)
+            view, fs.sources = await self.sources.overlay(view, host, port, req.method, req.path, req.scheme)
+            fs.values = view.values
         base = self.core.public_url
         fs.decision = d = decide(
             view,
@@ -86,6 +95,8 @@ class RequestPhase:
         )
         await self.egress.address(host, port)
         svc, inj = d.service, d.injection
+        if inj is not None and svc is not None and svc.auth.type in BROKERED_AUTH_TYPES:
+            fs.signing = await self.broker.prepare(view, svc, inj)  # OAuth2 token fetch, AWS keys
         matched = svc is not None and d.kind in ("injected", "passthrough")
         surfaces = svc.substitutions.in_ if svc is not None else []
         if matched and svc is not None:
@@ -99,7 +110,9 @@ class RequestPhase:
             req.path = inject.apply_injection(req.headers, req.path, inj)
         if fs.secrets:
             req.headers["accept-encoding"] = "identity"
-        if not (matched and "body" in surfaces):
+        if fs.signing is not None and not self.broker.plan(flow, fs.signing, host, port, clen):
+            fs.signing = None  # signed already (empty body, or UNSIGNED-PAYLOAD)
+        if not (matched and "body" in surfaces) and fs.signing is None:
             if clen is None:  # chunked or HTTP/2 without a length: cut when it crosses the limit
                 req.stream = limited_upload(fs, limit)
             elif clen > STREAM_THRESHOLD:
@@ -113,7 +126,12 @@ class RequestPhase:
 
     def body(self, flow: http.HTTPFlow, fs: FlowState) -> None:
         """`request`: substitute placeholders in a buffered body, only for services that opted in
-        (SPEC §5.6); otherwise just count it."""
+        (SPEC §5.6), otherwise just count it; then sign it (aws-sigv4)."""
+        self._substitute_body(flow, fs)
+        if fs.signing is not None:
+            self.broker.sign_buffered(flow, fs.signing)
+
+    def _substitute_body(self, flow: http.HTTPFlow, fs: FlowState) -> None:
         svc = fs.decision.service if fs.decision is not None else None
         if (
             svc is None
@@ -128,8 +146,10 @@ class RequestPhase:
         if len(body) > limit:
             raise BodyTooLarge("the body is too large to substitute", limit_bytes=limit)
         assert fs.ident is not None
-        view = self.core.runtime.snapshot.vaults[fs.ident.vault]
-        allowed = {k: view.values[k] for k in svc.substitution_keys if k in view.values}
+        have = (
+            fs.values if fs.values is not None else self.core.runtime.snapshot.vaults[fs.ident.vault].values
+        )
+        allowed = {k: have[k] for k in svc.substitution_keys if k in have}
         headers = flow.request.headers
         new, used = inject.substitute_body(
             body, headers.get("content-type"), headers.get("content-encoding"), allowed, allowed

@@ -5,6 +5,9 @@ HAR, web UI or onboarding (SPEC §14.13). The CA key file mitmproxy loads is wri
 (0600) and deleted as soon as the engine has read it -- which is after every addon's `running`
 hook: TlsConfig reloads the CA from confdir there and, if the file is gone, silently makes a new
 mitmproxy CA that no agent trusts. Start fails if the engine's CA is not ours.
+
+CA rotation (`prepare_ca`) builds a new in-memory certificate store and swaps it into TlsConfig:
+new TLS connections get leaf certificates from the new CA at once; open ones keep theirs.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -19,11 +23,12 @@ import agent_vault.proxy.lean_mitmproxy  # noqa: F401 - before mitmproxy.master 
 
 # isort: split
 import certifi
-from mitmproxy import master, options
+from cryptography import x509
+from mitmproxy import certs, master, options
 from mitmproxy.addons import core as mcore
 from mitmproxy.addons import next_layer, proxyserver, tlsconfig
 
-from agent_vault.errors import ConfigError, ServerStartError
+from agent_vault.errors import ConfigError, Locked, ServerStartError
 from agent_vault.home import write_private
 from agent_vault.keys import CA, write_engine_ca
 from agent_vault.proxy import dispatch, engine
@@ -81,6 +86,7 @@ class ProxyRunner:
         self.idle_timeout = idle_timeout
         self.master: master.Master | None = None
         self._task: asyncio.Task[None] | None = None
+        self._tls: tlsconfig.TlsConfig | None = None
 
     async def __aenter__(self) -> ProxyRunner:
         ca_file = write_engine_ca(self.run_dir, self.ca)
@@ -121,12 +127,31 @@ class ProxyRunner:
                     hint="Pick another --proxy-port or stop what uses it.",
                 )
             self.port = addrs[0][1]
+            self._tls = tls
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
         finally:
             ca_file.unlink(missing_ok=True)
         return self
+
+    def prepare_ca(self, ca: CA) -> Callable[[], None]:
+        """Build the engine's certificate store for `ca` (raises on a bad key/cert, changing nothing) and
+        return the call that installs it. Thread-safe: the install is one attribute assignment, which the
+        loop sees whole; leaf certificates minted by the old store are not reused (new cache)."""
+        tls = self._tls
+        if tls is None or tls.certstore is None:
+            raise Locked("the proxy engine is not running", hint="Retry once the server has started.")
+        key = certs.load_pem_private_key(ca.key_pem, None)
+        cert = x509.load_pem_x509_certificate(ca.cert_pem)
+        crl = certs.dummy_crl(key, cert)
+        store = certs.CertStore(key, certs.Cert(cert), None, crl, tls.certstore.dhparams)
+
+        def install() -> None:
+            self.ca = ca
+            tls.certstore = store
+
+        return install
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
@@ -141,5 +166,5 @@ class ProxyRunner:
         m.shutdown()  # type: ignore[no-untyped-call]
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(task, timeout=10)
-        self.master = None
+        self.master, self._tls = None, None
         engine.uninstall()

@@ -188,6 +188,15 @@ _V1 = (
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _V1),
     Migration(2, "per-vault rate limit profile", ("ALTER TABLE vaults ADD COLUMN rate_limits VARCHAR",)),
+    Migration(
+        3,
+        "dynamic credential sources",
+        (
+            "ALTER TABLE credentials ADD COLUMN source_kind VARCHAR",
+            "ALTER TABLE credentials ADD COLUMN source BLOB",
+            "ALTER TABLE credentials ADD COLUMN source_ttl FLOAT",
+        ),
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 _CREATE = "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL)"

@@ -186,7 +186,10 @@ def test_login_failures_are_rate_limited_and_generic(api: httpx.Client) -> None:
 
 def test_unknown_token_and_missing_token(api: httpx.Client) -> None:
     assert api.get("/v1/vaults", headers={"Authorization": "Bearer av_usr_nope"}).status_code == 401
-    r = httpx.Client(transport=api._transport, base_url="http://127.0.0.1:14321").get("/v1/vaults")  # type: ignore[attr-defined]
+    from starlette.testclient import TestClient
+
+    with TestClient(api.app, base_url="http://127.0.0.1:14321") as anonymous:  # type: ignore[attr-defined]
+        r = anonymous.get("/v1/vaults")
     assert r.status_code == 401 and r.json()["error"] == "unauthenticated"
 
 

@@ -13,8 +13,8 @@ from pydantic import ValidationError
 
 from agent_vault.catalog import CatalogEntry, get_template, load_catalog
 
-# SPEC §9.2 table: id -> (host, path, auth, suggested key)
-SPEC_TABLE: dict[str, tuple[str, str, dict[str, str], str]] = {
+# SPEC §9.2 table: id -> (host, path, auth, suggested key or keys)
+SPEC_TABLE: dict[str, tuple[str, str, dict[str, str], str | list[str]]] = {
     "github": ("api.github.com", "/", {"type": "bearer", "token": "GITHUB_TOKEN"}, "GITHUB_TOKEN"),
     "github-git": (
         "github.com",
@@ -66,6 +66,32 @@ SPEC_TABLE: dict[str, tuple[str, str, dict[str, str], str]] = {
     ),
     "mistral": ("api.mistral.ai", "/", {"type": "bearer", "token": "MISTRAL_API_KEY"}, "MISTRAL_API_KEY"),
     "sentry": ("sentry.io", "/api", {"type": "bearer", "token": "SENTRY_AUTH_TOKEN"}, "SENTRY_AUTH_TOKEN"),
+    # brokered auth types (issue #16)
+    "google-oauth": (
+        "www.googleapis.com",
+        "/",
+        {
+            "type": "oauth2-refresh-token",
+            "token_url": "https://oauth2.googleapis.com/token",
+            "client_id": "GOOGLE_CLIENT_ID",
+            "client_secret": "GOOGLE_CLIENT_SECRET",
+            "refresh_token": "GOOGLE_REFRESH_TOKEN",
+            "token_auth": "post",
+        },
+        ["GOOGLE_CLIENT_ID", "GOOGLE_CLIENT_SECRET", "GOOGLE_REFRESH_TOKEN"],
+    ),
+    "aws-s3": (
+        "*.s3.amazonaws.com",
+        "/",
+        {
+            "type": "aws-sigv4",
+            "access_key_id": "AWS_ACCESS_KEY_ID",
+            "secret_access_key": "AWS_SECRET_ACCESS_KEY",
+            "region": "us-east-1",
+            "service": "s3",
+        },
+        ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
+    ),
 }
 
 KEY_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
@@ -73,7 +99,9 @@ NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]$")
 
 
 def _referenced_keys(auth: dict[str, str]) -> list[str]:
-    return [auth[f] for f in ("token", "key", "username", "password") if f in auth]
+    fields = ("token", "key", "username", "password", "client_id", "client_secret", "refresh_token")
+    fields += ("subject_token", "access_key_id", "secret_access_key", "session_token", "external_id")
+    return [auth[f] for f in fields if f in auth]
 
 
 def test_every_entry_loads() -> None:
@@ -113,7 +141,7 @@ def test_spec_table_values(template_id: str) -> None:
     assert entry.host == host
     assert entry.path == path
     assert entry.auth == auth
-    assert entry.suggested_keys == [key]
+    assert entry.suggested_keys == (key if isinstance(key, list) else [key])
 
 
 def test_get_template_unknown_raises_clear_key_error() -> None:

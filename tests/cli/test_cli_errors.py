@@ -47,7 +47,8 @@ def test_unknown_auth_type_did_you_mean(capsys: pytest.CaptureFixture[str]) -> N
     assert code == 2
     assert err == (
         "error: Invalid value for --auth-type: 'baerer' is not one of bearer, basic, api-key, custom, "
-        "passthrough; did you mean bearer?\n"
+        "passthrough, oauth2-client-credentials, oauth2-refresh-token, token-exchange, aws-sigv4; "
+        "did you mean bearer?\n"
     )
 
 

@@ -227,6 +227,12 @@ def test_proxy_and_admin_records_name_things_never_values(rserver: ServerProc, u
         assert page["latest_seq"] >= max(r["seq"] for r in recs)
         page = c.get("/v1/vaults/default/logs", params={"service": "echo-api", "status": "2xx"}).json()
         assert [r["seq"] for r in page["logs"]] == [inj["seq"]]
+        page = c.get("/v1/vaults/default/logs", params={"host": "Other.Upstream.TEST."}).json()
+        assert [r["seq"] for r in page["logs"]] == [tun["seq"]]  # exact host, normalised like matching
+    lines = server.cli(
+        "logs", "--json", "--host", "API.upstream.test", env=cli_env(server)
+    ).stdout.splitlines()
+    assert [json.loads(x)["seq"] for x in lines] == [den["seq"]]
     table = server.cli("logs", "--limit", "100", env=cli_env(server)).stdout
     assert "echo-api" in table and "method_not_allowed" in table and "other.upstream.test" in table
     lines = server.cli("logs", "--json", "--decision", "injected", env=cli_env(server)).stdout.splitlines()

@@ -2,6 +2,7 @@
 
 `ServerProc(tmp_path, upstream_ca, key_mode="passwordless", extra_args=(), allow_net=True)` is a context
 manager; `allow_net=False` omits `--allow-net 127.0.0.0/8`, so loopback upstreams are SSRF-blocked.
+`master_env = False` makes `start` pass no master password (the keyring tests).
 After start: `api` (base URL), `proxy` (http://127.0.0.1:PORT), `proxy_port`, `owner_token`,
 `ca_bundle` (agent-vault CA + the upstream test CA, for clients), `env` (the CLI env), `home`.
 `env` is `helpers.env.base_env(tmp_path, AGENT_VAULT_HOME=home, **env)`: built from scratch, nothing of the
@@ -46,6 +47,7 @@ class ServerProc:
         self.key_mode = key_mode
         self.extra_args = extra_args
         self.allow_net = allow_net  # False: no --allow-net, so loopback upstreams are SSRF-blocked
+        self.master_env = True  # False: `start` passes no AGENT_VAULT_MASTER_PASSWORD (key mode keyring)
         self.upstream_ca_file = tmp_path / "upstream-ca.pem"
         upstream_ca.cert_pem.write_to_path(str(self.upstream_ca_file))
         self.env = base_env(tmp_path, AGENT_VAULT_HOME=str(self.home), **(env or {}))
@@ -82,7 +84,7 @@ class ServerProc:
 
     def start(self, *args: str) -> None:
         env = dict(self.env)
-        if self.key_mode != "passwordless":
+        if self.key_mode != "passwordless" and self.master_env:
             env["AGENT_VAULT_MASTER_PASSWORD"] = MASTER_PASSWORD
         cmd = [
             sys.executable,

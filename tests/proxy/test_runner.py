@@ -15,6 +15,7 @@ from mitmproxy.addons import tlsconfig
 from mitmproxy.proxy.layers import http as mhttp
 
 from agent_vault import keys
+from agent_vault.errors import AgentVaultError
 from agent_vault.home import Home, ensure_dir
 from agent_vault.proxy import engine
 from agent_vault.proxy.runner import ProxyRunner
@@ -78,3 +79,30 @@ def test_the_server_imports_only_the_lean_chain_of_mitmproxy_addons(tmp_path: Pa
         "assert 'mitmproxy.addons.proxyserver' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env=base_env(tmp_path))
+
+
+def test_prepare_ca_switches_new_handshakes_only_when_installed(tmp_path: Path) -> None:
+    """CA rotation, engine side: preparing builds the new store but changes nothing; installing makes
+    the very next handshake use the new CA (no restart) and the old CA no longer verifies."""
+    home = Home(tmp_path / "home")
+    old = keys.create_ca(home, "0123456789abcdef", b"k" * 32)
+    new = keys.new_ca("0123456789abcdef")
+    old_file, new_file = tmp_path / "old.pem", tmp_path / "new.pem"
+    old_file.write_bytes(old.cert_pem)
+    new_file.write_bytes(new.cert_pem)
+    run_dir = ensure_dir(tmp_path / "run")
+
+    async def once() -> None:
+        runner = ProxyRunner(Quiet(), host="127.0.0.1", port=0, run_dir=run_dir, ca=old, upstream_ca=None)
+        async with runner:
+            install = runner.prepare_ca(new)
+            assert await asyncio.to_thread(_leaf_issuer, runner.port, old_file) == "agent-vault"
+            install()
+            assert runner.ca is new
+            assert await asyncio.to_thread(_leaf_issuer, runner.port, new_file) == "agent-vault"
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await asyncio.to_thread(_leaf_issuer, runner.port, old_file)
+        with pytest.raises(AgentVaultError):  # a stopped engine cannot be rotated
+            runner.prepare_ca(new)
+
+    asyncio.run(once())

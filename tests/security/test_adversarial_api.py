@@ -29,7 +29,7 @@ SPEC_ONLY_ROUTES = {
     ("GET", "/v1/auth/sessions"),
     ("DELETE", "/v1/auth/sessions/{sid}"),
     ("GET", "/v1/users/invites"),
-    ("DELETE", "/v1/users/invites/{sid}"),
+    ("DELETE", "/v1/users/invites/{iid}"),
     ("GET", "/v1/catalog"),
     ("POST", "/v1/ca/rotate"),
 }
@@ -171,7 +171,7 @@ def _table(w: dict[str, Any]) -> dict[tuple[str, str], tuple[dict[str, str], Any
         ("DELETE", "/v1/sessions/{sid}"): ({"sid": sid}, None, "member"),
         ("GET", "/v1/users"): ({}, None, "human"),
         ("GET", "/v1/users/invites"): ({}, None, "human"),
-        ("DELETE", "/v1/users/invites/{sid}"): ({"sid": "1"}, None, "human"),
+        ("DELETE", "/v1/users/invites/{iid}"): ({"iid": "1"}, None, "human"),
         ("POST", "/v1/users/invites"): (
             {},
             {"password": PW, "email": "spy@example.com", "role": "owner", "vaults": []},

@@ -92,6 +92,7 @@ def _params(w: dict[str, Any], path: str) -> dict[str, str]:
         "email": OWNER_EMAIL,
         "pid": w["pid"],
         "sid": w["sid"],
+        "iid": "1",
         "token": "av_inv_" + "A" * 43,
     }
 

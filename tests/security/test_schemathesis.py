@@ -87,6 +87,11 @@ HUMAN_ONLY = frozenset(
         "POST /v1/users/invites",
         "PATCH /v1/users/{email}",
         "DELETE /v1/users/{email}",
+        "GET /v1/users/invites",
+        "DELETE /v1/users/invites/{iid}",
+        "GET /v1/auth/sessions",
+        "DELETE /v1/auth/sessions/{sid}",
+        "POST /v1/ca/rotate",
     }
 )
 #: Operations that answer without a token.
@@ -98,6 +103,7 @@ PUBLIC_OPS = frozenset(
         "GET /health",
         "GET /ready",
         "GET /v1/mitm/ca.pem",
+        "GET /v1/catalog",
         "GET /v1/vaults/{v}/proposals/{pid}",  # with a live approval token
     }
 )
@@ -254,6 +260,7 @@ def _known_path_params(op: Operation, seed: Seed) -> list[dict[str, Any]]:
         "email": [OWNER_EMAIL],
         "pid": [1],
         "sid": [seed.session_id],
+        "iid": [1],
         "token": ["av_inv_" + "A" * 43],
     }
     out: list[dict[str, Any]] = [{}]

@@ -32,6 +32,8 @@ INTERNAL = {
     "agent_vault.proxy.engine.BodyOverLimit",
     "agent_vault.proxy.decoding.DecodedTooLarge",
     "agent_vault.proxy.decoding.CorruptEncoding",
+    "agent_vault.proxy.sources.SourceFailed",
+    "agent_vault.oskeyring.KeyringUnavailable",
 }
 # Carries the code and status of the server's answer per instance (the CLI replays API errors).
 MIRRORS = {ApiError}

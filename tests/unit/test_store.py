@@ -28,6 +28,8 @@ def test_upgrade_from_v1_adds_the_vault_rate_limits_column_and_keeps_rows(tmp_pa
     Store(f"sqlite:///{db}").close()
     with sqlite3.connect(db) as conn:
         conn.execute("ALTER TABLE vaults DROP COLUMN rate_limits")
+        for column in ("source_kind", "source", "source_ttl"):  # migration 3
+            conn.execute(f"ALTER TABLE credentials DROP COLUMN {column}")
         conn.execute("DELETE FROM schema_migrations WHERE version >= 2")
         conn.execute(
             "INSERT INTO vaults (name, unmatched_policy, enforcement, next_proposal_seq, created_at) "
