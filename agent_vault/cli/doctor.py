@@ -18,6 +18,7 @@ from agent_vault.cli.client import ApiError, Client
 from agent_vault.cli.common import client, exit_with
 from agent_vault.cli.output import out
 from agent_vault.errors import AgentVaultError
+from agent_vault.isolate.sandbox import bwrap_version, probe
 
 Check = dict[str, str]
 SECRET_FILES = (
@@ -102,6 +103,15 @@ def check_node() -> Check:
     )
 
 
+def check_isolate() -> Check:
+    """Whether `vault run --isolate` can create its sandbox here (a warning when not: it is opt-in)."""
+    try:
+        bwrap = probe(os.environ.get("PATH"))
+    except AgentVaultError as e:
+        return _check("isolate", "warn", f"{e.message} ({e.hint})")
+    return _check("isolate", "ok", f"{bwrap_version(bwrap)}: 'vault run --isolate' works here")
+
+
 def proxy_probe(host: str, port: int, timeout: float = 3.0) -> str:
     """The status line of an unauthenticated CONNECT (a live agent-vault proxy answers 407)."""
     with socket.create_connection((host, port), timeout=timeout) as s:
@@ -162,7 +172,7 @@ def _ca_checks(c: Client, checks: list[Check]) -> str | None:
 
 @app.command("doctor")
 def doctor() -> None:
-    """Check home permissions, server, CA, proxy, *_PROXY variables and Node; exit 1 if a check fails."""
+    """Check home permissions, server, CA, proxy, *_PROXY variables, Node, --isolate; exit 1 on a failure."""
     checks: list[Check] = [check_home(G.home)]
     checks.append(loginstore.check(G.home))  # OS keyring or the 0600 file
     c = client()
@@ -177,6 +187,7 @@ def doctor() -> None:
         proxy = _ca_checks(c, checks)
     checks.append(check_env_proxies(dict(os.environ), proxy))
     checks.append(check_node())
+    checks.append(check_isolate())
     failed = [x for x in checks if x["status"] == "fail"]
     out.table({"ok": not failed, "checks": checks}, checks, ["check", "status", "detail"])
     if failed:

@@ -3,7 +3,8 @@
 Modes: human (CLI login: mint a session), agent (AGENT_VAULT_TOKEN=av_agt_…: the agent mints a session for
 itself; the agent token is not passed on) and nested (AGENT_VAULT_TOKEN=av_sess_…: reused; nothing minted,
 renewed or revoked). The token never goes to disk or argv. Exit: the child's code, 128+N if killed by signal
-N, 125 wrapper failure, 126 not executable, 127 not found.
+N, 125 wrapper failure, 126 not executable, 127 not found. `--isolate` runs CMD in a sandbox whose only way
+out is the proxy and the API (cli/isolate.py, agent_vault/isolate/); it refuses (125) where it cannot.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 import typer
 
 from agent_vault.cli import G, app, choice
+from agent_vault.cli import isolate as isolation
 from agent_vault.cli.certs import fetch_ca, write_ca_files
 from agent_vault.cli.client import Client
 from agent_vault.cli.common import VaultOpt, client, exit_with, resolve_vault, seg, vault_app
@@ -32,6 +34,7 @@ from agent_vault.cli.output import out
 from agent_vault.cli.runenv import build_child_env
 from agent_vault.domain.names import check_key
 from agent_vault.errors import AgentVaultError, BadServerResponse, InvalidRequest, Unauthenticated
+from agent_vault.isolate.sandbox import probe, sandbox_certs
 
 WRAPPER_FAILED, NOT_EXECUTABLE, NOT_FOUND = 125, 126, 127
 POLICIES = ("tunnel", "passthrough", "deny")
@@ -202,14 +205,14 @@ def spawn(argv: list[str], env: dict[str, str]) -> int:
     return 128 - rc if rc < 0 else rc
 
 
-def _banner(s: RunSession, addr: str, proxy: str, discover: dict[str, Any]) -> None:
+def _banner(s: RunSession, addr: str, proxy: str, discover: dict[str, Any], *, isolated: bool) -> None:
     n = len(discover.get("services", []))
     when = (
         f", session {s.session_id} until {s.expires_at}" if s.session_id else " (reusing the outer session)"
     )
     out.info(
         f"agent-vault: vault {s.vault} via proxy {proxy}{when}; {n} service(s), unmatched hosts: "
-        f"{discover.get('unmatched_policy')}"
+        f"{discover.get('unmatched_policy')}" + ("; isolated: the proxy is the only way out" * isolated)
     )
     out.info(f'agent-vault: discover: curl -H "Authorization: Bearer $AGENT_VAULT_TOKEN" {addr}/v1/discover')
     out.info(
@@ -251,6 +254,12 @@ def run_command(
         list[str] | None,
         typer.Option("--only-method", metavar="METHODS", help="Narrow the session to these methods (GET)."),
     ] = None,
+    isolate: Annotated[
+        bool,
+        typer.Option(
+            "--isolate", help="Linux: sandbox CMD (bubblewrap); its only way out is the proxy. No fallback."
+        ),
+    ] = False,
 ) -> None:
     """Run CMD with a short-lived session token, the proxy and the CA in its environment; revoke on exit."""
     argv = list(cmd or [])
@@ -278,7 +287,15 @@ def run_command(
     if missing is not None:
         out.error(f"{argv[0]}: {'command not found' if missing == NOT_FOUND else 'permission denied'}")
         exit_with(missing)
+    bwrap = ""
+    if isolate:
+        try:
+            bwrap = probe(os.environ.get("PATH"))
+        except AgentVaultError as e:
+            out.error(e)
+            exit_with(WRAPPER_FAILED)
     c = client()
+    sandbox: isolation.Plan | None = None
     session: RunSession | None = None
     try:
         session = open_session(
@@ -302,14 +319,16 @@ def run_command(
                 f"{discover.get('unmatched_policy')}; a nested run cannot change it"
             )
         proxy_host = urlsplit(c.addr).hostname or "127.0.0.1"
+        if isolate:
+            sandbox = isolation.plan(c.addr, proxy_host, ca.proxy_port)
         env = build_child_env(
             os.environ,
             token=session.token,
             vault=session.vault,
-            addr=c.addr,
-            proxy_host=proxy_host,
-            proxy_port=ca.proxy_port,
-            ca_bundle=str(bundle),
+            addr=sandbox.addr if sandbox else c.addr,
+            proxy_host=sandbox.proxy_host if sandbox else proxy_host,
+            proxy_port=sandbox.proxy_port if sandbox else ca.proxy_port,
+            ca_bundle=str(sandbox_certs(G.home) / bundle.name if sandbox else bundle),
             no_proxy=no_proxy or [],
             placeholders=placeholder or [],
             service_hosts=[s["host"] for s in discover.get("services", [])],
@@ -321,14 +340,14 @@ def run_command(
     except BaseException:  # interrupted or a bug: still revoke what was minted, then let main() report it
         _revoke(c, session)
         raise
-    _banner(session, c.addr, f"http://{proxy_host}:{ca.proxy_port}", discover)
+    _banner(session, c.addr, f"http://{proxy_host}:{ca.proxy_port}", discover, isolated=sandbox is not None)
     start_seq = None if out.quiet or session.session_id is None else _latest_seq(c, session.vault)
     renewer = None
     if session.session_id is not None and not session.child:
         sid = session.session_id
         renewer = Renewer(lambda: c.post(f"/v1/sessions/{sid}/renew", {"ttl_seconds": ttl_s}), ttl_s).start()
     try:
-        code = spawn(argv, env)
+        code = isolation.run(bwrap, sandbox, argv, env, home=G.home) if sandbox else spawn(argv, env)
         if not out.quiet:
             _report_unmatched(c, session, start_seq)
     finally:
