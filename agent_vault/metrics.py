@@ -39,6 +39,12 @@ class Metrics:
         self.redactions = Counter(
             "agent_vault_redactions", "Responses with a redaction", ["vault"], registry=r
         )
+        self.exfiltration_blocked = Counter(
+            "agent_vault_exfiltration_blocked",
+            "Requests refused for carrying a credential to a host not using it",
+            ["vault", "kind"],
+            registry=r,
+        )
         self.active_tunnels = Gauge("agent_vault_active_tunnels", "Open raw tunnels", registry=r)
         self.active_connections = Gauge(
             "agent_vault_active_connections", "Open client connections", registry=r

@@ -22,6 +22,7 @@ from agent_vault.proxy import inject
 from agent_vault.proxy.connections import Connections, normalized_target
 from agent_vault.proxy.decide import Identity, decide, recheck
 from agent_vault.proxy.flowlog import FlowState
+from agent_vault.proxy.guard import Guard
 from agent_vault.proxy.ssrf import Egress
 from agent_vault.proxy.streams import counter, limited_upload
 
@@ -36,6 +37,7 @@ def content_length(headers: http.Headers) -> int | None:
 class RequestPhase:
     def __init__(self, core: Core, metrics: Metrics, conns: Connections, egress: Egress) -> None:
         self.core, self.metrics, self.conns, self.egress = core, metrics, conns, egress
+        self.guard = Guard(metrics)  # exfiltration checks; `guard.on_exfiltration` announces blocks
 
     def _identity(self, flow: http.HTTPFlow, fs: FlowState) -> tuple[Identity, str, int]:
         """The caller and the target: the connection's (bound by CONNECT, re-checked so revocation
@@ -84,6 +86,7 @@ class RequestPhase:
             f"{base}/v1/discover",
             req.scheme,
         )
+        self.guard.head(flow, fs, view, d)  # before DNS and before any upstream connection
         await self.egress.address(host, port)
         svc, inj = d.service, d.injection
         matched = svc is not None and d.kind in ("injected", "passthrough")
@@ -100,10 +103,13 @@ class RequestPhase:
         if fs.secrets:
             req.headers["accept-encoding"] = "identity"
         if not (matched and "body" in surfaces):
+            upload = None
             if clen is None:  # chunked or HTTP/2 without a length: cut when it crosses the limit
-                req.stream = limited_upload(fs, limit)
+                upload = limited_upload(fs, limit)
             elif clen > STREAM_THRESHOLD:
-                req.stream = counter(fs, up=True)
+                upload = counter(fs, up=True)
+            if upload is not None:  # streamed: scanned chunk by chunk (guard)
+                req.stream = self.guard.upload(fs, view, d, upload) or upload
         if req.host != host or req.port != port:  # the setters are costly; usually equal already
             req.host, req.port = host, port
         host_header = url.hostport(req.scheme, host, port)
@@ -114,6 +120,8 @@ class RequestPhase:
     def body(self, flow: http.HTTPFlow, fs: FlowState) -> None:
         """`request`: substitute placeholders in a buffered body, only for services that opted in
         (SPEC §5.6); otherwise just count it."""
+        if fs.ident is not None:  # a buffered body: scanned before the upstream is dialled
+            self.guard.body(flow, fs, self.core.runtime.snapshot.vaults[fs.ident.vault])
         svc = fs.decision.service if fs.decision is not None else None
         if (
             svc is None

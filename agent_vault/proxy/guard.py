@@ -1,0 +1,111 @@
+"""Guardrails on the request path (issue #20): exfiltration blocking, and the hook that announces it.
+
+The request phase calls `Guard.head` right after the decision (before DNS, before any upstream
+connection), `Guard.body` on a buffered body (the `request` hook, before the upstream is dialled),
+and `Guard.upload` wraps a streamed body. A credential of the vault, in any form `exfil` knows,
+headed to a host that is not a service referencing its key, is refused with 403
+`exfiltration_blocked`: counted in `/metrics`, audited by key NAME and host, and announced through
+`on_exfiltration` (a no-op until the server connects the webhook emitter).
+
+Danger: works on secret bytes; raises and announces key names and hosts only. The audited path of a
+blocked request is scrubbed of every needle (`exfil.scrub`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from mitmproxy import http
+
+from agent_vault.errors import ExfiltrationBlocked
+from agent_vault.metrics import Metrics
+from agent_vault.proxy import exfil
+from agent_vault.proxy.decide import Decision
+from agent_vault.proxy.engine import BodyOverLimit
+from agent_vault.proxy.flowlog import FlowState
+from agent_vault.snapshot import VaultView
+
+log = logging.getLogger("agent_vault.proxy")
+
+ExfilHook = Callable[[dict[str, Any]], None]
+Filter = Callable[[bytes], bytes]
+StreamFn = Callable[[bytes], bytes | list[bytes]]
+
+
+def _noop(_event: dict[str, Any]) -> None:
+    return None
+
+
+class Guard:
+    """Exfiltration checks for one proxy. `on_exfiltration(event)` receives
+    `{"vault", "agent", "key", "host", "kind"}` (names only) for every blocked request."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.on_exfiltration: ExfilHook = _noop
+
+    def _block(
+        self, fs: FlowState, view: VaultView, m: exfil.Matcher, found: exfil.Finding
+    ) -> ExfiltrationBlocked:
+        fs.blocked_key = found.key
+        fs.path = exfil.scrub(fs.path, m)
+        self.metrics.child(self.metrics.exfiltration_blocked, view.name, found.kind).inc()
+        agent = fs.ident.principal.actor if fs.ident is not None else None
+        event = {"vault": view.name, "agent": agent, "key": found.key, "host": fs.host, "kind": found.kind}
+        try:
+            self.on_exfiltration(event)
+        except Exception as e:  # a notifier must never open the gate; logged by type only
+            log.error("exfiltration hook failed: %s", type(e).__name__)
+        what = {"value": "credential", "placeholder": "placeholder of credential", "canary": "canary of"}
+        return ExfiltrationBlocked(
+            f"exfiltration blocked: the request carries the {what[found.kind]} {found.key} to {fs.host}, "
+            "which is not a service using that key",
+            key=found.key,
+            host=fs.host,
+        )
+
+    def head(self, flow: http.HTTPFlow, fs: FlowState, view: VaultView, d: Decision) -> None:
+        """Scan the target host, path, query and headers as the agent sent them."""
+        m = exfil.matcher_for(view)
+        if m.empty:
+            return
+        req = flow.request
+        allowed = exfil.allowed_keys(d.service if d.kind in ("injected", "passthrough") else None)
+        found = m.scan(exfil.head_blob(fs.host, req.data.path, req.headers.fields), allowed)
+        if found is not None:
+            raise self._block(fs, view, m, found)
+
+    def body(self, flow: http.HTTPFlow, fs: FlowState, view: VaultView) -> None:
+        """Scan a buffered body (at most STREAM_THRESHOLD bytes) before the upstream is dialled."""
+        m = exfil.matcher_for(view)
+        body = flow.request.raw_content
+        if m.empty or not body or fs.decision is None:
+            return
+        d = fs.decision
+        allowed = exfil.allowed_keys(d.service if d.kind in ("injected", "passthrough") else None)
+        found = m.scan(body, allowed)
+        if found is not None:
+            raise self._block(fs, view, m, found)
+
+    def upload(self, fs: FlowState, view: VaultView, d: Decision, inner: Filter | None) -> StreamFn | None:
+        """Wrap a streamed upload: scan chunk by chunk, holding back a tail that could start a needle
+        (so no byte of a value split across chunks goes out); on a find, cut the request (the engine
+        resets the upstream request and answers 403)."""
+        m = exfil.matcher_for(view)
+        if m.empty:
+            return inner
+        allowed = exfil.allowed_keys(d.service if d.kind in ("injected", "passthrough") else None)
+        scanner = exfil.UploadScanner(m, allowed)
+
+        def scan(chunk: bytes) -> bytes | list[bytes]:
+            out = scanner.feed(chunk) if chunk else scanner.finish()
+            if scanner.finding is not None:
+                err = self._block(fs, view, m, scanner.finding)
+                fs.error = err.code
+                raise BodyOverLimit(0, error=err)
+            passed = inner(out) if inner is not None else out
+            return passed if passed else []
+
+        return scan
