@@ -12,6 +12,7 @@ from agent_vault.config import Settings
 from agent_vault.home import Home
 from agent_vault.keys import CA
 from agent_vault.metrics import Metrics
+from agent_vault.quota import QuotaCounter
 from agent_vault.ratelimit import FailureLimiter, TokenBucket
 from agent_vault.runtime import Runtime
 from agent_vault.store import Store
@@ -31,6 +32,7 @@ class Services:
     api_limiter_made: bool = False
     login_limiter: FailureLimiter | None = None
     proposal_gauge_vaults: set[str] = field(default_factory=set)  # label sets of the pending gauge
+    quotas: QuotaCounter = field(default_factory=QuotaCounter)  # per-service request quotas (proxy)
 
 
 @dataclass

@@ -283,6 +283,15 @@ class ServiceDef(_Model):
     #: Off: such a request gets 403 `insecure_scheme` and the upstream is never contacted.
     allow_http: bool = False
     description: str = Field(default="", max_length=500)
+    #: Requests per agent token and window, `N/min|hour|day` (agent_vault.quota); over it: 429.
+    quota: str | None = None
+
+    @field_validator("quota")
+    @classmethod
+    def _quota(cls, v: str | None) -> str | None:
+        from agent_vault.quota import parse_quota  # a pure leaf
+
+        return None if v is None else str(parse_quota(v))
 
     @field_validator("host")
     @classmethod

@@ -9,15 +9,28 @@ from fastapi.responses import JSONResponse
 
 from agent_vault import __version__
 from agent_vault.api.deps import CoreDep, PrincipalDep, select_vault
+from agent_vault.domain.principal import Principal
 from agent_vault.domain.services import public
 from agent_vault.errors import NotFound, ProxyDisabled
-from agent_vault.servicedef import SUPPORTED_AUTH_TYPES
+from agent_vault.quota import parse_quota
+from agent_vault.servicedef import SUPPORTED_AUTH_TYPES, ServiceDef
 
 router = APIRouter()
 J = dict[str, Any]
 
 
-def discover_body(core: Any, vault: str, role: str) -> J:
+def guard_fields(core: Any, vault: str, svc: ServiceDef, p: Principal | None) -> J:
+    """A service's quota (issue #20), and what the asking token used of it in this window."""
+    if svc.quota is None:
+        return {}
+    out: J = {"quota": svc.quota}
+    if p is not None:
+        key = (vault, svc.name, f"{p.kind}:{p.token_id}")
+        out["quota_used"] = core.services.quotas.used(key, parse_quota(svc.quota))
+    return out
+
+
+def discover_body(core: Any, vault: str, role: str, principal: Principal | None = None) -> J:
     view = core.runtime.snapshot.vaults.get(vault)
     if view is None:
         raise NotFound(f"vault {vault} not found")
@@ -35,6 +48,7 @@ def discover_body(core: Any, vault: str, role: str) -> J:
                 "enabled": svc.enabled,
                 "placeholders": list(svc.substitution_keys),
                 "schemes": ["https", "http"] if svc.allow_http else ["https"],
+                **guard_fields(core, vault, svc, principal),
             }
         )
     base = core.public_url
@@ -57,7 +71,7 @@ def discover_body(core: Any, vault: str, role: str) -> J:
 def discover(request: Request, core: CoreDep, p: PrincipalDep) -> J:
     vault = select_vault(core, p, request.headers.get("x-vault"))
     role = p.role_on(vault) or "proxy"
-    body = discover_body(core, vault, role)
+    body = discover_body(core, vault, role, p)
     if p.kind == "session" and p.session_policy:
         body["unmatched_policy"] = p.session_policy
     return body

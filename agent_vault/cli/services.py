@@ -100,6 +100,7 @@ def _definition(
     enabled: bool | None,
     description: str | None,
     allow_http: bool | None = None,
+    quota: str | None = None,
 ) -> dict[str, Any]:
     d: dict[str, Any] = dict(base or {})
     d["name"] = name
@@ -112,9 +113,12 @@ def _definition(
         ("forward_set_cookie", forward_set_cookie),
         ("allow_http", allow_http),
         ("enabled", enabled),
+        ("quota", None if quota in (None, "off") else quota),
     ):
         if v is not None:
             d[k] = v
+    if quota == "off":
+        d["quota"] = None
     if method:
         d["methods"] = [m.upper() for m in method]
     if "host" not in d:
@@ -178,6 +182,10 @@ def _service_command(name: str, *, update: bool) -> Any:
             ),
         ] = None,
         enabled: Annotated[bool | None, Opt("--enabled/--disabled", help="Enabled (default) or not.")] = None,
+        quota: Annotated[
+            str | None,
+            Opt("--quota", metavar="N/PERIOD", help="Requests per agent token: N/min, N/hour or N/day; off."),
+        ] = None,
         description: Annotated[
             str | None, Opt("--description", metavar="TEXT", help="What it is for.")
         ] = None,
@@ -227,6 +235,7 @@ def _service_command(name: str, *, update: bool) -> Any:
             enabled=enabled,
             description=description,
             allow_http=allow_http,
+            quota=quota,
         )
         body = {"password": step_up(password_stdin), "service": d}
         c = client()

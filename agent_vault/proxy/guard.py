@@ -14,17 +14,19 @@ blocked request is scrubbed of every needle (`exfil.scrub`).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import http
 
-from agent_vault.errors import ExfiltrationBlocked
+from agent_vault.errors import ExfiltrationBlocked, QuotaExceeded
 from agent_vault.metrics import Metrics
 from agent_vault.proxy import exfil
-from agent_vault.proxy.decide import Decision
+from agent_vault.proxy.decide import Decision, Identity
 from agent_vault.proxy.engine import BodyOverLimit
 from agent_vault.proxy.flowlog import FlowState
+from agent_vault.quota import QuotaCounter, parse_quota
 from agent_vault.snapshot import VaultView
 
 log = logging.getLogger("agent_vault.proxy")
@@ -38,13 +40,35 @@ def _noop(_event: dict[str, Any]) -> None:
     return None
 
 
+def quota_key(vault: str, service: str, ident: Identity) -> tuple[str, str, str]:
+    """The quota counter of one agent token on one service (token id, never the token)."""
+    return (vault, service, f"{ident.principal.kind}:{ident.principal.token_id}")
+
+
 class Guard:
-    """Exfiltration checks for one proxy. `on_exfiltration(event)` receives
+    """Exfiltration checks and request quotas for one proxy. `on_exfiltration(event)` receives
     `{"vault", "agent", "key", "host", "kind"}` (names only) for every blocked request."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, quotas: QuotaCounter) -> None:
         self.metrics = metrics
+        self.quotas = quotas
         self.on_exfiltration: ExfilHook = _noop
+
+    def quota(self, fs: FlowState, view: VaultView, d: Decision) -> None:
+        """Count a request to a service with a quota; over it, 429 `quota_exceeded` + Retry-After."""
+        svc = d.service
+        if svc is None or svc.quota is None or fs.ident is None or d.kind not in ("injected", "passthrough"):
+            return
+        rate = parse_quota(svc.quota)
+        wait = self.quotas.take(quota_key(view.name, svc.name, fs.ident), rate)
+        if wait is not None:
+            raise QuotaExceeded(
+                f"service {svc.name} allows {rate} requests per agent token; this window is spent",
+                retry_after=max(1, math.ceil(wait)),
+                limiter="quota",
+                service=svc.name,
+                quota=str(rate),
+            )
 
     def _block(
         self, fs: FlowState, view: VaultView, m: exfil.Matcher, found: exfil.Finding

@@ -37,7 +37,9 @@ def content_length(headers: http.Headers) -> int | None:
 class RequestPhase:
     def __init__(self, core: Core, metrics: Metrics, conns: Connections, egress: Egress) -> None:
         self.core, self.metrics, self.conns, self.egress = core, metrics, conns, egress
-        self.guard = Guard(metrics)  # exfiltration checks; `guard.on_exfiltration` announces blocks
+        self.guard = Guard(
+            metrics, core.services.quotas
+        )  # exfiltration checks; `guard.on_exfiltration` announces blocks
 
     def _identity(self, flow: http.HTTPFlow, fs: FlowState) -> tuple[Identity, str, int]:
         """The caller and the target: the connection's (bound by CONNECT, re-checked so revocation
@@ -87,6 +89,7 @@ class RequestPhase:
             req.scheme,
         )
         self.guard.head(flow, fs, view, d)  # before DNS and before any upstream connection
+        self.guard.quota(fs, view, d)
         await self.egress.address(host, port)
         svc, inj = d.service, d.injection
         matched = svc is not None and d.kind in ("injected", "passthrough")
