@@ -16,6 +16,7 @@ from agent_vault.quota import QuotaCounter
 from agent_vault.ratelimit import FailureLimiter, TokenBucket
 from agent_vault.runtime import Runtime
 from agent_vault.store import Store
+from agent_vault.usage import UsageMeter
 
 log = logging.getLogger("agent_vault")
 
@@ -33,6 +34,7 @@ class Services:
     login_limiter: FailureLimiter | None = None
     proposal_gauge_vaults: set[str] = field(default_factory=set)  # label sets of the pending gauge
     quotas: QuotaCounter = field(default_factory=QuotaCounter)  # per-service request quotas (proxy)
+    usage: UsageMeter = field(default_factory=UsageMeter)  # LLM token usage (persisted by the server)
 
 
 @dataclass

@@ -45,6 +45,12 @@ class Metrics:
             ["vault", "kind"],
             registry=r,
         )
+        self.llm_tokens = Counter(
+            "agent_vault_llm_tokens",
+            "LLM tokens reported by upstream responses of services with a token budget",
+            ["vault", "service", "agent"],
+            registry=r,
+        )
         self.active_tunnels = Gauge("agent_vault_active_tunnels", "Open raw tunnels", registry=r)
         self.active_connections = Gauge(
             "agent_vault_active_connections", "Open client connections", registry=r

@@ -36,6 +36,7 @@ from agent_vault.metrics import Metrics
 from agent_vault.proxy.addon import VaultAddon
 from agent_vault.proxy.runner import BindError, ProxyRunner
 from agent_vault.runtime import Runtime
+from agent_vault.usage import UsageMeter
 
 log = logging.getLogger("agent_vault")
 
@@ -145,6 +146,7 @@ async def serve(
     )
     stop = asyncio.Event()
     core.services = Services(metrics=metrics, resolve=resolve_overrides(), stop=stop)
+    core.services.usage = UsageMeter(core.home.root / "usage.json")  # token budgets survive restarts
     housekeeping = start_housekeeping(core)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

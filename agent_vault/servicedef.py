@@ -285,6 +285,8 @@ class ServiceDef(_Model):
     description: str = Field(default="", max_length=500)
     #: Requests per agent token and window, `N/min|hour|day` (agent_vault.quota); over it: 429.
     quota: str | None = None
+    #: LLM tokens per window for the whole service, `N/day|month` (agent_vault.usage); spent: 429.
+    token_budget: str | None = None
 
     @field_validator("quota")
     @classmethod
@@ -292,6 +294,13 @@ class ServiceDef(_Model):
         from agent_vault.quota import parse_quota  # a pure leaf
 
         return None if v is None else str(parse_quota(v))
+
+    @field_validator("token_budget")
+    @classmethod
+    def _budget(cls, v: str | None) -> str | None:
+        from agent_vault.usage import parse_budget  # a pure leaf
+
+        return None if v is None else str(parse_budget(v))
 
     @field_validator("host")
     @classmethod

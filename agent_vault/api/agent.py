@@ -14,19 +14,26 @@ from agent_vault.domain.services import public
 from agent_vault.errors import NotFound, ProxyDisabled
 from agent_vault.quota import parse_quota
 from agent_vault.servicedef import SUPPORTED_AUTH_TYPES, ServiceDef
+from agent_vault.usage import parse_budget
 
 router = APIRouter()
 J = dict[str, Any]
 
 
 def guard_fields(core: Any, vault: str, svc: ServiceDef, p: Principal | None) -> J:
-    """A service's quota (issue #20), and what the asking token used of it in this window."""
-    if svc.quota is None:
-        return {}
-    out: J = {"quota": svc.quota}
-    if p is not None:
-        key = (vault, svc.name, f"{p.kind}:{p.token_id}")
-        out["quota_used"] = core.services.quotas.used(key, parse_quota(svc.quota))
+    """A service's quota and token budget (issue #20), and what was used of them in this window."""
+    out: J = {}
+    if svc.quota is not None:
+        out["quota"] = svc.quota
+        if p is not None:
+            key = (vault, svc.name, f"{p.kind}:{p.token_id}")
+            out["quota_used"] = core.services.quotas.used(key, parse_quota(svc.quota))
+    if svc.token_budget is not None:
+        b = parse_budget(svc.token_budget)
+        out["token_budget"] = svc.token_budget
+        out["tokens_used"] = core.services.usage.used(vault, svc.name, b)
+        if p is not None:
+            out["tokens_used_by_you"] = core.services.usage.used(vault, svc.name, b, agent=p.name)
     return out
 
 

@@ -101,6 +101,7 @@ def _definition(
     description: str | None,
     allow_http: bool | None = None,
     quota: str | None = None,
+    token_budget: str | None = None,
 ) -> dict[str, Any]:
     d: dict[str, Any] = dict(base or {})
     d["name"] = name
@@ -114,11 +115,13 @@ def _definition(
         ("allow_http", allow_http),
         ("enabled", enabled),
         ("quota", None if quota in (None, "off") else quota),
+        ("token_budget", None if token_budget in (None, "off") else token_budget),
     ):
         if v is not None:
             d[k] = v
-    if quota == "off":
-        d["quota"] = None
+    for k, v in (("quota", quota), ("token_budget", token_budget)):
+        if v == "off":
+            d[k] = None
     if method:
         d["methods"] = [m.upper() for m in method]
     if "host" not in d:
@@ -186,6 +189,14 @@ def _service_command(name: str, *, update: bool) -> Any:
             str | None,
             Opt("--quota", metavar="N/PERIOD", help="Requests per agent token: N/min, N/hour or N/day; off."),
         ] = None,
+        token_budget: Annotated[
+            str | None,
+            Opt(
+                "--token-budget",
+                metavar="N/PERIOD",
+                help="LLM tokens for the service: N/day or N/month; off.",
+            ),
+        ] = None,
         description: Annotated[
             str | None, Opt("--description", metavar="TEXT", help="What it is for.")
         ] = None,
@@ -236,6 +247,7 @@ def _service_command(name: str, *, update: bool) -> Any:
             description=description,
             allow_http=allow_http,
             quota=quota,
+            token_budget=token_budget,
         )
         body = {"password": step_up(password_stdin), "service": d}
         c = client()

@@ -42,6 +42,8 @@ from agent_vault.proxy.ssrf import Egress
 
 __all__ = ["ConnState", "VaultAddon"]
 
+USAGE_FLUSH_SECONDS = 2.0
+
 
 def _as_error(e: Exception) -> AgentVaultError:
     """The SPEC §6 error for an exception at a boundary: itself, or a logged 502 `internal`."""
@@ -63,6 +65,7 @@ class VaultAddon:
         self.responses = ResponsePhase(core)
         self.flows: dict[str, FlowState] = {}
         self._on_reload: Callable[[], None] = lambda: None
+        self._flusher: asyncio.Task[None] | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def running(self) -> None:
@@ -75,8 +78,24 @@ class VaultAddon:
 
         self._on_reload = on_reload
         self.core.runtime.listeners.append(on_reload)
+        self._flusher = loop.create_task(self._flush_usage())
+
+    async def _flush_usage(self) -> None:
+        """Persist LLM token usage every few seconds, off the loop (a thread)."""
+        while True:
+            await asyncio.sleep(USAGE_FLUSH_SECONDS)
+            try:
+                await asyncio.to_thread(self.core.services.usage.flush)
+            except OSError as e:  # a full disk must not stop the proxy; retried next round
+                incident(e)
 
     def done(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+        try:
+            self.core.services.usage.flush()
+        except OSError as e:
+            incident(e)
         if self._on_reload in self.core.runtime.listeners:
             self.core.runtime.listeners.remove(self._on_reload)
 

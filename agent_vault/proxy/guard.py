@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import http
 
-from agent_vault.errors import ExfiltrationBlocked, QuotaExceeded
+from agent_vault.errors import BudgetExceeded, ExfiltrationBlocked, QuotaExceeded
 from agent_vault.metrics import Metrics
 from agent_vault.proxy import exfil
 from agent_vault.proxy.decide import Decision, Identity
@@ -28,6 +29,7 @@ from agent_vault.proxy.engine import BodyOverLimit
 from agent_vault.proxy.flowlog import FlowState
 from agent_vault.quota import QuotaCounter, parse_quota
 from agent_vault.snapshot import VaultView
+from agent_vault.usage import UsageMeter, UsageParser, parse_budget
 
 log = logging.getLogger("agent_vault.proxy")
 
@@ -49,10 +51,28 @@ class Guard:
     """Exfiltration checks and request quotas for one proxy. `on_exfiltration(event)` receives
     `{"vault", "agent", "key", "host", "kind"}` (names only) for every blocked request."""
 
-    def __init__(self, metrics: Metrics, quotas: QuotaCounter) -> None:
+    def __init__(self, metrics: Metrics, quotas: QuotaCounter, usage: UsageMeter) -> None:
         self.metrics = metrics
         self.quotas = quotas
+        self.usage = usage
         self.on_exfiltration: ExfilHook = _noop
+
+    def budget(self, flow: http.HTTPFlow, view: VaultView, d: Decision) -> None:
+        """A service whose token budget is spent for this window: 429 `budget_exceeded` until it rolls.
+        Otherwise ask the upstream for an uncompressed answer, so its usage can be read as it passes."""
+        svc = d.service
+        if svc is None or svc.token_budget is None or d.kind not in ("injected", "passthrough"):
+            return
+        b = parse_budget(svc.token_budget)
+        if self.usage.used(view.name, svc.name, b) >= b.limit:
+            raise BudgetExceeded(
+                f"service {svc.name} has spent its token budget of {b} tokens",
+                retry_after=math.ceil(b.seconds_left(time.time())),
+                limiter="budget",
+                service=svc.name,
+                budget=str(b),
+            )
+        flow.request.headers["accept-encoding"] = "identity"
 
     def quota(self, fs: FlowState, view: VaultView, d: Decision) -> None:
         """Count a request to a service with a quota; over it, 429 `quota_exceeded` + Retry-After."""
@@ -133,3 +153,63 @@ class Guard:
             return passed if passed else []
 
         return scan
+
+
+def _budgeted(fs: FlowState) -> tuple[str, str, str] | None:
+    d = fs.decision
+    svc = d.service if d is not None and d.kind in ("injected", "passthrough") else None
+    if svc is None or svc.token_budget is None or fs.ident is None:
+        return None
+    return fs.ident.vault, svc.name, svc.token_budget
+
+
+def meter_response(usage: UsageMeter, metrics: Metrics | None, flow: http.HTTPFlow, fs: FlowState) -> None:
+    """`responseheaders` of a budgeted service: tap a streamed body (SSE or other) to count its
+    usage as it passes; never buffers (the parser keeps one bounded line). Buffered bodies are
+    counted by `meter_body`."""
+    target = _budgeted(fs)
+    resp = flow.response
+    if target is None or resp is None or not callable(resp.stream):
+        return
+    if resp.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
+        return  # not readable without decoding; the request asked for identity
+    parser = UsageParser("text/event-stream" in resp.headers.get("content-type", ""))
+    count = _counter(usage, metrics, fs, *target)
+    inner = resp.stream
+
+    def tap(chunk: bytes) -> bytes | list[bytes]:
+        count(parser.feed(chunk))
+        out = inner(chunk)
+        return list(out) if not isinstance(out, bytes) else out
+
+    resp.stream = tap
+
+
+def meter_body(usage: UsageMeter, metrics: Metrics | None, flow: http.HTTPFlow, fs: FlowState) -> None:
+    """`response` of a budgeted service with a buffered, uncompressed body: count its usage."""
+    target = _budgeted(fs)
+    resp = flow.response
+    if target is None or resp is None or resp.stream or not resp.raw_content:
+        return
+    if resp.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
+        return
+    parser = UsageParser("text/event-stream" in resp.headers.get("content-type", ""))
+    count = _counter(usage, metrics, fs, *target)
+    count(parser.feed(resp.raw_content))
+    count(parser.feed(b""))
+
+
+def _counter(
+    usage: UsageMeter, metrics: Metrics | None, fs: FlowState, vault: str, service: str, budget: str
+) -> Callable[[int], None]:
+    assert fs.ident is not None
+    agent = fs.ident.principal.name
+    b = parse_budget(budget)
+
+    def count(n: int) -> None:
+        if n > 0:
+            usage.add(vault, service, agent, b, n)
+            if metrics is not None:
+                metrics.child(metrics.llm_tokens, vault, service, agent).inc(n)
+
+    return count

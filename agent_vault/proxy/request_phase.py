@@ -37,9 +37,8 @@ def content_length(headers: http.Headers) -> int | None:
 class RequestPhase:
     def __init__(self, core: Core, metrics: Metrics, conns: Connections, egress: Egress) -> None:
         self.core, self.metrics, self.conns, self.egress = core, metrics, conns, egress
-        self.guard = Guard(
-            metrics, core.services.quotas
-        )  # exfiltration checks; `guard.on_exfiltration` announces blocks
+        # exfiltration checks, quotas, token budgets; `guard.on_exfiltration` announces blocks
+        self.guard = Guard(metrics, core.services.quotas, core.services.usage)
 
     def _identity(self, flow: http.HTTPFlow, fs: FlowState) -> tuple[Identity, str, int]:
         """The caller and the target: the connection's (bound by CONNECT, re-checked so revocation
@@ -90,6 +89,7 @@ class RequestPhase:
         )
         self.guard.head(flow, fs, view, d)  # before DNS and before any upstream connection
         self.guard.quota(fs, view, d)
+        self.guard.budget(flow, view, d)
         await self.egress.address(host, port)
         svc, inj = d.service, d.injection
         matched = svc is not None and d.kind in ("injected", "passthrough")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from mitmproxy import http
 
 from agent_vault.core import Core
-from agent_vault.proxy import inject
+from agent_vault.proxy import guard, inject
 from agent_vault.proxy.answers import is_proxy_answer
 from agent_vault.proxy.flowlog import FlowState
 from agent_vault.proxy.request_phase import STREAM_THRESHOLD, content_length
@@ -48,6 +48,7 @@ class ResponsePhase:
             or "text/event-stream" in resp.headers.get("content-type", "")
         ):
             resp.stream = response_filter(fs, flow, self.core.settings.max_buffered_bytes)
+        guard.meter_response(self.core.services.usage, self.core.services.metrics, flow, fs)
 
     def complete(self, flow: http.HTTPFlow, fs: FlowState) -> None:
         """`response`: redact a buffered body, set up an upgraded WebSocket, redact trailers; a
@@ -63,6 +64,7 @@ class ResponsePhase:
             if ws is not None:
                 self.websockets[flow.id] = ws
         elif not resp.stream:
+            guard.meter_body(self.core.services.usage, self.core.services.metrics, flow, fs)
             fs.redact_buffered(resp, self.core.settings.max_buffered_bytes)
         elif fs.error is not None:
             flow.kill()  # type: ignore[no-untyped-call]
