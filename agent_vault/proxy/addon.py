@@ -27,6 +27,7 @@ from mitmproxy.proxy import layer, server_hooks
 from mitmproxy.proxy.context import Context
 
 from agent_vault.core import Core
+from agent_vault.domain import learn
 from agent_vault.errors import AgentVaultError
 from agent_vault.metrics import Metrics
 from agent_vault.proxy import engine, inject, live
@@ -86,7 +87,10 @@ class VaultAddon:
             await asyncio.sleep(USAGE_FLUSH_SECONDS)
             try:
                 await asyncio.to_thread(self.core.services.usage.flush)
-            except OSError as e:  # a full disk must not stop the proxy; retried next round
+                seen = self.requests.guard.learner.drain()
+                if seen:
+                    await asyncio.to_thread(learn.write_drafts, self.core, seen)
+            except Exception as e:  # a full disk or a busy store must not stop the proxy; next round
                 incident(e)
 
     def done(self) -> None:

@@ -139,7 +139,7 @@ def decide(
             sender = result if isinstance(result, Match) and _sends(result) else alt
             name = sender.service.name if isinstance(sender, Match) else host
             raise InvalidPath(f"path to service {name} has ; parameters that change which service matches")
-    dry_run = view.enforcement == "dry-run"
+    dry_run = view.enforcement in ("dry-run", "learn")  # learn: dry-run that also drafts proposals
     if isinstance(result, Match):
         svc = result.service
         if svc.sends_credentials and rp.problem is not None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from mitmproxy import http
 
+from agent_vault.domain.learn import Learner
 from agent_vault.errors import BudgetExceeded, ExfiltrationBlocked, QuotaExceeded
 from agent_vault.metrics import Metrics
 from agent_vault.proxy import exfil
@@ -55,7 +56,17 @@ class Guard:
         self.metrics = metrics
         self.quotas = quotas
         self.usage = usage
+        self.learner = Learner()  # learn mode: unknown hosts, drafted off the loop (addon flusher)
         self.on_exfiltration: ExfilHook = _noop
+
+    def learn(self, view: VaultView, d: Decision, host: str, port: int, method: str) -> None:
+        """Learn mode: note a request to a host no service matches (one draft per host, later)."""
+        if view.enforcement != "learn":
+            return
+        if d.kind == "unmatched_passthrough" or (
+            d.kind == "would_deny" and d.would_deny_code == "service_not_allowed"
+        ):
+            self.learner.note(view.name, host, port, method)
 
     def budget(self, flow: http.HTTPFlow, view: VaultView, d: Decision) -> None:
         """A service whose token budget is spent for this window: 429 `budget_exceeded` until it rolls.

@@ -90,6 +90,7 @@ class RequestPhase:
         self.guard.head(flow, fs, view, d)  # before DNS and before any upstream connection
         self.guard.quota(fs, view, d)
         self.guard.budget(flow, view, d)
+        self.guard.learn(view, d, host, port, req.method)
         await self.egress.address(host, port)
         svc, inj = d.service, d.injection
         matched = svc is not None and d.kind in ("injected", "passthrough")
