@@ -28,6 +28,11 @@ from agent_vault.servicedef import ServiceDef
 from agent_vault.snapshot import VaultView
 
 MIN_SCAN_LEN = 8  # shorter values (and encodings) would match ordinary text: not scanned
+#: `vault run --canary KEY` sets KEY to `av-canary-KEY-<random>`: a value that exists only to be
+#: noticed. Any request carrying the prefix (any encoding) to any host is refused.
+CANARY_PREFIX = "av-canary-"
+CANARY_OWNER = "(canary)"  # never a credential key, so never in a request's allowed keys
+_CANARY_KEY = re.compile(rb"av-canary-([A-Z][A-Z0-9_]{0,127})-")
 
 
 def _lower_hex(q: str) -> str:
@@ -102,14 +107,16 @@ class Matcher:
             return None
         for needle, key, kind in self.needles:
             if key not in allowed and needle in data:
+                if kind == "canary":  # name the key when the canary travels unencoded
+                    m = _CANARY_KEY.search(data)
+                    key = m.group(1).decode() if m else key
                 return Finding(key, kind)
         return None
 
 
-def build_matcher(
-    values: Mapping[str, str], placeholder_keys: Iterable[str] = (), canaries: Mapping[str, str] | None = None
-) -> Matcher:
-    """Collect the needles of a vault. A needle shared by two keys keeps the first owner."""
+def build_matcher(values: Mapping[str, str], placeholder_keys: Iterable[str] = ()) -> Matcher:
+    """Collect the needles of a vault (and the canary prefix). A needle shared by two keys keeps
+    the first owner."""
     owners: dict[bytes, tuple[str, str]] = {}
     for key in sorted(values):
         if len(values[key]) >= MIN_SCAN_LEN:
@@ -118,9 +125,8 @@ def build_matcher(
     for key in sorted(set(placeholder_keys)):
         for f in placeholder_forms(key):
             owners.setdefault(f, (key, "placeholder"))
-    for key, value in sorted((canaries or {}).items()):
-        for f in encoded_forms(value):
-            owners.setdefault(f, (key, "canary"))
+    for f in encoded_forms(CANARY_PREFIX):
+        owners.setdefault(f, (CANARY_OWNER, "canary"))
     needles = tuple((n, *owners[n]) for n in sorted(owners, key=len, reverse=True))
     return Matcher(needles, len(needles[0][0]) if needles else 0)
 
@@ -162,16 +168,16 @@ class UploadScanner:
 _cache: dict[str, tuple[object, Matcher]] = {}  # vault name -> (the view it was built from, matcher)
 
 
-def matcher_for(view: VaultView, canaries: Mapping[str, str] | None = None) -> Matcher:
-    """The vault's matcher, compiled once per snapshot (a reload builds new views; the identity
-    check rebuilds then). `canaries` are the live sessions' canary values of this vault."""
+def matcher_for(view: VaultView) -> Matcher:
+    """The vault's matcher, built once per snapshot (a reload builds new views; the identity check
+    rebuilds then)."""
     hit = _cache.get(view.name)
     if hit is not None and hit[0] is view:
         return hit[1]
     keys = set(view.values)
     for svc in view.services:
         keys.update(svc.all_referenced_keys)
-    m = build_matcher(view.values, keys, canaries)
+    m = build_matcher(view.values, keys)
     _cache[view.name] = (view, m)
     return m
 

