@@ -63,7 +63,7 @@ class VaultAddon:
         self.conns = self.connections.table
         self.pinning = Pinning(self.egress)
         self.requests = RequestPhase(core, metrics, self.connections, self.egress)
-        self.responses = ResponsePhase(core)
+        self.responses = ResponsePhase(core, self.requests.guard)
         self.flows: dict[str, FlowState] = {}
         self._on_reload: Callable[[], None] = lambda: None
         self._flusher: asyncio.Task[None] | None = None

