@@ -14,7 +14,7 @@ from mitmproxy import http
 from agent_vault.audit import proxy_record
 from agent_vault.core import Core
 from agent_vault.errors import ExfiltrationBlocked
-from agent_vault.proxy import guard, inject
+from agent_vault.proxy import guard, inject, live
 from agent_vault.proxy.answers import is_proxy_answer
 from agent_vault.proxy.exfil import Finding, matcher_for, scrub
 from agent_vault.proxy.flowlog import FlowState
@@ -90,7 +90,7 @@ class ResponsePhase:
             if found is not None:  # never relayed: the connection is closed and the block audited
                 msg.drop()  # type: ignore[no-untyped-call]
                 self._ws_blocked(scan, found)
-                flow.kill()  # type: ignore[no-untyped-call]
+                live.close_client(flow.client_conn.id)  # flow.kill() does not end a WebSocket
                 return
         ws = self.websockets.get(flow.id)
         if ws is not None and msg is not None:
