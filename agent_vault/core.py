@@ -15,9 +15,11 @@ from agent_vault.home import Home
 from agent_vault.keys import CA
 from agent_vault.metrics import Metrics
 from agent_vault.notify import Notifier
+from agent_vault.quota import QuotaCounter
 from agent_vault.ratelimit import FailureLimiter, TokenBucket
 from agent_vault.runtime import Runtime
 from agent_vault.store import Store
+from agent_vault.usage import UsageMeter
 
 log = logging.getLogger("agent_vault")
 
@@ -39,6 +41,8 @@ class Services:
     # CA rotation, proxy side: prepares the engine for a new CA (may raise; changes nothing) and returns
     # the call that switches new TLS connections to it (cannot fail). None without a proxy.
     ca_engine: Callable[[CA], Callable[[], None]] | None = None
+    quotas: QuotaCounter = field(default_factory=QuotaCounter)  # per-service request quotas (proxy)
+    usage: UsageMeter = field(default_factory=UsageMeter)  # LLM token usage (persisted by the server)
 
 
 @dataclass

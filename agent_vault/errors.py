@@ -242,6 +242,29 @@ class MethodNotAllowed(AgentVaultError):
     hint = "Use an allowed method or propose a broader service."
 
 
+class ExfiltrationBlocked(AgentVaultError):
+    """A request carried a credential of its vault (or a placeholder or canary) towards a host that
+    is not a service referencing that key. The message names the key, never the value."""
+
+    code = "exfiltration_blocked"
+    status = 403
+    hint = "Credentials go only to the services that use them; ask a vault admin if this host needs it."
+
+
+class QuotaExceeded(RateLimited):
+    """A service's request quota for this token is spent for the current window."""
+
+    code = "quota_exceeded"
+    hint = "The service's request quota is spent; retry after the given delay."
+
+
+class BudgetExceeded(RateLimited):
+    """A service's LLM token budget is spent for the current window."""
+
+    code = "budget_exceeded"
+    hint = "The service's token budget is spent until the window rolls over."
+
+
 class InvalidPath(AgentVaultError):
     code = "invalid_path"
     status = 400

@@ -39,6 +39,18 @@ class Metrics:
         self.redactions = Counter(
             "agent_vault_redactions", "Responses with a redaction", ["vault"], registry=r
         )
+        self.exfiltration_blocked = Counter(
+            "agent_vault_exfiltration_blocked",
+            "Requests refused for carrying a credential to a host not using it",
+            ["vault", "kind"],
+            registry=r,
+        )
+        self.llm_tokens = Counter(
+            "agent_vault_llm_tokens",
+            "LLM tokens reported by upstream responses of services with a token budget",
+            ["vault", "service", "agent"],
+            registry=r,
+        )
         self.active_tunnels = Gauge("agent_vault_active_tunnels", "Open raw tunnels", registry=r)
         self.active_connections = Gauge(
             "agent_vault_active_connections", "Open client connections", registry=r

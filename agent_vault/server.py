@@ -40,6 +40,7 @@ from agent_vault.proxy.addon import VaultAddon
 from agent_vault.proxy.runner import BindError, ProxyRunner
 from agent_vault.proxy.ssrf import Egress
 from agent_vault.runtime import Runtime
+from agent_vault.usage import UsageMeter
 
 log = logging.getLogger("agent_vault")
 
@@ -171,6 +172,7 @@ async def serve(
             upstream_ca=settings.upstream_ca,
         )
         core.services.notifier.start()
+    core.services.usage = UsageMeter(core.home.root / "usage.json")  # token budgets survive restarts
     housekeeping = start_housekeeping(core)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -333,6 +333,24 @@ class ServiceDef(_Model):
     description: str = Field(default="", max_length=500)
     #: Issue 19: hold matching requests until a human approves (None: never held).
     approval: Approval | None = None
+    #: Requests per agent token and window, `N/min|hour|day` (agent_vault.quota); over it: 429.
+    quota: str | None = None
+    #: LLM tokens per window for the whole service, `N/day|month` (agent_vault.usage); spent: 429.
+    token_budget: str | None = None
+
+    @field_validator("quota")
+    @classmethod
+    def _quota(cls, v: str | None) -> str | None:
+        from agent_vault.quota import parse_quota  # a pure leaf
+
+        return None if v is None else str(parse_quota(v))
+
+    @field_validator("token_budget")
+    @classmethod
+    def _budget(cls, v: str | None) -> str | None:
+        from agent_vault.usage import parse_budget  # a pure leaf
+
+        return None if v is None else str(parse_budget(v))
 
     @field_validator("host")
     @classmethod

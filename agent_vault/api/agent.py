@@ -9,15 +9,35 @@ from fastapi.responses import JSONResponse
 
 from agent_vault import __version__
 from agent_vault.api.deps import CoreDep, PrincipalDep, select_vault
+from agent_vault.domain.principal import Principal
 from agent_vault.domain.services import public
 from agent_vault.errors import NotFound, ProxyDisabled
-from agent_vault.servicedef import SUPPORTED_AUTH_TYPES
+from agent_vault.quota import parse_quota
+from agent_vault.servicedef import SUPPORTED_AUTH_TYPES, ServiceDef
+from agent_vault.usage import parse_budget
 
 router = APIRouter()
 J = dict[str, Any]
 
 
-def discover_body(core: Any, vault: str, role: str) -> J:
+def guard_fields(core: Any, vault: str, svc: ServiceDef, p: Principal | None) -> J:
+    """A service's quota and token budget (issue #20), and what was used of them in this window."""
+    out: J = {}
+    if svc.quota is not None:
+        out["quota"] = svc.quota
+        if p is not None:
+            key = (vault, svc.name, f"{p.kind}:{p.token_id}")
+            out["quota_used"] = core.services.quotas.used(key, parse_quota(svc.quota))
+    if svc.token_budget is not None:
+        b = parse_budget(svc.token_budget)
+        out["token_budget"] = svc.token_budget
+        out["tokens_used"] = core.services.usage.used(vault, svc.name, b)
+        if p is not None:
+            out["tokens_used_by_you"] = core.services.usage.used(vault, svc.name, b, agent=p.name)
+    return out
+
+
+def discover_body(core: Any, vault: str, role: str, principal: Principal | None = None) -> J:
     view = core.runtime.snapshot.vaults.get(vault)
     if view is None:
         raise NotFound(f"vault {vault} not found")
@@ -36,6 +56,7 @@ def discover_body(core: Any, vault: str, role: str) -> J:
                 "placeholders": list(svc.substitution_keys),
                 "schemes": ["https", "http"] if svc.allow_http else ["https"],
                 "approval_methods": None if svc.approval is None else (svc.approval.methods or ["*"]),
+                **guard_fields(core, vault, svc, principal),
             }
         )
         if svc.auth.type == "aws-sigv4":  # what the agent's SDK needs (it signs with placeholder keys)
@@ -63,7 +84,7 @@ def discover_body(core: Any, vault: str, role: str) -> J:
 def discover(request: Request, core: CoreDep, p: PrincipalDep) -> J:
     vault = select_vault(core, p, request.headers.get("x-vault"))
     role = p.role_on(vault) or "proxy"
-    body = discover_body(core, vault, role)
+    body = discover_body(core, vault, role, p)
     if p.kind == "session" and p.session_policy:
         body["unmatched_policy"] = p.session_policy
     if p.narrowed:  # issue 19: a narrowed session sees only what it may use

@@ -233,6 +233,7 @@ def proxy_record(
     http_version: str | None = None,
     would_deny_code: str | None = None,
     redaction: Literal["skipped"] | None = None,
+    blocked_key: str | None = None,
     ts: str | None = None,
 ) -> dict[str, Any]:
     """A SPEC §12 proxy record. Key lists hold key NAMES only; `path` must be the path as the agent sent
@@ -271,6 +272,8 @@ def proxy_record(
         rec["redaction"] = redaction
     if credential_sources:  # {key: command|file} for dynamic values used (names only)
         rec["credential_sources"] = dict(sorted(credential_sources.items()))
+    if blocked_key is not None:  # exfiltration_blocked: the key NAME found, never its value
+        rec["blocked_key"] = blocked_key
     return rec
 
 

@@ -1,5 +1,6 @@
-"""The approval flags of `vault service add|set` (issue 19): `--approval-required` [`--approval-methods
-M,..`] [`--approval-timeout 120s`], folded into a service definition's `approval` field."""
+"""The approval and limit flags of `vault service add|set`: `--approval-required` [`--approval-methods
+M,..`] [`--approval-timeout 120s`] (issue 19) folded into the `approval` field, and `--quota N/PERIOD`,
+`--token-budget N/PERIOD` (issue 20; `off` clears) into `quota` and `token_budget`."""
 
 from __future__ import annotations
 
@@ -24,3 +25,10 @@ def set_approval(d: dict[str, Any], required: bool | None, methods: str | None, 
     if timeout:
         spec["timeout_seconds"] = duration_param(timeout, "--approval-timeout")
     d["approval"] = spec
+
+
+def set_limits(d: dict[str, Any], quota: str | None, token_budget: str | None) -> None:
+    """Issue 20 flags: `--quota N/min|hour|day` and `--token-budget N/day|month`; `off` removes one."""
+    for k, v in (("quota", quota), ("token_budget", token_budget)):
+        if v is not None:
+            d[k] = None if v == "off" else v

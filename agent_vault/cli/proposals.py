@@ -32,7 +32,7 @@ from agent_vault.errors import Conflict, InvalidRequest
 proposal_app = typer.Typer(no_args_is_help=True, help="Proposals from agents: review, approve, reject.")
 vault_app.add_typer(proposal_app, name="proposal")
 
-STATUSES = ("pending", "applied", "rejected", "expired")
+STATUSES = ("pending", "applied", "rejected", "expired", "draft")
 IdArg = Annotated[int, typer.Argument(metavar="ID", help="Proposal id (per vault).")]
 
 
@@ -45,12 +45,14 @@ def _path(vault: str, pid: int | None = None) -> str:
 def list_proposals(
     vault: VaultOpt = None,
     status: Annotated[
-        str | None, typer.Option("--status", help="pending | applied | rejected | expired")
+        str | None, typer.Option("--status", help="pending | applied | rejected | expired | draft")
     ] = None,
 ) -> None:
     """Proposals of the vault, oldest first (member)."""
     if status is not None and status not in STATUSES:
-        raise typer.BadParameter("must be pending, applied, rejected or expired", param_hint="--status")
+        raise typer.BadParameter(
+            "must be pending, applied, rejected, expired or draft", param_hint="--status"
+        )
     data = client().get(_path(vault_name(vault)), params={"status": status} if status else None)
     cols = ["id", "status", "actor", "services", "credentials", "created_at"]
     out.table(data, data["proposals"], cols)
@@ -171,7 +173,7 @@ def approve(
     v = vault_name(vault)
     c = client()
     data = c.get(_path(v, pid))
-    if data["status"] != "pending":
+    if data["status"] not in ("pending", "draft"):
         raise Conflict(f"proposal {pid} is {data['status']}, not pending")
     if not out.json_mode:
         out.info(describe(data))

@@ -10,6 +10,7 @@ out is the proxy and the API (cli/isolate.py, agent_vault/isolate/); it refuses 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -35,6 +36,7 @@ from agent_vault.cli.runenv import build_child_env
 from agent_vault.domain.names import check_key
 from agent_vault.errors import AgentVaultError, BadServerResponse, InvalidRequest, Unauthenticated
 from agent_vault.isolate.sandbox import probe, sandbox_certs
+from agent_vault.proxy.exfil import CANARY_PREFIX  # pure: no engine
 
 WRAPPER_FAILED, NOT_EXECUTABLE, NOT_FOUND = 125, 126, 127
 POLICIES = ("tunnel", "passthrough", "deny")
@@ -241,6 +243,14 @@ def run_command(
         list[str] | None,
         typer.Option("--placeholder", metavar="KEY", help="Set KEY={{KEY}} for the proxy to fill in."),
     ] = None,
+    canary: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--canary",
+            metavar="KEY",
+            help="Set KEY to a random canary value; a request carrying it is refused (exfiltration_blocked).",
+        ),
+    ] = None,
     no_proxy: Annotated[
         list[str] | None,
         typer.Option("--no-proxy", metavar="HOSTS", help="Extra NO_PROXY entries (comma list)."),
@@ -277,8 +287,12 @@ def run_command(
                 policy = choice(policy, POLICIES, "--policy")
             except typer.BadParameter as e:  # a wrapper failure (exit 125), not a usage error
                 raise InvalidRequest(e.format_message()) from None
-        for key in placeholder or []:
+        for key in [*(placeholder or []), *(canary or [])]:
             check_key(key)
+        both = sorted(set(placeholder or []) & set(canary or []))
+        if both:
+            raise InvalidRequest(f"{both[0]} is given to both --placeholder and --canary")
+        canaries = {k: f"{CANARY_PREFIX}{k}-{secrets.token_urlsafe(12)}" for k in canary or []}
         ttl_s = parse_duration(ttl)
     except AgentVaultError as e:
         out.error(e)
@@ -331,6 +345,7 @@ def run_command(
             ca_bundle=str(sandbox_certs(G.home) / bundle.name if sandbox else bundle),
             no_proxy=no_proxy or [],
             placeholders=placeholder or [],
+            canaries=canaries,
             service_hosts=[s["host"] for s in discover.get("services", [])],
         )
     except AgentVaultError as e:

@@ -80,6 +80,7 @@ def build_child_env(
     ca_bundle: str,
     no_proxy: Iterable[str] = (),
     placeholders: Iterable[str] = (),
+    canaries: Mapping[str, str] | None = None,
     service_hosts: Iterable[str] = (),
 ) -> dict[str, str]:
     """The child's environment: the inherited one minus every managed variable (any case), plus SPEC §7.2."""
@@ -95,4 +96,5 @@ def build_child_env(
         env[name] = ca_bundle
     for key in placeholders:
         env[key] = "{{" + key + "}}"
+    env.update(canaries or {})
     return env

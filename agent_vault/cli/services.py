@@ -10,7 +10,7 @@ import typer
 
 from agent_vault.cli import authflags as af
 from agent_vault.cli import choice
-from agent_vault.cli.approvalflags import set_approval
+from agent_vault.cli.approvalflags import set_approval, set_limits
 from agent_vault.cli.common import (
     PasswordStdinOpt,
     VaultOpt,
@@ -103,9 +103,11 @@ def _definition(
     description: str | None,
     allow_http: bool | None = None,
     approval: tuple[bool | None, str | None, str | None] = (None, None, None),
+    limits: tuple[str | None, str | None] = (None, None),
 ) -> dict[str, Any]:
     d: dict[str, Any] = dict(base or {})
     set_approval(d, *approval)
+    set_limits(d, *limits)
     d["name"] = name
     for k, v in (
         ("host", host),
@@ -205,6 +207,13 @@ def _service_command(name: str, *, update: bool) -> Any:
             ),
         ] = None,
         enabled: Annotated[bool | None, Opt("--enabled/--disabled", help="Enabled (default) or not.")] = None,
+        quota: Annotated[
+            str | None,
+            Opt("--quota", metavar="N/PERIOD", help="Requests per agent token: N/min, N/hour or N/day; off."),
+        ] = None,
+        token_budget: Annotated[
+            str | None, Opt("--token-budget", metavar="N/PERIOD", help="LLM tokens: N/day or N/month; off.")
+        ] = None,
         description: Annotated[
             str | None, Opt("--description", metavar="TEXT", help="What it is for.")
         ] = None,
@@ -269,6 +278,7 @@ def _service_command(name: str, *, update: bool) -> Any:
             description=description,
             allow_http=allow_http,
             approval=(approval_required, approval_methods, approval_timeout),
+            limits=(quota, token_budget),
         )
         body = {"password": step_up(password_stdin), "service": d}
         c = client()

@@ -34,7 +34,7 @@ __all__ = ["vault_app"]
 app.add_typer(vault_app, name="vault")
 
 POLICIES = ("tunnel", "passthrough", "deny")
-ENFORCEMENTS = ("enforce", "dry-run")
+ENFORCEMENTS = ("enforce", "dry-run", "learn")
 RATE_LIMIT_PROFILES = ("default", "strict", "off", "server")
 
 
@@ -122,7 +122,8 @@ def settings(
         str | None,
         typer.Option(
             "--enforcement",
-            help="enforce | dry-run (dry-run forwards what would be denied, logs would_deny).",
+            help="enforce | dry-run | learn (dry-run forwards what would be denied, logs would_deny; "
+            "learn also drafts one proposal per unknown host).",
         ),
     ] = None,
     rate_limits: Annotated[

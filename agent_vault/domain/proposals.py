@@ -35,7 +35,8 @@ PENDING_TTL = timedelta(days=7)
 APPROVAL_TTL = timedelta(hours=24)
 MAX_PENDING = 20
 MAX_TEXT = 2000
-STATUSES = ("pending", "applied", "rejected", "expired")
+STATUSES = ("pending", "applied", "rejected", "expired", "draft")  # draft: learn mode (domain.learn)
+OPEN = ("pending", "draft")  # may still be approved or rejected
 J = dict[str, Any]
 
 
@@ -142,7 +143,7 @@ def _view(pr: Proposal, vault: str) -> J:
 
 def _rows(core: Core, vault: str, status: str | None) -> list[Proposal]:
     if status is not None and status not in STATUSES:
-        raise InvalidRequest("status must be pending, applied, rejected or expired")
+        raise InvalidRequest("status must be pending, applied, rejected, expired or draft")
     expire_due(core)
     with core.store.read() as s:
         v = get_vault(s, vault)
@@ -263,7 +264,7 @@ def approve(
     with core.store.read() as s:
         pr = _row(s, get_vault(s, vault), seq)
     p.require(vault, _changes(pr).needed_role, human=True)
-    if pr.status != "pending":
+    if pr.status not in OPEN:
         raise Conflict(f"proposal {seq} is {pr.status}, not pending")
     cs.check_values(values)
     if note is not None and len(note) > MAX_TEXT:
@@ -272,7 +273,7 @@ def approve(
     with core.store.write() as s:
         v = get_vault(s, vault)
         pr = _row(s, v, seq)
-        if pr.status != "pending":
+        if pr.status not in OPEN:
             raise Conflict(f"proposal {seq} is {pr.status}, not pending")
         ch = _changes(pr)
         st = cs.vault_state(s, v)
@@ -301,7 +302,7 @@ def reject(core: Core, p: Principal, vault: str, seq: int, reason: str | None = 
     expire_due(core)
     with core.store.write() as s:
         pr = _row(s, get_vault(s, vault), seq)
-        if pr.status != "pending":
+        if pr.status not in OPEN:
             raise Conflict(f"proposal {seq} is {pr.status}, not pending")
         pr.status, pr.reviewed_by, pr.reviewed_at = "rejected", p.actor, utcnow()
         pr.review_note, pr.approval_digest = reason or None, None

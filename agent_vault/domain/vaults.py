@@ -18,7 +18,7 @@ from agent_vault.models import Agent, Credential, Grant, Proposal, Service, User
 
 POLICIES = ("tunnel", "passthrough", "deny")
 RATE_LIMIT_PROFILES = ("default", "strict", "off", "server")
-ENFORCEMENTS = ("enforce", "dry-run")
+ENFORCEMENTS = ("enforce", "dry-run", "learn")
 
 
 def visible_vaults(core: Core, p: Principal) -> list[str]:
@@ -116,7 +116,7 @@ def update_vault(
     if unmatched_policy is not None and unmatched_policy not in POLICIES:
         raise InvalidRequest("unmatched_policy must be tunnel, passthrough or deny")
     if enforcement is not None and enforcement not in ENFORCEMENTS:
-        raise InvalidRequest("enforcement must be enforce or dry-run")
+        raise InvalidRequest("enforcement must be enforce, dry-run or learn")
     if rate_limits is not None and rate_limits not in RATE_LIMIT_PROFILES:
         raise InvalidRequest("rate_limits must be default, strict, off or server")
     with core.store.write() as s:

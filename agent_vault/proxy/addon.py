@@ -26,7 +26,9 @@ from mitmproxy import connection, http, tls
 from mitmproxy.proxy import layer, server_hooks
 from mitmproxy.proxy.context import Context
 
+from agent_vault import notify
 from agent_vault.core import Core
+from agent_vault.domain import learn
 from agent_vault.errors import AgentVaultError
 from agent_vault.metrics import Metrics
 from agent_vault.proxy import engine, inject, live
@@ -41,6 +43,8 @@ from agent_vault.proxy.response_phase import ResponsePhase
 from agent_vault.proxy.ssrf import Egress
 
 __all__ = ["ConnState", "VaultAddon"]
+
+USAGE_FLUSH_SECONDS = 2.0
 
 
 def _as_error(e: Exception) -> AgentVaultError:
@@ -60,9 +64,18 @@ class VaultAddon:
         self.conns = self.connections.table
         self.pinning = Pinning(self.egress)
         self.requests = RequestPhase(core, metrics, self.connections, self.egress)
-        self.responses = ResponsePhase(core)
+        self.responses = ResponsePhase(core, self.requests.guard)
+        self.requests.guard.on_exfiltration = lambda e: notify.exfiltration_blocked(
+            core.notify,
+            vault=e["vault"],
+            actor=str(e["agent"] or ""),
+            host=e["host"],
+            service=None,
+            keys=[e["key"]],
+        )  # the webhook (issue 19) hears of every block (issue 20): names only
         self.flows: dict[str, FlowState] = {}
         self._on_reload: Callable[[], None] = lambda: None
+        self._flusher: asyncio.Task[None] | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def running(self) -> None:
@@ -75,8 +88,27 @@ class VaultAddon:
 
         self._on_reload = on_reload
         self.core.runtime.listeners.append(on_reload)
+        self._flusher = loop.create_task(self._flush_usage())
+
+    async def _flush_usage(self) -> None:
+        """Persist LLM token usage every few seconds, off the loop (a thread)."""
+        while True:
+            await asyncio.sleep(USAGE_FLUSH_SECONDS)
+            try:
+                await asyncio.to_thread(self.core.services.usage.flush)
+                seen = self.requests.guard.learner.drain()
+                if seen:
+                    await asyncio.to_thread(learn.write_drafts, self.core, seen)
+            except Exception as e:  # a full disk or a busy store must not stop the proxy; next round
+                incident(e)
 
     def done(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+        try:
+            self.core.services.usage.flush()
+        except OSError as e:
+            incident(e)
         if self._on_reload in self.core.runtime.listeners:
             self.core.runtime.listeners.remove(self._on_reload)
 

@@ -18,6 +18,7 @@ from agent_vault.errors import (
     AgentVaultError,
     BadRequest,
     BodyTooLarge,
+    ExfiltrationBlocked,
     HeadersTooLarge,
     ProxyAuthRequired,
     ProxyInternal,
@@ -104,6 +105,8 @@ def engine_error(status: int, message: str) -> AgentVaultError:
         )
     if status == 400:
         return BadRequest("the request could not be parsed", hint="Send a well-formed HTTP proxy request.")
+    if status == 413 and message.startswith("exfiltration blocked"):  # a streamed upload cut (guard)
+        return ExfiltrationBlocked(message)
     if status == 413:
         return BodyTooLarge("the body is over the proxy's limit")
     if status == 431:

@@ -159,7 +159,7 @@ def decide(
             raise InvalidPath(f"path to service {name} has ; parameters that change which service matches")
     if ident.principal.narrowed:
         _check_narrowed(ident.principal, result, method, host, port)
-    dry_run = view.enforcement == "dry-run"
+    dry_run = view.enforcement in ("dry-run", "learn")  # learn: dry-run that also drafts proposals
     if isinstance(result, Match):
         svc = result.service
         if svc.sends_credentials and rp.problem is not None:

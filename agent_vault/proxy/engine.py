@@ -38,7 +38,7 @@ from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import http as mhttp
 from mitmproxy.proxy.layers import websocket as mws
 
-from agent_vault.errors import BodyTooLarge
+from agent_vault.errors import AgentVaultError, BodyTooLarge
 from agent_vault.proxy import engine_compat
 from agent_vault.proxy.answers import MAX_HEAD_BYTES, error_response, h1_error_response, upstream_error
 from agent_vault.proxy.engine_compat import (
@@ -58,9 +58,10 @@ _UPSTREAM_FAILURES = (ErrorCode.CONNECT_FAILED, ErrorCode.GENERIC_SERVER_ERROR)
 class BodyOverLimit(Exception):
     """Raised by a request `stream` callable when a body of unknown length crosses `limit_bytes`."""
 
-    def __init__(self, limit_bytes: int) -> None:
+    def __init__(self, limit_bytes: int, *, error: AgentVaultError | None = None) -> None:
         super().__init__(limit_bytes)
         self.limit_bytes = limit_bytes
+        self.error = error  # another refusal that cuts the upload (e.g. exfiltration_blocked)
 
 
 class VaultHttpStream(mhttp.HttpStream):
@@ -74,10 +75,11 @@ class VaultHttpStream(mhttp.HttpStream):
 
     def _cut_request_body(self, err: BodyOverLimit) -> layer.CommandGenerator[None]:
         """Reset the upstream request mid-body and answer 413 (mitmproxy's body_size_limit path)."""
-        msg = "the request body is over the limit"
+        msg = "the request body is over the limit" if err.error is None else err.error.message
         self.flow.error = mflow.Error(msg)
         if self.flow.response is None:  # for the audit record; the client gets the 413 page below
-            self.flow.response = error_response(BodyTooLarge(msg, limit_bytes=err.limit_bytes))
+            cause = err.error or BodyTooLarge(msg, limit_bytes=err.limit_bytes)
+            self.flow.response = error_response(cause)
         yield HttpErrorHook(self.flow)
         yield mhttp.SendHttp(
             RequestProtocolError(self.stream_id, msg, ErrorCode.REQUEST_TOO_LARGE), self.context.server

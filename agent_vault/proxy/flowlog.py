@@ -62,6 +62,7 @@ class FlowState:
     secrets: list[tuple[str, bytes]] = field(default_factory=list, repr=False)
     redacted: set[str] = field(default_factory=set)
     redaction_skipped: bool = False
+    blocked_key: str | None = None  # exfiltration_blocked: the key NAME found (guard)
     bytes_up: int = 0
     bytes_down: int = 0
     signing: Any = field(default=None, repr=False)  # brokered.PendingSign: an AWS request to sign
@@ -255,6 +256,7 @@ class FlowLog:
                 http_version=req.http_version,
                 would_deny_code=d.would_deny_code if d is not None and d.kind == "would_deny" else None,
                 redaction="skipped" if fs.redaction_skipped else None,
+                blocked_key=fs.blocked_key,
             )
         )
 

@@ -25,6 +25,7 @@ from agent_vault.proxy.brokered import Broker
 from agent_vault.proxy.connections import Connections, normalized_target
 from agent_vault.proxy.decide import Identity, decide, recheck
 from agent_vault.proxy.flowlog import FlowState
+from agent_vault.proxy.guard import Guard
 from agent_vault.proxy.sources import SourceResolver
 from agent_vault.proxy.ssrf import Egress
 from agent_vault.proxy.streams import counter, limited_upload
@@ -43,6 +44,8 @@ class RequestPhase:
         self.core, self.metrics, self.conns, self.egress = core, metrics, conns, egress
         self.broker = Broker(core, egress)
         self.sources = SourceResolver()
+        # exfiltration checks, quotas, token budgets; `guard.on_exfiltration` announces blocks
+        self.guard = Guard(metrics, core.services.quotas, core.services.usage)
 
     def _identity(self, flow: http.HTTPFlow, fs: FlowState) -> tuple[Identity, str, int]:
         """The caller and the target: the connection's (bound by CONNECT, re-checked so revocation
@@ -94,6 +97,10 @@ class RequestPhase:
             f"{base}/v1/discover",
             req.scheme,
         )
+        self.guard.head(flow, fs, view, d)  # before DNS and before any upstream connection
+        self.guard.quota(fs, view, d)
+        self.guard.budget(flow, view, d)
+        self.guard.learn(view, d, host, port, req.method)
         await self.egress.address(host, port)
         svc, inj = d.service, d.injection
         if inj is not None and svc is not None and svc.auth.type in BROKERED_AUTH_TYPES:
@@ -116,10 +123,13 @@ class RequestPhase:
         if fs.signing is not None and not self.broker.plan(flow, fs.signing, host, port, clen):
             fs.signing = None  # signed already (empty body, or UNSIGNED-PAYLOAD)
         if not (matched and "body" in surfaces) and fs.signing is None:
+            upload = None
             if clen is None:  # chunked or HTTP/2 without a length: cut when it crosses the limit
-                req.stream = limited_upload(fs, limit)
+                upload = limited_upload(fs, limit)
             elif clen > STREAM_THRESHOLD:
-                req.stream = counter(fs, up=True)
+                upload = counter(fs, up=True)
+            if upload is not None:  # streamed: scanned chunk by chunk (guard)
+                req.stream = self.guard.upload(fs, view, d, upload) or upload
         if req.host != host or req.port != port:  # the setters are costly; usually equal already
             req.host, req.port = host, port
         host_header = url.hostport(req.scheme, host, port)
@@ -151,7 +161,10 @@ class RequestPhase:
 
     def body(self, flow: http.HTTPFlow, fs: FlowState) -> None:
         """`request`: substitute placeholders in a buffered body, only for services that opted in
-        (SPEC §5.6), otherwise just count it; then sign it (aws-sigv4)."""
+        (SPEC §5.6), otherwise just count it; then sign it (aws-sigv4). A buffered body is scanned
+        for vault values first (guard), before the upstream is dialled."""
+        if fs.ident is not None:
+            self.guard.body(flow, fs, self.core.runtime.snapshot.vaults[fs.ident.vault])
         self._substitute_body(flow, fs)
         if fs.signing is not None:
             self.broker.sign_buffered(flow, fs.signing)

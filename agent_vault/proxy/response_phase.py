@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from mitmproxy import http
 
+from agent_vault.audit import proxy_record
 from agent_vault.core import Core
-from agent_vault.proxy import inject
+from agent_vault.errors import ExfiltrationBlocked
+from agent_vault.proxy import guard, inject, live
 from agent_vault.proxy.answers import is_proxy_answer
+from agent_vault.proxy.exfil import Finding, matcher_for, scrub
 from agent_vault.proxy.flowlog import FlowState
+from agent_vault.proxy.guard import Guard, WsScan, ws_scan
 from agent_vault.proxy.request_phase import STREAM_THRESHOLD, content_length
 from agent_vault.proxy.streams import (
     WsState,
@@ -27,9 +31,11 @@ from agent_vault.proxy.streams import (
 
 
 class ResponsePhase:
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, guard: Guard | None = None) -> None:
         self.core = core
+        self.guard = guard
         self.websockets: dict[str, WsState] = {}  # flow id -> what its upgraded WebSocket needs
+        self.ws_scans: dict[str, WsScan] = {}  # flow id -> exfiltration scan of client messages
 
     def headers(self, flow: http.HTTPFlow, fs: FlowState) -> None:
         """`responseheaders`: hygiene and header redaction; decide whether the body streams."""
@@ -48,6 +54,7 @@ class ResponsePhase:
             or "text/event-stream" in resp.headers.get("content-type", "")
         ):
             resp.stream = response_filter(fs, flow, self.core.settings.max_buffered_bytes)
+        guard.meter_response(self.core.services.usage, self.core.services.metrics, flow, fs)
 
     def complete(self, flow: http.HTTPFlow, fs: FlowState) -> None:
         """`response`: redact a buffered body, set up an upgraded WebSocket, redact trailers; a
@@ -62,7 +69,11 @@ class ResponsePhase:
             ws = ws_state(self.core.runtime, fs)
             if ws is not None:
                 self.websockets[flow.id] = ws
+            scan = ws_scan(fs) if self.guard is not None else None
+            if scan is not None:
+                self.ws_scans[flow.id] = scan
         elif not resp.stream:
+            guard.meter_body(self.core.services.usage, self.core.services.metrics, flow, fs)
             fs.redact_buffered(resp, self.core.settings.max_buffered_bytes)
         elif fs.error is not None:
             flow.kill()  # type: ignore[no-untyped-call]
@@ -73,9 +84,36 @@ class ResponsePhase:
         """Substitute in client text messages (opt-in), redact server text messages (SPEC §5.8-§5.9);
         mitmproxy's per-connection message history is dropped."""
         msg = trim_ws_history(flow)
+        scan = self.ws_scans.get(flow.id)
+        if msg is not None and msg.from_client and scan is not None and self.guard is not None:
+            found = self.guard.websocket(self.core.runtime.snapshot.vaults.get(scan.vault), scan, msg.content)
+            if found is not None:  # never relayed: the connection is closed and the block audited
+                msg.drop()  # type: ignore[no-untyped-call]
+                self._ws_blocked(scan, found)
+                live.close_client(flow.client_conn.id)  # flow.kill() does not end a WebSocket
+                return
         ws = self.websockets.get(flow.id)
         if ws is not None and msg is not None:
             ws_message(ws, msg)
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         self.websockets.pop(flow.id, None)
+        self.ws_scans.pop(flow.id, None)
+
+    def _ws_blocked(self, scan: WsScan, found: Finding) -> None:
+        """One audit record for a WebSocket closed for carrying a value (names only)."""
+        view = self.core.runtime.snapshot.vaults.get(scan.vault)
+        host = scrub(scan.host, matcher_for(view)) if view is not None else scan.host
+        self.core.audit.submit(
+            proxy_record(
+                actor=scan.actor,
+                vault=scan.vault,
+                method="WEBSOCKET",
+                scheme="wss",
+                host=host,
+                port=scan.port,
+                decision="denied",
+                error=ExfiltrationBlocked.code,
+                blocked_key=found.key,
+            )
+        )

@@ -10,7 +10,8 @@ AV.page("settings", async ({main, vault, me}) => {
     ["passthrough", "passthrough: intercept, forward without credentials"],
     ["deny", "deny: refuse every unmatched host"]], s.unmatched_policy);
   const enforcement = AV.select("set-enforcement", [["enforce", "enforce"],
-    ["dry-run", "dry-run: log what would be denied, let it through"]], s.enforcement);
+    ["dry-run", "dry-run: log what would be denied, let it through"],
+    ["learn", "learn: like dry-run, and draft a proposal per unknown host"]], s.enforcement);
   const limits = AV.select("set-rate-limits", [["server", "server: follow the server's --rate-limits"],
     ["default", "default"], ["strict", "strict"], ["off", "off"]], s.rate_limits || "server");
   const form = el("form", {id: "vault-settings"}, AV.field("Unmatched hosts", policy),

@@ -62,7 +62,7 @@ def test_unknown_auth_type_did_you_mean(capsys: pytest.CaptureFixture[str]) -> N
         ),
         (
             ["vault", "settings", "--enforcement", "dryrun"],
-            "error: Invalid value for --enforcement: 'dryrun' is not one of enforce, dry-run; "
+            "error: Invalid value for --enforcement: 'dryrun' is not one of enforce, dry-run, learn; "
             "did you mean dry-run?\n",
         ),
         (

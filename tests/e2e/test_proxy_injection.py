@@ -186,43 +186,56 @@ def test_passthrough_injects_nothing(client: httpx.Client, up: TLSUpstream) -> N
 def test_placeholders_in_header_path_and_query(client: httpx.Client, up: TLSUpstream) -> None:
     sub = VALUES["SUBST_KEY"]
     r = client.get(
-        f"https://localhost:{up.port}/echo/subst/{{{{SUBST_KEY}}}}?q=%7B%7B%20SUBST_KEY%20%7D%7D&o={{{{PASS_KEY}}}}",
-        headers={"X-Sub": "v={{ SUBST_KEY }}", "X-Other": "{{OTHER_KEY}}"},
+        f"https://localhost:{up.port}/echo/subst/{{{{SUBST_KEY}}}}?q=%7B%7B%20SUBST_KEY%20%7D%7D",
+        headers={"X-Sub": "v={{ SUBST_KEY }}"},
     )
     req = _last(up)
     assert _headers(req, "x-sub") == [f"v={sub}"]
-    assert _headers(req, "x-other") == ["{{OTHER_KEY}}"]  # not a key of this service: literal
     path, _, query = req["path"].partition("?")
     assert path == f"/echo/subst/{quote(sub, safe='')}"
     params = parse_qs(query)
-    assert params["q"] == [sub] and params["o"] == ["{{PASS_KEY}}"]
+    assert params["q"] == [sub]
     _no_secret(r.text)
+    # a placeholder of a key this service does not use is refused (issue #20: exfiltration blocking)
+    other = client.get(f"https://localhost:{up.port}/echo/subst/x", headers={"X-Other": "{{OTHER_KEY}}"})
+    assert other.status_code == 403 and other.json()["error"] == "exfiltration_blocked"
+    other = client.get(f"https://localhost:{up.port}/echo/subst/x?o={{{{PASS_KEY}}}}")
+    assert other.status_code == 403 and other.json()["key"] == "PASS_KEY"
 
 
-def test_placeholders_to_other_services_and_unmatched_hosts_stay_literal(
+def test_placeholders_to_other_services_and_unmatched_hosts_are_refused(
     srv: ServerProc, client: httpx.Client, up: TLSUpstream
 ) -> None:
-    client.get(f"https://localhost:{up.port}/echo/bearer/{{{{SUBST_KEY}}}}", headers={"X-A": "{{SUBST_KEY}}"})
-    req = _last(up)  # bearer-api's own key may be substituted, SUBST_KEY belongs to another service
-    assert req["path"].startswith("/echo/bearer/%7B%7BSUBST_KEY%7D%7D") and _headers(req, "x-a") == [
-        "{{SUBST_KEY}}"
-    ]
+    """Issue #20: a placeholder headed to a host that is not a service using its key is refused
+    (403 exfiltration_blocked), never substituted nor sent literally."""
+    up.requests_seen.clear()
+    r = client.get(
+        f"https://localhost:{up.port}/echo/bearer/{{{{SUBST_KEY}}}}", headers={"X-A": "{{SUBST_KEY}}"}
+    )
+    assert (
+        r.status_code == 403
+        and r.json()["error"] == "exfiltration_blocked"
+        and r.json()["key"] == "SUBST_KEY"
+    )
     with srv.http() as c:
         c.patch("/v1/vaults/default", json={"password": OWNER_PASSWORD, "unmatched_policy": "passthrough"})
     try:
-        client.get(f"https://other.upstream.test:{up.port}/echo/x", headers={"X-A": "{{BEARER_KEY}}"})
-        assert _headers(_last(up), "x-a") == ["{{BEARER_KEY}}"]
+        r = client.get(f"https://other.upstream.test:{up.port}/echo/x", headers={"X-A": "{{BEARER_KEY}}"})
+        assert r.status_code == 403 and r.json()["key"] == "BEARER_KEY"
+        assert up.requests_seen.snapshot() == []
     finally:
         with srv.http() as c:
             c.patch("/v1/vaults/default", json={"password": OWNER_PASSWORD, "unmatched_policy": "tunnel"})
 
 
 def test_body_substitution_is_opt_in_and_json_escaped(client: httpx.Client, up: TLSUpstream) -> None:
-    payload = {"a": "{{BODY_KEY}}", "b": "x {{ SUBST_KEY }} y", "c": "{{OTHER_KEY}}"}
+    payload = {"a": "{{BODY_KEY}}", "b": "x {{ SUBST_KEY }} y", "c": "{{NOT_A_KEY}}"}
     r = client.post(f"https://localhost:{up.port}/echo/subst/body", json=payload)
     got = json.loads(_last(up)["body"])
-    assert got == {"a": VALUES["BODY_KEY"], "b": f"x {VALUES['SUBST_KEY']} y", "c": "{{OTHER_KEY}}"}
+    assert got == {"a": VALUES["BODY_KEY"], "b": f"x {VALUES['SUBST_KEY']} y", "c": "{{NOT_A_KEY}}"}
     _no_secret(r.text)
+    other = client.post(f"https://localhost:{up.port}/echo/subst/body", json={"c": "{{OTHER_KEY}}"})
+    assert other.status_code == 403 and other.json()["error"] == "exfiltration_blocked"  # issue #20
     client.post(f"https://localhost:{up.port}/echo/bearer", json={"a": "{{BEARER_KEY}}"})  # not opted in
     assert json.loads(_last(up)["body"]) == {"a": "{{BEARER_KEY}}"}
 

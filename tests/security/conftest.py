@@ -62,6 +62,9 @@ PROXY_CODES = {
     "body_too_large": 413,
     "headers_too_large": 431,
     "rate_limited": 429,
+    "exfiltration_blocked": 403,  # issue #20
+    "quota_exceeded": 429,
+    "budget_exceeded": 429,
     "credential_not_found": 502,
     "credential_corrupt": 502,
     "substitution_error": 502,

@@ -153,9 +153,11 @@ def test_http2_authority_never_decides(srv: SweptServer, up: Forger, evil: Forge
 
 
 @pytest.mark.parametrize("mode", ["tunnel", "passthrough", "deny"])
-def test_placeholders_aimed_at_an_unmatched_host_stay_literal(
+def test_placeholders_aimed_at_an_unmatched_host_are_never_substituted(
     srv: SweptServer, evil: Forger, token: str, mode: str
 ) -> None:
+    """`tunnel`: not intercepted, relayed as sent (literal); `deny`: refused by policy;
+    `passthrough`: intercepted and refused as exfiltration (issue #20); never substituted."""
     ph = "{{VICTIM_KEY}}"
     with policy(srv, mode), srv.agent_client(token) as c:
         r = c.post(
@@ -164,8 +166,9 @@ def test_placeholders_aimed_at_an_unmatched_host_stay_literal(
             headers={"X-Ph": ph, "Authorization": f"Bearer {ph}", "Cookie": f"s={ph}"},
             json={"a": ph},
         )
-    if mode == "deny":
-        proxy_error(r.status_code, dict(r.headers), r.content, "service_not_allowed")
+    if mode in ("deny", "passthrough"):
+        code = "service_not_allowed" if mode == "deny" else "exfiltration_blocked"
+        proxy_error(r.status_code, dict(r.headers), r.content, code)
         assert evil.requests_seen.snapshot() == []
         return
     assert r.status_code == 200
@@ -175,17 +178,17 @@ def test_placeholders_aimed_at_an_unmatched_host_stay_literal(
     never_sent(evil, *V.values())
 
 
-def test_placeholder_for_another_services_key_stays_literal(srv: SweptServer, up: Forger, token: str) -> None:
-    """SCOPED_KEY belongs to scoped-api: a request to victim-api cannot pull it in, anywhere."""
+def test_placeholder_for_another_services_key_is_refused(srv: SweptServer, up: Forger, token: str) -> None:
+    """SCOPED_KEY belongs to scoped-api: a request to victim-api cannot pull it in, anywhere (issue
+    #20: such a placeholder is refused as exfiltration, before the upstream)."""
     with srv.agent_client(token) as c:
         r = c.get(
             f"https://api.upstream.test:{up.port}/echo/{{{{SCOPED_KEY}}}}",
             params={"q": "{{SCOPED_KEY}}"},
             headers={"X-Ph": "{{ SCOPED_KEY }}"},
         )
-    assert r.status_code == 200
-    (seen,) = up.requests_seen.wait_for(1)
-    assert header_values(seen, "x-ph") == ["{{ SCOPED_KEY }}"]
+    proxy_error(r.status_code, dict(r.headers), r.content, "exfiltration_blocked")
+    assert up.requests_seen.snapshot() == []
     never_sent(up, V["SCOPED_KEY"])
 
 
