@@ -110,7 +110,9 @@ def vault_page(vault: str) -> RedirectResponse:
 
 
 @router.get("/ui/vaults/{vault}/{section}", response_class=HTMLResponse)
-def vault_section_page(vault: str, section: str) -> HTMLResponse:
+def vault_section_page(vault: str, section: str) -> Response:
+    if section == "holds":  # held requests are listed on the proposals page (notification links)
+        return RedirectResponse(f"/ui/vaults/{_vault_name(vault)}/proposals#holds", status_code=307)
     if section not in VAULT_SECTIONS:
         raise NotFound("no such page", hint="Pages: " + ", ".join(VAULT_SECTIONS) + ".")
     return shell(section, _vault_name(vault))

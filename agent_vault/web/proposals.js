@@ -51,12 +51,13 @@ AV.page("proposals", async ({main, vault}) => {
     const r = await api("GET", vaultPath(vault, "/proposals"));
     if (!r.ok) { pendingBox.replaceChildren(AV.empty("Cannot list proposals.", AV.why(r))); return; }
     const all = r.data.proposals.slice().sort((a, b) => b.id - a.id);
-    const pending = all.filter((p) => p.status === "pending");
+    const open = (p) => p.status === "pending" || p.status === "draft";  // draft: drafted in learn mode
+    const pending = all.filter(open);
     const details = await Promise.all(pending.map((p) =>
       api("GET", vaultPath(vault, "/proposals/" + enc(String(p.id)))).then((d) => (d.ok ? d.data : null))));
     pendingBox.replaceChildren(...(pending.length ? pending.map((p, i) => row(p, true, details[i]))
       : [AV.empty("Nothing to decide.", "Agents propose with `agent-vault vault propose` or POST /v1/proposals.")]));
-    const past = all.filter((p) => p.status !== "pending");
+    const past = all.filter((p) => !open(p));
     pastBox.replaceChildren(...(past.length ? past.map((p) => row(p, false))
       : [el("p", {class: "muted"}, "No decided proposals yet.")]));
   }

@@ -54,6 +54,8 @@ def test_pages_reject_unknown_sections_and_bad_vault_names(api: httpx.Client) ->
     r = api.get("/ui/vaults/default", follow_redirects=False)
     assert r.status_code == 307 and r.headers["location"] == "/ui/vaults/default/services"
     assert api.get("/ui", follow_redirects=False).headers["location"] == "/ui/"
+    holds = api.get("/ui/vaults/default/holds", follow_redirects=False)  # the link in hold notifications
+    assert holds.status_code == 307 and holds.headers["location"] == "/ui/vaults/default/proposals#holds"
 
 
 def test_assets_come_from_an_allowlist(api: httpx.Client) -> None:
