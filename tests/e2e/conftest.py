@@ -17,6 +17,13 @@ def upstream(upstream_ca: trustme.CA) -> Iterator[TLSUpstream]:
         yield up
 
 
+@pytest.fixture(scope="module")
+def up(upstream_ca: trustme.CA) -> Iterator[TLSUpstream]:
+    """One HTTPS upstream per test module (HTTP/1.1 + HTTP/2), for the module's `srv`."""
+    with TLSUpstream(ca=upstream_ca) as u:
+        yield u
+
+
 @pytest.fixture
 def server(tmp_path: Path, upstream_ca: trustme.CA) -> Iterator[ServerProc]:
     with ServerProc(tmp_path, upstream_ca) as s:

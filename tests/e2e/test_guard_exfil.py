@@ -33,12 +33,6 @@ RESOLVE = "other.upstream.test=127.0.0.1"
 
 
 @pytest.fixture(scope="module")
-def up(upstream_ca: trustme.CA) -> Iterator[TLSUpstream]:
-    with TLSUpstream(ca=upstream_ca) as u:
-        yield u
-
-
-@pytest.fixture(scope="module")
 def srv(
     tmp_path_factory: pytest.TempPathFactory, upstream_ca: trustme.CA, up: TLSUpstream
 ) -> Iterator[ServerProc]:

@@ -15,12 +15,6 @@ from helpers.upstream import TLSUpstream
 
 
 @pytest.fixture(scope="module")
-def up(upstream_ca: trustme.CA) -> Iterator[TLSUpstream]:
-    with TLSUpstream(ca=upstream_ca) as u:
-        yield u
-
-
-@pytest.fixture(scope="module")
 def srv(
     tmp_path_factory: pytest.TempPathFactory, upstream_ca: trustme.CA, up: TLSUpstream
 ) -> Iterator[ServerProc]:

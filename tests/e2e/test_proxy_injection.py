@@ -75,12 +75,6 @@ def _services(port: int) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def up(upstream_ca: trustme.CA) -> Iterator[TLSUpstream]:
-    with TLSUpstream(ca=upstream_ca) as u:
-        yield u
-
-
-@pytest.fixture(scope="module")
 def srv(
     tmp_path_factory: pytest.TempPathFactory, upstream_ca: trustme.CA, up: TLSUpstream
 ) -> Iterator[ServerProc]:

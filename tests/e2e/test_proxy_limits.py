@@ -19,12 +19,6 @@ TOKENS: list[str] = []
 
 
 @pytest.fixture(scope="module")
-def up(upstream_ca: trustme.CA) -> Iterator[TLSUpstream]:
-    with TLSUpstream(ca=upstream_ca) as u:
-        yield u
-
-
-@pytest.fixture(scope="module")
 def plain() -> Iterator[PlainUpstream]:
     with PlainUpstream() as u:
         yield u
