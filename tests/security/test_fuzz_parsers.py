@@ -307,15 +307,16 @@ def test_build_injection_refuses_only_ctl_and_never_echoes(value: str, kind: str
         inj = build_injection(auth, {"API_KEY": value})
     except SubstitutionError as e:
         assert re.search(r"[\r\n\x00]", value)
-        assert e.key == "API_KEY" and (len(value) < 3 or value not in str(e) + repr(e))
+        # the text is the same whatever the value was (a short value may occur in it by chance)
+        assert e.key == "API_KEY" and str(e) == str(SubstitutionError("API_KEY"))
         return
     assert not re.search(r"[\r\n\x00]", value)
     expected = {"bearer": "Bearer " + value, "api-key": "Key " + value, "custom": f"t={value};v=1"}[kind]
     assert list(inj.headers.values()) == [expected]
     assert inj.used_keys == ["API_KEY"]
     assert (len(value) >= 8) == (("API_KEY", value.encode("utf-8", "surrogateescape")) in inj.secrets)
-    if len(value) >= 3:
-        assert value not in repr(inj)
+    # repr names keys only: it reads the same for any value of that length class
+    assert repr(inj) == repr(build_injection(auth, {"API_KEY": "z" * len(value)}))
 
 
 # --- proposal bodies (SPEC §8) ----------------------------------------------------------------------
