@@ -56,7 +56,7 @@ AV.page("proposals", async ({main, vault}) => {
     const details = await Promise.all(pending.map((p) =>
       api("GET", vaultPath(vault, "/proposals/" + enc(String(p.id)))).then((d) => (d.ok ? d.data : null))));
     pendingBox.replaceChildren(...(pending.length ? pending.map((p, i) => row(p, true, details[i]))
-      : [AV.empty("Nothing to decide.", "Agents propose with `agent-vault vault propose` or POST /v1/proposals.")]));
+      : [AV.empty("Nothing to decide.", "Agents propose with POST /v1/proposals or the MCP tool `propose` (agent-vault mcp).")]));
     const past = all.filter((p) => !open(p));
     pastBox.replaceChildren(...(past.length ? past.map((p) => row(p, false))
       : [el("p", {class: "muted"}, "No decided proposals yet.")]));
