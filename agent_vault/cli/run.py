@@ -135,15 +135,7 @@ def open_session(
     narrow = {"only_services": only_services, "only_methods": only_methods}
     if token.startswith("av_sess_") and (only_services or only_methods):  # nested and narrower: a child
         child = {"vault": vault, "ttl_seconds": ttl, "label": label[:200], "unmatched_policy": policy}
-        data = c.post("/v1/sessions", {**child, **narrow})
-        return RunSession(
-            token=str(data["token"]),
-            vault=str(data["vault"]),
-            session_id=int(data["id"]),
-            ttl=ttl,
-            expires_at=data.get("expires_at"),
-            child=True,
-        )
+        return _minted(c.post("/v1/sessions", {**child, **narrow}), ttl, child=True)
     if token.startswith("av_sess_"):  # nested: reuse as is
         me = c.get("/v1/auth/me")
         bound = str((me.get("vaults") or [{}])[0].get("name") or "")
@@ -163,13 +155,18 @@ def open_session(
         "unmatched_policy": policy,
         **narrow,
     }
-    data = c.post("/v1/sessions", body)
+    return _minted(c.post("/v1/sessions", body), ttl)
+
+
+def _minted(data: dict[str, Any], ttl: int, *, child: bool = False) -> RunSession:
+    """The RunSession of a session POST /v1/sessions just minted (revoked when the run ends)."""
     return RunSession(
         token=str(data["token"]),
         vault=str(data["vault"]),
         session_id=int(data["id"]),
         ttl=ttl,
         expires_at=data.get("expires_at"),
+        child=child,
     )
 
 
