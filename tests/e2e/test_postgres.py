@@ -165,3 +165,24 @@ def test_migrate_db_moves_a_sqlite_instance_that_then_serves_and_verifies(
     finally:
         assert new.stop() == 0
     assert SECRET not in new.stderr_text()
+
+
+def test_detached_server_gets_the_url_through_its_environment_never_argv(pg: Any, tmp_path: Path) -> None:
+    """PostgreSQL here trusts loopback, so a URL with a password connects: the password must not reach
+    the detached child's argv, the log or any output."""
+    url = pg.new_database().replace("postgresql://postgres@", f"postgresql://postgres:{URL_PASSWORD}@")
+    env = base_env(tmp_path, DATABASE_URL=url, AGENT_VAULT_MASTER_PASSWORD=MASTER_PASSWORD)
+    init = _run(env, "init", "--owner-email", OWNER_EMAIL, "--password-stdin", stdin=OWNER_PASSWORD + "\n")
+    assert init.returncode == 0, init.stderr
+    started = _run(env, "server", "--detach", "--port", "0", "--proxy-port", "0")
+    assert started.returncode == 0, started.stderr
+    home = Path(env["AGENT_VAULT_HOME"])
+    pid = int((home / "server.lock").read_text().split()[0])
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+        assert "postgresql" not in argv and URL_PASSWORD not in argv
+        assert URL_PASSWORD not in started.stdout + started.stderr
+    finally:
+        stopped = _run(env, "server", "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert URL_PASSWORD not in (home / "server.log").read_text()
