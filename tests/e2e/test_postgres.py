@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import trustme
 from helpers.env import base_env
 from helpers.server import MASTER_PASSWORD, OWNER_EMAIL, OWNER_PASSWORD, ServerProc
@@ -186,3 +187,20 @@ def test_detached_server_gets_the_url_through_its_environment_never_argv(pg: Any
         stopped = _run(env, "server", "stop")
     assert stopped.returncode == 0, stopped.stderr
     assert URL_PASSWORD not in (home / "server.log").read_text()
+
+
+def test_migrate_db_refuses_a_passwordless_instance_and_leaves_the_target_empty(
+    pg: Any, tmp_path: Path
+) -> None:
+    env = base_env(tmp_path)
+    init = _run(env, "init", "--key-mode", "passwordless", "--owner-email", OWNER_EMAIL, "--password-stdin",
+                stdin=OWNER_PASSWORD + "\n")  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    url = pg.new_database()
+    cp = _run(env, "migrate-db", "--to", url)
+    assert cp.returncode == 1 and cp.stdout == ""
+    assert cp.stderr.startswith("error: passwordless mode is not available with PostgreSQL")
+    assert "master-password set" in cp.stderr and len(cp.stderr.strip().splitlines()) == 1
+    with psycopg.connect(url) as conn:
+        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()
+    assert tables == (0,)  # refused before the target was even opened
