@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Column, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Integer, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -27,6 +27,19 @@ class MasterKey(SQLModel, table=True):
     memory_kib: int
     parallelism: int
     key_version: int = 1
+
+
+class InstanceState(SQLModel, table=True):
+    """The instance itself, one row (id 1): identity, key mode and the CA. Lives in the database so any
+    replica with the master password can serve it. The CA key is AES-GCM-sealed under the DEK."""
+
+    __tablename__ = "instance_state"
+    id: int = Field(default=1, primary_key=True)
+    instance_id: str
+    key_mode: str  # password | keyring | passwordless (SQLite only)
+    created_at: datetime = Field(default_factory=utcnow)
+    ca_cert: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # PEM, public
+    ca_key_sealed: bytes = Field(sa_column=Column(LargeBinary, nullable=False), repr=False)
 
 
 class User(SQLModel, table=True):
@@ -159,7 +172,8 @@ class AuditEvent(SQLModel, table=True):
     """One link of the audit hash chain. `record` is the canonical JSON without the hash."""
 
     __tablename__ = "audit_events"
-    seq: int = Field(primary_key=True)
+    # BIGINT on PostgreSQL (it only grows); INTEGER on SQLite, where that is already 64-bit.
+    seq: int = Field(primary_key=True, sa_type=BigInteger().with_variant(Integer(), "sqlite"))
     ts: str = Field(index=True)
     kind: str = Field(index=True)
     actor: str = ""

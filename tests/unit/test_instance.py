@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import sqlite3
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from agent_vault import keys
 from agent_vault.config import Settings
 from agent_vault.errors import AgentVaultError, Conflict, InvalidRequest, NotInitialised, WrongMasterPassword
+from agent_vault.home import Home
 from agent_vault.instance import init_instance, unlock
+from agent_vault.store import Store
 
 MASTER = "master-password-123456"
 
@@ -41,11 +46,36 @@ def test_home_and_secret_files_are_private(tmp_path: Path) -> None:
     home = tmp_path / "h"
     _init(home)
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
-    for f in ("agent-vault.db", "instance.json", "ca/ca-key.enc"):
+    for f in ("agent-vault.db", "instance.json"):
         assert stat.S_IMODE((home / f).stat().st_mode) == 0o600, f
-    assert b"PRIVATE KEY" not in (home / "ca" / "ca-key.enc").read_bytes()
-    assert stat.S_IMODE((home / "ca" / "ca-cert.pem").stat().st_mode) == 0o644
-    assert not (home / "dek.key").exists()
+    assert not (home / "dek.key").exists() and not (home / "ca").exists()  # the CA lives in the database
+    with sqlite3.connect(home / "agent-vault.db") as conn:
+        cert, sealed = conn.execute("SELECT ca_cert, ca_key_sealed FROM instance_state").fetchone()
+    assert b"BEGIN CERTIFICATE" in cert and b"PRIVATE KEY" not in sealed
+
+
+def test_a_home_from_before_the_instance_row_is_moved_into_it(tmp_path: Path) -> None:
+    """Older versions kept the CA in ca/ (key sealed) and the identity in instance.json only: the
+    first unlock copies them, still sealed, into the row; the CA and the credentials stay the same."""
+    s = _init(tmp_path / "h")
+    u = unlock(s, MASTER)
+    ca, instance_id = u.ca, u.instance_id
+    u.store.close()
+    ca_dir = tmp_path / "h" / "ca"
+    ca_dir.mkdir(mode=0o700)
+    with sqlite3.connect(tmp_path / "h" / "agent-vault.db") as conn:
+        cert, sealed = conn.execute("SELECT ca_cert, ca_key_sealed FROM instance_state").fetchone()
+        conn.execute("DELETE FROM instance_state")
+    (ca_dir / "ca-cert.pem").write_bytes(cert)
+    (ca_dir / "ca-key.enc").write_bytes(sealed)
+    again = unlock(s, MASTER)
+    again.store.close()
+    assert (again.instance_id, again.ca) == (instance_id, ca)
+    assert again.ca.key_pem == ca.key_pem and not ca_dir.exists()
+    with sqlite3.connect(tmp_path / "h" / "agent-vault.db") as conn:
+        assert conn.execute("SELECT instance_id, key_mode FROM instance_state").fetchall() == [
+            (instance_id, "password")
+        ]
 
 
 def test_passwordless_mode_keeps_dek_in_a_private_file(tmp_path: Path) -> None:
@@ -101,6 +131,54 @@ def test_uninitialised_and_unreadable_home(tmp_path: Path) -> None:
         _init(blocker / "h")
 
 
-def test_postgres_url_is_reserved(tmp_path: Path) -> None:
-    with pytest.raises(InvalidRequest, match="postgresql backend is not available"):
-        Settings(home=tmp_path, database_url="postgresql://x/y").sqlalchemy_url()
+def test_database_url_scheme_is_checked_and_never_echoed(tmp_path: Path) -> None:
+    assert Settings(home=tmp_path, database_url="postgresql://x/y").sqlalchemy_url() == "postgresql://x/y"
+    with pytest.raises(InvalidRequest, match="must be sqlite:///PATH or postgresql://") as info:
+        Settings(home=tmp_path, database_url="mysql://u:hunter2-secret@h/db").sqlalchemy_url()
+    assert "hunter2" not in str(info.value) + info.value.hint
+    assert "hunter2" not in repr(Settings(home=tmp_path, database_url="postgresql://u:hunter2@h/db"))
+
+
+def test_a_postgres_instance_lives_in_the_database_alone(pg: Any, tmp_path: Path) -> None:
+    """init writes nothing local; any home unlocks it; a second init is refused; the master password
+    changes in the database; passwordless is refused (its key file would be local to one host)."""
+    url = pg.new_database()
+    first = _init_pg(tmp_path / "a", url)
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(Conflict, match="already holds agent-vault instance"):
+        _init_pg(tmp_path / "b", url)
+    other = Settings(home=tmp_path / "c", database_url=url)
+    u = unlock(other, MASTER)
+    u.store.close()
+    assert u.instance_id == first and u.key_mode == "password" and b"PRIVATE KEY" in u.ca.key_pem
+    with pytest.raises(WrongMasterPassword):
+        unlock(other, "not-the-password-at-all")
+    store = Store(url)
+    try:
+        with pytest.raises(InvalidRequest, match="passwordless mode is not available"):
+            keys.change_key_mode(Home(tmp_path / "c"), store, first, "password", MASTER, "passwordless", None)
+        keys.change_key_mode(
+            Home(tmp_path / "c"), store, first, "password", MASTER, "password", "a-new-master-pw-99"
+        )
+    finally:
+        store.close()
+    again = unlock(other, "a-new-master-pw-99")
+    assert again.ca == u.ca and again.dek == u.dek
+    rotated = keys.new_ca(first)  # CA rotation replaces the row's CA for every replica's next start
+    keys.store_ca(again.store, first, again.dek, rotated)
+    again.store.close()
+    after = unlock(Settings(home=tmp_path / "e", database_url=url), "a-new-master-pw-99")
+    after.store.close()
+    assert after.ca == rotated != u.ca
+    with pytest.raises(InvalidRequest, match="passwordless mode is not available"):
+        _init_pg(tmp_path / "d", pg.new_database(), mode="passwordless")
+
+
+def _init_pg(home: Path, url: str, mode: str = "password") -> str:
+    return init_instance(
+        Settings(home=home, database_url=url),
+        key_mode=mode,
+        owner_email="owner@example.com",
+        owner_password="owner-pass-1",
+        master_password=MASTER if mode != "passwordless" else None,
+    )
