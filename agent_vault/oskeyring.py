@@ -32,12 +32,12 @@ def _keyring() -> object:
         raise KeyringUnavailable("disabled by AGENT_VAULT_KEYRING=0", present=False)
     try:
         import keyring
-        from keyring.backends import fail
+        from keyring.backends import fail, null
 
         backend = keyring.get_keyring()
     except Exception as e:  # a broken backend configuration is "no keyring", never fatal
         raise KeyringUnavailable(f"the keyring backend cannot load ({type(e).__name__})") from None
-    if isinstance(backend, fail.Keyring):
+    if isinstance(backend, fail.Keyring | null.Keyring):  # null: accepts writes, keeps nothing
         raise KeyringUnavailable("no keyring backend is available", present=False)
     return backend
 
@@ -59,12 +59,16 @@ def get(username: str) -> str | None:
 
 
 def put(username: str, secret: str) -> None:
-    """Store (replace) a secret; KeyringUnavailable if the keyring fails."""
+    """Store (replace) a secret and read it back; KeyringUnavailable if the keyring fails or does not
+    keep it (a backend that swallows writes must not lose a login)."""
     b = _keyring()
     try:
         b.set_password(SERVICE, username, secret)  # type: ignore[attr-defined]
+        kept = b.get_password(SERVICE, username)  # type: ignore[attr-defined]
     except Exception as e:  # see get()
         raise KeyringUnavailable(f"the keyring failed ({type(e).__name__})") from None
+    if kept != secret:
+        raise KeyringUnavailable("the keyring did not keep the entry")
 
 
 def delete(username: str) -> bool:
