@@ -16,8 +16,10 @@ import logging
 import time
 from collections.abc import Callable
 
+from mitmproxy import flow as mflow
 from mitmproxy import http
 from mitmproxy.proxy.context import Context
+from mitmproxy.proxy.layers.http import HTTPMode, validate_request
 
 from agent_vault.errors import AgentVaultError
 from agent_vault.proxy import engine
@@ -50,7 +52,7 @@ class Session:
         self._close = close
 
     async def _upstream(self) -> Upstream:
-        if self.up is not None and not self.up.closed and self.up.reusable:
+        if self.up is not None and self.up.reusable_now():
             return self.up
         if self.up is not None:
             self.up.close()
@@ -89,6 +91,14 @@ class Session:
         flow = http.HTTPFlow(self.context.client, self.context.server)
         flow.request = req
         flow.live = True
+        invalid = validate_request(HTTPMode.transparent, req, True)
+        if invalid is not None:  # the engine's check_invalid: the hooks see it, the client gets 400
+            flow.error = mflow.Error(invalid)
+            await self.addon.requestheaders(flow)
+            self.addon.error(flow)
+            self.client.write(h1_error_response(400, invalid))
+            await self.client.drain()
+            return False
         ex = Exchange(self.addon, flow, size, self.client, self.creader, self._upstream)
         try:
             return await ex.run()
