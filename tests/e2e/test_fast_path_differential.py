@@ -7,10 +7,10 @@ body). Smuggling cases (CL+TE, duplicate Content-Length, obfuscated Transfer-Enc
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
-import socket
 from collections.abc import Iterator
 
 import pytest
@@ -44,8 +44,8 @@ def _responses(data: bytes) -> Outcome:
         elif r.getheader("x-agent-vault-proxy-error") == "true":
             seen = json.loads(body).get("error") if body.startswith(b"{") else "html"
         out.append((r.status, seen))
-        if r.will_close:
-            break
+        if r.will_close or (r.status >= 400 and seen is None):
+            break  # the test upstream hangs up after refusing a request: what follows is a race
     return out
 
 
@@ -85,15 +85,13 @@ def _exchange(s: ServerProc, token: str, port: int, data: bytes) -> Outcome:
         assert conn.connect(f"localhost:{port}", {"Proxy-Authorization": basic(token)}).status == 200
         conn.start_tls("localhost", s.ca_bundle, alpn=["http/1.1"])
         conn.sock.settimeout(1.5)
-        try:
+        with contextlib.suppress(OSError):
             conn.send(data)
-        except OSError:
-            pass
         got = b""
         try:
             while chunk := conn.sock.recv(65536):
                 got += chunk
-        except (TimeoutError, socket.timeout, OSError):
+        except (TimeoutError, OSError):
             pass
     return _responses(got)
 
