@@ -14,14 +14,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-import h11
-from h11._receivebuffer import ReceiveBuffer
 from mitmproxy import http
 from mitmproxy.net.http import http1
 
 from agent_vault.proxy.engine import _head_over_limit
 from agent_vault.proxy.engine_compat import _http1
 from agent_vault.proxy.fast import strict
+
+# h11 as the engine imports it (mitmproxy's HTTP/1 layer): the same buffer and body readers
+_engine_h1: Any = _http1
+h11: Any = _engine_h1.h11
+ReceiveBuffer: Any = _engine_h1.ReceiveBuffer
 
 _h1: Any = http1  # mitmproxy's HTTP/1 functions are untyped
 
