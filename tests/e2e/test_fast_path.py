@@ -240,3 +240,13 @@ def test_fast_path_flag_is_validated(tmp_path: Path) -> None:
     assert p.returncode != 0
     assert "fast_path" in p.stderr and "on or off" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_client_hanging_up_mid_request_is_audited(srv: ServerProc, token: str, up: TLSUpstream) -> None:
+    with RawConn(srv.proxy_port) as conn:
+        assert conn.connect(f"localhost:{up.port}", {"Proxy-Authorization": basic(token)}).status == 200
+        conn.start_tls("localhost", srv.ca_bundle, alpn=["http/1.1"])
+        conn.send(f"GET /delay?seconds=3 HTTP/1.1\r\nHost: localhost:{up.port}\r\n\r\n".encode())
+        time.sleep(0.5)
+    rec = wait_audit(srv.home, path="/delay")
+    assert rec["served_by"] == "fast" and rec["error"] == "client_disconnected"

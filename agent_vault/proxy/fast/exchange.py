@@ -36,6 +36,7 @@ from agent_vault.proxy.fast.h1 import (
     response_head_bytes,
 )
 from agent_vault.proxy.fast.upstream import Upstream, UpstreamFailed
+from agent_vault.proxy.flowlog import FlowState
 
 STREAM_LARGE = 1 << 20  # the engine's `stream_large_bodies`
 
@@ -70,6 +71,14 @@ def _killed(flow: http.HTTPFlow) -> bool:
     return flow.error is not None and flow.error.msg == mflow.Error.KILLED_MESSAGE
 
 
+def mark_fast(addon: VaultAddon, flow: http.HTTPFlow) -> FlowState | None:
+    """Note on the request's state that the fast path serves it (audit `served_by`, metrics)."""
+    fs = addon.flows.get(flow.id)
+    if fs is not None:
+        fs.served = "fast"
+    return fs
+
+
 class Exchange:
     """One request on the connection (see the module docstring)."""
 
@@ -92,9 +101,7 @@ class Exchange:
         if self.size is not None and self.size > STREAM_LARGE:
             req.stream = True  # the engine's check_body_size, before the hook
         await self.addon.requestheaders(flow)
-        fs = self.addon.flows.get(flow.id)
-        if fs is not None:
-            fs.served = "fast"
+        fs = mark_fast(self.addon, flow)
         if flow.response is None and fs is not None and "upgrade" in req.headers:
             # a WebSocket handshake (hygiene dropped other upgrades): refused, never half-handled
             err = BadRequest(
@@ -167,6 +174,10 @@ class Exchange:
                 flow.response = error_response(e.error or BodyTooLarge(msg, limit_bytes=e.limit_bytes))
             self.addon.error(flow)
             self.client.write(h1_error_response(413, msg))
+            return False
+        except UpstreamFailed as e:  # the upstream went away mid-upload: 502, as the engine answers
+            up.close()
+            await self._upstream_failed(str(e))
             return False
         self.body_read = True
         if chunked:

@@ -26,7 +26,7 @@ from agent_vault.proxy import engine
 from agent_vault.proxy.addon import VaultAddon
 from agent_vault.proxy.answers import error_response, h1_error_response
 from agent_vault.proxy.fast.client import ClientSide
-from agent_vault.proxy.fast.exchange import Abort, Exchange
+from agent_vault.proxy.fast.exchange import Abort, Exchange, mark_fast
 from agent_vault.proxy.fast.h1 import BodyBroken, HeadRefused, Reader, response_bytes
 from agent_vault.proxy.fast.upstream import Upstream, open_upstream
 from agent_vault.proxy.flowlog import incident
@@ -95,6 +95,7 @@ class Session:
         if invalid is not None:  # the engine's check_invalid: the hooks see it, the client gets 400
             flow.error = mflow.Error(invalid)
             await self.addon.requestheaders(flow)
+            mark_fast(self.addon, flow)
             self.addon.error(flow)
             self.client.write(h1_error_response(400, invalid))
             await self.client.drain()
@@ -102,6 +103,10 @@ class Session:
         ex = Exchange(self.addon, flow, size, self.client, self.creader, self._upstream)
         try:
             return await ex.run()
+        except asyncio.CancelledError:  # the agent hung up mid-exchange: audited like the engine does
+            flow.error = mflow.Error("Client disconnected.")
+            self.addon.error(flow)
+            raise
         except (Abort, BodyBroken):
             self.addon._finish(flow)
             return False
