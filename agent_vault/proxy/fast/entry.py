@@ -85,9 +85,16 @@ class FastLayer(layer.Layer):
             TlsPump(data.ssl_conn), io.writer, handler.timeout_watchdog.register_activity
         )
         _wrap(handler, client, side)
-        sess = Session(self.addon, self.context, side, self.target, lambda: live.close_client(client.id))
+        sess = Session(self.addon, self.context, side, self.target, lambda: _close(client))
         self.task = asyncio.get_running_loop().create_task(sess.run())
         return True
+
+
+def _close(client: Any) -> None:
+    """Close the agent's connection unless the engine already dropped it (the agent hung up)."""
+    handler = live.handler_of(client.id)
+    if handler is not None and client in handler.transports:
+        handler.close_connection(client)
 
 
 def _wrap(handler: Any, client: Any, side: ClientSide) -> None:
