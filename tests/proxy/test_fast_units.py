@@ -223,3 +223,17 @@ def test_fail_closed_502_and_close() -> None:
     assert b'"internal"' in side.out and b"sk-123" not in side.out
     assert side.out.count(b"HTTP/1.1") == 1  # the pipelined second request was never served
     assert closed == [True] and len(addon.finished) == 1
+
+
+def test_flag_from_env_and_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from agent_vault.config import env_settings
+
+    assert env_settings().fast_path is False  # off by default
+    monkeypatch.setenv("AGENT_VAULT_FAST_PATH", "on")
+    assert env_settings().fast_path is True
+    assert env_settings(fast_path="off").fast_path is False  # the option wins over the env
+    monkeypatch.setenv("AGENT_VAULT_FAST_PATH", "yes")
+    with pytest.raises(ValidationError, match="must be on or off"):
+        env_settings()
