@@ -76,6 +76,7 @@ class VaultAddon:
             keys=[e["key"]],
         )  # the webhook (issue 19) hears of every block (issue 20): names only
         self.flows: dict[str, FlowState] = {}
+        self.fast_tasks: dict[str, asyncio.Task[None]] = {}  # client id -> its fast-path session
         self._on_reload: Callable[[], None] = lambda: None
         self._flusher: asyncio.Task[None] | None = None
 
@@ -123,6 +124,9 @@ class VaultAddon:
         holds = self.core.services.holds
         if holds is not None:
             holds.cancel_client(client.id)
+        task = self.fast_tasks.pop(client.id, None)
+        if task is not None:  # a fast-path request in flight: audited as client_disconnected
+            task.cancel()
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         """Refusals here are the CONNECT response itself, before any TLS (SPEC §6)."""

@@ -63,10 +63,10 @@ class FastLayer(layer.Layer):
             if self.side is not None:
                 self.side.take(event.data)
         elif isinstance(event, events.ConnectionClosed):
+            # The session reads EOF; a request in flight is cancelled by `client_disconnected`
+            # (after approval holds are cancelled for the client, as on the engine).
             if self.side is not None:
                 self.side.closed()
-            if self.task is not None:
-                self.task.cancel()
             yield commands.CloseConnection(self.context.client)
         yield from ()
 
@@ -87,6 +87,8 @@ class FastLayer(layer.Layer):
         _wrap(handler, client, side)
         sess = Session(self.addon, self.context, side, self.target, lambda: _close(client))
         self.task = asyncio.get_running_loop().create_task(sess.run())
+        self.addon.fast_tasks[client.id] = self.task
+        self.task.add_done_callback(lambda _t: self.addon.fast_tasks.pop(client.id, None))
         return True
 
 
