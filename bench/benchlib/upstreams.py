@@ -162,6 +162,9 @@ http {{
         ssl_protocols TLSv1.3;
         location = / {{ default_type text/plain; return 200 "bench-ok\\n"; }}
         location = /auth {{ default_type text/plain; return 200 "auth=$bench_auth\\n"; }}
+        location = /echo {{
+            default_type application/json; return 200 '{{"authorization":"$http_authorization"}}\\n';
+        }}
         location = /10m {{ default_type application/octet-stream; alias {work}/www/10m.bin; }}
     }}
 }}
