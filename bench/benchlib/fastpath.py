@@ -10,6 +10,8 @@ The issue's targets are judged in `targets`; `render` gives the markdown section
 
 from __future__ import annotations
 
+import re
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,7 +131,25 @@ def measure(r: Any, fp: FastPath) -> dict[str, Any]:
             "rounds": dl[key],
         }
     out["checks"] = fp.checks
+    out["served_by_path"] = {k: served_by_path(av.api) for k, av in fp.servers.items() if k in keys}
     out["targets"] = targets(out)
+    return out
+
+
+def served_by_path(api: str) -> dict[str, int]:
+    """agent_vault_proxy_requests_total summed by its `path` label ("fast" / "engine"; "?" if absent)."""
+    try:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(api + "/metrics", timeout=30) as resp:
+            text = resp.read().decode()
+    except OSError as e:
+        return {f"error: {e}": 0}
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith("agent_vault_proxy_requests_total"):
+            m = re.search(r'path="([^"]*)"', line)
+            key = m.group(1) if m else "?"
+            out[key] = out.get(key, 0) + int(float(line.rsplit(" ", 1)[1]))
     return out
 
 
@@ -234,6 +254,9 @@ def render(res: dict[str, Any] | None) -> list[str]:
         v = [x for x in v if x is not None]
         fl.append(max(v) * 100 if v else None)
     row("max load on the proxy core from other processes, %", fl, rat=False)
+    by_path = res.get("served_by_path", {})
+    paths = [", ".join(f"{p}: {n:,}" for p, n in sorted(by_path.get(k, {}).items())) for k in keys]
+    L.append("| requests served, by path (/metrics) | " + " | ".join(paths) + " |  |  |")
     L.append("")
     L.append("| issue #24 target (`--fast-path on`) | goal | measured | result | note |")
     L.append("|---|---|---|---|---|")
