@@ -25,6 +25,7 @@ REDACTED = "[REDACTED"
 SETTINGS = ("on", "off")
 SCEN = {"ka1": ("keep-alive c=1", 1, False), "ka16": ("keep-alive c=16", 16, False)}
 SCEN["nc16"] = ("new connection c=16", 16, True)
+SCEN["h2ka16"] = ("HTTP/2 keep-alive c=16", 16, False)  # loadgen -h2: the engine serves h2 either way
 KEYS = ("direct", "mitmdump", "av-fast-off", "av-fast-on")
 LABELS = {
     "direct": "direct",
@@ -80,8 +81,9 @@ def idle_rss(fp: FastPath) -> None:
             fp.idle_rss_kb[key] = read_status_kb(col.pid, "VmRSS")
 
 
-def _args(col: Column, port: int, conc: int, extra: list[str]) -> list[str]:
+def _args(col: Column, port: int, conc: int, extra: list[str], scen: str = "") -> list[str]:
     a = ["-mode", "load", *common_args(col, port, ECHO), "-c", str(conc), *extra]
+    a += ["-h2"] if scen.startswith("h2") else []
     if col.key.startswith("av-fast"):
         a += ["-expect-body", REDACTED]  # every response redacted, or it counts as an error
     return a
@@ -108,7 +110,7 @@ def measure(r: Any, fp: FastPath) -> dict[str, Any]:
                     pin_threads(col.pid, CORES["proxy"])
                 extra = ["-d", f"{d}s", "-warmup", f"{min(w, 0.25) if new_conn else w}s"]
                 extra += ["-new-conn"] if new_conn else []
-                res = loadgen(_args(col, r.ngx_port, conc, extra), timeout=d + w + 40)
+                res = loadgen(_args(col, r.ngx_port, conc, extra, scen), timeout=d + w + 40)
                 raw[key][scen].append(res)
                 cpu = ""
                 if res.get("requests") and "proxy_cpu_ticks" in res:
@@ -224,7 +226,7 @@ def render(res: dict[str, Any] | None) -> list[str]:
 
     def row(label: str, vals: list[Any], nd: int = 0, rat: bool = True) -> None:
         by = dict(zip(keys, vals, strict=True))
-        cells = [report.fmt(v, nd) for v in vals]
+        cells = [report.fmt(float(v) if isinstance(v, int) else v, nd) for v in vals]
         if rat:
             cells += [
                 report.fmt(report.ratio(by.get("av-fast-on"), by.get("av-fast-off")), 2, " ×"),

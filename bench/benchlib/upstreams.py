@@ -155,7 +155,7 @@ http {{
         default "missing";
     }}
     server {{
-        listen 127.0.0.1:{port} ssl;
+        listen 127.0.0.1:{port} ssl http2;  # h2 only for clients that offer it (loadgen -h2)
         server_name {bench} {tunnel};
         ssl_certificate {cert};
         ssl_certificate_key {key};
