@@ -43,6 +43,7 @@ class Settings(BaseModel):
     auth_timeout: float = Field(default=10.0, gt=0)  # proxy connections that have not authenticated
     max_unauthenticated: int = Field(default=512, ge=1)  # proxy connections not authenticated yet
     no_step_up: bool = False
+    fast_path: bool = False  # issue 24: serve eligible HTTP/1.1 connections on the lean loop
     notify_url: tuple[str, ...] = ()  # webhooks for proposals and holds (issue 19); may hold secrets
 
     @field_validator("notify_url")
@@ -51,6 +52,15 @@ class Settings(BaseModel):
         from agent_vault.notify import check_url
 
         return tuple(check_url(u) for u in v)
+
+    @field_validator("fast_path", mode="before")
+    @classmethod
+    def _on_off(cls, v: object) -> object:
+        if isinstance(v, str):
+            if v.strip().lower() not in ("on", "off"):
+                raise ValueError("must be on or off")
+            return v.strip().lower() == "on"
+        return v
 
     @field_validator("allow_net")
     @classmethod
@@ -102,6 +112,7 @@ def env_settings(**overrides: object) -> Settings:
         "idle_timeout": "AGENT_VAULT_IDLE_TIMEOUT",
         "auth_timeout": "AGENT_VAULT_AUTH_TIMEOUT",
         "max_unauthenticated": "AGENT_VAULT_MAX_UNAUTHENTICATED",
+        "fast_path": "AGENT_VAULT_FAST_PATH",
     }
     for field, var in mapping.items():
         if env.get(var):

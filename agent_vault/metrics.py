@@ -19,6 +19,12 @@ class Metrics:
             ["vault", "decision", "status_class"],
             registry=r,
         )
+        self.requests_by_path = Counter(
+            "agent_vault_proxy_path_requests",
+            "Proxied requests by the path that served them (engine | fast)",
+            ["path"],
+            registry=r,
+        )
         self.added_latency = Histogram(
             "agent_vault_proxy_added_latency_seconds",
             "Time spent in the proxy before forwarding",

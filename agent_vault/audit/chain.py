@@ -234,6 +234,7 @@ def proxy_record(
     would_deny_code: str | None = None,
     redaction: Literal["skipped"] | None = None,
     blocked_key: str | None = None,
+    served_by: str | None = None,
     ts: str | None = None,
 ) -> dict[str, Any]:
     """A SPEC §12 proxy record. Key lists hold key NAMES only; `path` must be the path as the agent sent
@@ -274,6 +275,8 @@ def proxy_record(
         rec["credential_sources"] = dict(sorted(credential_sources.items()))
     if blocked_key is not None:  # exfiltration_blocked: the key NAME found, never its value
         rec["blocked_key"] = blocked_key
+    if served_by is not None:  # issue 24: "fast" when the HTTP/1.1 fast path served it
+        rec["served_by"] = served_by
     return rec
 
 

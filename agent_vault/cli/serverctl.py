@@ -79,6 +79,13 @@ def server(
         int | None, typer.Option(help="Proxy connections not yet authenticated, at most (512).")
     ] = None,
     no_step_up: Annotated[bool, typer.Option(help="Throwaway instances only: no password re-entry.")] = False,
+    fast_path: Annotated[
+        str | None,
+        typer.Option(
+            metavar="on|off",
+            help="Serve eligible HTTP/1.1 connections on the lean loop (off; env AGENT_VAULT_FAST_PATH).",
+        ),
+    ] = None,
     notify_url: Annotated[
         list[str] | None,
         typer.Option(
@@ -126,6 +133,7 @@ def server(
         "auth_timeout": auth_timeout,
         "max_unauthenticated": max_unauthenticated,
         "no_step_up": no_step_up or None,
+        "fast_path": fast_path,
         "notify_url": tuple(notify_url or ()),
     }
     try:

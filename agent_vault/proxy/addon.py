@@ -25,6 +25,7 @@ from collections.abc import Callable
 from mitmproxy import connection, http, tls
 from mitmproxy.proxy import layer, server_hooks
 from mitmproxy.proxy.context import Context
+from mitmproxy.proxy.layers.tls import ClientTLSLayer, ServerTLSLayer
 
 from agent_vault import notify
 from agent_vault.core import Core
@@ -35,6 +36,7 @@ from agent_vault.proxy import engine, inject, live
 from agent_vault.proxy.answers import error_response
 from agent_vault.proxy.connections import Connections, ConnState
 from agent_vault.proxy.decide import Identity
+from agent_vault.proxy.fast import entry as fast
 from agent_vault.proxy.flowlog import FlowLog, FlowState, incident
 from agent_vault.proxy.live import ByteCounter, TunnelLayer
 from agent_vault.proxy.pinning import Pinning
@@ -139,6 +141,17 @@ class VaultAddon:
         st = self.connections.get(nextlayer.context.client.id)
         if st is not None and st.mode == "tunnel":
             nextlayer.layer = TunnelLayer(nextlayer.context, st.relayed, self._splice)
+        elif (
+            self.core.settings.fast_path
+            and st is not None
+            and st.mode == "mitm"
+            and st.ident is not None
+            and st.target is not None
+            and isinstance(nextlayer.layer, ServerTLSLayer | ClientTLSLayer)  # the engine's TLS
+        ):
+            hello = nextlayer.data_client()  # type: ignore[no-untyped-call]
+            if fast.eligible(hello):  # issue 24: the whole connection goes lean, before any relay
+                nextlayer.layer = fast.FastLayer(nextlayer.context, self, st.target, hello)
 
     @staticmethod
     def _splice(context: Context, counter: ByteCounter) -> None:

@@ -66,6 +66,7 @@ class FlowState:
     bytes_up: int = 0
     bytes_down: int = 0
     signing: Any = field(default=None, repr=False)  # brokered.PendingSign: an AWS request to sign
+    served: str = "engine"  # engine | fast: which path served the request (issue 24)
 
     def add_secrets(self, svc: ServiceDef, inj: inject.Injection | None, values: dict[str, str]) -> None:
         """Remember values sent in this request for redaction (SPEC §5.9), if the service redacts."""
@@ -214,6 +215,7 @@ class FlowLog:
             self._submit_finished(flow, fs, decision, status, error, elapsed)
         m = self.metrics
         m.child(m.requests, vault or "", decision, status_class(status)).inc()
+        m.child(m.requests_by_path, fs.served).inc()
         m.child(m.duration, decision).observe(elapsed)
         if decision == "injected" and svc is not None:
             m.child(m.injections, vault or "", svc.auth.type).inc()
@@ -257,6 +259,7 @@ class FlowLog:
                 would_deny_code=d.would_deny_code if d is not None and d.kind == "would_deny" else None,
                 redaction="skipped" if fs.redaction_skipped else None,
                 blocked_key=fs.blocked_key,
+                served_by=fs.served if fs.served != "engine" else None,
             )
         )
 

@@ -1,0 +1,88 @@
+"""The agent's side of a fast-path connection: its TLS (terminated with the engine's leaf certificate,
+from mitmproxy's TlsConfig) on the client socket that mitmproxy accepted.
+
+Ciphertext arrives through `deliver` (the connection handler's read loop, see `entry`), plaintext
+leaves through `write`. The inbox holds at most `INBOX_LIMIT` bytes: past it `deliver` waits (and with
+it the handler's read loop: TCP backpressure) until the session has read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from agent_vault.proxy.fast.tlsio import TlsFailed, TlsPump
+
+INBOX_LIMIT = 1 << 18
+
+
+class ClientSide:
+    """Plaintext in and out of the agent's TLS connection."""
+
+    def __init__(self, pump: TlsPump, writer: Any, activity: Callable[[], None]) -> None:
+        self.pump, self.writer, self.activity = pump, writer, activity
+        self.inbox = bytearray()
+        self.eof = False
+        self.failed: str | None = None  # a TLS failure: the session ends
+        self._ready = asyncio.Event()
+        self._drained = asyncio.Event()
+
+    def take(self, data: bytes) -> None:
+        """Ciphertext from the agent (no waiting): handshake, decrypt into the inbox."""
+        try:
+            self.pump.feed(data)
+            if not self.pump.handshake():
+                self._send_raw(self.pump.outgoing())
+                return
+            self.inbox += self.pump.plaintext()
+            self._send_raw(self.pump.outgoing())
+        except TlsFailed as e:
+            self.failed = str(e)
+            self._send_raw(self.pump.outgoing())  # the alert, if any
+        if self.pump.closed:
+            self.eof = True
+        self._ready.set()
+
+    async def deliver(self, data: bytes) -> None:
+        """`take`, then wait while the inbox is over its limit (backpressure)."""
+        self.take(data)
+        while len(self.inbox) > INBOX_LIMIT and not self.eof and self.failed is None:
+            self._drained.clear()
+            await self._drained.wait()
+
+    def closed(self) -> None:
+        """The agent closed its side."""
+        self.eof = True
+        self._ready.set()
+        self._drained.set()
+
+    async def read(self) -> bytes:
+        """The next plaintext from the agent; b"" at end of stream or after a TLS failure."""
+        while not self.inbox:
+            if self.eof or self.failed is not None:
+                return b""
+            self._ready.clear()
+            await self._ready.wait()
+        data = bytes(self.inbox)
+        self.inbox.clear()
+        self._drained.set()
+        return data
+
+    def _send_raw(self, ciphertext: bytes) -> None:
+        if ciphertext and not self.writer.is_closing():
+            self.writer.write(ciphertext)
+
+    def write(self, data: bytes) -> None:
+        """Send plaintext to the agent (encrypted)."""
+        if not self.writer.is_closing():
+            self.writer.write(self.pump.encrypt(data))
+            self.activity()
+
+    async def drain(self) -> None:
+        await self.writer.drain()
+        self.activity()
+
+    def shutdown(self) -> None:
+        """Send close_notify (best effort) before the socket is closed."""
+        self._send_raw(self.pump.shutdown())

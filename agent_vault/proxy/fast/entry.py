@@ -1,0 +1,102 @@
+"""When a connection goes lean, and how it is taken off mitmproxy's layer stack.
+
+A connection goes lean only if all hold when its first TLS bytes arrive (the `next_layer` hook):
+the fast path is on (`--fast-path on`), the CONNECT was authenticated and bound and its target is
+intercepted (mode `mitm`), and the client's complete ClientHello offers ALPN `http/1.1` and not `h2`
+(clients that offer no ALPN, e.g. WebSocket libraries, and HTTP/2 clients stay on the engine).
+Nothing has been relayed at that point, so the decision is for the whole connection.
+
+`FastLayer` replaces the TLS layer: it builds the client TLS with mitmproxy's TlsConfig (same leaf
+certificate), feeds the buffered ClientHello, and then wraps the connection handler's
+`server_event` (as `live.splice_tunnel` does) so later client bytes go straight to the session
+without the layer stack. Close events still reach the layer, which ends the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from mitmproxy import ctx, tls
+from mitmproxy.proxy import commands, events, layer
+from mitmproxy.proxy.context import Context
+from mitmproxy.proxy.layers.tls import parse_client_hello
+
+from agent_vault.proxy import live
+from agent_vault.proxy.fast.client import ClientSide
+from agent_vault.proxy.fast.tlsio import TlsPump
+
+if TYPE_CHECKING:
+    from agent_vault.proxy.addon import VaultAddon
+
+
+def eligible(data: bytes) -> bool:
+    """True for a complete ClientHello that offers http/1.1 and not h2."""
+    try:
+        hello = parse_client_hello(data)
+    except ValueError:
+        return False
+    if hello is None:
+        return False
+    offers = hello.alpn_protocols
+    return b"http/1.1" in offers and b"h2" not in offers
+
+
+class FastLayer(layer.Layer):
+    """The layer a lean connection ends in (see the module docstring)."""
+
+    def __init__(self, context: Context, addon: VaultAddon, target: tuple[str, int], hello: bytes) -> None:
+        super().__init__(context)
+        self.addon, self.target = addon, target
+        self.side: ClientSide | None = None
+        self.task: asyncio.Task[None] | None = None
+        parsed = parse_client_hello(hello)
+        assert parsed is not None
+        self.context.client.sni = parsed.sni
+        self.context.client.alpn_offers = parsed.alpn_protocols
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.Start):
+            self._start()
+        elif isinstance(event, events.DataReceived) and event.connection is self.context.client:
+            if self.side is not None:
+                self.side.take(event.data)
+        elif isinstance(event, events.ConnectionClosed):
+            if self.side is not None:
+                self.side.closed()
+            if self.task is not None:
+                self.task.cancel()
+            yield commands.CloseConnection(self.context.client)
+        yield from ()
+
+    def _start(self) -> None:
+        from agent_vault.proxy.fast.session import Session
+
+        client = self.context.client
+        handler = live.handler_of(client.id)
+        io = handler.transports.get(client) if handler is not None else None
+        if handler is None or io is None or io.writer is None:
+            return
+        data = tls.TlsData(client, self.context)
+        ctx.master.addons.get("tlsconfig").tls_start_client(data)  # type: ignore[no-untyped-call]
+        assert data.ssl_conn is not None
+        self.side = side = ClientSide(
+            TlsPump(data.ssl_conn), io.writer, handler.timeout_watchdog.register_activity
+        )
+        _wrap(handler, client, side)
+        sess = Session(self.addon, self.context, side, self.target, lambda: live.close_client(client.id))
+        self.task = asyncio.get_running_loop().create_task(sess.run())
+
+
+def _wrap(handler: Any, client: Any, side: ClientSide) -> None:
+    """Client data goes straight to the session; everything else still goes through the layers."""
+    original = handler.server_event
+
+    async def server_event(event: events.Event) -> None:
+        if type(event) is events.DataReceived and event.connection is client:
+            handler.timeout_watchdog.register_activity()
+            await side.deliver(event.data)
+            return
+        await original(event)
+
+    handler.server_event = server_event

@@ -1,0 +1,112 @@
+"""The request/response loop of one fast-path connection.
+
+Runs as one task per connection: requests are read one at a time (a pipelined request waits in the
+buffer until the previous response is complete, as on the engine), each goes through an `Exchange`,
+and the upstream connection is kept while both sides allow it. Fail closed: a head the engine
+refuses gets the engine's answer (400/431 JSON) and the connection closes; any other exception
+gets a 502 `internal` JSON answer if nothing of the response was sent yet, and the connection is
+closed either way. Never is a request forwarded unchecked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from mitmproxy import http
+from mitmproxy.proxy.context import Context
+
+from agent_vault.errors import AgentVaultError
+from agent_vault.proxy import engine
+from agent_vault.proxy.addon import VaultAddon
+from agent_vault.proxy.answers import error_response, h1_error_response
+from agent_vault.proxy.fast.client import ClientSide
+from agent_vault.proxy.fast.exchange import Abort, Exchange
+from agent_vault.proxy.fast.h1 import BodyBroken, HeadRefused, Reader, response_bytes
+from agent_vault.proxy.fast.upstream import Upstream, open_upstream
+from agent_vault.proxy.flowlog import incident
+
+log = logging.getLogger("agent_vault.proxy")
+
+
+class Session:
+    """One fast-path connection (see the module docstring)."""
+
+    def __init__(
+        self,
+        addon: VaultAddon,
+        context: Context,
+        client: ClientSide,
+        target: tuple[str, int],
+        close: Callable[[], None],
+    ) -> None:
+        self.addon, self.context, self.client = addon, context, client
+        self.target = target
+        self.creader = Reader(client)
+        self.up: Upstream | None = None
+        self._close = close
+
+    async def _upstream(self) -> Upstream:
+        if self.up is not None and not self.up.closed and self.up.reusable:
+            return self.up
+        if self.up is not None:
+            self.up.close()
+        self.up = await open_upstream(self.addon.egress, self.context, *self.target)
+        return self.up
+
+    async def run(self) -> None:
+        try:
+            while await self._one():
+                pass
+        except asyncio.CancelledError:
+            pass
+        finally:
+            if self.up is not None:
+                self.up.close()
+            with contextlib.suppress(Exception):
+                self.client.shutdown()
+            self._close()
+
+    async def _one(self) -> bool:
+        """Serve one request; True to read the next one."""
+        try:
+            got = await self.creader.request_head()
+        except HeadRefused as e:
+            engine._head_refused(self.context.client, e.status)
+            self.client.write(h1_error_response(e.status, str(e)))
+            await self.client.drain()
+            return False
+        if got is None:
+            return False
+        req, size = got
+        host, port = self.target
+        req.data.host, req.data.port = host, port  # transparent inside CONNECT, as the engine does
+        req.scheme = "https"
+        req.timestamp_start = time.time()
+        flow = http.HTTPFlow(self.context.client, self.context.server)
+        flow.request = req
+        flow.live = True
+        ex = Exchange(self.addon, flow, size, self.client, self.creader, self._upstream)
+        try:
+            return await ex.run()
+        except (Abort, BodyBroken):
+            self.addon._finish(flow)
+            return False
+        except Exception as e:  # fail closed: 502 if nothing was sent, close in any case
+            err = e if isinstance(e, AgentVaultError) else incident(e)
+            if not ex.sent:
+                flow.response = error_response(err)
+                flow.response.headers["Connection"] = "close"
+                fs = self.addon.flows.get(flow.id)
+                if fs is not None:
+                    fs.error = err.code
+                with contextlib.suppress(Exception):
+                    self.addon.response(flow)
+                self.client.write(response_bytes(flow.response))
+                with contextlib.suppress(Exception):
+                    await self.client.drain()
+            self.addon._finish(flow)
+            return False

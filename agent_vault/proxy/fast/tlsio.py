@@ -1,0 +1,106 @@
+"""TLS over memory BIOs (pyOpenSSL, as the engine does it), for both sides of a fast-path connection.
+
+The `SSL.Connection` comes from mitmproxy's TlsConfig addon (`tls_start_client` / `tls_start_server`):
+the same leaf certificate, ciphers, versions, ALPN choice and upstream verification as the engine.
+`TlsPump` only moves bytes: ciphertext in (`feed`), plaintext out (`plaintext`), plaintext in
+(`encrypt`), ciphertext out. Raises `TlsFailed` (a message naming the cause, never data) on a failed
+handshake or a broken record; `closed` is set by the peer's close_notify.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from OpenSSL import SSL
+
+READ_SIZE = 1 << 16
+
+
+class TlsFailed(Exception):
+    """A handshake or record failure; the message names the cause only."""
+
+
+def _verify_error(conn: SSL.Connection) -> str | None:
+    """The engine's wording for a failed upstream certificate verification, or None."""
+    result = SSL._lib.SSL_get_verify_result(conn._ssl)  # type: ignore[attr-defined]
+    if result == 0:
+        return None
+    text = SSL._ffi.string(SSL._lib.X509_verify_cert_error_string(result)).decode()  # type: ignore[attr-defined]
+    return f"Certificate verify failed: {text}"
+
+
+class TlsPump:
+    """One TLS endpoint on memory BIOs (see the module docstring)."""
+
+    __slots__ = ("closed", "conn", "established")
+
+    def __init__(self, conn: SSL.Connection) -> None:
+        self.conn = conn
+        self.established = False
+        self.closed = False
+
+    def handshake(self) -> bool:
+        """Advance the handshake; True once established."""
+        if self.established:
+            return True
+        try:
+            self.conn.do_handshake()
+        except SSL.WantReadError:
+            return False
+        except SSL.Error as e:
+            raise TlsFailed(_verify_error(self.conn) or f"TLS handshake failed: {_cause(e)}") from None
+        self.established = True
+        return True
+
+    def feed(self, data: bytes) -> None:
+        """Ciphertext received from the peer."""
+        self.conn.bio_write(data)
+
+    def outgoing(self) -> bytes:
+        """Ciphertext to send to the peer (handshake records, encrypted data, alerts)."""
+        out = b""
+        while True:
+            try:
+                chunk = self.conn.bio_read(READ_SIZE)
+            except SSL.WantReadError:
+                return out
+            if not chunk:
+                return out
+            out += chunk
+
+    def plaintext(self) -> bytes:
+        """All plaintext decrypted so far (b"" when none)."""
+        parts: list[bytes] = []
+        while not self.closed:
+            try:
+                parts.append(self.conn.recv(READ_SIZE))
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                self.closed = True
+            except SSL.Error as e:
+                raise TlsFailed(f"TLS error: {_cause(e)}") from None
+        return b"".join(parts)
+
+    def encrypt(self, data: bytes) -> bytes:
+        """Encrypt `data`; returns the ciphertext to send."""
+        if data:
+            self.conn.sendall(data)
+        return self.outgoing()
+
+    def alpn(self) -> bytes | None:
+        return self.conn.get_alpn_proto_negotiated() or None
+
+    def shutdown(self) -> bytes:
+        """A close_notify alert to send (best effort)."""
+        with contextlib.suppress(SSL.Error):
+            self.conn.shutdown()
+        return self.outgoing()
+
+
+def _cause(e: SSL.Error) -> str:
+    """The reason words of an OpenSSL error (library, function, reason); never payload bytes."""
+    try:
+        return str(e.args[0][-1][-1])
+    except (IndexError, TypeError):
+        return type(e).__name__
