@@ -139,7 +139,7 @@ def measure(r: Any, fp: FastPath) -> dict[str, Any]:
 
 
 def served_by_path(api: str) -> dict[str, int]:
-    """agent_vault_proxy_requests_total summed by its `path` label ("fast" / "engine"; "?" if absent)."""
+    """agent_vault_proxy_path_requests_total by its `path` label ("fast" / "engine")."""
     try:
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         with opener.open(api + "/metrics", timeout=30) as resp:
@@ -148,7 +148,7 @@ def served_by_path(api: str) -> dict[str, int]:
         return {f"error: {e}": 0}
     out: dict[str, int] = {}
     for line in text.splitlines():
-        if line.startswith("agent_vault_proxy_requests_total"):
+        if line.startswith("agent_vault_proxy_path_requests_total{"):
             m = re.search(r'path="([^"]*)"', line)
             key = m.group(1) if m else "?"
             out[key] = out.get(key, 0) + int(float(line.rsplit(" ", 1)[1]))
