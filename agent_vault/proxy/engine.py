@@ -51,6 +51,7 @@ from agent_vault.proxy.engine_compat import (
     ResponseProtocolError,
     _http1,
 )
+from agent_vault.proxy.fast import strict
 
 _UPSTREAM_FAILURES = (ErrorCode.CONNECT_FAILED, ErrorCode.GENERIC_SERVER_ERROR)
 
@@ -155,8 +156,18 @@ def _capped_server_read_headers(orig: Callable[..., Any]) -> Callable[..., Any]:
             self.state = self.done
             _head_refused(self.conn, 431)
             return
+        raw = bytes(self.buf) if isinstance(event, events.DataReceived) else b""
         answered = False
         for cmd in orig(self, event):  # read_headers yields no blocking command: nothing is sent back
+            if isinstance(cmd, ReceiveHttp) and isinstance(cmd.event, RequestHeaders):
+                end = strict.head_end(raw.lstrip(b"\r\n"))
+                if not strict.request_head_ok(raw.lstrip(b"\r\n")[:end]):  # both paths: issue 24
+                    self.buf.maybe_extract_at_most(len(self.buf))
+                    yield commands.SendData(self.conn, h1_error_response(400, "malformed request head"))
+                    yield commands.CloseConnection(self.conn)
+                    self.state = self.done
+                    _head_refused(self.conn, 400)
+                    return
             answered = answered or isinstance(cmd, commands.SendData)
             yield cmd
         if answered and self.request is None:  # an unparsable head: 400, no flow, no hook

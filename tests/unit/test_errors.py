@@ -30,6 +30,12 @@ INTERNAL = {
     "agent_vault.proxy.auth.MalformedProxyAuth",
     "agent_vault.proxy.ssrf.ResolveError",
     "agent_vault.proxy.engine.BodyOverLimit",
+    # the fast path's internal signals (issue 24): caught in proxy/fast, never reach a client
+    "agent_vault.proxy.fast.tlsio.TlsFailed",
+    "agent_vault.proxy.fast.exchange.Abort",
+    "agent_vault.proxy.fast.h1.HeadRefused",
+    "agent_vault.proxy.fast.h1.BodyBroken",
+    "agent_vault.proxy.fast.upstream.UpstreamFailed",
     "agent_vault.proxy.decoding.DecodedTooLarge",
     "agent_vault.proxy.decoding.CorruptEncoding",
     "agent_vault.proxy.sources.SourceFailed",

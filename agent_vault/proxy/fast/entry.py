@@ -57,7 +57,8 @@ class FastLayer(layer.Layer):
 
     def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
         if isinstance(event, events.Start):
-            self._start()
+            if not self._start():  # no live handler (shutting down): nothing was relayed; close
+                yield commands.CloseConnection(self.context.client)
         elif isinstance(event, events.DataReceived) and event.connection is self.context.client:
             if self.side is not None:
                 self.side.take(event.data)
@@ -69,14 +70,14 @@ class FastLayer(layer.Layer):
             yield commands.CloseConnection(self.context.client)
         yield from ()
 
-    def _start(self) -> None:
+    def _start(self) -> bool:
         from agent_vault.proxy.fast.session import Session
 
         client = self.context.client
         handler = live.handler_of(client.id)
         io = handler.transports.get(client) if handler is not None else None
         if handler is None or io is None or io.writer is None:
-            return
+            return False
         data = tls.TlsData(client, self.context)
         ctx.master.addons.get("tlsconfig").tls_start_client(data)  # type: ignore[no-untyped-call]
         assert data.ssl_conn is not None
@@ -86,6 +87,7 @@ class FastLayer(layer.Layer):
         _wrap(handler, client, side)
         sess = Session(self.addon, self.context, side, self.target, lambda: live.close_client(client.id))
         self.task = asyncio.get_running_loop().create_task(sess.run())
+        return True
 
 
 def _wrap(handler: Any, client: Any, side: ClientSide) -> None:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from mitmproxy import flow as mflow
 from mitmproxy import http
+from mitmproxy.net.http.validate import validate_headers
 
 from agent_vault.errors import BadRequest, BodyTooLarge
 from agent_vault.proxy.addon import VaultAddon
@@ -35,6 +36,7 @@ from agent_vault.proxy.fast.h1 import (
     response_head_bytes,
 )
 from agent_vault.proxy.fast.upstream import Upstream, UpstreamFailed
+from agent_vault.proxy.flowlog import FlowState
 
 STREAM_LARGE = 1 << 20  # the engine's `stream_large_bodies`
 
@@ -69,6 +71,14 @@ def _killed(flow: http.HTTPFlow) -> bool:
     return flow.error is not None and flow.error.msg == mflow.Error.KILLED_MESSAGE
 
 
+def mark_fast(addon: VaultAddon, flow: http.HTTPFlow) -> FlowState | None:
+    """Note on the request's state that the fast path serves it (audit `served_by`, metrics)."""
+    fs = addon.flows.get(flow.id)
+    if fs is not None:
+        fs.served = "fast"
+    return fs
+
+
 class Exchange:
     """One request on the connection (see the module docstring)."""
 
@@ -91,9 +101,7 @@ class Exchange:
         if self.size is not None and self.size > STREAM_LARGE:
             req.stream = True  # the engine's check_body_size, before the hook
         await self.addon.requestheaders(flow)
-        fs = self.addon.flows.get(flow.id)
-        if fs is not None:
-            fs.served = "fast"
+        fs = mark_fast(self.addon, flow)
         if flow.response is None and fs is not None and "upgrade" in req.headers:
             # a WebSocket handshake (hygiene dropped other upgrades): refused, never half-handled
             err = BadRequest(
@@ -122,12 +130,17 @@ class Exchange:
             up = await self._connect()
             if up is None:
                 return False
-            up.write(request_head_bytes(req))
-            if req.raw_content:
-                up.write(_frame(req.raw_content, _chunked(req)))
-            if _chunked(req):
-                up.write(b"0\r\n\r\n")
-        return await self._response(up)
+            self._send_buffered(up)
+            return await self._response(up, self._send_buffered)
+        return await self._response(up, None)
+
+    def _send_buffered(self, up: Upstream) -> None:
+        req = self.flow.request
+        up.write(request_head_bytes(req))
+        if req.raw_content:
+            up.write(_frame(req.raw_content, _chunked(req)))
+        if _chunked(req):
+            up.write(b"0\r\n\r\n")
 
     # ---- request --------------------------------------------------------------------------------
     async def _buffer_request(self) -> None:
@@ -161,6 +174,10 @@ class Exchange:
                 flow.response = error_response(e.error or BodyTooLarge(msg, limit_bytes=e.limit_bytes))
             self.addon.error(flow)
             self.client.write(h1_error_response(413, msg))
+            return False
+        except UpstreamFailed as e:  # the upstream went away mid-upload: 502, as the engine answers
+            up.close()
+            await self._upstream_failed(str(e))
             return False
         self.body_read = True
         if chunked:
@@ -202,18 +219,34 @@ class Exchange:
         await self.client.drain()
         return self.body_read and not connection_close(resp)
 
-    async def _response(self, up: Upstream) -> bool:
+    async def _response(self, up: Upstream, resend: Callable[[Upstream], None] | None) -> bool:
+        """Read and relay the response. A reused upstream connection that closes before answering a
+        buffered request (the upstream hung up while idle) gets the request once more on a new one."""
         flow, req = self.flow, self.flow.request
-        ureader = up.h1
         try:
-            got = await ureader.response_head(req)
+            got = await up.h1.response_head(req)
+            if got is None and resend is not None and up.served:
+                up.close()
+                up = await self._upstream()
+                resend(up)
+                got = await up.h1.response_head(req)
         except HeadRefused as e:
             return await self._upstream_failed(str(e) if e.status == 502 else "head over the limit")
         except UpstreamFailed as e:
             return await self._upstream_failed(str(e))
         if got is None:
             return await self._upstream_failed("server closed connection before answering")
+        ureader = up.h1
         resp, rsize = got
+        try:
+            validate_headers(resp)  # the engine's check_invalid(False): smuggling-prone answers
+        except ValueError as e:
+            up.close()
+            flow.error = mflow.Error(f"Received {e} from server, refusing to prevent request smuggling")
+            self.addon.error(flow)
+            self.client.write(h1_error_response(502, flow.error.msg))
+            self.sent = True
+            return False
         if connection_close(resp):  # before hygiene strips it
             up.reusable = False
         flow.response = resp
@@ -285,6 +318,7 @@ class Exchange:
         except ValueError:
             until_eof = False
         done = until_eof or connection_close(req) or connection_close(resp)
+        up.served += 1
         if done or rsize == -1 or not up.reusable:
             up.close()
         return not done

@@ -3,9 +3,9 @@
 Parity first: heads are split by the engine's own buffer (h11 `ReceiveBuffer.maybe_extract_lines`)
 and parsed by the engine's own functions (`http1.read_request_head` / `read_response_head`,
 `expected_http_body_size`), bodies framed by the engine's own readers (`make_body_reader`), so the
-two paths can never frame a message differently. On top, every head must also pass llhttp (the C
-parser behind `httptools`, strict): what it refuses is refused (400), never relayed. A head over
-`MAX_HEAD_BYTES` is 431, as on the engine. Buffers hold at most one read beyond what the caller
+two paths can never frame a message differently. On top, every request head must pass llhttp
+(`strict`, which the engine applies too): what it refuses is refused (400) on both paths. A head
+over `MAX_HEAD_BYTES` is 431, as on the engine. Buffers hold at most one read beyond what the caller
 consumed.
 """
 
@@ -14,14 +14,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-import h11
-import httptools
-from h11._receivebuffer import ReceiveBuffer
 from mitmproxy import http
 from mitmproxy.net.http import http1
 
 from agent_vault.proxy.engine import _head_over_limit
 from agent_vault.proxy.engine_compat import _http1
+from agent_vault.proxy.fast import strict
+
+# h11 as the engine imports it (mitmproxy's HTTP/1 layer): the same buffer and body readers
+_engine_h1: Any = _http1
+h11: Any = _engine_h1.h11
+ReceiveBuffer: Any = _engine_h1.ReceiveBuffer
 
 _h1: Any = http1  # mitmproxy's HTTP/1 functions are untyped
 
@@ -61,22 +64,6 @@ class HeadRefused(Exception):
 
 class BodyBroken(Exception):
     """The peer broke the body framing (bad chunk size, early end): close, nothing more relayed."""
-
-
-class _Sink:
-    """httptools needs a callback object; the gate only wants its errors."""
-
-
-def llhttp_gate(raw_head: bytes, *, request: bool) -> None:
-    """Refuse (HeadRefused 400) a head llhttp rejects. Bare LF is allowed like the engine allows it."""
-    p: Any = httptools.HttpRequestParser(_Sink()) if request else httptools.HttpResponseParser(_Sink())
-    p.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
-    try:
-        p.feed_data(raw_head)
-    except httptools.HttpParserUpgrade:
-        pass  # Upgrade/CONNECT heads are parsed; the caller decides what to do with them
-    except httptools.HttpParserError:
-        raise HeadRefused(400, "the HTTP head is malformed") from None
 
 
 class Reader:
@@ -125,7 +112,8 @@ class Reader:
             size = http1.expected_http_body_size(req)
         except ValueError as e:
             raise HeadRefused(400, str(e)) from None
-        llhttp_gate(raw, request=True)
+        if not strict.request_head_ok(raw):
+            raise HeadRefused(400, "the HTTP request head is malformed")
         return req, size
 
     async def response_head(self, req: http.Request) -> tuple[http.Response, int | None] | None:
@@ -133,13 +121,12 @@ class Reader:
         got = await self.head_lines()
         if got is None:
             return None
-        lines, raw = got
+        lines, _raw = got
         try:
             resp = http1.read_response_head(lines)
             size = http1.expected_http_body_size(req, resp)
         except ValueError as e:
             raise HeadRefused(502, f"Cannot parse HTTP response: {type(e).__name__}") from None
-        llhttp_gate(raw, request=False)
         return resp, size
 
     async def body(self, size: int | None) -> AsyncIterator[bytes]:

@@ -16,15 +16,17 @@ import logging
 import time
 from collections.abc import Callable
 
+from mitmproxy import flow as mflow
 from mitmproxy import http
 from mitmproxy.proxy.context import Context
+from mitmproxy.proxy.layers.http import HTTPMode, validate_request
 
 from agent_vault.errors import AgentVaultError
 from agent_vault.proxy import engine
 from agent_vault.proxy.addon import VaultAddon
 from agent_vault.proxy.answers import error_response, h1_error_response
 from agent_vault.proxy.fast.client import ClientSide
-from agent_vault.proxy.fast.exchange import Abort, Exchange
+from agent_vault.proxy.fast.exchange import Abort, Exchange, mark_fast
 from agent_vault.proxy.fast.h1 import BodyBroken, HeadRefused, Reader, response_bytes
 from agent_vault.proxy.fast.upstream import Upstream, open_upstream
 from agent_vault.proxy.flowlog import incident
@@ -50,7 +52,7 @@ class Session:
         self._close = close
 
     async def _upstream(self) -> Upstream:
-        if self.up is not None and not self.up.closed and self.up.reusable:
+        if self.up is not None and self.up.reusable_now():
             return self.up
         if self.up is not None:
             self.up.close()
@@ -89,9 +91,22 @@ class Session:
         flow = http.HTTPFlow(self.context.client, self.context.server)
         flow.request = req
         flow.live = True
+        invalid = validate_request(HTTPMode.transparent, req, True)
+        if invalid is not None:  # the engine's check_invalid: the hooks see it, the client gets 400
+            flow.error = mflow.Error(invalid)
+            await self.addon.requestheaders(flow)
+            mark_fast(self.addon, flow)
+            self.addon.error(flow)
+            self.client.write(h1_error_response(400, invalid))
+            await self.client.drain()
+            return False
         ex = Exchange(self.addon, flow, size, self.client, self.creader, self._upstream)
         try:
             return await ex.run()
+        except asyncio.CancelledError:  # the agent hung up mid-exchange: audited like the engine does
+            flow.error = mflow.Error("Client disconnected.")
+            self.addon.error(flow)
+            raise
         except (Abort, BodyBroken):
             self.addon._finish(flow)
             return False

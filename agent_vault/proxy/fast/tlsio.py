@@ -10,8 +10,12 @@ handshake or a broken record; `closed` is set by the peer's close_notify.
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
-from OpenSSL import SSL
+from mitmproxy import tls as _mtls
+
+_engine_tls: Any = _mtls
+SSL: Any = _engine_tls.SSL  # pyOpenSSL as the engine imports it (mitmproxy.tls)
 
 READ_SIZE = 1 << 16
 
@@ -20,12 +24,12 @@ class TlsFailed(Exception):
     """A handshake or record failure; the message names the cause only."""
 
 
-def _verify_error(conn: SSL.Connection) -> str | None:
+def _verify_error(conn: Any) -> str | None:
     """The engine's wording for a failed upstream certificate verification, or None."""
-    result = SSL._lib.SSL_get_verify_result(conn._ssl)  # type: ignore[attr-defined]
+    result = SSL._lib.SSL_get_verify_result(conn._ssl)
     if result == 0:
         return None
-    text = SSL._ffi.string(SSL._lib.X509_verify_cert_error_string(result)).decode()  # type: ignore[attr-defined]
+    text = SSL._ffi.string(SSL._lib.X509_verify_cert_error_string(result)).decode()
     return f"Certificate verify failed: {text}"
 
 
@@ -34,7 +38,7 @@ class TlsPump:
 
     __slots__ = ("closed", "conn", "established")
 
-    def __init__(self, conn: SSL.Connection) -> None:
+    def __init__(self, conn: Any) -> None:
         self.conn = conn
         self.established = False
         self.closed = False
@@ -98,7 +102,7 @@ class TlsPump:
         return self.outgoing()
 
 
-def _cause(e: SSL.Error) -> str:
+def _cause(e: Exception) -> str:
     """The reason words of an OpenSSL error (library, function, reason); never payload bytes."""
     try:
         return str(e.args[0][-1][-1])

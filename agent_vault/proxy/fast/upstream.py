@@ -34,6 +34,7 @@ class Upstream:
         self.reader, self.writer, self.pump = reader, writer, pump
         self.closed = False
         self.reusable = True  # False once the upstream asked to close after this response
+        self.served = 0  # responses completed on this connection
         self.h1 = Reader(self)
 
     async def read(self) -> bytes:
@@ -54,6 +55,11 @@ class Upstream:
             if not raw:
                 return b""
             self.pump.feed(raw)
+
+    def reusable_now(self) -> bool:
+        """Fit for another request: open, not asked to close, and no FIN or stray bytes since."""
+        r = self.reader
+        return not self.closed and self.reusable and not r.at_eof() and not r._buffer  # type: ignore[attr-defined]
 
     def write(self, data: bytes) -> None:
         self.writer.write(self.pump.encrypt(data))
