@@ -94,6 +94,8 @@ def main() -> int:
     from benchlib.upstreams import build_loadgen, ensure_hosts, ensure_tools
 
     a = parse_args()
+    if a.only_fast_path:  # a partial run must not replace the full run's latest.md
+        a.out = a.out / "fastpath"
     q = a.quick
     cfg: dict[str, Any] = {
         "mode": "quick" if q else "full",
