@@ -4,6 +4,7 @@
     python bench/profile.py                 # c=16 keep-alive, 10 s, flame graph + top functions
     python bench/profile.py --no-spy -d 5   # just the load: req/s and proxy CPU µs/request
     python bench/profile.py --mitmdump      # the same load through plain mitmdump, side by side
+    python bench/profile.py --cprofile --fast-path on --path /echo   # the fast path, grouped by component
 
 Same upstream, pinning and agent-vault setup as bench/run.py (nginx TLS 1.3 on bench.local, the
 injecting service, proxy pinned to core 0). Output goes to bench/results/profile-*.{svg,txt}.
@@ -37,6 +38,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--cprofile", action="store_true", help="run the server under cProfile instead of py-spy")
     ap.add_argument("--mitmdump", action="store_true", help="also measure plain mitmdump")
     ap.add_argument("--rounds", type=int, default=1, help="interleaved measurement rounds")
+    ap.add_argument(
+        "--fast-path", choices=("on", "off"), help="start the server with --fast-path on|off (issue #24)"
+    )
     return ap.parse_args()
 
 
@@ -74,6 +78,20 @@ def thread_ticks(pid: int) -> dict[int, int]:
     return out
 
 
+def proxied_requests(api: str) -> int:
+    """Requests the server proxied so far (agent_vault_proxy_requests_total, every label), 0 if unknown."""
+    import urllib.request
+
+    try:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(api + "/metrics", timeout=30) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return 0
+    lines = [ln for ln in text.splitlines() if ln.startswith("agent_vault_proxy_requests_total")]
+    return int(sum(float(ln.rsplit(" ", 1)[1]) for ln in lines))
+
+
 def main() -> int:
     from benchlib import phases
     from benchlib.agentvault import start_agent_vault
@@ -93,7 +111,10 @@ def main() -> int:
     prof = BENCH_DIR / "results" / "profile.prof"
     if a.cprofile:
         a.no_spy = True
-        os.environ["AV_BENCH_SERVER_WRAP"] = f"{VENV / 'bin' / 'python'} -m cProfile -o {prof}"
+        prof.unlink(missing_ok=True)
+        wrap = BENCH_DIR / "cprof_wrap.py"  # records only between SIGUSR1 and SIGUSR2 (the timed load)
+        # -P: no bench/ on sys.path, where profile.py would shadow the stdlib's `profile` (cProfile needs it)
+        os.environ["AV_BENCH_SERVER_WRAP"] = f"{VENV / 'bin' / 'python'} -P {wrap} {prof}"
     prepare_process(10)
     work = Path(tempfile.mkdtemp(prefix="av-profile-"))
     r = phases.Run(cfg={}, work=work, clk_tck=os.sysconf("SC_CLK_TCK"))
@@ -109,7 +130,7 @@ def main() -> int:
         ensure_hosts()
         r.pki = make_pki(work)
         r.ngx_port, _ = start_nginx(tools["nginx"], work, r.pki)
-        start_agent_vault(work, r.pki, r.av)
+        start_agent_vault(work, r.pki, r.av, ("--fast-path", a.fast_path) if a.fast_path else ())
         up = r.pki["ca"]
         avp = f"http://{r.av.token}:default@127.0.0.1:{r.av.proxy_port}"
         cols = [
@@ -159,6 +180,9 @@ def main() -> int:
                 stderr=subprocess.DEVNULL,
             )
             time.sleep(0.5)
+        served0 = proxied_requests(r.av.api)
+        if a.cprofile and r.av.proc is not None:
+            os.kill(r.av.proc.pid, signal.SIGUSR1)
         for rnd in range(a.rounds):
             for col in cols:
                 before = thread_ticks(col.pid) if col.pid else {}
@@ -172,6 +196,13 @@ def main() -> int:
                     if "error" in res
                     else phases.describe(r, col.key, f"c={a.c}", res)
                 )
+        if a.cprofile and r.av.proc is not None:
+            os.kill(r.av.proc.pid, signal.SIGUSR2)
+            for _ in range(200):  # bounded: up to 20 s for the dump
+                if prof.exists():
+                    break
+                time.sleep(0.1)
+        served = proxied_requests(r.av.api) - served0
         if spy is not None:
             spy.wait(timeout=60)
             (out / "profile-top.txt").write_text(top_functions(raw))
@@ -184,6 +215,12 @@ def main() -> int:
         st = pstats.Stats(str(prof))
         st.sort_stats("tottime").print_stats(35)
         st.sort_stats("cumulative").print_stats("agent_vault|prometheus|addonmanager", 40)
+        if served:
+            from benchlib import profgroups
+
+            text = profgroups.render(profgroups.groups(prof, served), served)
+            (out / "profile-groups.txt").write_text(text + "\n")
+            print(text)
     return 0
 
 

@@ -51,6 +51,14 @@ def parse_args() -> argparse.Namespace:
     )
     ap.add_argument("--skip-agent-vault", action="store_true", help="only direct and mitmdump")
     ap.add_argument(
+        "--skip-fast-path", action="store_true", help="no --fast-path on/off comparison (issue #24)"
+    )
+    ap.add_argument(
+        "--only-fast-path",
+        action="store_true",
+        help="only the --fast-path on/off comparison with direct and mitmdump (skips the other tables)",
+    )
+    ap.add_argument(
         "--nice", type=int, default=10, help="run at nice -N (root only; 0 = leave priority alone)"
     )
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, configs)")
@@ -80,12 +88,14 @@ def prepare_process(nice: int) -> str:
 
 
 def main() -> int:
-    from benchlib import phases
+    from benchlib import fastpath, phases
     from benchlib.common import PROCS, BenchError, log, machine_info, machine_load
     from benchlib.report import evaluate_targets, render_md, write_results
     from benchlib.upstreams import build_loadgen, ensure_hosts, ensure_tools
 
     a = parse_args()
+    if a.only_fast_path:  # a partial run must not replace the full run's latest.md
+        a.out = a.out / "fastpath"
     q = a.quick
     cfg: dict[str, Any] = {
         "mode": "quick" if q else "full",
@@ -125,14 +135,23 @@ def main() -> int:
         build_loadgen(tools["go"])
         result["machine"] = machine_info()
         result["hosts"] = ensure_hosts()
-        phases.start(r, tools["nginx"], a.skip_agent_vault)
+        phases.start(r, tools["nginx"], a.skip_agent_vault or a.only_fast_path)
         phases.run_checks(r)
+        fast = None if a.skip_fast_path or a.skip_agent_vault else fastpath.start(r)
         phases.idle_rss_and_big_vault(r)
-        phases.warm_up(r)
-        summary = phases.rounds(r)
-        idle = phases.idle_connections(r)
-        sse, download = phases.streaming(r)
-        phases.final_rss(r, summary)
+        if fast is not None:
+            fastpath.idle_rss(fast)
+        summary: dict[str, Any] = {}
+        idle: dict[str, Any] = {}
+        sse: dict[str, Any] = {}
+        download: dict[str, Any] = {}
+        if not a.only_fast_path:
+            phases.warm_up(r)
+            summary = phases.rounds(r)
+            idle = phases.idle_connections(r)
+            sse, download = phases.streaming(r)
+            phases.final_rss(r, summary)
+        result["fast_path"] = None if fast is None else fastpath.measure(r, fast)
         av = r.av
         result.update(
             {

@@ -5,17 +5,23 @@ and sets the keyring/KDF variables before any other fixture runs, so module- and
 (the module-scoped `srv` servers of tests/e2e and tests/security) never see the developer's environment.
 `isolated_env` (function, autouse) gives each test its own AGENT_VAULT_HOME. Subprocesses of the product
 get helpers.env.base_env, built from scratch.
+
+`FASTPATH_SUITE=on|off` (scripts/fastpath-diff): the session sets `AGENT_VAULT_FAST_PATH` like the other
+variables above, and refuses to start (exit 4) unless the server knows `--fast-path`: a differential run
+against a server that ignores the setting would compare the default path with itself.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trustme
-from helpers.env import leaks
+from helpers.env import FASTPATH_SUITE, fast_path_env, fast_path_suite, leaks
 from helpers.pg import PgServer, missing_reason
 
 _SET = {
@@ -29,9 +35,40 @@ def _isolate(mp: pytest.MonkeyPatch, home: Path) -> None:
     for name in list(os.environ):
         if leaks(name):
             mp.delenv(name, raising=False)
-    for name, value in _SET.items():
+    for name, value in {**_SET, **fast_path_env()}.items():
         mp.setenv(name, value)
     mp.setenv("AGENT_VAULT_HOME", str(home))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With FASTPATH_SUITE set: a valid value, and a server that has the `--fast-path` flag, or exit 4."""
+    try:
+        setting = fast_path_suite()
+    except ValueError as e:
+        pytest.exit(str(e), returncode=4)
+    if setting is None:
+        return
+    env = {k: v for k, v in os.environ.items() if not leaks(k)}
+    env.update(COLUMNS="200", NO_COLOR="1", TERM="dumb")
+    cp = subprocess.run(
+        [sys.executable, "-m", "agent_vault", "server", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    if cp.returncode != 0 or "--fast-path" not in cp.stdout:
+        pytest.exit(
+            f"{FASTPATH_SUITE}={setting}, but `agent-vault server` has no --fast-path flag "
+            f"(exit {cp.returncode}); the differential suite needs the fast path",
+            returncode=4,
+        )
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    setting = os.environ.get(FASTPATH_SUITE)
+    return f"{FASTPATH_SUITE}={setting}: every server runs --fast-path {setting}" if setting else None
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -148,9 +148,16 @@ def cli_step(
     return out
 
 
-def start_agent_vault(work: Path, pki: dict[str, Any], av: AgentVault) -> None:
-    """The CLI contract of SPEC §2.1/§10; every failure names the command."""
-    home = work / "avhome"
+def start_agent_vault(
+    work: Path,
+    pki: dict[str, Any],
+    av: AgentVault,
+    extra_args: tuple[str, ...] = (),
+    name: str = "agent-vault",
+) -> None:
+    """The CLI contract of SPEC §2.1/§10; every failure names the command. `extra_args` go to
+    `agent-vault server` (e.g. `--fast-path on`); `name` keeps homes and logs of several servers apart."""
+    home = work / ("avhome" if name == "agent-vault" else f"avhome-{name}")
     home.mkdir(mode=0o700)
     env = av_env(home)
     exe = av_exe()
@@ -183,15 +190,17 @@ def start_agent_vault(work: Path, pki: dict[str, Any], av: AgentVault) -> None:
         "--rate-limits",
         "off",
         "--no-step-up",
+        *extra_args,
     ]
     wrap = os.environ.get("AV_BENCH_SERVER_WRAP")  # e.g. "python -m cProfile -o f" (bench/profile.py)
     if wrap:
         cmd = [*shlex.split(wrap), *cmd]
     t0 = time.monotonic()
+    log_path = work / f"{name}.log"
     p = spawn(
-        "agent-vault",
+        name,
         cmd,
-        work / "agent-vault.log",
+        log_path,
         "proxy",
         env=env,
         stdout=subprocess.PIPE,
@@ -201,7 +210,7 @@ def start_agent_vault(work: Path, pki: dict[str, Any], av: AgentVault) -> None:
     try:
         line = read_line(p, 60)
     except BenchError as e:
-        tail = (work / "agent-vault.log").read_text(errors="replace").strip().splitlines()[-5:]
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
         raise BenchError(f"`{' '.join(cmd)}`: {e}; stderr: {' | '.join(tail)}") from e
     av.ready_s = round(time.monotonic() - t0, 3)
     m = re.search(r"agent-vault ready api=(\S+) proxy=http://([\d.]+):(\d+)", line)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from . import fastpath
 from .common import ANCHOR_DIRECT_KA1_RPS, ANCHOR_MITM_ADDED_MS, ANCHOR_MITM_CPU_US, SCENARIOS
 
 
@@ -343,7 +344,6 @@ def render_md(res: dict[str, Any]) -> str:
         + ["", ""],
     )
     rss = res.get("rss", {})
-
     row(
         "proxy RSS idle / peak (VmHWM), MiB",
         ["—"]
@@ -435,6 +435,7 @@ def render_md(res: dict[str, Any]) -> str:
             )
         L.append("")
 
+    L.extend(fastpath.render(res.get("fast_path")))
     L.append("## SPEC §15 targets\n")
     L.append("| target | goal | measured | result | note |")
     L.append("|---|---|---|---|---|")

@@ -155,13 +155,16 @@ http {{
         default "missing";
     }}
     server {{
-        listen 127.0.0.1:{port} ssl;
+        listen 127.0.0.1:{port} ssl http2;  # h2 only for clients that offer it (loadgen -h2)
         server_name {bench} {tunnel};
         ssl_certificate {cert};
         ssl_certificate_key {key};
         ssl_protocols TLSv1.3;
         location = / {{ default_type text/plain; return 200 "bench-ok\\n"; }}
         location = /auth {{ default_type text/plain; return 200 "auth=$bench_auth\\n"; }}
+        location = /echo {{
+            default_type application/json; return 200 '{{"authorization":"$http_authorization"}}\\n';
+        }}
         location = /10m {{ default_type application/octet-stream; alias {work}/www/10m.bin; }}
     }}
 }}

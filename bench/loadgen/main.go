@@ -4,6 +4,7 @@
 // HTTP forward proxy using CONNECT with "Proxy-Authorization: Basic", one
 // connection per worker (keep-alive) or one full CONNECT+TLS handshake per
 // request (-new-conn). wrk and hey cannot tunnel through a proxy, hence this.
+// With -h2 (load mode, keep-alive) it speaks HTTP/2 through net/http instead (h2.go).
 //
 // Standard library only: it must build offline with the Debian Go toolchain.
 //
@@ -486,6 +487,9 @@ func runLoad() error {
 	if err != nil {
 		return err
 	}
+	if *h2 && *newConn {
+		return errors.New("-h2 is for keep-alive load only, not with -new-conn")
+	}
 	var recording, stop atomic.Bool
 	var remaining atomic.Int64
 	fixed := *count > 0
@@ -511,9 +515,17 @@ func runLoad() error {
 					cn.Close()
 				}
 			}()
+			var hc *http.Client // -h2: net/http's HTTP/2 client instead of cn
+			if *h2 {
+				hc, _ = cl.h2Client()
+				if hc != nil {
+					h2Do(hc, *targetURL, &ck) // connect (and negotiate h2) before the clock starts
+					defer hc.CloseIdleConnections()
+				}
+			}
 			// Keep-alive: connect before the clock starts, so a slow handshake
 			// rate cannot eat the warm-up (64 handshakes take ~1 s in mitmdump).
-			if !*newConn {
+			if !*newConn && hc == nil {
 				if c, err := cl.dial(); err == nil {
 					cn = c
 				}
@@ -536,6 +548,21 @@ func runLoad() error {
 				t0 := time.Now()
 				began := recording.Load()
 				st.inFlight.Store(true)
+				if hc != nil {
+					ok, err := h2Do(hc, *targetURL, &ck)
+					el := time.Since(t0)
+					if !ok {
+						fail(err, began)
+						continue
+					}
+					st.inFlight.Store(false)
+					if recording.Load() {
+						st.mu.Lock()
+						st.lat = append(st.lat, el)
+						st.mu.Unlock()
+					}
+					continue
+				}
 				if cn == nil {
 					c, err := cl.dial()
 					if err != nil {
@@ -618,7 +645,7 @@ func runLoad() error {
 	window := t1.Sub(t0).Seconds()
 	out := map[string]any{
 		"mode": "load", "url": *targetURL, "via_proxy": *proxyURL != "", "concurrency": *concurrency,
-		"new_conn": *newConn, "window_s": round(window, 4), "requests": len(all), "errors": errs,
+		"new_conn": *newConn, "h2": *h2, "window_s": round(window, 4), "requests": len(all), "errors": errs,
 		"stalled": stalled, "error_samples": msgs, "rps": round(float64(len(all))/window, 1), "connect_s": round(connectS, 3),
 		"lat_ms": percentiles(all), "rss_kb_start": rssStart, "rss_kb_peak": rssPeak,
 	}

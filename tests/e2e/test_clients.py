@@ -632,3 +632,84 @@ def test_no_client_ever_saw_a_credential(m: Matrix) -> None:
     for run in m.results["clients"].values():
         assert_no_secret(run)
     assert SECRET not in m.run_stderr and GIT_TOKEN not in m.run_stderr
+
+
+# -- the HTTP/2 question (issue #24) ---------------------------------------------------------------
+
+# The protocol each client ended up speaking WITH THE PROXY on a MITM'd connection (the audit record's
+# `http_version`, i.e. what ALPN negotiated between the client and agent-vault's MITM endpoint), for the
+# matched request(s) it made. The upstream here, like the big API hosts, offers h2 and http/1.1.
+NEGOTIATED = {
+    "curl": "HTTP/2.0",  # libcurl offers h2 by default (built with nghttp2)
+    "requests": "HTTP/1.1",  # urllib3: ALPN http/1.1 only
+    "httpx": "HTTP/1.1",  # httpx's default is http2=False (the OpenAI / Anthropic SDKs keep it)
+    "httpx-async": "HTTP/1.1",
+    "httpx-h2": "HTTP/2.0",  # opt-in http2=True
+    "aiohttp": "HTTP/1.1",  # no HTTP/2 support at all
+    "urllib": "HTTP/1.1",
+    "node-fetch": "HTTP/1.1",  # undici: allowH2 is off by default
+    "undici-env": "HTTP/1.1",
+    "axios": "HTTP/1.1",  # Node's https module: no HTTP/2
+    "axios-localhost": "HTTP/1.1",
+    "axios-legacy": "HTTP/1.1",
+    "axios-legacy-localhost": "HTTP/1.1",
+    "sse": "HTTP/1.1",  # httpx default, as the SDKs stream
+    "git-matched": "HTTP/2.0",  # git uses libcurl: h2 unless http.version says otherwise
+}
+
+
+def negotiated_versions(m: Matrix) -> dict[str, list[str]]:
+    """client step -> the http_version of every matched (injected) request it made, from the audit log."""
+    with m.server.http() as c:
+        assert c.post("/v1/audit/verify").status_code == 200  # flushes the audit queue
+        records: list[dict[str, Any]] = []
+        cursor = 0
+        for _ in range(100):  # bounded: 100 pages of 1000
+            page = c.get("/v1/audit", params={"after_seq": cursor, "limit": 1000, "kind": "proxy.request"})
+            page.raise_for_status()
+            got = page.json()["records"]
+            records += got
+            if len(got) < 1000:
+                break
+            cursor = got[-1]["seq"]
+    out: dict[str, list[str]] = {}
+    for rec in records:
+        if rec.get("decision") != "injected" or rec.get("scheme") != "https":
+            continue
+        path = str(rec.get("path") or "")
+        if rec.get("port") == m.git.port:
+            name = "git-matched"
+        elif path.startswith("/sse"):
+            name = "sse"
+        elif path.startswith("/echo/"):
+            client, _, kind = path.removeprefix("/echo/").partition("/")
+            name = client if kind in ("matched", "remote") else ""
+        else:
+            continue
+        if name:
+            out.setdefault(name, []).append(str(rec.get("http_version")))
+    return out
+
+
+def test_negotiated_http_version_per_client(m: Matrix) -> None:
+    """Which real clients speak HTTP/2 to the proxy's MITM endpoint (issue #24: whether a fast path for
+    HTTP/1.1 covers the traffic that matters). Prints the table; `AV_ALPN_REPORT=FILE` also writes it as
+    JSON (with request counts, for the share of requests)."""
+    got = negotiated_versions(m)
+    ran = {
+        name for name, case in m.cases.items() if not case.skip and any(t.injected for t in case.targets)
+    } | {"sse", "git-matched"}
+    expected = {k: v for k, v in NEGOTIATED.items() if k in ran}
+    per_client = {k: sorted(set(v)) for k, v in got.items() if k in expected}
+    versions = sorted({x for v in got.values() for x in v})
+    report = {
+        "clients": {k: {"versions": sorted(set(v)), "requests": len(v)} for k, v in sorted(got.items())},
+        "requests_by_version": {ver: sum(v.count(ver) for v in got.values()) for ver in versions},
+        "skipped": {k: c.skip for k, c in m.cases.items() if c.skip},
+    }
+    print("\nnegotiated with the proxy (MITM'd, injected requests):")
+    for k, v in report["clients"].items():
+        print(f"  {k:24s} {', '.join(v['versions']):20s} {v['requests']} request(s)")
+    if out := os.environ.get("AV_ALPN_REPORT"):
+        Path(out).write_text(json.dumps(report, indent=1) + "\n")
+    assert per_client == {k: [v] for k, v in expected.items()}, report

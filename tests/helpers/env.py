@@ -6,6 +6,11 @@ never read the developer's dotfiles), AGENT_VAULT_HOME (default `tmp/agent-vault
 (AGENT_VAULT_TEST_KDF=1) and no OS keyring -- plus exactly what the caller passes. A test that needs a
 variable (a proxy, a CA bundle, AGENT_VAULT_ADDR, ...) passes it.
 
+`FASTPATH_SUITE=on|off` (the differential suite, `scripts/fastpath-diff`): `fast_path_suite()` returns
+the setting (None when unset, ValueError otherwise); `base_env` then sets `AGENT_VAULT_FAST_PATH` for every
+product process and `ServerProc` passes `--fast-path on|off` explicitly, so a server without the flag fails
+to start instead of silently running the default path.
+
 `leaks(name)` is true for the variables of the developer's environment that would change what the product
 or a client does (proxies, CA bundles, `AGENT_VAULT_*`): `tests/conftest.py` strips them for the session.
 """
@@ -33,6 +38,29 @@ CA_VARS = frozenset(
 )
 _DB = "DATABASE_URL"  # a developer's database must never be the one a test writes to
 _PASSED_IF_SET = ("TMPDIR", "PYENV_VERSION", "PYENV_ROOT")
+FASTPATH_SUITE = "FASTPATH_SUITE"
+
+
+def fast_path_suite() -> str | None:
+    """The session's `FASTPATH_SUITE` ("on" / "off"), None when unset; anything else is an error."""
+    value = os.environ.get(FASTPATH_SUITE)
+    if value is None or value == "":
+        return None
+    if value not in ("on", "off"):
+        raise ValueError(f"{FASTPATH_SUITE} must be 'on' or 'off', not {value!r}")
+    return value
+
+
+def fast_path_env() -> dict[str, str]:
+    """`AGENT_VAULT_FAST_PATH` for product processes when the session runs the differential suite."""
+    setting = fast_path_suite()
+    return {} if setting is None else {"AGENT_VAULT_FAST_PATH": setting}
+
+
+def fast_path_args() -> tuple[str, ...]:
+    """`--fast-path on|off` for `agent-vault server` when the session runs the differential suite."""
+    setting = fast_path_suite()
+    return () if setting is None else ("--fast-path", setting)
 
 
 def leaks(name: str) -> bool:
@@ -57,5 +85,6 @@ def base_env(tmp: Path, **extra: str) -> dict[str, str]:
         "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring",
     }
     env.update({k: os.environ[k] for k in _PASSED_IF_SET if os.environ.get(k)})
+    env.update(fast_path_env())
     env.update(extra)
     return env

@@ -5,6 +5,7 @@ manager; `allow_net=False` omits `--allow-net 127.0.0.0/8`, so loopback upstream
 `master_env = False` makes `start` pass no master password (the keyring tests).
 After start: `api` (base URL), `proxy` (http://127.0.0.1:PORT), `proxy_port`, `owner_token`,
 `ca_bundle` (agent-vault CA + the upstream test CA, for clients), `env` (the CLI env), `home`.
+With `FASTPATH_SUITE=on|off` set, `start` passes `--fast-path on|off` (helpers.env.fast_path_args).
 `env` is `helpers.env.base_env(tmp_path, AGENT_VAULT_HOME=home, **env)`: built from scratch, nothing of the
 developer's environment; the server and every CLI run get it (plus what a caller passes explicitly).
 `cli(*args, input=None, check=True)` runs the real CLI; `http()` is an httpx client with the owner token;
@@ -24,7 +25,7 @@ from typing import Any
 import httpx
 import trustme
 
-from helpers.env import base_env
+from helpers.env import base_env, fast_path_args
 
 OWNER_EMAIL = "owner@example.com"
 OWNER_PASSWORD = "owner-password-123"
@@ -98,6 +99,7 @@ class ServerProc:
             *(("--allow-net", "127.0.0.0/8", "--allow-net", "::1/128") if self.allow_net else ()),
             "--upstream-ca",
             str(self.upstream_ca_file),
+            *fast_path_args(),  # FASTPATH_SUITE (scripts/fastpath-diff); unknown flag: start fails
             *self.extra_args,
             *args,
         ]

@@ -1,0 +1,269 @@
+"""The fast-path comparison (issue #24): agent-vault `--fast-path on` vs `off` vs plain mitmdump vs direct.
+
+Two extra agent-vault servers (same set-up as the main column, one per setting) on the proxy core; every
+request goes to nginx's `/echo`, which answers `{"authorization":"<the request's Authorization>"}`, so
+through agent-vault the injected credential comes back in the body and response redaction does real work
+(the check below requires `[REDACTED` and no secret in what the client gets). Scenarios: keep-alive c=1 and
+c=16, new connections c=16, a 10 MiB download, idle RSS, proxy CPU µs/request; interleaved rounds, medians.
+The issue's targets are judged in `targets`; `render` gives the markdown section.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import report
+from .agentvault import AgentVault, start_agent_vault
+from .common import BENCH_HOST, CORES, SECRET, BenchError, log, pin_threads, read_status_kb
+from .loadgen import Column, check, common_args, loadgen, med, summarize
+
+ECHO = "/echo"
+REDACTED = "[REDACTED"
+SETTINGS = ("on", "off")
+SCEN = {"ka1": ("keep-alive c=1", 1, False), "ka16": ("keep-alive c=16", 16, False)}
+SCEN["nc16"] = ("new connection c=16", 16, True)
+SCEN["h2ka16"] = ("HTTP/2 keep-alive c=16", 16, False)  # loadgen -h2: the engine serves h2 either way
+KEYS = ("direct", "mitmdump", "av-fast-off", "av-fast-on")
+LABELS = {
+    "direct": "direct",
+    "mitmdump": "plain mitmdump",
+    "av-fast-off": "agent-vault --fast-path off",
+    "av-fast-on": "agent-vault --fast-path on",
+}
+
+
+@dataclass
+class FastPath:
+    servers: dict[str, AgentVault] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    cols: dict[str, Column] = field(default_factory=dict)
+    idle_rss_kb: dict[str, int | None] = field(default_factory=dict)
+    checks: dict[str, Any] = field(default_factory=dict)
+
+
+def start(r: Any) -> FastPath:
+    """Start one server per setting; a server that fails (e.g. no --fast-path flag) only drops its column."""
+    fp = FastPath()
+    for s in SETTINGS:
+        key = f"av-fast-{s}"
+        av = AgentVault()
+        try:
+            start_agent_vault(r.work, r.pki, av, ("--fast-path", s), name=key)
+        except Exception as e:  # noqa: BLE001 - the column fails, the bench carries on
+            fp.errors[key] = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
+            log(f"{key} column failed: {fp.errors[key]}")
+            continue
+        fp.servers[key] = av
+        proxy = f"http://{av.token}:default@127.0.0.1:{av.proxy_port}"
+        fp.cols[key] = Column(key, LABELS[key], BENCH_HOST, proxy, av.proc, list(SCEN), [r.pki["ca"], av.ca])
+        log(f"{key} ready in {av.ready_s}s: proxy=:{av.proxy_port}")
+    for key in ("direct", "mitmdump"):
+        if key in r.cols:
+            fp.cols[key] = r.cols[key]
+    for key in [k for k in fp.cols if k.startswith("av-fast")]:
+        res = check(fp.cols[key], r.ngx_port, ECHO)
+        fp.checks[key] = {k: v for k, v in res.items() if k != "tls"}
+        body = str(res.get("body", ""))
+        if res.get("status") != 200 or REDACTED not in body or SECRET in body:
+            fp.errors[key] = f"echo check failed (want 200, {REDACTED}..., no secret): {str(res)[:300]}"
+            log(f"{key} column failed: {fp.errors[key]}")
+            fp.cols.pop(key)
+    return fp
+
+
+def idle_rss(fp: FastPath) -> None:
+    """RSS after start and checks, before any load (call once the servers have settled)."""
+    for key, col in fp.cols.items():
+        if col.pid:
+            fp.idle_rss_kb[key] = read_status_kb(col.pid, "VmRSS")
+
+
+def _args(col: Column, port: int, conc: int, extra: list[str], scen: str = "") -> list[str]:
+    a = ["-mode", "load", *common_args(col, port, ECHO), "-c", str(conc), *extra]
+    a += ["-h2"] if scen.startswith("h2") else []
+    if col.key.startswith("av-fast"):
+        a += ["-expect-body", REDACTED]  # every response redacted, or it counts as an error
+    return a
+
+
+def measure(r: Any, fp: FastPath) -> dict[str, Any]:
+    """Warm-up, then interleaved rounds of every scenario over every column, then the 10 MiB download."""
+    keys = [k for k in KEYS if k in fp.cols]
+    d, w = r.cfg["duration_s"], r.cfg["warmup_s"]
+    for key in keys:
+        loadgen(_args(fp.cols[key], r.ngx_port, 16, ["-d", "0.3s", "-warmup", "0.2s"]), timeout=60)
+    raw: dict[str, dict[str, list[dict[str, Any]]]] = {k: {s: [] for s in SCEN} for k in keys}
+    dl: dict[str, list[dict[str, Any]]] = {k: [] for k in keys}
+    for rnd in range(r.cfg["rounds"]):
+        log(f"fast path round {rnd + 1}/{r.cfg['rounds']}")
+        for scen, (label, conc, new_conn) in SCEN.items():
+            order = keys[rnd % len(keys) :] + keys[: rnd % len(keys)]
+            for key in order:
+                col = fp.cols[key]
+                if not col.alive():
+                    raw[key][scen].append({"error": "proxy process exited"})
+                    continue
+                if col.pid:
+                    pin_threads(col.pid, CORES["proxy"])
+                extra = ["-d", f"{d}s", "-warmup", f"{min(w, 0.25) if new_conn else w}s"]
+                extra += ["-new-conn"] if new_conn else []
+                res = loadgen(_args(col, r.ngx_port, conc, extra, scen), timeout=d + w + 40)
+                raw[key][scen].append(res)
+                cpu = ""
+                if res.get("requests") and "proxy_cpu_ticks" in res:
+                    cpu = f", {res['proxy_cpu_ticks'] * 1e6 / r.clk_tck / res['requests']:.0f} µs/req"
+                got = f"{res['rps']:,.0f} req/s, err {res['errors']}{cpu}" if "rps" in res else ""
+                log(f"  {key} {label}: {got or 'ERROR ' + str(res.get('error'))}")
+        for key in keys:
+            col = fp.cols[key]
+            args = ["-mode", "download", *common_args(col, r.ngx_port, "/10m"), "-expect-sha256", r.blob_sha]
+            dl[key].append(loadgen([*args, "-n", str(r.cfg["download_samples"])], timeout=180))
+    out: dict[str, Any] = {"columns": {}, "download": {}, "idle_rss_kb": fp.idle_rss_kb, "errors": fp.errors}
+    for key in keys:
+        out["columns"][key] = {s: summarize(v, r.clk_tck) for s, v in raw[key].items()}
+        ok = [x for x in dl[key] if "error" not in x]
+        out["download"][key] = {
+            "mib_per_s": med([x.get("mib_per_s") for x in ok]),
+            "ttfb_ms": med([x.get("ttfb_ms", {}).get("p50") for x in ok]),
+            "sha256_ok": bool(ok) and all(x.get("sha256_ok") is True for x in ok),
+            "errors": len(dl[key]) - len(ok) + sum(x.get("errors", 0) for x in ok),
+            "rounds": dl[key],
+        }
+    out["checks"] = fp.checks
+    out["served_by_path"] = {k: served_by_path(av.api) for k, av in fp.servers.items() if k in keys}
+    out["targets"] = targets(out)
+    return out
+
+
+def served_by_path(api: str) -> dict[str, int]:
+    """agent_vault_proxy_path_requests_total by its `path` label ("fast" / "engine")."""
+    try:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(api + "/metrics", timeout=30) as resp:
+            text = resp.read().decode()
+    except OSError as e:
+        return {f"error: {e}": 0}
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith("agent_vault_proxy_path_requests_total{"):
+            m = re.search(r'path="([^"]*)"', line)
+            key = m.group(1) if m else "?"
+            out[key] = out.get(key, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return out
+
+
+def _get(res: dict[str, Any], key: str, scen: str, metric: str) -> Any:
+    return res.get("columns", {}).get(key, {}).get(scen, {}).get(metric)
+
+
+def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue #24's targets for `--fast-path on`, from this run's numbers (None: not measured)."""
+    t: list[dict[str, Any]] = []
+
+    def add(name: str, goal: str, value: str, passed: bool | None, note: str = "") -> None:
+        t.append({"target": name, "goal": goal, "measured": value, "pass": passed, "note": note})
+
+    on_ded = _get(res, "av-fast-on", "ka16", "rps_dedicated")
+    add(
+        "Injected keep-alive c=16, req/s per core",
+        "≥ 5,000",
+        report.fmt(on_ded),
+        None if on_ded is None else on_ded >= 5000,
+        f"dedicated proxy core; raw {report.fmt(_get(res, 'av-fast-on', 'ka16', 'rps'))}",
+    )
+    x = report.ratio(on_ded, _get(res, "mitmdump", "ka16", "rps_dedicated"))
+    add("… vs plain mitmdump", "≥ 6 ×", report.fmt(x, 2, " ×"), None if x is None else x >= 6)
+    cpu = _get(res, "av-fast-on", "ka16", "cpu_us_per_req")
+    off_cpu = _get(res, "av-fast-off", "ka16", "cpu_us_per_req")
+    add(
+        "Proxy CPU per injected request (c=16)",
+        "≤ 200 µs",
+        report.fmt(cpu, 0, " µs"),
+        None if cpu is None else cpu <= 200,
+        f"--fast-path off: {report.fmt(off_cpu, 0, ' µs')}",
+    )
+    p_on, p_d = _get(res, "av-fast-on", "ka1", "p50_ms"), _get(res, "direct", "ka1", "p50_ms")
+    added = None if p_on is None or p_d is None else p_on - p_d
+    passed = None if added is None else added <= 0.3
+    add("Added p50 latency, c=1", "≤ 0.3 ms", report.fmt(added, 2, " ms"), passed)
+    nc_on = _get(res, "av-fast-on", "nc16", "rps_dedicated")
+    x = report.ratio(nc_on, _get(res, "mitmdump", "nc16", "rps_dedicated"))
+    add("New connections c=16", "≥ 2 × plain mitmdump", report.fmt(x, 2, " ×"), None if x is None else x >= 2)
+    dl = res.get("download", {})
+    a_, m_ = dl.get("av-fast-on", {}).get("mib_per_s"), dl.get("mitmdump", {}).get("mib_per_s")
+    add(
+        "10 MiB download MiB/s",
+        "≥ plain mitmdump",
+        f"{report.fmt(a_)} vs {report.fmt(m_)}",
+        None if a_ is None or m_ is None else a_ >= m_,
+    )
+    rss = res.get("idle_rss_kb", {})
+    on, off = rss.get("av-fast-on"), rss.get("av-fast-off")
+    add(
+        "Idle RSS",
+        "not above today's (--fast-path off), 2 MiB noise",
+        f"{report.mib(on)} vs {report.mib(off)} MiB",
+        None if on is None or off is None else on <= off + 2048,
+    )
+    return t
+
+
+def render(res: dict[str, Any] | None) -> list[str]:
+    """The markdown section (empty when the fast-path comparison did not run)."""
+    if not res:
+        return []
+    keys = [k for k in KEYS if k in res.get("columns", {})]
+    L = ["## Fast path (issue #24): injected requests to an upstream that echoes the credential\n"]
+    for k, e in res.get("errors", {}).items():
+        L.append(f"**{k} column failed:** {e}\n")
+    if not keys:
+        return L
+    L.append("| metric | " + " | ".join(LABELS[k] for k in keys) + " | on / off | on / mitmdump |")
+    L.append("|---" + "|---:" * (len(keys) + 2) + "|")
+
+    def row(label: str, vals: list[Any], nd: int = 0, rat: bool = True) -> None:
+        by = dict(zip(keys, vals, strict=True))
+        cells = [report.fmt(float(v) if isinstance(v, int) else v, nd) for v in vals]
+        if rat:
+            cells += [
+                report.fmt(report.ratio(by.get("av-fast-on"), by.get("av-fast-off")), 2, " ×"),
+                report.fmt(report.ratio(by.get("av-fast-on"), by.get("mitmdump")), 2, " ×"),
+            ]
+        else:
+            cells += ["", ""]
+        L.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    for s, (label, _, _) in SCEN.items():
+        row(f"{label}: req/s", [_get(res, k, s, "rps") for k in keys])
+        row(f"{label}: req/s on a dedicated proxy core", [_get(res, k, s, "rps_dedicated") for k in keys])
+    for s in ("ka1", "ka16"):
+        row(f"{SCEN[s][0]}: p50 ms", [_get(res, k, s, "p50_ms") for k in keys], 2, rat=False)
+    for s in SCEN:
+        row(f"proxy CPU µs/request, {SCEN[s][0]}", [_get(res, k, s, "cpu_us_per_req") for k in keys])
+    dl = res.get("download", {})
+    row("10 MiB download MiB/s", [dl.get(k, {}).get("mib_per_s") for k in keys])
+    row("10 MiB download TTFB ms", [dl.get(k, {}).get("ttfb_ms") for k in keys], 1, rat=False)
+    rss = res.get("idle_rss_kb", {})
+    row("idle RSS MiB", [None if rss.get(k) is None else rss[k] / 1024 for k in keys], 1)
+    errs = [sum((v.get("errors") or 0) for v in res["columns"][k].values()) for k in keys]
+    row("errors (all cells; agent-vault: a response without redaction counts)", errs, rat=False)
+    fl = []
+    for k in keys:
+        v = [c.get("foreign_load_proxy_core", {}).get("max") for c in res["columns"][k].values()]
+        v = [x for x in v if x is not None]
+        fl.append(max(v) * 100 if v else None)
+    row("max load on the proxy core from other processes, %", fl, rat=False)
+    by_path = res.get("served_by_path", {})
+    paths = [", ".join(f"{p}: {n:,}" for p, n in sorted(by_path.get(k, {}).items())) for k in keys]
+    L.append("| requests served, by path (/metrics) | " + " | ".join(paths) + " |  |  |")
+    L.append("")
+    L.append("| issue #24 target (`--fast-path on`) | goal | measured | result | note |")
+    L.append("|---|---|---|---|---|")
+    for t in res.get("targets", []):
+        verdict = {True: "PASS", False: "**FAIL**", None: "n/a"}[t["pass"]]
+        L.append(f"| {t['target']} | {t['goal']} | {t['measured']} | {verdict} | {t['note']} |")
+    L.append("")
+    return L
