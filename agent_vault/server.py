@@ -27,7 +27,7 @@ from agent_vault.api.app import create_app
 from agent_vault.audit import AuditWriter
 from agent_vault.config import Settings
 from agent_vault.core import Core, Services
-from agent_vault.errors import MasterPasswordRequired
+from agent_vault.errors import ConfigError, MasterPasswordRequired
 from agent_vault.holds import HoldManager
 from agent_vault.home import Home
 from agent_vault.housekeeping import start_housekeeping
@@ -53,11 +53,13 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets TCP_NODELAY
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
+        if reuse_port:  # replicas on one host share the API port too (--reuse-port)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except OSError:
         sock.close()
@@ -180,7 +182,7 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
     try:
         async with contextlib.AsyncExitStack() as stack:
-            api_sock = _bind(settings.host, settings.port)
+            api_sock = _bind(settings.host, settings.port, settings.reuse_port)
             stack.callback(api_sock.close)
             api_port = api_sock.getsockname()[1]
             core.api_url = f"http://{_fmt(settings.host)}:{api_port}"
@@ -193,6 +195,7 @@ async def serve(
                     ca=unlocked.ca,
                     upstream_ca=settings.upstream_ca,
                     idle_timeout=settings.idle_timeout,
+                    reuse_port=settings.reuse_port,
                 )
                 await stack.enter_async_context(runner)
                 core.proxy_port = runner.port
@@ -301,6 +304,8 @@ def run(settings: Settings, password_stdin: bool = False, lock: ServerLock | Non
 
     `lock`: the home's ServerLock, already held (the CLI takes it before any prompt); None takes it here."""
     settings.sqlalchemy_url()  # refuses postgresql early
+    if settings.reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+        raise ConfigError("--reuse-port needs SO_REUSEPORT, which this platform lacks")
     raise_nofile_limit()
     home = Home(settings.home)
     with contextlib.ExitStack() as stack:

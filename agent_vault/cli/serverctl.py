@@ -79,6 +79,12 @@ def server(
         int | None, typer.Option(help="Proxy connections not yet authenticated, at most (512).")
     ] = None,
     no_step_up: Annotated[bool, typer.Option(help="Throwaway instances only: no password re-entry.")] = False,
+    reuse_port: Annotated[
+        bool,
+        typer.Option(
+            help="SO_REUSEPORT on both listeners: replicas of one instance on one host share the ports."
+        ),
+    ] = False,
     notify_url: Annotated[
         list[str] | None,
         typer.Option(
@@ -126,6 +132,7 @@ def server(
         "auth_timeout": auth_timeout,
         "max_unauthenticated": max_unauthenticated,
         "no_step_up": no_step_up or None,
+        "reuse_port": reuse_port or None,
         "notify_url": tuple(notify_url or ()),
     }
     try:
