@@ -80,7 +80,7 @@ def prepare_process(nice: int) -> str:
 
 
 def main() -> int:
-    from benchlib import phases
+    from benchlib import phases, replicas
     from benchlib.common import PROCS, BenchError, log, machine_info, machine_load
     from benchlib.report import evaluate_targets, render_md, write_results
     from benchlib.upstreams import build_loadgen, ensure_hosts, ensure_tools
@@ -127,6 +127,7 @@ def main() -> int:
         result["hosts"] = ensure_hosts()
         phases.start(r, tools["nginx"], a.skip_agent_vault)
         phases.run_checks(r)
+        replicas.start(r)  # "agent-vault x2 (reuse-port)": two replicas on one port
         phases.idle_rss_and_big_vault(r)
         phases.warm_up(r)
         summary = phases.rounds(r)
