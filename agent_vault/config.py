@@ -31,7 +31,7 @@ class Settings(BaseModel):
     proxy_port: int = Field(default=14322, ge=0, le=65535)
     disable_proxy: bool = False
     public_url: str | None = None
-    database_url: str | None = None
+    database_url: str | None = Field(default=None, repr=False)  # may hold a password: never shown
     log_level: Literal["debug", "info", "warning"] = "info"
     allow_net: tuple[str, ...] = ()
     upstream_ca: Path | None = None
@@ -72,15 +72,22 @@ class Settings(BaseModel):
         return self.proxy_host or self.host
 
     def sqlalchemy_url(self) -> str:
-        """The SQLite URL; a postgresql:// DATABASE_URL is reserved (SPEC §2.1) and refused."""
+        """The database URL: DATABASE_URL (sqlite:///PATH or postgresql://…), else the home's SQLite file.
+
+        Danger: a postgresql URL may carry a password; never print it (store.engine.redact_url)."""
         url = self.database_url
         if url is None:
             return f"sqlite:///{self.db_path}"
-        if url.startswith(("postgresql:", "postgres:")):
-            raise InvalidRequest("postgresql backend is not available in this version")
-        if not url.startswith("sqlite:///"):
-            raise InvalidRequest("DATABASE_URL must be sqlite:///PATH")
+        if not url.startswith(("sqlite:///", "postgresql://", "postgres://", "postgresql+psycopg://")):
+            raise InvalidRequest(
+                "DATABASE_URL must be sqlite:///PATH or postgresql://USER@HOST:PORT/DB",
+                hint="Check --database-url / DATABASE_URL.",
+            )
         return url
+
+    @property
+    def uses_postgres(self) -> bool:
+        return (self.database_url or "").startswith(("postgresql://", "postgres://", "postgresql+psycopg://"))
 
 
 def env_settings(**overrides: object) -> Settings:

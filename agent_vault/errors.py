@@ -435,7 +435,7 @@ class FileAccessError(AgentVaultError):
 
 
 class DatabaseUnreadable(AgentVaultError):
-    """A database file opened directly (server stopped) cannot be read."""
+    """A database cannot be read: a file opened directly (server stopped), or PostgreSQL unreachable."""
 
     code = "database_unreadable"
     status = 500

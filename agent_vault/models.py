@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Column, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Integer, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -159,7 +159,8 @@ class AuditEvent(SQLModel, table=True):
     """One link of the audit hash chain. `record` is the canonical JSON without the hash."""
 
     __tablename__ = "audit_events"
-    seq: int = Field(primary_key=True)
+    # BIGINT on PostgreSQL (it only grows); INTEGER on SQLite, where that is already 64-bit.
+    seq: int = Field(primary_key=True, sa_type=BigInteger().with_variant(Integer(), "sqlite"))
     ts: str = Field(index=True)
     kind: str = Field(index=True)
     actor: str = ""

@@ -303,7 +303,7 @@ def run(settings: Settings, password_stdin: bool = False, lock: ServerLock | Non
     """Blocking entry point used by the CLI. Raises AgentVaultError for user-facing failures.
 
     `lock`: the home's ServerLock, already held (the CLI takes it before any prompt); None takes it here."""
-    settings.sqlalchemy_url()  # refuses postgresql early
+    settings.sqlalchemy_url()  # checks the URL scheme early
     if settings.reuse_port and not hasattr(socket, "SO_REUSEPORT"):
         raise ConfigError("--reuse-port needs SO_REUSEPORT, which this platform lacks")
     raise_nofile_limit()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import trustme
 from helpers.env import leaks
+from helpers.pg import PgServer, missing_reason
 
 _SET = {
     "AGENT_VAULT_TEST_KDF": "1",
@@ -51,3 +52,20 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
 def upstream_ca() -> trustme.CA:
     """One trustme CA for every local HTTPS upstream of the session."""
     return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PgServer]:
+    """A real PostgreSQL for the session (tests/helpers/pg.py); `pg.new_database()` per test.
+
+    Missing binaries fail the run under CI (never a silent skip there) and skip it locally."""
+    reason = missing_reason()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI: {reason}")
+        pytest.skip(reason)
+    server = PgServer.create()
+    try:
+        yield server
+    finally:
+        server.close()

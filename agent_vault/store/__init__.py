@@ -1,4 +1,4 @@
-"""Persistence: the SQLite engine factory, frozen numbered migrations and the single-writer lock."""
+"""Persistence: the engine factory (SQLite or PostgreSQL), frozen numbered migrations, the writer lock."""
 
 from agent_vault.store.engine import Store, make_engine
 

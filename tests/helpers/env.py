@@ -31,13 +31,14 @@ CA_VARS = frozenset(
         "NIX_SSL_CERT_FILE",
     }
 )
+_DB = "DATABASE_URL"  # a developer's database must never be the one a test writes to
 _PASSED_IF_SET = ("TMPDIR", "PYENV_VERSION", "PYENV_ROOT")
 
 
 def leaks(name: str) -> bool:
-    """A proxy (`*_PROXY`, any case, incl. NODE_USE_ENV_PROXY), CA bundle or `AGENT_VAULT_*` variable."""
+    """A proxy (`*_PROXY`, any case, incl. NODE_USE_ENV_PROXY), CA bundle, DATABASE_URL or `AGENT_VAULT_*`."""
     upper = name.upper()
-    return upper.endswith("_PROXY") or upper in CA_VARS or upper.startswith("AGENT_VAULT_")
+    return upper.endswith("_PROXY") or upper in CA_VARS or upper.startswith("AGENT_VAULT_") or upper == _DB
 
 
 def base_env(tmp: Path, **extra: str) -> dict[str, str]:

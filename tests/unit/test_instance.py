@@ -101,6 +101,9 @@ def test_uninitialised_and_unreadable_home(tmp_path: Path) -> None:
         _init(blocker / "h")
 
 
-def test_postgres_url_is_reserved(tmp_path: Path) -> None:
-    with pytest.raises(InvalidRequest, match="postgresql backend is not available"):
-        Settings(home=tmp_path, database_url="postgresql://x/y").sqlalchemy_url()
+def test_database_url_scheme_is_checked_and_never_echoed(tmp_path: Path) -> None:
+    assert Settings(home=tmp_path, database_url="postgresql://x/y").sqlalchemy_url() == "postgresql://x/y"
+    with pytest.raises(InvalidRequest, match="must be sqlite:///PATH or postgresql://") as info:
+        Settings(home=tmp_path, database_url="mysql://u:hunter2-secret@h/db").sqlalchemy_url()
+    assert "hunter2" not in str(info.value) + info.value.hint
+    assert "hunter2" not in repr(Settings(home=tmp_path, database_url="postgresql://u:hunter2@h/db"))

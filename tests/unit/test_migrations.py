@@ -28,6 +28,14 @@ from agent_vault.store import migrations as mig
 from agent_vault.store.migrations import LATEST, MIGRATIONS, Migration, migrate
 
 
+def _default(c: Any) -> Any:
+    """The column default; PostgreSQL's auto-assigned ids (SERIAL from the models, IDENTITY from the
+    migrations) both count as "auto" so the comparison sees they are auto-assigned, not how."""
+    if c.get("identity") is not None or str(c["default"] or "").startswith("nextval("):
+        return "auto"
+    return c["default"]
+
+
 def _schema(engine: Engine) -> dict[str, Any]:
     """Everything the drift test compares, in an order-independent form."""
     insp = inspect(engine)
@@ -35,7 +43,7 @@ def _schema(engine: Engine) -> dict[str, Any]:
     for table in sorted(set(insp.get_table_names()) - {"schema_migrations"}):
         out[table] = {
             "columns": {
-                c["name"]: (str(c["type"]), c["nullable"], c["default"], c["primary_key"])
+                c["name"]: (str(c["type"]), c["nullable"], _default(c), c.get("primary_key"))
                 for c in insp.get_columns(table)
             },
             "pk": sorted(insp.get_pk_constraint(table)["constrained_columns"]),
@@ -78,6 +86,26 @@ def test_fresh_database_migrated_to_head_matches_the_models(tmp_path: Path) -> N
         assert migrated[table] == expected[table], f"table {table} drifted from its model: add a migration"
 
 
+def test_postgres_database_migrated_to_head_matches_the_models(pg: Any) -> None:
+    """The PostgreSQL statements of every version, applied in order, give the schema the models
+    compile to on PostgreSQL (types incl. BYTEA / timestamptz / BIGINT, nullability, indexes, keys)."""
+    store = Store(pg.new_database())
+    reference = create_engine(pg.new_database().replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        assert store.dialect == "postgresql" and store.schema_version == LATEST
+        migrated = _schema(store.engine)
+        SQLModel.metadata.create_all(reference)
+        expected = _schema(reference)
+    finally:
+        store.close()
+        reference.dispose()
+    assert set(migrated) == set(expected) == set(SQLModel.metadata.tables)
+    for table in expected:
+        assert migrated[table] == expected[table], f"table {table} drifted from its model on PostgreSQL"
+    assert migrated["credentials"]["columns"]["ciphertext"][0] == "BYTEA"
+    assert migrated["agents"]["columns"]["id"][2] == "auto"
+
+
 def test_each_step_is_one_transaction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A step that fails half-way leaves nothing behind: no table from its first statement, no row."""
     db = tmp_path / "x.db"
@@ -96,15 +124,24 @@ def test_each_step_is_one_transaction(tmp_path: Path, monkeypatch: pytest.Monkey
         assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == LATEST
 
 
+def _digest(migrations: tuple[Migration, ...], dialect: str) -> str:
+    text = "\n--\n".join(f"{m.version}:{m.name}:" + "\n;\n".join(m.for_dialect(dialect)) for m in migrations)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def test_released_migrations_are_frozen() -> None:
     """Editing a released migration changes what its version means on existing databases: append a
-    new one instead. (Update this digest only when a NEW version is appended.)"""
-    text = "\n--\n".join(f"{m.version}:{m.name}:" + "\n;\n".join(m.statements) for m in MIGRATIONS)
+    new one instead. (Update these digests only when a NEW version is appended.)"""
     assert [m.version for m in MIGRATIONS] == list(range(1, LATEST + 1))
-    assert hashlib.sha256(text.encode()).hexdigest() == FROZEN_DIGEST
+    assert all(m.statements and m.postgresql for m in MIGRATIONS), "every version needs both texts"
+    assert _digest(MIGRATIONS[:4], "sqlite") == FROZEN_DIGEST_1_4  # the SQLite text of 1-4 never changes
+    assert _digest(MIGRATIONS, "sqlite") == FROZEN_DIGEST
+    assert _digest(MIGRATIONS, "postgresql") == FROZEN_DIGEST_PG
 
 
+FROZEN_DIGEST_1_4 = "be413a755e74fd5bfc5019745ba8e1f3fb53987281cc1ac0fdde8809be0edf61"
 FROZEN_DIGEST = "be413a755e74fd5bfc5019745ba8e1f3fb53987281cc1ac0fdde8809be0edf61"
+FROZEN_DIGEST_PG = "58bc1c8cf2776126480882e9eb45a11203dee9c16217fc70099f0a63f55a9ea9"
 
 
 def test_database_from_the_old_create_all_migration_keeps_opening(tmp_path: Path) -> None:
