@@ -28,6 +28,7 @@ from agent_vault.audit import AuditWriter
 from agent_vault.config import Settings
 from agent_vault.core import Core, Services
 from agent_vault.errors import ConfigError, MasterPasswordRequired
+from agent_vault.freshness import Freshness
 from agent_vault.holds import HoldManager
 from agent_vault.home import Home
 from agent_vault.housekeeping import start_housekeeping
@@ -40,6 +41,7 @@ from agent_vault.proxy.addon import VaultAddon
 from agent_vault.proxy.runner import BindError, ProxyRunner
 from agent_vault.proxy.ssrf import Egress
 from agent_vault.runtime import Runtime
+from agent_vault.store.changes import listen_connection
 from agent_vault.usage import UsageMeter
 
 log = logging.getLogger("agent_vault")
@@ -175,6 +177,11 @@ async def serve(
         )
         core.services.notifier.start()
     core.services.usage = UsageMeter(core.home.root / "usage.json")  # token budgets survive restarts
+    if store.engine.dialect.name == "postgresql":  # replicas: follow the other replicas' changes
+        core.services.freshness = Freshness(
+            runtime, lambda: listen_connection(store.engine), bound=settings.freshness_bound
+        )
+        core.services.freshness.start()
     housekeeping = start_housekeeping(core)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -236,6 +243,8 @@ async def serve(
                 await asyncio.wait_for(task, timeout=10)
     finally:
         housekeeping.cancel()
+        if core.services.freshness is not None:
+            await asyncio.to_thread(core.services.freshness.stop)
         if core.services.notifier is not None:
             await core.services.notifier.close()
         with contextlib.suppress(Exception):
