@@ -6,7 +6,7 @@ It wakes on every notification (a committed change anywhere, store/changes.py) a
 counter, and reloads the runtime when the database is ahead of the snapshot: identities only, or
 everything when vaults/services/credentials changed. Notifications arriving together are coalesced
 into one check (`debounce`), and a replica's own changes cost no second reload (the counter already
-matches what its synchronous reload recorded).
+matches what its synchronous reload recorded, and its own notifications are skipped).
 
 Fail closed: `confirmed_at` is when the database last confirmed the snapshot current. A replica whose
 snapshot has not been confirmed for longer than `bound` seconds refuses new proxy connections and
@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from agent_vault.errors import AgentVaultError
 from agent_vault.runtime import Runtime
-from agent_vault.store.changes import CHANNEL
+from agent_vault.store.changes import CHANNEL, ORIGIN
 
 log = logging.getLogger("agent_vault.freshness")
 
@@ -128,11 +128,16 @@ class Freshness:
             delay = min(delay * 2, _MAX_BACKOFF)
 
     def _wait(self) -> None:
-        """Until a notification arrives (then a short pause to coalesce a burst) or `interval` passes."""
+        """Until another replica's notification arrives (then a short pause to coalesce a burst) or
+        `interval` passes. This replica's own notifications are skipped: it reloaded when it wrote."""
         assert self._conn is not None
-        if any(True for _ in self._conn.notifies(timeout=self.interval, stop_after=1)):
-            for _ in self._conn.notifies(timeout=self.debounce):
-                pass
+        deadline = time.monotonic() + self.interval
+        while (left := deadline - time.monotonic()) > 0 and not self._stop.is_set():
+            got = list(self._conn.notifies(timeout=left, stop_after=1))
+            if any(getattr(n, "payload", "") != ORIGIN for n in got):
+                for _ in self._conn.notifies(timeout=self.debounce):
+                    pass
+                return
 
     def _check(self) -> None:
         """Read the counter; reload what is behind; then mark the snapshot confirmed as of the read."""

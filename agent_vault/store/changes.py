@@ -14,12 +14,14 @@ watcher (agent_vault/freshness.py) reloads when the database is ahead.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from sqlalchemy import Engine, event, inspect, text
 from sqlalchemy.orm import Session
 
 CHANNEL = "agent_vault_changes"
+ORIGIN = uuid.uuid4().hex  # this process, as the NOTIFY payload: a replica skips its own notifications
 # tables Runtime.reload reads; the first three also need the full (vaults=True) reload
 IDENTITY_TABLES = frozenset({"tokens", "grants", "users", "agents"})
 VAULT_TABLES = frozenset({"vaults", "services", "credentials"})
@@ -68,7 +70,7 @@ def _after_flush(session: Session, _ctx: Any) -> None:
     extra = ", vaults_version = vaults_version + 1" if vaults else ""
     conn.execute(text(f"UPDATE changes SET version = version + 1{extra} WHERE id = 1"))  # noqa: S608
     if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
+        conn.execute(text("SELECT pg_notify(:channel, :origin)"), {"channel": CHANNEL, "origin": ORIGIN})
 
 
 def read_versions(session: Session) -> Versions:
