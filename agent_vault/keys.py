@@ -1,7 +1,9 @@
 """Key management: DEK creation/unwrap per key mode, master-password sources, the instance CA.
 
 Dangers: the DEK and the CA private key live only in server memory after unlock. The CA key is
-stored AES-GCM-sealed under the DEK; its plaintext touches disk only inside run/ (0600), briefly.
+stored AES-GCM-sealed under the DEK in the database (`instance_state`); its plaintext touches disk only
+inside run/ (0600), briefly. Homes made before the CA moved into the database keep it in ca/ (the
+legacy files, read once by `read_legacy_ca` and then copied, still sealed, into the row).
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from mitmproxy import certs
-from sqlmodel import select
+from sqlmodel import Session, select
 
 from agent_vault import crypto, oskeyring
 from agent_vault.errors import InvalidRequest, KeyMaterialUnavailable, WrongMasterPassword
-from agent_vault.home import Home, ensure_dir, write_private
-from agent_vault.models import MasterKey
+from agent_vault.home import Home, write_private
+from agent_vault.models import InstanceState, MasterKey
 from agent_vault.store import Store
 
 KEY_MODES = ("password", "keyring", "passwordless")
@@ -47,8 +49,9 @@ def check_master_password(password: str) -> None:
         raise InvalidRequest("the master password must be at least 12 characters")
 
 
-def create_dek(home: Home, store: Store, instance_id: str, mode: str, master_password: str | None) -> bytes:
-    """Create and persist a new DEK for `mode`; returns it (keep it in memory only)."""
+def create_dek(home: Home, s: Session, instance_id: str, mode: str, master_password: str | None) -> bytes:
+    """Create a new DEK for `mode`, its wrapping added to the session `s` (or dek.key for passwordless);
+    returns it (keep it in memory only)."""
     dek = crypto.new_key()
     if mode == "passwordless":
         write_private(home.dek_file, base64.b64encode(dek))
@@ -66,8 +69,7 @@ def create_dek(home: Home, store: Store, instance_id: str, mode: str, master_pas
         memory_kib=profile.memory_kib,
         parallelism=profile.parallelism,
     )
-    with store.write() as s:
-        s.add(row)
+    s.add(row)
     return dek  # mode keyring: the caller stores the password with keyring_set and reports failure
 
 
@@ -164,7 +166,7 @@ _CA_KEY, _CA_CERT, _NEXT = "ca-key.enc", "ca-cert.pem", ".next"
 
 
 def new_ca(instance_id: str) -> CA:
-    """A new self-signed CA (SPEC §4.3), in memory only; `store_ca` persists it."""
+    """A new self-signed CA (SPEC §4.3), in memory only; `sealed_ca` prepares it for the database."""
     key, cert = certs.create_ca(
         organization="agent-vault", cn=f"agent-vault CA {instance_id[:8]}", key_size=2048
     )
@@ -174,18 +176,33 @@ def new_ca(instance_id: str) -> CA:
     return CA(cert.public_bytes(serialization.Encoding.PEM), key_pem)
 
 
-def store_ca(home: Home, instance_id: str, dek: bytes, ca: CA) -> None:
-    """Persist `ca` as ca/ca-cert.pem (0644) + ca/ca-key.enc (0600, sealed under the DEK), replacing any
-    CA stored there. Crash-safe: both new files are first written complete beside the old ones
-    (`*.next`), then moved over them, key first; `load_ca` finishes a move a crash interrupted, and
-    drops a half-written pair (the old CA then stands). The key never touches disk unsealed."""
-    ensure_dir(home.ca_dir)
-    write_private(home.ca_dir / (_CA_KEY + _NEXT), crypto.seal(dek, ca.key_pem, ca_key_aad(instance_id)))
-    write_private(home.ca_dir / (_CA_CERT + _NEXT), ca.cert_pem, mode=0o644)
-    _finish_ca_move(home.ca_dir)
+def sealed_ca(instance_id: str, dek: bytes, ca: CA) -> tuple[bytes, bytes]:
+    """(certificate PEM, key sealed under the DEK): what `instance_state` stores."""
+    return ca.cert_pem, crypto.seal(dek, ca.key_pem, ca_key_aad(instance_id))
+
+
+def store_ca(store: Store, instance_id: str, dek: bytes, ca: CA) -> None:
+    """Replace the CA in the instance row (one transaction: certificate and key move together)."""
+    cert, sealed = sealed_ca(instance_id, dek, ca)
+    with store.write() as s:
+        row = s.get(InstanceState, 1)
+        if row is None:
+            raise KeyMaterialUnavailable("the instance row is missing from the database")
+        row.ca_cert, row.ca_key_sealed = cert, sealed
+        s.add(row)
+
+
+def open_ca(row: InstanceState, dek: bytes) -> CA:
+    """The CA of the instance row, its key unsealed with the DEK."""
+    try:
+        key_pem = crypto.open_sealed(dek, row.ca_key_sealed, ca_key_aad(row.instance_id))
+    except crypto.DecryptionError:
+        raise KeyMaterialUnavailable("the CA private key failed to decrypt (tampered or wrong key)") from None
+    return CA(row.ca_cert, key_pem)
 
 
 def _finish_ca_move(ca_dir: Path) -> None:
+    """Legacy homes: finish (or drop) a CA replacement an older version's crash interrupted."""
     key_next, cert_next = ca_dir / (_CA_KEY + _NEXT), ca_dir / (_CA_CERT + _NEXT)
     if not cert_next.exists():  # the new pair was never complete: keep the old CA
         key_next.unlink(missing_ok=True)
@@ -200,25 +217,14 @@ def _finish_ca_move(ca_dir: Path) -> None:
         os.close(fd)
 
 
-def create_ca(home: Home, instance_id: str, dek: bytes) -> CA:
-    """A new CA, stored: cert in ca/ca-cert.pem (0644), key sealed in ca/ca-key.enc (0600)."""
-    ca = new_ca(instance_id)
-    store_ca(home, instance_id, dek, ca)
-    return ca
-
-
-def load_ca(home: Home, instance_id: str, dek: bytes) -> CA:
+def read_legacy_ca(home: Home) -> tuple[bytes, bytes]:
+    """(certificate PEM, sealed key) from a home made before the CA moved into the database. Never
+    decrypts. Raises KeyMaterialUnavailable when the files are missing."""
     try:
         _finish_ca_move(home.ca_dir)
-        sealed = (home.ca_dir / _CA_KEY).read_bytes()
-        cert_pem = (home.ca_dir / _CA_CERT).read_bytes()
+        return (home.ca_dir / _CA_CERT).read_bytes(), (home.ca_dir / _CA_KEY).read_bytes()
     except OSError:
         raise KeyMaterialUnavailable(f"the instance CA is missing under {home.ca_dir}") from None
-    try:
-        key_pem = crypto.open_sealed(dek, sealed, ca_key_aad(instance_id))
-    except crypto.DecryptionError:
-        raise KeyMaterialUnavailable("the CA private key failed to decrypt (tampered or wrong key)") from None
-    return CA(cert_pem, key_pem)
 
 
 def write_engine_ca(run_dir: Path, ca: CA) -> Path:
@@ -226,6 +232,14 @@ def write_engine_ca(run_dir: Path, ca: CA) -> Path:
     path = run_dir / "mitmproxy-ca.pem"
     write_private(path, ca.key_pem + ca.cert_pem)
     return path
+
+
+def _set_key_mode(s: Session, mode: str) -> None:
+    """The instance row's key mode, in the same transaction as the wrapping it describes."""
+    row = s.get(InstanceState, 1)
+    if row is not None:
+        row.key_mode = mode
+        s.add(row)
 
 
 def change_key_mode(
@@ -244,11 +258,16 @@ def change_key_mode(
     Order matters for crash safety: the new wrapping is written before the old one is removed.
     """
     dek = unwrap_dek(home, store, instance_id, old_mode, old_password)
+    if new_mode == "passwordless" and store.dialect == "postgresql":
+        raise InvalidRequest(
+            "passwordless mode is not available with PostgreSQL (its key file would be local to one host)"
+        )
     if new_mode == "passwordless":
         write_private(home.dek_file, base64.b64encode(dek))
         with store.write() as s:
             for row in s.exec(select(MasterKey)):
                 s.delete(row)
+            _set_key_mode(s, new_mode)
         oskeyring.delete(keyring_user(instance_id))
         return None
     if new_password is None:
@@ -265,6 +284,7 @@ def change_key_mode(
         row.salt, row.time_cost = salt, profile.time_cost
         row.memory_kib, row.parallelism = profile.memory_kib, profile.parallelism
         s.add(row)
+        _set_key_mode(s, new_mode)
     home.dek_file.unlink(missing_ok=True)
     if new_mode == "keyring":
         return keyring_set(instance_id, new_password)

@@ -29,6 +29,19 @@ class MasterKey(SQLModel, table=True):
     key_version: int = 1
 
 
+class InstanceState(SQLModel, table=True):
+    """The instance itself, one row (id 1): identity, key mode and the CA. Lives in the database so any
+    replica with the master password can serve it. The CA key is AES-GCM-sealed under the DEK."""
+
+    __tablename__ = "instance_state"
+    id: int = Field(default=1, primary_key=True)
+    instance_id: str
+    key_mode: str  # password | keyring | passwordless (SQLite only)
+    created_at: datetime = Field(default_factory=utcnow)
+    ca_cert: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # PEM, public
+    ca_key_sealed: bytes = Field(sa_column=Column(LargeBinary, nullable=False), repr=False)
+
+
 class User(SQLModel, table=True):
     __tablename__ = "users"
     id: int | None = Field(default=None, primary_key=True)

@@ -32,7 +32,7 @@ from agent_vault.freshness import Freshness
 from agent_vault.holds import HoldManager
 from agent_vault.home import Home
 from agent_vault.housekeeping import start_housekeeping
-from agent_vault.instance import Unlocked, unlock
+from agent_vault.instance import Unlocked, identify, unlock
 from agent_vault.lifecycle import ServerLock
 from agent_vault.metrics import Metrics
 from agent_vault.notify import Notifier
@@ -320,8 +320,8 @@ def run(settings: Settings, password_stdin: bool = False, lock: ServerLock | Non
     with contextlib.ExitStack() as stack:
         if lock is None:
             lock = stack.enter_context(ServerLock(home))
-        info = home.instance()
+        ident = identify(settings)
         with _logging(settings.log_level):
-            password = master_password(info["key_mode"], info["instance_id"], password_stdin)
+            password = master_password(ident.key_mode, ident.instance_id, password_stdin)
             unlocked = unlock(settings, password)
             asyncio.run(serve(settings, unlocked, lock=lock))

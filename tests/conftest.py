@@ -54,6 +54,16 @@ def upstream_ca() -> trustme.CA:
     return trustme.CA()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store/domain/audit suites run on both backends: a fresh SQLite file, or a fresh database on
+    the session's real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    server: PgServer = request.getfixturevalue("pg")
+    return server.new_database()
+
+
 @pytest.fixture(scope="session")
 def pg() -> Iterator[PgServer]:
     """A real PostgreSQL for the session (tests/helpers/pg.py); `pg.new_database()` per test.

@@ -156,6 +156,7 @@ def _register() -> None:
         "proposals",
         "holds",
         "mcp",
+        "migratedb",
     ):
         try:
             __import__(f"agent_vault.cli.{mod}")

@@ -54,7 +54,12 @@ def server(
     proxy_port: Annotated[int | None, typer.Option(help="Proxy port (0 = any free port).")] = None,
     disable_proxy: Annotated[bool, typer.Option(help="Run the API only.")] = False,
     public_url: Annotated[str | None, typer.Option(help="Base URL for approval links.")] = None,
-    database_url: Annotated[str | None, typer.Option(help="sqlite:///PATH")] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            help="sqlite:///PATH or postgresql://USER@HOST:PORT/DB (prefer DATABASE_URL for a password)."
+        ),
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug | info | warning")] = None,
     allow_net: Annotated[
         list[str] | None, typer.Option(help="Allow upstreams in this CIDR (repeatable).")
@@ -150,13 +155,13 @@ def server(
         raise InvalidRequest(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     home = Home(settings.home)
     if detach:
-        _detach(home, options, password_stdin)
+        _detach(home, options, password_stdin, settings.database_url)
         return
     from agent_vault import server as srv
     from agent_vault.lifecycle import ServerLock
 
     with ServerLock(home) as lock:  # before any prompt: a second server never asks for a password
-        if not home.initialised():
+        if not settings.uses_postgres and not home.initialised():  # PostgreSQL: the database says
             if srv.foreground_tty():
                 from agent_vault.cli.setup import init
 
@@ -171,11 +176,12 @@ def server(
 
 
 def _child_argv(home: Home, options: dict[str, object], password: bool) -> list[str]:
-    """The detached server's command line: the same options, never a secret."""
+    """The detached server's command line: the same options, never a secret (the database URL, which
+    may hold a password, reaches the child as DATABASE_URL in its environment)."""
     argv = [sys.executable, "-m", "agent_vault", "--home", str(home.root), "server"]
     for name, value in options.items():
         flag = "--" + name.replace("_", "-")
-        if value is None or value == ():
+        if value is None or value == () or name == "database_url":
             continue
         if value is True:
             argv.append(flag)
@@ -191,13 +197,14 @@ def _child_argv(home: Home, options: dict[str, object], password: bool) -> list[
     return argv
 
 
-def _detach_password(home: Home, password_stdin: bool) -> str | None:
+def _detach_password(home: Home, password_stdin: bool, database_url: str | None) -> str | None:
     """The master password for a detached server, read here (the child has no terminal)."""
     from agent_vault import keys
     from agent_vault import server as srv
     from agent_vault.cli.prompts import read_stdin_line
+    from agent_vault.instance import identify
 
-    key_mode = home.instance()["key_mode"]
+    key_mode = identify(env_settings(home=home.root, database_url=database_url)).key_mode
     if key_mode == "passwordless":
         return None
     pw = keys.master_password_from_env()
@@ -228,18 +235,21 @@ def _last_error(log: Path, offset: int) -> str:
     return last.removeprefix("error:").strip()
 
 
-def _detach(home: Home, options: dict[str, object], password_stdin: bool) -> None:
-    if not home.initialised():
+def _detach(home: Home, options: dict[str, object], password_stdin: bool, database_url: str | None) -> None:
+    postgres = (database_url or "").startswith(("postgresql://", "postgres://", "postgresql+psycopg://"))
+    if not postgres and not home.initialised():
         raise NotInitialised(
             f"{home.root} is not initialised yet", hint="Run 'agent-vault init' first, then start the server."
         )
     running = probe(home)
     if running is not None:
         raise already_running(home, running)
-    password = _detach_password(home, password_stdin)
+    password = _detach_password(home, password_stdin, database_url)
     env = dict(os.environ)  # the master password was popped from it: the child's env never holds it
     env.pop("AGENT_VAULT_MASTER_PASSWORD", None)
     env["AGENT_VAULT_HOME"] = str(home.root)
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url
     log = home.server_log
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     offset = os.lseek(fd, 0, os.SEEK_END)

@@ -24,16 +24,22 @@ def init(
     owner_email: Annotated[str | None, typer.Option(help="The owner's login email.")] = None,
     password_stdin: Annotated[bool, typer.Option(help="Read the owner's login password from stdin.")] = False,
     yes: Annotated[bool, typer.Option("--yes", help="Skip confirmations.")] = False,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="postgresql://USER@HOST:PORT/DB to create the instance in (or DATABASE_URL)."),
+    ] = None,
 ) -> None:
-    """Create the home, database, keys, CA, the owner and vault `default` (server stopped)."""
+    """Create the home, database, keys, CA, the owner and vault `default` (server stopped).
+
+    With PostgreSQL, run it once per database; every replica then starts with the master password."""
     from agent_vault import keys
     from agent_vault.instance import init_instance
 
     if key_mode not in keys.KEY_MODES:
         raise typer.BadParameter("must be password, keyring or passwordless", param_hint="--key-mode")
-    settings = env_settings(home=G.home)
+    settings = env_settings(home=G.home, database_url=database_url)
     home = Home(settings.home)
-    if home.initialised():
+    if not settings.uses_postgres and home.initialised():
         raise Conflict(
             "this home is already initialised",
             hint=f"{home.root} holds an instance: start it with 'agent-vault server', "
@@ -84,9 +90,10 @@ def init(
     if key_mode == "keyring":
         assert master is not None
         _keyring_note(keys.keyring_set(instance_id, master))
+    where = "the PostgreSQL database" if settings.uses_postgres else str(settings.home)
     out.data(
         {"instance_id": instance_id, "home": str(settings.home), "key_mode": key_mode},
-        f"initialised {settings.home} (instance {instance_id[:8]}, key mode {key_mode}); "
+        f"initialised {where} (instance {instance_id[:8]}, key mode {key_mode}); "
         f"start it with 'agent-vault server'",
     )
 
@@ -112,11 +119,13 @@ def _rewrap(new_mode: str | None, password_stdin: bool, *, need_new: bool) -> No
 
     from agent_vault import keys
     from agent_vault.home import write_private
+    from agent_vault.instance import identify
     from agent_vault.store import Store
 
     settings = env_settings(home=G.home)
     home = Home(settings.home)
-    info = home.instance()
+    ident = identify(settings)
+    info = {"instance_id": ident.instance_id, "key_mode": ident.key_mode}
     lines = iter(sys.stdin.read().splitlines()) if password_stdin else None
 
     def ask(prompt: str) -> str:
@@ -140,7 +149,8 @@ def _rewrap(new_mode: str | None, password_stdin: bool, *, need_new: bool) -> No
         note = keys.change_key_mode(home, store, info["instance_id"], old_mode, old, mode, new)
     finally:
         store.close()
-    write_private(home.instance_file, json.dumps({**info, "key_mode": mode}, indent=2))
+    if not settings.uses_postgres:
+        write_private(home.instance_file, json.dumps({**home.instance(), "key_mode": mode}, indent=2))
     if mode == "keyring":
         _keyring_note(note)
     out.data({"key_mode": mode}, f"key mode is now {mode}")

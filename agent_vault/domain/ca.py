@@ -1,6 +1,6 @@
 """CA rotation (SPEC §3.3, §4.3, §9 `POST /v1/ca/rotate`): owner, step-up.
 
-A new CA replaces the old one where it lives (ca/ca-cert.pem + ca/ca-key.enc sealed under the DEK),
+A new CA replaces the old one in the instance row (certificate + key sealed under the DEK, one transaction),
 `GET /v1/mitm/ca.pem` serves it at once, and new proxied TLS connections are signed by it without a
 restart. Open connections keep the leaf certificate they have. Agents holding the old certificate must
 fetch the new one (`vault run` does at every start). Audited as `ca.rotate` with both fingerprints
@@ -22,8 +22,8 @@ _rotating = threading.Lock()  # one rotation at a time: the files and the engine
 
 def rotate_ca(core: Core, p: Principal, password: str | None) -> dict[str, Any]:
     """Replace the instance CA. Order keeps every failure harmless: the new CA is made and the engine's
-    new certificate store built first (nothing changed yet), then the files are replaced (crash-safe,
-    see `keys.store_ca`), then the API and the engine switch together."""
+    new certificate store built first (nothing changed yet), then the row is updated (one transaction,
+    `keys.store_ca`), then the API and the engine switch together."""
     p.require_owner()
     step_up(core, p, password)
     with _rotating:
@@ -31,7 +31,7 @@ def rotate_ca(core: Core, p: Principal, password: str | None) -> dict[str, Any]:
         new = keys.new_ca(core.instance_id)
         prepare = core.services.ca_engine
         install = prepare(new) if prepare is not None else None
-        keys.store_ca(core.home, core.instance_id, core.dek, new)
+        keys.store_ca(core.store, core.instance_id, core.dek, new)
         core.ca = new
         if install is not None:
             install()

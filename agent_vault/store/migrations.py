@@ -228,6 +228,22 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
         PG[4],
     ),
+    Migration(
+        5,
+        "instance state in the database",
+        (
+            """CREATE TABLE instance_state (
+	id INTEGER NOT NULL,
+	instance_id VARCHAR NOT NULL,
+	key_mode VARCHAR NOT NULL,
+	created_at DATETIME NOT NULL,
+	ca_cert BLOB NOT NULL,
+	ca_key_sealed BLOB NOT NULL,
+	PRIMARY KEY (id)
+)""",
+        ),
+        PG[5],
+    ),
     Migration(6, "replica change counter", _V6, _V6),  # the same text on both engines
 )
 LATEST = MIGRATIONS[-1].version

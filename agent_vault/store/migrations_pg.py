@@ -172,4 +172,15 @@ PG: dict[int, tuple[str, ...]] = {
         "ALTER TABLE tokens ADD COLUMN only_services VARCHAR",
         "ALTER TABLE tokens ADD COLUMN only_methods VARCHAR",
     ),
+    5: (
+        """CREATE TABLE instance_state (
+	id INTEGER NOT NULL,
+	instance_id VARCHAR NOT NULL,
+	key_mode VARCHAR NOT NULL,
+	created_at TIMESTAMP WITH TIME ZONE NOT NULL,
+	ca_cert BYTEA NOT NULL,
+	ca_key_sealed BYTEA NOT NULL,
+	PRIMARY KEY (id)
+)""",
+    ),
 }

@@ -15,7 +15,7 @@ from agent_vault import crypto, keys
 from agent_vault.audit import admin_record, list_records, proxy_record, utc_ts
 from agent_vault.catalog import load_catalog
 from agent_vault.core import Core
-from agent_vault.models import Invite, Token
+from agent_vault.models import InstanceState, Invite, Token
 
 MEMBER_PW = "member-password-123"
 
@@ -372,10 +372,9 @@ def test_ca_rotate_replaces_the_stored_and_served_ca(api: httpx.Client, core: Co
     assert new_pem != old_pem and new_pem == core.ca.cert_pem
     assert body["fingerprint_sha256"] == core.ca.fingerprint_sha256 != old.fingerprint_sha256
     assert body["not_after"] > (datetime.now(UTC) + timedelta(days=3000)).strftime("%Y-%m-%d")
-    assert (core.home.ca_dir / "ca-cert.pem").read_bytes() == new_pem
-    assert keys.load_ca(core.home, core.instance_id, core.dek).key_pem == core.ca.key_pem
-    assert core.ca.key_pem not in (core.home.ca_dir / "ca-key.enc").read_bytes()
-    assert sorted(p.name for p in core.home.ca_dir.iterdir()) == ["ca-cert.pem", "ca-key.enc"]
+    row = _instance_row(core)
+    assert row.ca_cert == new_pem and keys.open_ca(row, core.dek).key_pem == core.ca.key_pem
+    assert core.ca.key_pem not in row.ca_key_sealed and not core.home.ca_dir.exists()
     _flush(core)
     rec = list_records(core.store.engine, kind="ca.rotate")
     assert len(rec) == 1 and rec[0]["actor"] == f"user:{OWNER_EMAIL}"
@@ -395,14 +394,26 @@ def test_ca_rotate_needs_the_owner_and_step_up(api: httpx.Client, core: Core) ->
         assert r.status_code == 403, r.text
     r = api.post("/v1/ca/rotate", json={"password": OWNER_PASSWORD, "extra": OWNER_PASSWORD})
     assert r.status_code == 422 and OWNER_PASSWORD not in r.text
-    assert core.ca.cert_pem == before and (core.home.ca_dir / "ca-cert.pem").read_bytes() == before
+    assert core.ca.cert_pem == before and _instance_row(core).ca_cert == before
+
+
+def _instance_row(core: Core) -> InstanceState:
+    with core.store.read() as s:
+        row = s.get(InstanceState, 1)
+    assert row is not None
+    return row
 
 
 @pytest.mark.parametrize("crash_after", ["key-next", "cert-next", "key-moved"])
 def test_an_interrupted_ca_replacement_is_finished_or_dropped_at_load(core: Core, crash_after: str) -> None:
-    """`store_ca` writes both *.next files, then moves key then cert: a crash at any point leaves a CA
-    whose key and certificate belong together."""
+    """Homes from before the CA moved into the database: older versions wrote both *.next files, then
+    moved key then cert; a crash at any point leaves a CA whose key and certificate belong together,
+    and that CA is what the legacy import reads."""
     ca_dir, old = core.home.ca_dir, core.ca
+    ca_dir.mkdir(mode=0o700)
+    row = _instance_row(core)
+    (ca_dir / "ca-cert.pem").write_bytes(row.ca_cert)
+    (ca_dir / "ca-key.enc").write_bytes(row.ca_key_sealed)
     new = keys.new_ca(core.instance_id)
     sealed = crypto.seal(core.dek, new.key_pem, keys.ca_key_aad(core.instance_id))
     (ca_dir / "ca-key.enc.next").write_bytes(sealed)
@@ -410,7 +421,11 @@ def test_an_interrupted_ca_replacement_is_finished_or_dropped_at_load(core: Core
         (ca_dir / "ca-cert.pem.next").write_bytes(new.cert_pem)
     if crash_after == "key-moved":
         (ca_dir / "ca-key.enc.next").replace(ca_dir / "ca-key.enc")
-    loaded = keys.load_ca(core.home, core.instance_id, core.dek)
+    cert, sealed = keys.read_legacy_ca(core.home)
+    loaded = keys.open_ca(
+        InstanceState(instance_id=core.instance_id, key_mode="password", ca_cert=cert, ca_key_sealed=sealed),
+        core.dek,
+    )
     expected = old if crash_after == "key-next" else new
     assert (loaded.cert_pem, loaded.key_pem) == (expected.cert_pem, expected.key_pem)
     assert sorted(p.name for p in ca_dir.iterdir()) == ["ca-cert.pem", "ca-key.enc"]

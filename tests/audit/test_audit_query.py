@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
-from sqlmodel import SQLModel, create_engine
 
 from agent_vault.audit import AuditWriter, admin_record, latest_seq, list_records, proxy_record
+from agent_vault.store import Store
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    eng = create_engine("sqlite:///" + str(tmp_path / "audit.db"))
-    SQLModel.metadata.create_all(eng)
+def engine(tmp_path: Path, db_url: str) -> Iterator[Engine]:
+    store = Store(db_url)
+    eng = store.engine
     assert latest_seq(eng) == 0 and list_records(eng) == []
     writer = AuditWriter(eng, tmp_path / "audit.head")
     writer.start()
@@ -41,7 +41,7 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
         writer.submit(admin_record("credential.set", "user:a@example.com", "default", f"K{i}"))
     writer.close()
     yield eng
-    eng.dispose()
+    store.close()
 
 
 def seqs(rows: list[dict[str, object]]) -> list[object]:

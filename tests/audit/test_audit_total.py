@@ -19,7 +19,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
-from sqlmodel import SQLModel, create_engine
 
 from agent_vault.audit import (
     SUMMARY_KIND,
@@ -33,14 +32,15 @@ from agent_vault.audit import (
     proxy_record,
     verify_db,
 )
+from agent_vault.store import Store
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    eng = create_engine("sqlite:///" + str(tmp_path / "audit.db"))
-    SQLModel.metadata.create_all(eng)
-    yield eng
-    eng.dispose()
+def engine(db_url: str) -> Iterator[Engine]:
+    """A migrated store on each backend (tests/conftest.py `db_url`)."""
+    store = Store(db_url)
+    yield store.engine
+    store.close()
 
 
 @pytest.fixture

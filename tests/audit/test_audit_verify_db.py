@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
-from sqlmodel import SQLModel, create_engine
 
 from agent_vault.audit import (
     AuditWriter,
@@ -22,14 +21,15 @@ from agent_vault.audit import (
     read_head,
     verify_db,
 )
+from agent_vault.store import Store
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    eng = create_engine("sqlite:///" + str(tmp_path / "audit.db"))
-    SQLModel.metadata.create_all(eng)
-    yield eng
-    eng.dispose()
+def engine(db_url: str) -> Iterator[Engine]:
+    """A migrated store on each backend (tests/conftest.py `db_url`)."""
+    store = Store(db_url)
+    yield store.engine
+    store.close()
 
 
 @pytest.fixture

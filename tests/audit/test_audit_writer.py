@@ -16,17 +16,18 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, event, text
-from sqlmodel import SQLModel, create_engine
+from sqlmodel import create_engine
 
 from agent_vault.audit import AuditWriter, admin_record, list_records, proxy_record, read_head, verify_db
+from agent_vault.store import Store
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    eng = create_engine("sqlite:///" + str(tmp_path / "audit.db"))
-    SQLModel.metadata.create_all(eng)
-    yield eng
-    eng.dispose()
+def engine(db_url: str) -> Iterator[Engine]:
+    """A migrated store on each backend (tests/conftest.py `db_url`)."""
+    store = Store(db_url)
+    yield store.engine
+    store.close()
 
 
 @pytest.fixture

@@ -26,8 +26,9 @@ APPROVE_1 = {"password": OWNER_PASSWORD, "credentials": {"STRIPE_KEY": SECRET}}
 
 
 @pytest.fixture
-def core(tmp_path: Path) -> Iterator[Core]:
-    with make_core(tmp_path / "home") as c:
+def core(tmp_path: Path, db_url: str) -> Iterator[Core]:
+    """On both backends (tests/conftest.py `db_url`)."""
+    with make_core(tmp_path / "home", database_url=db_url) as c:
         yield c
 
 

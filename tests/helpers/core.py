@@ -1,4 +1,5 @@
-"""An in-process, unlocked Core over a real SQLite store (no sockets), for API and domain tests."""
+"""An in-process, unlocked Core over a real store (SQLite, or PostgreSQL via `database_url`), no sockets,
+for API and domain tests."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from agent_vault.audit import AuditWriter
 from agent_vault.config import Settings
 from agent_vault.core import Core
-from agent_vault.home import Home
+from agent_vault.home import Home, ensure_dir
 from agent_vault.instance import init_instance, unlock
 from agent_vault.metrics import Metrics
 from agent_vault.runtime import Runtime
@@ -37,6 +38,7 @@ def make_core(home: Path, key_mode: str = "password", **settings: object) -> Ite
 @contextmanager
 def open_core(s: Settings, master_password: str | None = None) -> Iterator[Core]:
     """The unlocked Core of the existing instance in `s.home` (closed on exit), as a server has it."""
+    ensure_dir(s.home)  # a PostgreSQL instance has no home of its own; a server's lock makes it
     u = unlock(s, master_password)
     runtime = Runtime(u.store, u.dek)
     runtime.reload()

@@ -16,7 +16,7 @@ from mitmproxy.proxy.layers import http as mhttp
 
 from agent_vault import keys
 from agent_vault.errors import AgentVaultError
-from agent_vault.home import Home, ensure_dir
+from agent_vault.home import ensure_dir
 from agent_vault.proxy import engine
 from agent_vault.proxy.runner import ProxyRunner
 
@@ -46,8 +46,7 @@ def test_engine_uses_the_instance_ca_and_wipes_the_key_file(
         original(self)
 
     monkeypatch.setattr(tlsconfig.TlsConfig, "running", late_running)
-    home = Home(tmp_path / "home")
-    ca = keys.create_ca(home, "0123456789abcdef", b"k" * 32)
+    ca = keys.new_ca("0123456789abcdef")
     cafile = tmp_path / "ca.pem"
     cafile.write_bytes(ca.cert_pem)
     run_dir = ensure_dir(tmp_path / "run")
@@ -84,8 +83,7 @@ def test_the_server_imports_only_the_lean_chain_of_mitmproxy_addons(tmp_path: Pa
 def test_prepare_ca_switches_new_handshakes_only_when_installed(tmp_path: Path) -> None:
     """CA rotation, engine side: preparing builds the new store but changes nothing; installing makes
     the very next handshake use the new CA (no restart) and the old CA no longer verifies."""
-    home = Home(tmp_path / "home")
-    old = keys.create_ca(home, "0123456789abcdef", b"k" * 32)
+    old = keys.new_ca("0123456789abcdef")
     new = keys.new_ca("0123456789abcdef")
     old_file, new_file = tmp_path / "old.pem", tmp_path / "new.pem"
     old_file.write_bytes(old.cert_pem)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import stat
 from pathlib import Path
 
@@ -41,11 +42,36 @@ def test_home_and_secret_files_are_private(tmp_path: Path) -> None:
     home = tmp_path / "h"
     _init(home)
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
-    for f in ("agent-vault.db", "instance.json", "ca/ca-key.enc"):
+    for f in ("agent-vault.db", "instance.json"):
         assert stat.S_IMODE((home / f).stat().st_mode) == 0o600, f
-    assert b"PRIVATE KEY" not in (home / "ca" / "ca-key.enc").read_bytes()
-    assert stat.S_IMODE((home / "ca" / "ca-cert.pem").stat().st_mode) == 0o644
-    assert not (home / "dek.key").exists()
+    assert not (home / "dek.key").exists() and not (home / "ca").exists()  # the CA lives in the database
+    with sqlite3.connect(home / "agent-vault.db") as conn:
+        cert, sealed = conn.execute("SELECT ca_cert, ca_key_sealed FROM instance_state").fetchone()
+    assert b"BEGIN CERTIFICATE" in cert and b"PRIVATE KEY" not in sealed
+
+
+def test_a_home_from_before_the_instance_row_is_moved_into_it(tmp_path: Path) -> None:
+    """Older versions kept the CA in ca/ (key sealed) and the identity in instance.json only: the
+    first unlock copies them, still sealed, into the row; the CA and the credentials stay the same."""
+    s = _init(tmp_path / "h")
+    u = unlock(s, MASTER)
+    ca, instance_id = u.ca, u.instance_id
+    u.store.close()
+    ca_dir = tmp_path / "h" / "ca"
+    ca_dir.mkdir(mode=0o700)
+    with sqlite3.connect(tmp_path / "h" / "agent-vault.db") as conn:
+        cert, sealed = conn.execute("SELECT ca_cert, ca_key_sealed FROM instance_state").fetchone()
+        conn.execute("DELETE FROM instance_state")
+    (ca_dir / "ca-cert.pem").write_bytes(cert)
+    (ca_dir / "ca-key.enc").write_bytes(sealed)
+    again = unlock(s, MASTER)
+    again.store.close()
+    assert (again.instance_id, again.ca) == (instance_id, ca)
+    assert again.ca.key_pem == ca.key_pem and not ca_dir.exists()
+    with sqlite3.connect(tmp_path / "h" / "agent-vault.db") as conn:
+        assert conn.execute("SELECT instance_id, key_mode FROM instance_state").fetchall() == [
+            (instance_id, "password")
+        ]
 
 
 def test_passwordless_mode_keeps_dek_in_a_private_file(tmp_path: Path) -> None:

@@ -140,8 +140,8 @@ def test_released_migrations_are_frozen() -> None:
 
 
 FROZEN_DIGEST_1_4 = "be413a755e74fd5bfc5019745ba8e1f3fb53987281cc1ac0fdde8809be0edf61"
-FROZEN_DIGEST = "1e43f0f937f379b95d62c5b0f8bf915a9ecbe8b467d41b822a527888c711cba4"
-FROZEN_DIGEST_PG = "20af324666d5bef474e83fe08df8ec978df0b1810a83bd14b322d8219b557129"
+FROZEN_DIGEST = "b9f5f38736ca4eb548aa3f2469bd02ef581c8b9da5d4866d35a98f7dbd97d432"
+FROZEN_DIGEST_PG = "919d576c0f8e33ca24ffe6ad43fe89a6620093245226b100ca427d7dc5196db8"
 
 
 def test_database_from_the_old_create_all_migration_keeps_opening(tmp_path: Path) -> None:
@@ -154,6 +154,7 @@ def test_database_from_the_old_create_all_migration_keeps_opening(tmp_path: Path
             conn.exec_driver_sql(f"ALTER TABLE credentials DROP COLUMN {column}")
         for column in ("only_services", "only_methods"):  # migration 4
             conn.exec_driver_sql(f"ALTER TABLE tokens DROP COLUMN {column}")
+        conn.exec_driver_sql("DROP TABLE instance_state")  # migration 5
         conn.exec_driver_sql("DROP TABLE changes")  # migration 6
         conn.exec_driver_sql(
             "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL)"
