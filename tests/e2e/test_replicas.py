@@ -6,12 +6,11 @@
   then ready again, the audit records queued meanwhile are written, and the one chain verifies;
 * PostgreSQL away for longer than the freshness bound: 503 `store_unavailable`, then it recovers.
 
-Replica B's home is a copy of A's made right after `init` (instance files; the database is shared).
+`init` runs once (through A's home); B starts on an empty home: everything it needs is in the database.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,8 +36,7 @@ class Pair:
             (tmp / name).mkdir()
         self.a = ServerProc(tmp / "a", upstream_ca, key_mode="password", env=env, extra_args=args)
         self.b = ServerProc(tmp / "b", upstream_ca, key_mode="password", env=env, extra_args=args)
-        self.a.init()
-        shutil.copytree(self.a.home, self.b.home)
+        self.a.init()  # once, against the database; B starts on a fresh, empty home
         self.a.start()
         self.b.start()
 
