@@ -60,8 +60,10 @@ class Freshness:
         bound: float = DEFAULT_BOUND,
         interval: float = 1.0,
         debounce: float = 0.05,
+        on_full_reload: Callable[[], object] | None = None,
     ) -> None:
         self.runtime, self._connect = runtime, connect
+        self._on_full_reload = on_full_reload  # e.g. adopt a CA another replica rotated
         self.bound, self.interval, self.debounce = bound, interval, debounce
         self.confirmed_at = time.monotonic()  # the server reloaded just before starting the watcher
         self.connected = False
@@ -149,6 +151,8 @@ class Freshness:
         if db[1] != seen[1]:
             self.runtime.reload()
             self.reloads += 1
+            if self._on_full_reload is not None:
+                self._on_full_reload()
         elif db[0] != seen[0]:
             self.runtime.reload(vaults=False)
             self.reloads += 1

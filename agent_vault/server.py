@@ -27,6 +27,7 @@ from agent_vault.api.app import create_app
 from agent_vault.audit import AuditWriter
 from agent_vault.config import Settings
 from agent_vault.core import Core, Services
+from agent_vault.domain.ca import follow_stored_ca
 from agent_vault.errors import ConfigError, MasterPasswordRequired
 from agent_vault.freshness import Freshness
 from agent_vault.holds import HoldManager
@@ -179,7 +180,10 @@ async def serve(
     core.services.usage = UsageMeter(core.home.root / "usage.json")  # token budgets survive restarts
     if store.engine.dialect.name == "postgresql":  # replicas: follow the other replicas' changes
         core.services.freshness = Freshness(
-            runtime, lambda: listen_connection(store.engine), bound=settings.freshness_bound
+            runtime,
+            lambda: listen_connection(store.engine),
+            bound=settings.freshness_bound,
+            on_full_reload=lambda: follow_stored_ca(core),  # a CA rotated through another replica
         )
         core.services.freshness.start()
     housekeeping = start_housekeeping(core)

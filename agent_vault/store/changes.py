@@ -22,9 +22,10 @@ from sqlalchemy.orm import Session
 
 CHANNEL = "agent_vault_changes"
 ORIGIN = uuid.uuid4().hex  # this process, as the NOTIFY payload: a replica skips its own notifications
-# tables Runtime.reload reads; the first three also need the full (vaults=True) reload
+# tables Runtime.reload reads (and the instance row, whose CA replicas follow); the second set needs the
+# full (vaults=True) reload
 IDENTITY_TABLES = frozenset({"tokens", "grants", "users", "agents"})
-VAULT_TABLES = frozenset({"vaults", "services", "credentials"})
+VAULT_TABLES = frozenset({"vaults", "services", "credentials", "instance_state"})
 IGNORED_COLUMNS = frozenset({"last_used_at"})
 _INFO_KEY = "agent_vault.changes"
 

@@ -143,6 +143,29 @@ def test_a_change_through_one_replica_is_enforced_at_the_other_within_a_second(
     assert {r["actor"] for r in _records(a, kind="agent.create")} >= {"user:owner@example.com"}
 
 
+def test_a_ca_rotated_through_one_replica_signs_new_connections_at_the_other(
+    pair: Pair, upstream: TLSUpstream, tmp_path: Path
+) -> None:
+    a, b = pair.a, pair.b
+    a.set_credential("API_KEY", SECRET_1)
+    a.add_service(_service(upstream.port))
+    token = a.make_agent("ca-bot")
+    with a.http() as c:
+        c.post("/v1/ca/rotate", json={"password": OWNER_PASSWORD}).raise_for_status()
+    new = httpx.get(a.api + "/v1/mitm/ca.pem", trust_env=False).content
+    assert new not in b.ca_bundle.read_bytes()
+    wait_until(
+        lambda: httpx.get(b.api + "/v1/mitm/ca.pem", trust_env=False).content == new,
+        "B serves the new CA",
+        timeout=WITHIN,
+    )
+    bundle = tmp_path / "new-bundle.pem"
+    bundle.write_bytes(new + a.upstream_ca_file.read_bytes())
+    with httpx.Client(proxy=b.proxy_url(token), verify=str(bundle), trust_env=False, timeout=10) as c:
+        assert c.get(f"https://localhost:{upstream.port}/echo/x").status_code == 200  # signed by the new CA
+    assert _auth_seen(upstream) == f"Bearer {SECRET_1}"
+
+
 def test_kill9_of_one_replica_loses_nothing_acknowledged_and_the_other_serves(
     pair: Pair, upstream: TLSUpstream
 ) -> None:
