@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from agent_vault.errors import AgentVaultError
 from agent_vault.runtime import Runtime
-from agent_vault.store.changes import CHANNEL, ORIGIN
+from agent_vault.store.changes import CHANNEL
 
 log = logging.getLogger("agent_vault.freshness")
 
@@ -61,9 +61,11 @@ class Freshness:
         interval: float = 1.0,
         debounce: float = 0.05,
         on_full_reload: Callable[[], object] | None = None,
+        origin: str = "",
     ) -> None:
         self.runtime, self._connect = runtime, connect
         self._on_full_reload = on_full_reload  # e.g. adopt a CA another replica rotated
+        self.origin = origin  # our store's NOTIFY payload (changes.origin_of): skipped
         self.bound, self.interval, self.debounce = bound, interval, debounce
         self.confirmed_at = time.monotonic()  # the server reloaded just before starting the watcher
         self.connected = False
@@ -135,8 +137,8 @@ class Freshness:
         assert self._conn is not None
         deadline = time.monotonic() + self.interval
         while (left := deadline - time.monotonic()) > 0 and not self._stop.is_set():
-            got = list(self._conn.notifies(timeout=left, stop_after=1))
-            if any(getattr(n, "payload", "") != ORIGIN for n in got):
+            got = list(self._conn.notifies(timeout=min(left, 1.0), stop_after=1))  # stop() within 1 s
+            if any(getattr(n, "payload", "") != self.origin for n in got):
                 for _ in self._conn.notifies(timeout=self.debounce):
                     pass
                 return

@@ -42,7 +42,7 @@ from agent_vault.proxy.addon import VaultAddon
 from agent_vault.proxy.runner import BindError, ProxyRunner
 from agent_vault.proxy.ssrf import Egress
 from agent_vault.runtime import Runtime
-from agent_vault.store.changes import listen_connection
+from agent_vault.store.changes import listen_connection, origin_of
 from agent_vault.usage import UsageMeter
 
 log = logging.getLogger("agent_vault")
@@ -184,6 +184,7 @@ async def serve(
             lambda: listen_connection(store.engine),
             bound=settings.freshness_bound,
             on_full_reload=lambda: follow_stored_ca(core),  # a CA rotated through another replica
+            origin=origin_of(store.engine),
         )
         core.services.freshness.start()
     housekeeping = start_housekeeping(core)

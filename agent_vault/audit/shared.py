@@ -6,6 +6,10 @@ it commits or rolls back), reads the tail `(seq, hash)` FROM THE DATABASE under 
 after it and inserts it. Appends from all replicas thus form one gap-free chain that `logs verify`
 checks from any replica. The SQLite path (one process) keeps its in-memory tail (writer.py).
 
+A writer never links below what it knows was committed: if the database's tail is behind the last record
+this writer committed (or behind its `audit.head` at start), the tail was cut and the batch continues
+after the writer's own tail, so `verify` reports the loss as a gap instead of it being papered over.
+
 A commit whose outcome is unknown (the connection dropped during COMMIT) is resolved on the retry, under
 the lock: if the batch's last row is there (same seq and hash), it was committed and is not appended
 twice.

@@ -346,8 +346,12 @@ class AuditWriter:
     def _commit(self, batch: list[dict[str, Any]]) -> None:
         """Commit `batch` in one transaction; on failure keep it and retry with backoff until it is
         committed (or the writer is abandoned at close)."""
-        if self._shared:
-            done = shared.append(self._engine, lambda s, h: self._link_batch(batch, (s, h)), self._abandon)
+        if self._shared:  # after the DB's tail, or after our own last commit if the DB was cut below it
+            done = shared.append(
+                self._engine,
+                lambda s, h: self._link_batch(batch, (s, h) if s >= self._seq else None),
+                self._abandon,
+            )
             if done is None:
                 logger.error("audit writer gave up %d uncommitted records at shutdown", len(batch))
                 return

@@ -15,13 +15,14 @@ watcher (agent_vault/freshness.py) reloads when the database is ahead.
 from __future__ import annotations
 
 import uuid
+import weakref
 from typing import Any
 
 from sqlalchemy import Engine, event, inspect, text
 from sqlalchemy.orm import Session
 
 CHANNEL = "agent_vault_changes"
-ORIGIN = uuid.uuid4().hex  # this process, as the NOTIFY payload: a replica skips its own notifications
+_ORIGINS: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
 # tables Runtime.reload reads (and the instance row, whose CA replicas follow); the second set needs the
 # full (vaults=True) reload
 IDENTITY_TABLES = frozenset({"tokens", "grants", "users", "agents"})
@@ -30,6 +31,11 @@ IGNORED_COLUMNS = frozenset({"last_used_at"})
 _INFO_KEY = "agent_vault.changes"
 
 Versions = tuple[int, int]  # (version, vaults_version)
+
+
+def origin_of(engine: Engine) -> str:
+    """This store's id, sent as the NOTIFY payload: a replica skips its own notifications."""
+    return _ORIGINS.setdefault(engine, uuid.uuid4().hex)
 
 
 def track(session: Session) -> None:
@@ -71,7 +77,8 @@ def _after_flush(session: Session, _ctx: Any) -> None:
     extra = ", vaults_version = vaults_version + 1" if vaults else ""
     conn.execute(text(f"UPDATE changes SET version = version + 1{extra} WHERE id = 1"))  # noqa: S608
     if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_notify(:channel, :origin)"), {"channel": CHANNEL, "origin": ORIGIN})
+        origin = origin_of(conn.engine)
+        conn.execute(text("SELECT pg_notify(:channel, :origin)"), {"channel": CHANNEL, "origin": origin})
 
 
 def read_versions(session: Session) -> Versions:

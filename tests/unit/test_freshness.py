@@ -18,7 +18,7 @@ from agent_vault.freshness import Freshness, StoreUnavailable
 from agent_vault.models import Agent, Vault
 from agent_vault.runtime import Runtime
 from agent_vault.store import Store
-from agent_vault.store.changes import listen_connection
+from agent_vault.store.changes import listen_connection, origin_of
 
 
 @pytest.fixture
@@ -32,10 +32,16 @@ def two(pg: Any) -> Iterator[tuple[Store, Store]]:
         other.close()
 
 
-def _watch(store: Store, bound: float = 30.0) -> tuple[Runtime, Freshness]:
+def _watch(store: Store, bound: float = 30.0, interval: float = 1.0) -> tuple[Runtime, Freshness]:
     rt = Runtime(store, b"\0" * 32)
     rt.reload()
-    fr = Freshness(rt, lambda: listen_connection(store.engine), bound=bound)
+    fr = Freshness(
+        rt,
+        lambda: listen_connection(store.engine),
+        bound=bound,
+        interval=interval,
+        origin=origin_of(store.engine),
+    )
     fr.start()
     wait_until(lambda: fr.connected, "the watcher is listening")
     return rt, fr
@@ -43,13 +49,11 @@ def _watch(store: Store, bound: float = 30.0) -> tuple[Runtime, Freshness]:
 
 def test_another_replicas_change_reloads_within_a_second(two: tuple[Store, Store]) -> None:
     mine, other = two
-    rt, fr = _watch(mine)
+    rt, fr = _watch(mine, interval=30.0)  # no periodic check in time: only the notification can wake it
     try:
         with other.write() as s:
             s.add(Vault(name="elsewhere"))
-        t0 = time.monotonic()
         wait_until(lambda: "elsewhere" in rt.snapshot.vaults, "the new vault in the snapshot", timeout=1.0)
-        assert time.monotonic() - t0 < 1.0
         assert fr.reloads == 1
     finally:
         fr.stop()
