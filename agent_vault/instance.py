@@ -75,7 +75,7 @@ def _check_init(
 def _already(row: InstanceState) -> Conflict:
     return Conflict(
         f"the database already holds agent-vault instance {row.instance_id[:8]}",
-        hint="Start replicas with 'agent-vault server --database-url …'; init runs once per database.",
+        hint="Start replicas with 'agent-vault server --database-url URL'; init runs once per database.",
     )
 
 
@@ -179,7 +179,7 @@ def open_instance(settings: Settings) -> tuple[Store, InstanceState]:
             if info is None:
                 raise NotInitialised(
                     "the PostgreSQL database holds no agent-vault instance",
-                    hint="Run 'agent-vault init --database-url …' once first.",
+                    hint="Run 'agent-vault init --database-url URL' once first.",
                 )
             row = _legacy_row(home, info)
             with store.write() as s:

@@ -28,7 +28,7 @@ def migrate_db(
     """Copy an instance into an empty PostgreSQL database (server stopped; values stay sealed).
 
     All or nothing: one transaction on the target. Ids and the audit chain are kept (`logs verify`
-    passes against the target). Then start replicas with `agent-vault server --database-url …`."""
+    passes against the target). Then start replicas with `agent-vault server --database-url URL`."""
     from agent_vault.home import Home
     from agent_vault.instance import PG_PASSWORDLESS, open_instance
     from agent_vault.lifecycle import ServerLock
@@ -57,5 +57,5 @@ def migrate_db(
     out.data(
         {"instance_id": row.instance_id, "rows": counts, "target": redact_url(to)},
         f"copied instance {row.instance_id[:8]} ({total} rows, {audit} audit records) "
-        f"into {redact_url(to)}; start it with 'agent-vault server --database-url …'",
+        f"into {redact_url(to)}; start it with 'agent-vault server --database-url URL'",
     )

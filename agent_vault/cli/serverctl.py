@@ -32,7 +32,7 @@ from agent_vault.errors import (
     ServerStartError,
     ServerUnreachable,
 )
-from agent_vault.home import Home
+from agent_vault.home import Home, ensure_dir
 from agent_vault.lifecycle import Running, already_running, probe
 
 DETACH_TIMEOUT_S = 30.0
@@ -250,7 +250,7 @@ def _detach(home: Home, options: dict[str, object], password_stdin: bool, databa
     env["AGENT_VAULT_HOME"] = str(home.root)
     if database_url is not None:
         env["DATABASE_URL"] = database_url
-    log = home.server_log
+    log = ensure_dir(home.root) / home.server_log.name  # a PostgreSQL replica's home may start empty
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     offset = os.lseek(fd, 0, os.SEEK_END)
     try:

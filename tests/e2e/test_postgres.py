@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import trustme
 from helpers.env import base_env
 from helpers.server import MASTER_PASSWORD, OWNER_EMAIL, OWNER_PASSWORD, ServerProc
@@ -165,3 +166,41 @@ def test_migrate_db_moves_a_sqlite_instance_that_then_serves_and_verifies(
     finally:
         assert new.stop() == 0
     assert SECRET not in new.stderr_text()
+
+
+def test_detached_server_gets_the_url_through_its_environment_never_argv(pg: Any, tmp_path: Path) -> None:
+    """PostgreSQL here trusts loopback, so a URL with a password connects: the password must not reach
+    the detached child's argv, the log or any output."""
+    url = pg.new_database().replace("postgresql://postgres@", f"postgresql://postgres:{URL_PASSWORD}@")
+    env = base_env(tmp_path, DATABASE_URL=url, AGENT_VAULT_MASTER_PASSWORD=MASTER_PASSWORD)
+    init = _run(env, "init", "--owner-email", OWNER_EMAIL, "--password-stdin", stdin=OWNER_PASSWORD + "\n")
+    assert init.returncode == 0, init.stderr
+    started = _run(env, "server", "--detach", "--port", "0", "--proxy-port", "0")
+    assert started.returncode == 0, started.stderr
+    home = Path(env["AGENT_VAULT_HOME"])
+    pid = int((home / "server.lock").read_text().split()[0])
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+        assert "postgresql" not in argv and URL_PASSWORD not in argv
+        assert URL_PASSWORD not in started.stdout + started.stderr
+    finally:
+        stopped = _run(env, "server", "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert URL_PASSWORD not in (home / "server.log").read_text()
+
+
+def test_migrate_db_refuses_a_passwordless_instance_and_leaves_the_target_empty(
+    pg: Any, tmp_path: Path
+) -> None:
+    env = base_env(tmp_path)
+    init = _run(env, "init", "--key-mode", "passwordless", "--owner-email", OWNER_EMAIL, "--password-stdin",
+                stdin=OWNER_PASSWORD + "\n")  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    url = pg.new_database()
+    cp = _run(env, "migrate-db", "--to", url)
+    assert cp.returncode == 1 and cp.stdout == ""
+    assert cp.stderr.startswith("error: passwordless mode is not available with PostgreSQL")
+    assert "master-password set" in cp.stderr and len(cp.stderr.strip().splitlines()) == 1
+    with psycopg.connect(url) as conn:
+        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()
+    assert tables == (0,)  # refused before the target was even opened

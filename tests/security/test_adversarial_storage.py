@@ -165,8 +165,6 @@ def test_file_modes_under_a_permissive_umask(srv: SweptServer) -> None:
     expected = {
         "agent-vault.db",
         "instance.json",
-        "ca/ca-key.enc",
-        "ca/ca-cert.pem",
         "audit.head",
         "cli/session.json",
         "cli/context",
@@ -177,6 +175,7 @@ def test_file_modes_under_a_permissive_umask(srv: SweptServer) -> None:
     assert expected <= present, expected - present
     assert mode_problems(home) == []
     assert not (home / "dek.key").exists()  # password mode: the DEK is only stored wrapped
+    assert not (home / "ca").exists()  # the CA (key sealed) lives in the database
 
 
 def test_secrets_are_never_taken_from_argv(srv: SweptServer, sweep: Sweep) -> None:

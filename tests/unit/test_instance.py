@@ -5,12 +5,16 @@ from __future__ import annotations
 import sqlite3
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from agent_vault import keys
 from agent_vault.config import Settings
 from agent_vault.errors import AgentVaultError, Conflict, InvalidRequest, NotInitialised, WrongMasterPassword
+from agent_vault.home import Home
 from agent_vault.instance import init_instance, unlock
+from agent_vault.store import Store
 
 MASTER = "master-password-123456"
 
@@ -133,3 +137,43 @@ def test_database_url_scheme_is_checked_and_never_echoed(tmp_path: Path) -> None
         Settings(home=tmp_path, database_url="mysql://u:hunter2-secret@h/db").sqlalchemy_url()
     assert "hunter2" not in str(info.value) + info.value.hint
     assert "hunter2" not in repr(Settings(home=tmp_path, database_url="postgresql://u:hunter2@h/db"))
+
+
+def test_a_postgres_instance_lives_in_the_database_alone(pg: Any, tmp_path: Path) -> None:
+    """init writes nothing local; any home unlocks it; a second init is refused; the master password
+    changes in the database; passwordless is refused (its key file would be local to one host)."""
+    url = pg.new_database()
+    first = _init_pg(tmp_path / "a", url)
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(Conflict, match="already holds agent-vault instance"):
+        _init_pg(tmp_path / "b", url)
+    other = Settings(home=tmp_path / "c", database_url=url)
+    u = unlock(other, MASTER)
+    u.store.close()
+    assert u.instance_id == first and u.key_mode == "password" and b"PRIVATE KEY" in u.ca.key_pem
+    with pytest.raises(WrongMasterPassword):
+        unlock(other, "not-the-password-at-all")
+    store = Store(url)
+    try:
+        with pytest.raises(InvalidRequest, match="passwordless mode is not available"):
+            keys.change_key_mode(Home(tmp_path / "c"), store, first, "password", MASTER, "passwordless", None)
+        keys.change_key_mode(
+            Home(tmp_path / "c"), store, first, "password", MASTER, "password", "a-new-master-pw-99"
+        )
+    finally:
+        store.close()
+    again = unlock(other, "a-new-master-pw-99")
+    again.store.close()
+    assert again.ca == u.ca and again.dek == u.dek
+    with pytest.raises(InvalidRequest, match="passwordless mode is not available"):
+        _init_pg(tmp_path / "d", pg.new_database(), mode="passwordless")
+
+
+def _init_pg(home: Path, url: str, mode: str = "password") -> str:
+    return init_instance(
+        Settings(home=home, database_url=url),
+        key_mode=mode,
+        owner_email="owner@example.com",
+        owner_password="owner-pass-1",
+        master_password=MASTER if mode != "passwordless" else None,
+    )

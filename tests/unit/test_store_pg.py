@@ -137,3 +137,18 @@ def test_unreachable_database_is_one_line_without_the_password(pg: Any) -> None:
     with pytest.raises(InvalidRequest) as info2:
         Store(f"mysql://u:{secret}@h/db")
     assert secret not in info2.value.message
+
+
+def test_a_postgres_restart_is_ridden_out_by_the_pool(pg: Any) -> None:
+    """Connections the pool holds die with the server; pre-ping replaces them on the next checkout."""
+    store = Store(pg.new_database())
+    try:
+        with store.write() as s:
+            s.add(Vault(name="before"))
+        pg.restart()
+        with store.read() as s:
+            assert [v.name for v in s.exec(select(Vault))] == ["before"]
+        with store.write() as s:
+            s.add(Vault(name="after"))
+    finally:
+        store.close()
