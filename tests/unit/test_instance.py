@@ -163,8 +163,13 @@ def test_a_postgres_instance_lives_in_the_database_alone(pg: Any, tmp_path: Path
     finally:
         store.close()
     again = unlock(other, "a-new-master-pw-99")
-    again.store.close()
     assert again.ca == u.ca and again.dek == u.dek
+    rotated = keys.new_ca(first)  # CA rotation replaces the row's CA for every replica's next start
+    keys.store_ca(again.store, first, again.dek, rotated)
+    again.store.close()
+    after = unlock(Settings(home=tmp_path / "e", database_url=url), "a-new-master-pw-99")
+    after.store.close()
+    assert after.ca == rotated != u.ca
     with pytest.raises(InvalidRequest, match="passwordless mode is not available"):
         _init_pg(tmp_path / "d", pg.new_database(), mode="passwordless")
 
