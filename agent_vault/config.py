@@ -44,6 +44,8 @@ class Settings(BaseModel):
     max_unauthenticated: int = Field(default=512, ge=1)  # proxy connections not authenticated yet
     no_step_up: bool = False
     fast_path: bool = False  # issue 24: serve eligible HTTP/1.1 connections on the lean loop
+    freshness_bound: float = Field(default=30.0, gt=0)  # replicas: refuse proxy traffic past this (s)
+    reuse_port: bool = False  # SO_REUSEPORT on both listeners: replicas on one host share the ports
     notify_url: tuple[str, ...] = ()  # webhooks for proposals and holds (issue 19); may hold secrets
 
     @field_validator("notify_url")
@@ -120,6 +122,8 @@ def env_settings(**overrides: object) -> Settings:
         "auth_timeout": "AGENT_VAULT_AUTH_TIMEOUT",
         "max_unauthenticated": "AGENT_VAULT_MAX_UNAUTHENTICATED",
         "fast_path": "AGENT_VAULT_FAST_PATH",
+        "reuse_port": "AGENT_VAULT_REUSE_PORT",
+        "freshness_bound": "AGENT_VAULT_FRESHNESS_BOUND",
     }
     for field, var in mapping.items():
         if env.get(var):

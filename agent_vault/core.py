@@ -10,6 +10,7 @@ from typing import Any
 
 from agent_vault.audit import AuditWriter, admin_record
 from agent_vault.config import Settings
+from agent_vault.freshness import Freshness
 from agent_vault.holds import HoldManager
 from agent_vault.home import Home
 from agent_vault.keys import CA
@@ -43,6 +44,7 @@ class Services:
     ca_engine: Callable[[CA], Callable[[], None]] | None = None
     quotas: QuotaCounter = field(default_factory=QuotaCounter)  # per-service request quotas (proxy)
     usage: UsageMeter = field(default_factory=UsageMeter)  # LLM token usage (persisted by the server)
+    freshness: Freshness | None = None  # replicas on PostgreSQL: snapshot freshness (None on SQLite)
 
 
 @dataclass

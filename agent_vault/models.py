@@ -183,3 +183,12 @@ class AuditEvent(SQLModel, table=True):
     status: int | None = None
     record: str = Field(sa_column=Column(Text, nullable=False))
     hash: str
+
+
+class Change(SQLModel, table=True):
+    """The change counter (store/changes.py): one row, bumped by every write to a snapshot table."""
+
+    __tablename__ = "changes"
+    id: int = Field(default=1, primary_key=True)
+    version: int = 0
+    vaults_version: int = 0

@@ -2,7 +2,9 @@
 
 `Runtime.reload()` rebuilds immutable snapshots from the store and swaps them in one assignment,
 so readers on the event loop always see a consistent view. Any admin change calls it
-synchronously before answering, so revocations apply to the very next request.
+synchronously before answering, so revocations apply to the very next request. `seen` is the
+change counter (store/changes.py) the snapshot reflects: other replicas' changes are picked up by the
+freshness watcher (agent_vault/freshness.py) when the database is ahead of it.
 Danger: `VaultView.values` holds decrypted credential values; never log or repr it.
 """
 
@@ -22,6 +24,7 @@ from agent_vault.models import Agent, Credential, Grant, Service, Token, User, V
 from agent_vault.servicedef import ServiceDef
 from agent_vault.snapshot import Snapshot, VaultView
 from agent_vault.store import Store
+from agent_vault.store.changes import Versions, read_versions
 
 log = logging.getLogger("agent_vault.runtime")
 
@@ -46,6 +49,7 @@ class Runtime:
         self._lock = threading.Lock()
         self.snapshot = Snapshot({}, {})
         self.listeners: list[Callable[[], None]] = []
+        self.seen: Versions = (-1, -1)  # (version, vaults_version) of the database the snapshot reflects
 
     def principal(self, token_digest: str) -> Principal | None:
         """The live principal for a token digest, or None if unknown, revoked or expired."""
@@ -56,6 +60,7 @@ class Runtime:
         is what login, session and agent changes need; services and values are kept as they are."""
         with self._lock:
             with self._store.read() as s:
+                versions = read_versions(s)  # first: the rows read next are at least this new
                 vault_rows = list(s.exec(select(Vault)))
                 grants = list(s.exec(select(Grant)))
                 tokens = list(s.exec(select(Token).where(col(Token.revoked_at).is_(None))))
@@ -70,6 +75,7 @@ class Runtime:
             principals = self._principals(tokens, grants, users, agents, vault_name)
             views = self._vaults(vault_rows, services, creds) if vaults else self.snapshot.vaults
             self.snapshot = Snapshot(principals, views, self.snapshot.version + 1)
+            self.seen = versions if vaults else (versions[0], self.seen[1])
         for fn in self.listeners:
             fn()
 

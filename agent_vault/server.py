@@ -27,7 +27,9 @@ from agent_vault.api.app import create_app
 from agent_vault.audit import AuditWriter
 from agent_vault.config import Settings
 from agent_vault.core import Core, Services
-from agent_vault.errors import MasterPasswordRequired
+from agent_vault.domain.ca import follow_stored_ca
+from agent_vault.errors import ConfigError, MasterPasswordRequired
+from agent_vault.freshness import Freshness
 from agent_vault.holds import HoldManager
 from agent_vault.home import Home
 from agent_vault.housekeeping import start_housekeeping
@@ -40,6 +42,7 @@ from agent_vault.proxy.addon import VaultAddon
 from agent_vault.proxy.runner import BindError, ProxyRunner
 from agent_vault.proxy.ssrf import Egress
 from agent_vault.runtime import Runtime
+from agent_vault.store.changes import listen_connection, origin_of
 from agent_vault.usage import UsageMeter
 
 log = logging.getLogger("agent_vault")
@@ -53,11 +56,13 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets TCP_NODELAY
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
+        if reuse_port:  # replicas on one host share the API port too (--reuse-port)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except OSError:
         sock.close()
@@ -173,6 +178,15 @@ async def serve(
         )
         core.services.notifier.start()
     core.services.usage = UsageMeter(core.home.root / "usage.json")  # token budgets survive restarts
+    if store.engine.dialect.name == "postgresql":  # replicas: follow the other replicas' changes
+        core.services.freshness = Freshness(
+            runtime,
+            lambda: listen_connection(store.engine),
+            bound=settings.freshness_bound,
+            on_full_reload=lambda: follow_stored_ca(core),  # a CA rotated through another replica
+            origin=origin_of(store.engine),
+        )
+        core.services.freshness.start()
     housekeeping = start_housekeeping(core)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -180,7 +194,7 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
     try:
         async with contextlib.AsyncExitStack() as stack:
-            api_sock = _bind(settings.host, settings.port)
+            api_sock = _bind(settings.host, settings.port, settings.reuse_port)
             stack.callback(api_sock.close)
             api_port = api_sock.getsockname()[1]
             core.api_url = f"http://{_fmt(settings.host)}:{api_port}"
@@ -193,6 +207,7 @@ async def serve(
                     ca=unlocked.ca,
                     upstream_ca=settings.upstream_ca,
                     idle_timeout=settings.idle_timeout,
+                    reuse_port=settings.reuse_port,
                 )
                 await stack.enter_async_context(runner)
                 core.proxy_port = runner.port
@@ -233,6 +248,8 @@ async def serve(
                 await asyncio.wait_for(task, timeout=10)
     finally:
         housekeeping.cancel()
+        if core.services.freshness is not None:
+            await asyncio.to_thread(core.services.freshness.stop)
         if core.services.notifier is not None:
             await core.services.notifier.close()
         with contextlib.suppress(Exception):
@@ -301,6 +318,8 @@ def run(settings: Settings, password_stdin: bool = False, lock: ServerLock | Non
 
     `lock`: the home's ServerLock, already held (the CLI takes it before any prompt); None takes it here."""
     settings.sqlalchemy_url()  # checks the URL scheme early
+    if settings.reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+        raise ConfigError("--reuse-port needs SO_REUSEPORT, which this platform lacks")
     raise_nofile_limit()
     home = Home(settings.home)
     with contextlib.ExitStack() as stack:

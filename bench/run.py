@@ -88,7 +88,7 @@ def prepare_process(nice: int) -> str:
 
 
 def main() -> int:
-    from benchlib import fastpath, phases
+    from benchlib import fastpath, phases, replicas
     from benchlib.common import PROCS, BenchError, log, machine_info, machine_load
     from benchlib.report import evaluate_targets, render_md, write_results
     from benchlib.upstreams import build_loadgen, ensure_hosts, ensure_tools
@@ -138,6 +138,8 @@ def main() -> int:
         phases.start(r, tools["nginx"], a.skip_agent_vault or a.only_fast_path)
         phases.run_checks(r)
         fast = None if a.skip_fast_path or a.skip_agent_vault else fastpath.start(r)
+        if not a.only_fast_path:
+            replicas.start(r)  # "agent-vault x2 (reuse-port)": two replicas on one port
         phases.idle_rss_and_big_vault(r)
         if fast is not None:
             fastpath.idle_rss(fast)

@@ -144,7 +144,13 @@ def ready(request: Request) -> Response:
         except Exception:  # readiness reports the failure instead of raising
             parts["db"] = False
         parts["audit_queue"] = core.audit.depth
-    ok = core is not None and parts["proxy"] and parts["db"]
-    if not ok:
+        fresh = core.services.freshness
+        if fresh is not None:  # a replica on PostgreSQL: is its snapshot confirmed current?
+            problem = fresh.problem() or (None if parts["db"] else "store unreachable")
+            parts["snapshot_age_s"] = round(fresh.age(), 1)
+            if problem is not None:
+                parts["status"], parts["reason"] = "degraded", problem
+    ok = core is not None and parts["proxy"] and parts["db"] and parts["status"] == "ready"
+    if not ok and parts["status"] == "ready":
         parts["status"] = "not_ready"
     return JSONResponse(parts, status_code=200 if ok else 503)

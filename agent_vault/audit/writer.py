@@ -6,7 +6,8 @@ becomes escaped text, so no record is ever refused for its contents), links it (
 commits each batch in one transaction, then rewrites `audit.head` (0600, atomic). Drops (queue full,
 writer closing) are counted and written as one `audit.gap` record; a value that cannot be encoded at
 all is replaced by a marker in its record (counted as dropped, the record itself is kept); a failing
-commit is logged (never with record contents) and retried with backoff.
+commit is logged (never with record contents) and retried with backoff. On PostgreSQL several replicas
+append to one chain: each batch is linked after the tail read under an advisory lock (audit/shared.py).
 
 Anonymous refusals (`AuditWriter.tally`) are not queued one by one: the writer keeps one counter per
 cause and appends one `proxy.refused` summary per cause and window (`summary_window` seconds, or
@@ -31,6 +32,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, func, insert, select
 from sqlmodel import col
 
+from agent_vault.audit import shared
 from agent_vault.audit.chain import (
     GAP_KIND,
     GENESIS,
@@ -120,6 +122,7 @@ class AuditWriter:
         self._abandon = threading.Event()
         self._thread: threading.Thread | None = None
         self._seq, self._hash = 0, GENESIS  # the committed tail; writer thread only once started
+        self._shared = shared.shared(engine)  # replicas append to one chain: tail read under a lock
 
     @property
     def depth(self) -> int:
@@ -320,13 +323,15 @@ class AuditWriter:
             if last_round:
                 return
 
-    def _link_batch(self, batch: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-        """Link every record of `batch` (cleaned in place) after the cached tail: (DB rows, how many
-        records had a value replaced by the marker in THIS pass; a replaced record links cleanly on
-        any later pass, so the passes' counts add up to the exact total)."""
+    def _link_batch(
+        self, batch: list[dict[str, Any]], after: tuple[int, str] | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Link every record of `batch` (cleaned in place) after `after` (default: the cached tail):
+        (DB rows, how many records had a value replaced by the marker in THIS pass; a replaced record
+        links cleanly on any later pass, so the passes' counts add up to the exact total)."""
         rows: list[dict[str, Any]] = []
         replaced = 0
-        seq, prev = self._seq, self._hash
+        seq, prev = after if after is not None else (self._seq, self._hash)
         for rec in batch:
             row, prev, lost = link(rec, seq + 1, prev)
             if lost:
@@ -341,6 +346,19 @@ class AuditWriter:
     def _commit(self, batch: list[dict[str, Any]]) -> None:
         """Commit `batch` in one transaction; on failure keep it and retry with backoff until it is
         committed (or the writer is abandoned at close)."""
+        if self._shared:  # after the DB's tail, or after our own last commit if the DB was cut below it
+            done = shared.append(
+                self._engine,
+                lambda s, h: self._link_batch(batch, (s, h) if s >= self._seq else None),
+                self._abandon,
+            )
+            if done is None:
+                logger.error("audit writer gave up %d uncommitted records at shutdown", len(batch))
+                return
+            self._seq, self._hash = batch[-1]["seq"], batch[-1]["hash"]
+            gaps = sum(int(r["details"]["dropped"]) for r in batch if r["kind"] == GAP_KIND)
+            self._committed(batch, gaps, len(batch), done[1])
+            return
         rows, replaced = self._link_batch(batch)
         delay = 0.05
         while rows:
@@ -394,7 +412,8 @@ class AuditWriter:
     def _prune(self, op: _PruneOp) -> None:
         try:
             with self._engine.begin() as conn:
-                rec = _prune_in(conn, op.cutoff, op.actor, (self._seq, self._hash))
+                last = shared.locked_tail(conn) if self._shared else (self._seq, self._hash)
+                rec = _prune_in(conn, op.cutoff, op.actor, last)
             if rec is not None:
                 self._seq, self._hash = rec["seq"], rec["hash"]
                 op.deleted = int(rec["details"]["deleted"])

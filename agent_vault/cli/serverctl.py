@@ -91,6 +91,19 @@ def server(
             help="Serve eligible HTTP/1.1 connections on the lean loop (off; env AGENT_VAULT_FAST_PATH).",
         ),
     ] = None,
+    reuse_port: Annotated[
+        bool,
+        typer.Option(
+            help="SO_REUSEPORT on both listeners: replicas of one instance on one host share the ports."
+        ),
+    ] = False,
+    freshness_bound: Annotated[
+        float | None,
+        typer.Option(
+            help="PostgreSQL replicas: seconds without confirming the snapshot current before refusing "
+            "proxy traffic with 503 store_unavailable (30)."
+        ),
+    ] = None,
     notify_url: Annotated[
         list[str] | None,
         typer.Option(
@@ -139,6 +152,8 @@ def server(
         "max_unauthenticated": max_unauthenticated,
         "no_step_up": no_step_up or None,
         "fast_path": fast_path,
+        "reuse_port": reuse_port or None,
+        "freshness_bound": freshness_bound,
         "notify_url": tuple(notify_url or ()),
     }
     try:

@@ -16,6 +16,7 @@ from agent_vault import keys
 from agent_vault.core import Core
 from agent_vault.domain.common import step_up
 from agent_vault.domain.principal import Principal
+from agent_vault.models import InstanceState
 
 _rotating = threading.Lock()  # one rotation at a time: the files and the engine move together
 
@@ -46,3 +47,20 @@ def rotate_ca(core: Core, p: Principal, password: str | None) -> dict[str, Any]:
         },
     )
     return {"fingerprint_sha256": fingerprint, "not_after": not_after}
+
+
+def follow_stored_ca(core: Core) -> bool:
+    """Replicas: adopt the CA another replica rotated (the instance row's certificate differs from ours).
+    Blocking (a DB read): call it off the event loop. True if the CA changed here."""
+    with core.store.read() as s:
+        row = s.get(InstanceState, 1)
+    if row is None or row.ca_cert.strip() == core.ca.cert_pem.strip():
+        return False
+    new = keys.open_ca(row, core.dek)
+    with _rotating:
+        prepare = core.services.ca_engine
+        install = prepare(new) if prepare is not None else None
+        core.ca = new
+        if install is not None:
+            install()
+    return True

@@ -114,6 +114,8 @@ class Connections:
     def authenticate(self, proxy_auth: str | None, x_vault: str | None) -> Identity:
         """SPEC §5.2 with the failed-auth limiter (keyed by the presented credential's digest; a
         request without credentials is a challenge probe, never a failure)."""
+        if self.core.services.freshness is not None:
+            self.core.services.freshness.require()  # a stale replica takes no new connection (503)
         key = (
             hashlib.sha256(proxy_auth.encode("utf-8", "surrogateescape")).hexdigest() if proxy_auth else None
         )

@@ -258,6 +258,15 @@ def _patch_points() -> Iterator[tuple[str, Callable[[], bool]]]:
         ),
     )
     yield (
+        "RegularInstance binds in AsyncioServerInstance.listen via asyncio.start_server(handle_stream) "
+        "(reuseport.install gives it a listen with SO_REUSEPORT)",
+        lambda: (
+            "start_server" in _names(mode_servers.AsyncioServerInstance.listen)
+            and "listen" in _names(mode_servers.AsyncioServerInstance._start)
+            and callable(getattr(mode_servers.RegularInstance, "handle_stream", None))
+        ),
+    )
+    yield (
         "HTTP message fields are dataclasses (LeanDispatch reads hook fields)",
         lambda: dataclasses.is_dataclass(HttpErrorHook),
     )

@@ -71,6 +71,8 @@ class RequestPhase:
     async def headers(self, flow: http.HTTPFlow, fs: FlowState) -> None:
         """`requestheaders`: decide, then substitute and inject (SPEC §5.4-§5.7)."""
         req = flow.request
+        if self.core.services.freshness is not None:
+            self.core.services.freshness.require()  # a stale replica forwards nothing (503)
         ident, host, port = self._identity(flow, fs)
         fs.host, fs.port = host, port
         limited = self.conns.limits_for(ident.vault).request(ident.digest)

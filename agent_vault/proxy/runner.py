@@ -31,7 +31,7 @@ from mitmproxy.addons import next_layer, proxyserver, tlsconfig
 from agent_vault.errors import ConfigError, Locked, ServerStartError
 from agent_vault.home import write_private
 from agent_vault.keys import CA, write_engine_ca
-from agent_vault.proxy import dispatch, engine
+from agent_vault.proxy import dispatch, engine, reuseport
 
 log = logging.getLogger("agent_vault.proxy")
 
@@ -80,10 +80,12 @@ class ProxyRunner:
         ca: CA,
         upstream_ca: Path | None,
         idle_timeout: int = 900,
+        reuse_port: bool = False,
     ) -> None:
         self.addon, self.host, self.port = addon, host, port
         self.run_dir, self.ca, self.upstream_ca = run_dir, ca, upstream_ca
         self.idle_timeout = idle_timeout
+        self.reuse_port = reuse_port  # SO_REUSEPORT: replicas on one host share the port (reuseport.py)
         self.master: master.Master | None = None
         self._task: asyncio.Task[None] | None = None
         self._tls: tlsconfig.TlsConfig | None = None
@@ -94,6 +96,8 @@ class ProxyRunner:
         logging.getLogger("mitmproxy").setLevel(logging.ERROR)
         opts = options.Options(listen_host=self.host, listen_port=self.port, confdir=str(self.run_dir))
         engine.install()
+        if self.reuse_port:
+            reuseport.install()
         m = master.Master(opts)
         ps = proxyserver.Proxyserver()  # type: ignore[no-untyped-call]
         tls, started = tlsconfig.TlsConfig(), _Running()
@@ -168,3 +172,4 @@ class ProxyRunner:
             await asyncio.wait_for(task, timeout=10)
         self.master, self._tls = None, None
         engine.uninstall()
+        reuseport.uninstall()

@@ -27,6 +27,7 @@ from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
 from sqlmodel import Session, create_engine
 
 from agent_vault.errors import DatabaseUnreadable, InvalidRequest
+from agent_vault.store import changes
 from agent_vault.store.migrations import migrate
 
 Dialect = Literal["sqlite", "postgresql"]
@@ -169,6 +170,7 @@ class Store:
         with self._lock, Session(self.engine, expire_on_commit=False) as s:
             depth = getattr(self._depth, "n", 0)
             self._depth.n = depth + 1
+            changes.track(s)  # snapshot tables touched: bump the change counter in this transaction
             try:
                 if self.dialect == "postgresql" and depth == 0:
                     s.connection().execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": WRITE_LOCK})

@@ -198,6 +198,12 @@ _V1 = (
 )
 
 # Frozen. Append new versions at the end; never edit, reorder or remove a released one.
+# The change counter replicas watch (store/changes.py): one row, portable DDL.
+_V6 = (
+    "CREATE TABLE changes (\n\tid INTEGER NOT NULL, \n\tversion INTEGER NOT NULL, "
+    "\n\tvaults_version INTEGER NOT NULL, \n\tPRIMARY KEY (id)\n)",
+    "INSERT INTO changes (id, version, vaults_version) VALUES (1, 0, 0)",
+)
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _V1, PG[1]),
     Migration(
@@ -238,6 +244,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
         PG[5],
     ),
+    Migration(6, "replica change counter", _V6, _V6),  # the same text on both engines
 )
 LATEST = MIGRATIONS[-1].version
 _CREATE = "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL)"

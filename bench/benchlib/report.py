@@ -435,7 +435,9 @@ def render_md(res: dict[str, Any]) -> str:
             )
         L.append("")
 
-    L.extend(fastpath.render(res.get("fast_path")))
+    from .replicas import render as replicas_section  # at call time: replicas imports this module
+
+    L += fastpath.render(res.get("fast_path")) + replicas_section(res)
     L.append("## SPEC §15 targets\n")
     L.append("| target | goal | measured | result | note |")
     L.append("|---|---|---|---|---|")

@@ -140,8 +140,8 @@ def test_released_migrations_are_frozen() -> None:
 
 
 FROZEN_DIGEST_1_4 = "be413a755e74fd5bfc5019745ba8e1f3fb53987281cc1ac0fdde8809be0edf61"
-FROZEN_DIGEST = "2af879eee47a2a6a7e6252fcca9773fa297d127d79fdfa982863022c1c1ec2c2"
-FROZEN_DIGEST_PG = "6fa1a7ec67d80e29b01171dddc6d84ac2b3365767068b675669a03181c6939c7"
+FROZEN_DIGEST = "b9f5f38736ca4eb548aa3f2469bd02ef581c8b9da5d4866d35a98f7dbd97d432"
+FROZEN_DIGEST_PG = "919d576c0f8e33ca24ffe6ad43fe89a6620093245226b100ca427d7dc5196db8"
 
 
 def test_database_from_the_old_create_all_migration_keeps_opening(tmp_path: Path) -> None:
@@ -155,6 +155,7 @@ def test_database_from_the_old_create_all_migration_keeps_opening(tmp_path: Path
         for column in ("only_services", "only_methods"):  # migration 4
             conn.exec_driver_sql(f"ALTER TABLE tokens DROP COLUMN {column}")
         conn.exec_driver_sql("DROP TABLE instance_state")  # migration 5
+        conn.exec_driver_sql("DROP TABLE changes")  # migration 6
         conn.exec_driver_sql(
             "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL)"
         )
