@@ -250,3 +250,85 @@ def test_client_hanging_up_mid_request_is_audited(srv: ServerProc, token: str, u
         time.sleep(0.5)
     rec = wait_audit(srv.home, path="/delay")
     assert rec["served_by"] == "fast" and rec["error"] == "client_disconnected"
+
+
+class _HangsUpOnSecondRequest:
+    """A TLS upstream whose FIRST connection answers one request, then reads the next one and closes
+    without a byte of answer (the keep-alive race); later connections answer every request."""
+
+    def __init__(self, ca: trustme.CA) -> None:
+        import socket
+        import ssl
+        import threading
+
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ca.issue_cert("localhost", "127.0.0.1").configure_cert(self.ctx)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.seen: list[str] = []  # request lines, in the order they arrived
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while True:
+            try:
+                raw, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._conn, args=(raw, self.connections), daemon=True).start()
+
+    def _conn(self, raw: object, n: int) -> None:
+        import ssl
+
+        try:
+            with self.ctx.wrap_socket(raw, server_side=True) as s:  # type: ignore[arg-type]
+                f = s.makefile("rb")
+                for i in range(50):
+                    line = f.readline()
+                    if not line:
+                        return
+                    length = 0
+                    while (h := f.readline()) not in (b"\r\n", b""):
+                        if h.lower().startswith(b"content-length:"):
+                            length = int(h.split(b":")[1])
+                    f.read(length)
+                    self.seen.append(line.decode().strip())
+                    if n == 1 and i == 1:
+                        return  # hang up without answering
+                    s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        except (OSError, ssl.SSLError):
+            return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize(("method", "retried"), [("GET", True), ("PUT", True), ("POST", False)])
+def test_only_idempotent_requests_are_sent_again_after_an_idle_hang_up(
+    srv: ServerProc, token: str, upstream_ca: trustme.CA, method: str, retried: bool
+) -> None:
+    """RFC 9110 §9.2.2: the upstream may have processed a POST it hung up on; only GET/PUT/... go twice."""
+    up = _HangsUpOnSecondRequest(upstream_ca)
+    try:
+        name = f"hangup-{method.lower()}"
+        srv.add_service(
+            {
+                "name": name,
+                "host": "localhost",
+                "port": up.port,
+                "auth": {"type": "bearer", "token": "FAST_TOKEN"},
+            }
+        )
+        with _client(srv, token) as c:
+            assert c.get(f"https://localhost:{up.port}/first").status_code == 200
+            r = c.request(method, f"https://localhost:{up.port}/second", content=b"x")
+        sent = [s for s in up.seen if "/second" in s]
+        if retried:
+            assert r.status_code == 200 and r.text == "ok" and len(sent) == 2 and up.connections == 2
+        else:
+            assert r.status_code == 502 and len(sent) == 1, (r.status_code, up.seen)
+    finally:
+        up.close()

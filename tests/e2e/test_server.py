@@ -88,7 +88,9 @@ def test_uninitialised_home_without_tty(tmp_path: Path) -> None:
     assert "agent-vault init --owner-email you@example.com --password-stdin" in line
 
 
-def test_unreachable_postgres_is_one_line_without_the_password(tmp_path: Path, upstream_ca: trustme.CA) -> None:
+def test_unreachable_postgres_is_one_line_without_the_password(
+    tmp_path: Path, upstream_ca: trustme.CA
+) -> None:
     srv = ServerProc(tmp_path, upstream_ca)
     srv.init()
     cp = _run(["server", "--database-url", "postgresql://av:s3cret-pw@127.0.0.1:1/x"], srv.env)

@@ -39,6 +39,7 @@ from agent_vault.proxy.fast.upstream import Upstream, UpstreamFailed
 from agent_vault.proxy.flowlog import FlowState
 
 STREAM_LARGE = 1 << 20  # the engine's `stream_large_bodies`
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})  # safe to send twice
 
 
 class Side(Protocol):
@@ -221,11 +222,12 @@ class Exchange:
 
     async def _response(self, up: Upstream, resend: Callable[[Upstream], None] | None) -> bool:
         """Read and relay the response. A reused upstream connection that closes before answering a
-        buffered request (the upstream hung up while idle) gets the request once more on a new one."""
+        buffered request (the upstream hung up while idle) gets the request once more on a new one,
+        for idempotent methods only (RFC 9110 §9.2.2: a POST may have been processed)."""
         flow, req = self.flow, self.flow.request
         try:
             got = await up.h1.response_head(req)
-            if got is None and resend is not None and up.served:
+            if got is None and resend is not None and up.served and req.method.upper() in _IDEMPOTENT:
                 up.close()
                 up = await self._upstream()
                 resend(up)
