@@ -291,12 +291,11 @@ def start_agent_vault(
             {"password": OWNER_PASSWORD, "service": filler_service(i)},
             token=user_tok,
         )
-    av.ca = str(home / "ca" / "ca-cert.pem")
-    if not Path(av.ca).exists():
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(av.api + "/v1/mitm/ca.pem", timeout=30) as r:
-            (work / "av-ca.pem").write_bytes(r.read())
-        av.ca = str(work / "av-ca.pem")
+    # The CA lives in the database (issue 18): fetch it, one file per server (each has its own CA).
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(av.api + "/v1/mitm/ca.pem", timeout=30) as r:
+        (work / f"{home.name}-ca.pem").write_bytes(r.read())
+    av.ca = str(work / f"{home.name}-ca.pem")
     pin_threads(p.pid, CORES["proxy"])
 
 
