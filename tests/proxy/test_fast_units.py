@@ -230,6 +230,7 @@ def test_flag_from_env_and_option(monkeypatch: pytest.MonkeyPatch) -> None:
 
     from agent_vault.config import env_settings
 
+    monkeypatch.delenv("AGENT_VAULT_FAST_PATH", raising=False)  # fastpath-diff sets it per session
     assert env_settings().fast_path is False  # off by default
     monkeypatch.setenv("AGENT_VAULT_FAST_PATH", "on")
     assert env_settings().fast_path is True
