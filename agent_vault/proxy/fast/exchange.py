@@ -285,9 +285,10 @@ class Exchange:
                 assert resp is not None
                 chunked = _chunked(resp) and req.method.upper() != "HEAD"
                 self.sent = True
-                self.client.write(response_head_bytes(resp))
-                if resp.raw_content:
-                    self.client.write(_frame(resp.raw_content, chunked))
+                body = _frame(resp.raw_content, chunked) if resp.raw_content else b""
+                end = b"0\r\n\r\n" if chunked else b""
+                self.client.write(b"".join((response_head_bytes(resp), body, end)))  # one TLS record
+                chunked = False  # the end is sent
         except (BodyBroken, UpstreamFailed):
             flow.error = mflow.Error("Server connection error: the body was cut")
             self.addon.error(flow)

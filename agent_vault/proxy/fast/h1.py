@@ -20,6 +20,7 @@ from mitmproxy.net.http import http1
 from agent_vault.proxy.engine import _head_over_limit
 from agent_vault.proxy.engine_compat import _http1
 from agent_vault.proxy.fast import strict
+from agent_vault.proxy.fast.headers import IndexedHeaders
 
 # h11 as the engine imports it (mitmproxy's HTTP/1 layer): the same buffer and body readers
 _engine_h1: Any = _http1
@@ -109,6 +110,7 @@ class Reader:
         lines, raw = got
         try:
             req = http1.read_request_head(lines)
+            req.data.headers = IndexedHeaders.adopt(req.data.headers)
             size = http1.expected_http_body_size(req)
         except ValueError as e:
             raise HeadRefused(400, str(e)) from None
@@ -124,6 +126,7 @@ class Reader:
         lines, _raw = got
         try:
             resp = http1.read_response_head(lines)
+            resp.data.headers = IndexedHeaders.adopt(resp.data.headers)
             size = http1.expected_http_body_size(req, resp)
         except ValueError as e:
             raise HeadRefused(502, f"Cannot parse HTTP response: {type(e).__name__}") from None

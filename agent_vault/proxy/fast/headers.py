@@ -1,0 +1,83 @@
+"""mitmproxy `Headers` with a name index, for the messages of a fast-path connection.
+
+mitmproxy's `Headers` answers every lookup (`h["x"]`, `h.get`, `"x" in h`) by lowering and comparing
+every field; the hooks look up about 25 names per request. `IndexedHeaders` answers them from a dict
+(lower-case name -> decoded values) built on first use and dropped whenever `fields` is assigned,
+which is the only way a `Headers` changes (every mutator of mitmproxy's multidict reassigns the
+immutable `fields` tuple). Results are identical to `Headers`: the same key conversion
+(UTF-8/surrogateescape, ASCII lower-case), the same folding (", "), the same errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from mitmproxy import http
+
+_MISSING: Any = object()
+
+
+def _key(name: str | bytes) -> bytes:
+    """mitmproxy's `_always_bytes(name)` then `_kconv`, errors included (None: AttributeError, any
+    other non-text: TypeError)."""
+    if isinstance(name, str):
+        return name.encode("utf-8", "surrogateescape").lower()
+    if isinstance(name, bytes) or name is None:
+        return cast(Any, name).lower()  # type: ignore[no-any-return]
+    raise TypeError(f"expected str or bytes, not {type(name).__name__}")
+
+
+class IndexedHeaders(http.Headers):
+    """`Headers` whose lookups use an index (see the module docstring)."""
+
+    _fields: tuple[tuple[bytes, bytes], ...]
+    _index: dict[bytes, list[str]] | None
+
+    @classmethod
+    def adopt(cls, headers: http.Headers) -> IndexedHeaders:
+        """The same fields (already checked to be bytes by `headers`), indexed."""
+        new = cls.__new__(cls)
+        new.fields = headers.fields
+        return new
+
+    @property
+    def fields(self) -> tuple[tuple[bytes, bytes], ...]:
+        return self._fields
+
+    @fields.setter
+    def fields(self, value: tuple[tuple[bytes, bytes], ...]) -> None:
+        self._fields = value
+        self._index = None
+
+    def _lookup(self, name: str | bytes) -> list[str] | None:
+        index = self._index
+        if index is None:
+            index = {}
+            for k, v in self._fields:
+                got = index.get(low := k.lower())
+                value = v.decode("utf-8", "surrogateescape")
+                if got is None:
+                    index[low] = [value]
+                else:
+                    got.append(value)
+            self._index = index
+        return index.get(_key(name))
+
+    def get_all(self, name: str | bytes) -> list[str]:
+        values = self._lookup(name)
+        return list(values) if values else []
+
+    def __getitem__(self, name: str | bytes) -> str:
+        values = self._lookup(name)
+        if not values:
+            raise KeyError(name)
+        return values[0] if len(values) == 1 else ", ".join(values)
+
+    def get(self, name: str | bytes, default: Any = None) -> Any:
+        values = self._lookup(name)
+        if not values:
+            return default
+        return values[0] if len(values) == 1 else ", ".join(values)
+
+    def __contains__(self, name: object) -> bool:
+        return bool(self._lookup(cast(Any, name)))
