@@ -43,7 +43,7 @@ class Settings(BaseModel):
     auth_timeout: float = Field(default=10.0, gt=0)  # proxy connections that have not authenticated
     max_unauthenticated: int = Field(default=512, ge=1)  # proxy connections not authenticated yet
     no_step_up: bool = False
-    fast_path: bool = False  # issue 24: serve eligible HTTP/1.1 connections on the lean loop
+    fast_path: bool = True  # issue 24: serve eligible HTTP/1.1 connections on the lean loop
     freshness_bound: float = Field(default=30.0, gt=0)  # replicas: refuse proxy traffic past this (s)
     reuse_port: bool = False  # SO_REUSEPORT on both listeners: replicas on one host share the ports
     notify_url: tuple[str, ...] = ()  # webhooks for proposals and holds (issue 19); may hold secrets

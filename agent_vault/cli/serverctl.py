@@ -88,7 +88,7 @@ def server(
         str | None,
         typer.Option(
             metavar="on|off",
-            help="Serve eligible HTTP/1.1 connections on the lean loop (off; env AGENT_VAULT_FAST_PATH).",
+            help="Serve eligible HTTP/1.1 connections on the lean loop (on; env AGENT_VAULT_FAST_PATH).",
         ),
     ] = None,
     reuse_port: Annotated[

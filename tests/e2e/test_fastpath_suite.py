@@ -4,8 +4,8 @@
 off and requires identical outcomes; that comparison means nothing if the setting never reached the server.
 One real server, three injected HTTP/1.1 requests on one kept-alive connection (httpx offers ALPN http/1.1
 only), then `/metrics` (`agent_vault_proxy_path_requests_total{path=...}`) and the audit records
-(`served_by`) must say which path served them: some by the fast path with `on`, none with `off`. Unset:
-the server's default, only the total is checked.
+(`served_by`) must say which path served them: some by the fast path with `on` and when unset (the
+default is on), none with `off`.
 """
 
 from __future__ import annotations
@@ -51,3 +51,5 @@ def test_the_session_setting_reaches_the_server(server: ServerProc, upstream: TL
         assert by_path.get("fast", 0) >= 1 and "fast" in served, (served, by_path)
     elif setting == "off":
         assert by_path.get("fast", 0) == 0 and set(served) == {"engine"}, (served, by_path)
+    else:  # the default is on (issue 24)
+        assert by_path.get("fast", 0) >= 1 and "fast" in served, (served, by_path)

@@ -231,10 +231,12 @@ def test_flag_from_env_and_option(monkeypatch: pytest.MonkeyPatch) -> None:
     from agent_vault.config import env_settings
 
     monkeypatch.delenv("AGENT_VAULT_FAST_PATH", raising=False)  # fastpath-diff sets it per session
-    assert env_settings().fast_path is False  # off by default
+    assert env_settings().fast_path is True  # on by default (issue 24)
+    monkeypatch.setenv("AGENT_VAULT_FAST_PATH", "off")
+    assert env_settings().fast_path is False
+    assert env_settings(fast_path="on").fast_path is True  # the option wins over the env
     monkeypatch.setenv("AGENT_VAULT_FAST_PATH", "on")
-    assert env_settings().fast_path is True
-    assert env_settings(fast_path="off").fast_path is False  # the option wins over the env
+    assert env_settings(fast_path="off").fast_path is False
     monkeypatch.setenv("AGENT_VAULT_FAST_PATH", "yes")
     with pytest.raises(ValidationError, match="must be on or off"):
         env_settings()
