@@ -6,9 +6,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
 
 def _compile(secrets: Iterable[tuple[str, bytes]]) -> tuple[re.Pattern[bytes] | None, dict[bytes, str]]:
+    """The pattern over `secrets` and value -> key name; the same secrets reuse one compiled pattern
+    (every request to a service redacts the same values). Callers must not mutate the dict."""
+    return _compiled(tuple(secrets))
+
+
+@lru_cache(maxsize=64)  # bounded; holds values the snapshot holds anyway (a rotation ages them out)
+def _compiled(secrets: tuple[tuple[str, bytes], ...]) -> tuple[re.Pattern[bytes] | None, dict[bytes, str]]:
     keys: dict[bytes, str] = {}
     for key, value in secrets:
         if value and value not in keys:

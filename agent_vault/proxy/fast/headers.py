@@ -10,11 +10,18 @@ immutable `fields` tuple). Results are identical to `Headers`: the same key conv
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, cast
 
 from mitmproxy import http
+from mitmproxy.utils import strutils
 
 _MISSING: Any = object()
+
+
+def _bytes(x: str | bytes) -> bytes:
+    """mitmproxy's `_always_bytes` (UTF-8, surrogateescape; None passes through, as there)."""
+    return x.encode("utf-8", "surrogateescape") if isinstance(x, str) else strutils.always_bytes(x)
 
 
 def _key(name: str | bytes) -> bytes:
@@ -62,6 +69,28 @@ class IndexedHeaders(http.Headers):
                     got.append(value)
             self._index = index
         return index.get(_key(name))
+
+    def set_all(self, name: str | bytes, values: Iterable[str | bytes]) -> None:
+        """mitmproxy's `set_all` in one pass: existing fields of the name keep their place and
+        spelling and take the new values in order; extra fields are dropped, extra values appended."""
+        raw = _bytes(name)
+        key = raw.lower()
+        new = [_bytes(v) for v in values]
+        index = self._index
+        if index is not None and key not in index:  # the common case: a header not there yet
+            self.fields = self._fields + tuple((raw, v) for v in new)
+            return
+        out: list[tuple[bytes, bytes]] = []
+        i = 0
+        for field in self._fields:
+            if field[0].lower() == key:
+                if i < len(new):
+                    out.append((field[0], new[i]))
+                    i += 1
+            else:
+                out.append(field)
+        out += [(raw, v) for v in new[i:]]
+        self.fields = tuple(out)
 
     def get_all(self, name: str | bytes) -> list[str]:
         values = self._lookup(name)
