@@ -31,6 +31,7 @@ from agent_vault.snapshot import VaultView
 FAILURE_HOLD = 1.0  # seconds a failure is answered from memory before the source is tried again
 FILE_CHECK = 1.0  # seconds between stat() checks of a file source
 MAX_ENTRIES = 4096  # cache bound (one entry per dynamic key; cleared past it)
+REAP_SECONDS = 2.0  # a killed command whose stdout stays open (an escaped child) is cut off after this
 
 
 @dataclass(slots=True)
@@ -64,6 +65,23 @@ def _kill(proc: asyncio.subprocess.Process) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+async def _reap(proc: asyncio.subprocess.Process) -> None:
+    """Wait for a killed command. asyncio's `wait()` also waits for its stdout to close, which never
+    happens if reading was paused on a full buffer, or if a process that left the group holds the
+    pipe: so drain what is left (bounded: the writers are dead) for at most REAP_SECONDS, then cut
+    the pipe."""
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(REAP_SECONDS):
+            while await proc.stdout.read(65536):
+                pass
+            await proc.wait()
+    except (TimeoutError, ProcessLookupError):
+        transport = getattr(proc, "_transport", None)  # asyncio's subprocess transport: closes the pipe
+        if transport is not None:
+            transport.close()
+
+
 async def run_command(spec: SourceSpec, limit: int = MAX_OUTPUT) -> str:
     """Run the command, return its cleaned output. Raises SourceFailed (timeout, exit status, size...)."""
     try:
@@ -95,8 +113,7 @@ async def run_command(spec: SourceSpec, limit: int = MAX_OUTPUT) -> str:
     finally:
         if proc.returncode is None:
             _kill(proc)
-            with contextlib.suppress(ProcessLookupError):
-                await proc.wait()
+            await _reap(proc)
     if code != 0:
         raise SourceFailed(f"the command exited with status {code}")
     return _clean(b"".join(chunks))

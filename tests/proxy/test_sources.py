@@ -118,6 +118,16 @@ def test_output_is_bounded_and_the_group_is_killed(tmp_path: Path) -> None:
     assert time.monotonic() - started < 4
 
 
+def test_a_child_that_keeps_stdout_open_does_not_hang_the_request(tmp_path: Path) -> None:
+    # `setsid` puts the sleeper outside the killed group, holding the pipe: asyncio's wait() alone
+    # would wait for it (8 s); the resolver cuts the pipe instead
+    spec = make_spec({"kind": "command", "command": "sh -c 'setsid sleep 8 & exec yes y'", "timeout": 5})
+    started = time.monotonic()
+    with pytest.raises(CredentialUnavailable, match="larger than 1 KiB"):
+        asyncio.run(SourceResolver(limit=1024).resolve(1, "BIG", spec))
+    assert time.monotonic() - started < 4
+
+
 def test_a_failure_is_held_briefly_then_retried(tmp_path: Path) -> None:
     flag = tmp_path / "ok"
     spec = make_spec({"kind": "command", "command": f"cat {flag}"})
