@@ -20,13 +20,12 @@ def test_strict_profile_limits_each_token_on_its_own(tmp_path: Path) -> None:
             first = c.post("/v1/auth/login", json=login).json()["token"]
             c.cookies.clear()  # the CLI keeps no cookie jar (a cookie write needs an Origin: api.csrf)
             second = c.post("/v1/auth/login", json=login).json()["token"]
-            codes = [
-                c.get("/v1/vaults", headers={"Authorization": f"Bearer {first}"}).status_code
-                for _ in range(80)
-            ]
+            answers = [c.get("/v1/vaults", headers={"Authorization": f"Bearer {first}"}) for _ in range(80)]
+            codes = [r.status_code for r in answers]
             assert codes[:50] == [200] * 50 and 429 in codes  # strict: burst 50 at 10/s
-            r = c.get("/v1/vaults", headers={"Authorization": f"Bearer {first}"})
-            assert r.status_code == 429
+            # the refused answer itself (a request sent after the loop may find a refilled token on a
+            # loaded machine: 10 per second)
+            r = next(r for r in answers if r.status_code == 429)
             body = r.json()
             assert body["error"] == "rate_limited" and body["limiter"] == "control_api" and body["hint"]
             assert int(r.headers["retry-after"]) >= 1 and body["retry_after"] >= 1
@@ -42,7 +41,7 @@ def test_requests_without_a_token_are_limited_per_client_address(tmp_path: Path)
         app = create_app()
         app.state.core = core
         with TestClient(app, base_url="http://127.0.0.1:14321") as c:
-            codes = {c.get("/v1/vaults").status_code for _ in range(70)}
+            codes = {c.get("/v1/vaults").status_code for _ in range(200)}  # past the burst of 50 at 10/s
     assert codes == {401, 429}
 
 
