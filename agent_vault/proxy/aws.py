@@ -24,16 +24,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlencode, urlsplit
 
-from botocore.auth import UNSIGNED_PAYLOAD, SigV4Auth  # type: ignore[import-untyped]
-from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
-from botocore.credentials import Credentials  # type: ignore[import-untyped]
-
 from agent_vault.authtypes import AwsSigV4Auth
 from agent_vault.errors import CredentialNotFound, CredentialUnavailable
 from agent_vault.proxy.tokencache import TokenCache
 from agent_vault.proxy.tokenfetch import TokenFetch, host_header, unavailable
 
 STS_DURATION = 3600
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"  # botocore.auth.UNSIGNED_PAYLOAD (botocore loads on first signing)
 #: Payload hashes an SDK may choose itself and the proxy keeps (services that allow unsigned payloads).
 CLIENT_UNSIGNED = (UNSIGNED_PAYLOAD, "STREAMING-UNSIGNED-PAYLOAD-TRAILER")
 _DROP = ("authorization", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256")
@@ -56,22 +53,6 @@ class AwsKeys:
         """(name, value) pairs to redact from responses."""
         out = [(name, v.encode()) for v in (self.access_key, self.secret_key, self.token) if v]
         return [x for x in out if len(x[1]) >= 8]
-
-
-class _Signer(SigV4Auth):  # type: ignore[misc]
-    """botocore's SigV4 with a precomputed payload hash; S3 paths are not normalised (as botocore's
-    S3SigV4Auth)."""
-
-    def __init__(self, keys: AwsKeys, service: str, region: str, payload_hash: str) -> None:
-        super().__init__(Credentials(keys.access_key, keys.secret_key, keys.token), service, region)
-        self._payload_hash = payload_hash
-        self._s3 = service.startswith("s3")
-
-    def payload(self, request: AWSRequest) -> str:
-        return self._payload_hash
-
-    def _normalize_url_path(self, path: str) -> str:
-        return path if self._s3 else str(super()._normalize_url_path(path))
 
 
 __all__ = [
@@ -112,11 +93,12 @@ def sign(
             signed[low] = headers[name]
     if service.startswith("s3") or body_hash in CLIENT_UNSIGNED:
         signed["x-amz-content-sha256"] = body_hash
-    req = AWSRequest(method=method, url=url, headers=signed)
-    _Signer(keys, service, region, body_hash).add_auth(req)
+    from agent_vault.proxy import aws_signer  # botocore (~4 MiB) only once an AWS service is used
+
+    got = aws_signer.signature(method, url, signed, keys, service, region, body_hash)
     out = []
     for name in ("Authorization", "X-Amz-Date", "X-Amz-Security-Token", "X-Amz-Content-SHA256"):
-        value = req.headers.get(name)
+        value = got.get(name)
         if value is not None:
             headers[name] = value
             out.append(name)

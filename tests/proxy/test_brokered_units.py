@@ -222,3 +222,17 @@ def test_token_fetch_pins_verifies_and_bounds(tmp_path: Any) -> None:
         )
     dead = f"https://127.0.0.1:{free_port()}/token"
     assert asyncio.run(run(TokenFetch(Egress(["127.0.0.0/8"]), ca_file), dead)) == "unreachable"
+
+
+def test_botocore_loads_only_when_a_request_is_signed() -> None:
+    """The server does not import botocore (~4 MiB of idle RSS) until an aws-sigv4 service signs."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, agent_vault.server, agent_vault.proxy.aws as aws; "
+        "assert 'botocore' not in sys.modules, 'imported at start'; "
+        "import botocore.auth; assert aws.UNSIGNED_PAYLOAD == botocore.auth.UNSIGNED_PAYLOAD"
+    )
+    cp = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert cp.returncode == 0, cp.stderr[-2000:]
