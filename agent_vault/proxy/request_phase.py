@@ -53,6 +53,8 @@ class RequestPhase:
         req = flow.request
         st = self.conns.get(flow.client_conn.id)
         if st is not None and st.ident is not None and st.target is not None:
+            if self.core.services.freshness is not None:  # (`authenticate` checks it otherwise)
+                self.core.services.freshness.require()  # a stale replica forwards nothing (503)
             fs.ident = st.ident  # a refusal below is recorded for the identity the connection had
             fs.ident = ident = st.ident = recheck(self.core.runtime.snapshot, st.ident)
             xv = req.headers.get("x-vault")
@@ -71,8 +73,6 @@ class RequestPhase:
     async def headers(self, flow: http.HTTPFlow, fs: FlowState) -> None:
         """`requestheaders`: decide, then substitute and inject (SPEC §5.4-§5.7)."""
         req = flow.request
-        if self.core.services.freshness is not None:
-            self.core.services.freshness.require()  # a stale replica forwards nothing (503)
         ident, host, port = self._identity(flow, fs)
         fs.host, fs.port = host, port
         limited = self.conns.limits_for(ident.vault).request(ident.digest)

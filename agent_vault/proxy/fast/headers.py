@@ -16,8 +16,6 @@ from typing import Any, cast
 from mitmproxy import http
 from mitmproxy.utils import strutils
 
-_MISSING: Any = object()
-
 
 def _bytes(x: str | bytes) -> bytes:
     """mitmproxy's `_always_bytes` (UTF-8, surrogateescape; None passes through, as there)."""
@@ -27,11 +25,7 @@ def _bytes(x: str | bytes) -> bytes:
 def _key(name: str | bytes) -> bytes:
     """mitmproxy's `_always_bytes(name)` then `_kconv`, errors included (None: AttributeError, any
     other non-text: TypeError)."""
-    if isinstance(name, str):
-        return name.encode("utf-8", "surrogateescape").lower()
-    if isinstance(name, bytes) or name is None:
-        return cast(Any, name).lower()  # type: ignore[no-any-return]
-    raise TypeError(f"expected str or bytes, not {type(name).__name__}")
+    return cast(Any, _bytes(name)).lower()  # type: ignore[no-any-return]
 
 
 class IndexedHeaders(http.Headers):
@@ -100,13 +94,13 @@ class IndexedHeaders(http.Headers):
         values = self._lookup(name)
         if not values:
             raise KeyError(name)
-        return values[0] if len(values) == 1 else ", ".join(values)
+        return ", ".join(values)  # mitmproxy folds repeated fields
 
     def get(self, name: str | bytes, default: Any = None) -> Any:
         values = self._lookup(name)
         if not values:
             return default
-        return values[0] if len(values) == 1 else ", ".join(values)
+        return ", ".join(values)  # mitmproxy folds repeated fields
 
     def __contains__(self, name: object) -> bool:
         return bool(self._lookup(cast(Any, name)))

@@ -47,12 +47,14 @@ def _verify_error(conn: Any) -> str | None:
 class TlsPump:
     """One TLS endpoint on memory BIOs (see the module docstring)."""
 
-    __slots__ = ("closed", "conn", "established")
+    __slots__ = ("_from_bio", "_into_bio", "closed", "conn", "established")
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
         self.established = False
         self.closed = False
+        # pyOpenSSL's memory BIOs (private attributes; None: `_buffered` says unknown)
+        self._into_bio, self._from_bio = getattr(conn, "_into_ssl", None), getattr(conn, "_from_ssl", None)
 
     def handshake(self) -> bool:
         """Advance the handshake; True once established."""
@@ -73,9 +75,8 @@ class TlsPump:
 
     def outgoing(self) -> bytes:
         """Ciphertext to send to the peer (handshake records, encrypted data, alerts)."""
-        bio = getattr(self.conn, "_from_ssl", None)
         out = b""
-        while (waiting := _buffered(bio)) != 0:
+        while (waiting := _buffered(self._from_bio)) != 0:
             try:
                 chunk = self.conn.bio_read(waiting if waiting > 0 else READ_SIZE)
             except SSL.WantReadError:
@@ -88,9 +89,8 @@ class TlsPump:
     def plaintext(self) -> bytes:
         """All plaintext decrypted so far (b"" when none)."""
         parts: list[bytes] = []
-        into = getattr(self.conn, "_into_ssl", None)
         while not self.closed:
-            if _buffered(into) == 0 and self.conn.pending() == 0:
+            if _buffered(self._into_bio) == 0 and self.conn.pending() == 0:
                 break  # no ciphertext left and no decrypted bytes held (no read-ahead: a record
                 # is taken from the BIO only when SSL_read needs it), so a read would only fail
             try:
