@@ -47,6 +47,11 @@ def clean_text(value: str, *, url: bool = False) -> str:
 
 
 def _clean(value: Any, url: bool, replaced: list[int]) -> Any:
+    kind = type(value)  # exact types first: a record is mostly plain text and numbers
+    if kind is str:
+        return value if value.isprintable() else clean_text(value, url=url)
+    if kind is int or kind is bool or value is None:
+        return value
     if isinstance(value, str):
         return clean_text(value, url=url)
     if value is None or isinstance(value, bool | int):
@@ -75,10 +80,13 @@ def clean_record(record: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
     (sequences become lists); anything else (objects, NaN, infinity, odd keys) becomes `UNENCODABLE`.
     May raise RecursionError for absurdly deep values (the writer then writes `unencodable_record`)."""
     replaced = [0]
-    out = {
-        clean_text(str(k)): _clean(v, k == "path", replaced) for k, v in record.items() if isinstance(k, str)
-    }
-    replaced[0] += sum(1 for k in record if not isinstance(k, str))
+    out: dict[str, Any] = {}
+    for k, v in record.items():
+        if not isinstance(k, str):
+            replaced[0] += 1
+            continue
+        key = k if type(k) is str and k.isprintable() else clean_text(str(k))
+        out[key] = _clean(v, k == "path", replaced)
     return out, replaced[0]
 
 

@@ -136,6 +136,9 @@ class Reader:
         """The body's chunks (de-chunked), framed by the engine's reader; BodyBroken on a framing error."""
         if size == 0:
             return
+        if size is not None and 0 < size <= len(self.buf):  # all here: what the length reader would take
+            yield bytes(self.buf.maybe_extract_at_most(size))
+            return
         reader: Any = _http1.make_body_reader(size)
         while True:
             try:

@@ -2,10 +2,11 @@
 
 mitmproxy's `Headers` answers every lookup (`h["x"]`, `h.get`, `"x" in h`) by lowering and comparing
 every field; the hooks look up about 25 names per request. `IndexedHeaders` answers them from a dict
-(lower-case name -> decoded values) built on first use and dropped whenever `fields` is assigned,
-which is the only way a `Headers` changes (every mutator of mitmproxy's multidict reassigns the
-immutable `fields` tuple). Results are identical to `Headers`: the same key conversion
-(UTF-8/surrogateescape, ASCII lower-case), the same folding (", "), the same errors.
+(lower-case name -> decoded values) built on first use. Every mutator of mitmproxy's multidict
+reassigns the immutable `fields` tuple, and assigning `fields` drops the index; the writes the hooks
+make (`[]=`, `set_all`, `del`, `pop`, `insert`/`add`) instead patch the one name they touch. Results
+are identical to `Headers`: the same key conversion (UTF-8/surrogateescape, ASCII lower-case), the
+same folding (", "), the same errors.
 """
 
 from __future__ import annotations
@@ -22,10 +23,24 @@ def _bytes(x: str | bytes) -> bytes:
     return x.encode("utf-8", "surrogateescape") if isinstance(x, str) else strutils.always_bytes(x)
 
 
+_KEYS: dict[str | bytes, bytes] = {}  # name -> index key; the hooks ask for a few dozen names
+_KEYS_MAX = 512
+
+
 def _key(name: str | bytes) -> bytes:
     """mitmproxy's `_always_bytes(name)` then `_kconv`, errors included (None: AttributeError, any
-    other non-text: TypeError)."""
-    return cast(Any, _bytes(name)).lower()  # type: ignore[no-any-return]
+    other non-text: TypeError). Exact str/bytes names are memoised (bounded)."""
+    exact = type(name) is str or type(name) is bytes
+    if exact and (key := _KEYS.get(name)) is not None:
+        return key
+    key = cast(Any, _bytes(name)).lower()
+    if exact and len(_KEYS) < _KEYS_MAX:
+        _KEYS[name] = key
+    return key  # type: ignore[no-any-return]
+
+
+def _decoded(values: Iterable[bytes]) -> list[str]:
+    return [v.decode("utf-8", "surrogateescape") for v in values]
 
 
 class IndexedHeaders(http.Headers):
@@ -64,15 +79,26 @@ class IndexedHeaders(http.Headers):
             self._index = index
         return index.get(_key(name))
 
+    def _patch(self, fields: tuple[tuple[bytes, bytes], ...], key: bytes, values: list[bytes]) -> None:
+        """Set `fields` after a write that touched only name `key`, whose values are now `values`."""
+        self._fields = fields
+        index = self._index
+        if index is None:
+            return
+        if values:
+            index[key] = _decoded(values)
+        else:
+            index.pop(key, None)
+
     def set_all(self, name: str | bytes, values: Iterable[str | bytes]) -> None:
         """mitmproxy's `set_all` in one pass: existing fields of the name keep their place and
         spelling and take the new values in order; extra fields are dropped, extra values appended."""
         raw = _bytes(name)
-        key = raw.lower()
+        key = _key(raw)
         new = [_bytes(v) for v in values]
         index = self._index
         if index is not None and key not in index:  # the common case: a header not there yet
-            self.fields = self._fields + tuple((raw, v) for v in new)
+            self._patch(self._fields + tuple((raw, v) for v in new), key, new)
             return
         out: list[tuple[bytes, bytes]] = []
         i = 0
@@ -84,7 +110,23 @@ class IndexedHeaders(http.Headers):
             else:
                 out.append(field)
         out += [(raw, v) for v in new[i:]]
-        self.fields = tuple(out)
+        self._patch(tuple(out), key, new)
+
+    def __delitem__(self, name: str | bytes) -> None:
+        raw = _bytes(name)  # mitmproxy converts first, so its KeyError carries the bytes
+        if not self._lookup(raw):
+            raise KeyError(raw)
+        key = _key(raw)
+        self._patch(tuple(f for f in self._fields if f[0].lower() != key), key, [])
+
+    def insert(self, index: int, key: str | bytes, value: str | bytes) -> None:
+        raw, val = _bytes(key), _bytes(value)
+        if type(raw) is not bytes or type(val) is not bytes:  # what mitmproxy lets through as is
+            super().insert(index, key, value)
+            return
+        fields = (*self._fields[:index], (raw, val), *self._fields[index:])
+        low = _key(raw)
+        self._patch(fields, low, [v for k, v in fields if k.lower() == low])
 
     def get_all(self, name: str | bytes) -> list[str]:
         values = self._lookup(name)

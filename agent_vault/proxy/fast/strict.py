@@ -33,7 +33,9 @@ def request_head_ok(raw_head: bytes) -> bool:
     _, _, fields = raw_head.lstrip(b"\r\n").partition(b"\n")
     p = httptools.HttpRequestParser(_Sink())
     try:
-        p.feed_data(b"GET / HTTP/1.1\r\n" + _BARE_LF.sub(b"\r\n", fields))
+        if fields.count(b"\n") != fields.count(b"\r\n"):  # bare LF line ends, as the engine accepts
+            fields = _BARE_LF.sub(b"\r\n", fields)
+        p.feed_data(b"GET / HTTP/1.1\r\n" + fields)
     except httptools.HttpParserUpgrade:
         return True
     except httptools.HttpParserError:

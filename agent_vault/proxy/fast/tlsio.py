@@ -75,16 +75,20 @@ class TlsPump:
 
     def outgoing(self) -> bytes:
         """Ciphertext to send to the peer (handshake records, encrypted data, alerts)."""
+        waiting = _buffered(self._from_bio)
+        if waiting == 0:
+            return b""
+        if waiting > 0:  # one read takes all a memory BIO holds
+            return bytes(self.conn.bio_read(waiting))
         out = b""
-        while (waiting := _buffered(self._from_bio)) != 0:
+        while True:  # size unknown: read until the BIO says it is empty
             try:
-                chunk = self.conn.bio_read(waiting if waiting > 0 else READ_SIZE)
+                chunk = self.conn.bio_read(READ_SIZE)
             except SSL.WantReadError:
                 return out
             if not chunk:
                 return out
             out += chunk
-        return out
 
     def plaintext(self) -> bytes:
         """All plaintext decrypted so far (b"" when none)."""
