@@ -44,6 +44,7 @@ class Settings(BaseModel):
     max_unauthenticated: int = Field(default=512, ge=1)  # proxy connections not authenticated yet
     no_step_up: bool = False
     fast_path: bool = True  # issue 24: serve eligible HTTP/1.1 connections on the lean loop
+    offer_h2: bool = True  # off: intercepted TLS offers only http/1.1 (h2 clients fall back, go lean)
     freshness_bound: float = Field(default=30.0, gt=0)  # replicas: refuse proxy traffic past this (s)
     reuse_port: bool = False  # SO_REUSEPORT on both listeners: replicas on one host share the ports
     notify_url: tuple[str, ...] = ()  # webhooks for proposals and holds (issue 19); may hold secrets
@@ -55,7 +56,7 @@ class Settings(BaseModel):
 
         return tuple(check_url(u) for u in v)
 
-    @field_validator("fast_path", mode="before")
+    @field_validator("fast_path", "offer_h2", mode="before")
     @classmethod
     def _on_off(cls, v: object) -> object:
         if isinstance(v, str):
@@ -122,6 +123,7 @@ def env_settings(**overrides: object) -> Settings:
         "auth_timeout": "AGENT_VAULT_AUTH_TIMEOUT",
         "max_unauthenticated": "AGENT_VAULT_MAX_UNAUTHENTICATED",
         "fast_path": "AGENT_VAULT_FAST_PATH",
+        "offer_h2": "AGENT_VAULT_OFFER_H2",
         "reuse_port": "AGENT_VAULT_REUSE_PORT",
         "freshness_bound": "AGENT_VAULT_FRESHNESS_BOUND",
     }

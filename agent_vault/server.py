@@ -208,6 +208,7 @@ async def serve(
                     upstream_ca=settings.upstream_ca,
                     idle_timeout=settings.idle_timeout,
                     reuse_port=settings.reuse_port,
+                    http2=settings.offer_h2,
                 )
                 await stack.enter_async_context(runner)
                 core.proxy_port = runner.port

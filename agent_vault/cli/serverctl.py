@@ -91,6 +91,14 @@ def server(
             help="Serve eligible HTTP/1.1 connections on the lean loop (on; env AGENT_VAULT_FAST_PATH).",
         ),
     ] = None,
+    offer_h2: Annotated[
+        str | None,
+        typer.Option(
+            metavar="on|off",
+            help="Offer HTTP/2 to agents on intercepted connections (on; off: HTTP/1.1 only, so h2 "
+            "clients fall back and take the fast path; h2-only clients fail; env AGENT_VAULT_OFFER_H2).",
+        ),
+    ] = None,
     reuse_port: Annotated[
         bool,
         typer.Option(
@@ -152,6 +160,7 @@ def server(
         "max_unauthenticated": max_unauthenticated,
         "no_step_up": no_step_up or None,
         "fast_path": fast_path,
+        "offer_h2": offer_h2,
         "reuse_port": reuse_port or None,
         "freshness_bound": freshness_bound,
         "notify_url": tuple(notify_url or ()),

@@ -154,7 +154,8 @@ class VaultAddon:
             and isinstance(nextlayer.layer, ServerTLSLayer | ClientTLSLayer)  # the engine's TLS
         ):
             hello = nextlayer.data_client()  # type: ignore[no-untyped-call]
-            if fast.eligible(hello):  # issue 24: the whole connection goes lean, before any relay
+            # issue 24: the whole connection goes lean, before any relay
+            if fast.eligible(hello, offer_h2=self.core.settings.offer_h2):
                 nextlayer.layer = fast.FastLayer(nextlayer.context, self, st.target, hello)
 
     @staticmethod

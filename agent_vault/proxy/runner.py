@@ -81,11 +81,13 @@ class ProxyRunner:
         upstream_ca: Path | None,
         idle_timeout: int = 900,
         reuse_port: bool = False,
+        http2: bool = True,
     ) -> None:
         self.addon, self.host, self.port = addon, host, port
         self.run_dir, self.ca, self.upstream_ca = run_dir, ca, upstream_ca
         self.idle_timeout = idle_timeout
         self.reuse_port = reuse_port  # SO_REUSEPORT: replicas on one host share the port (reuseport.py)
+        self.http2 = http2  # False: ALPN offers only http/1.1 on both sides (`--offer-h2 off`)
         self.master: master.Master | None = None
         self._task: asyncio.Task[None] | None = None
         self._tls: tlsconfig.TlsConfig | None = None
@@ -107,7 +109,7 @@ class ProxyRunner:
             connection_strategy="lazy",
             rawtcp=False,  # non-HTTP in an intercepted connection is parsed (refused), never relayed raw
             ssl_verify_upstream_trusted_ca=str(bundle),
-            http2=True,
+            http2=self.http2,
             websocket=True,
             stream_large_bodies="1m",
             tcp_timeout=self.idle_timeout,

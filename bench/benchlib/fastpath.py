@@ -1,6 +1,7 @@
 """The fast-path comparison (issue #24): agent-vault `--fast-path on` vs `off` vs plain mitmdump vs direct.
 
-Two extra agent-vault servers (same set-up as the main column, one per setting) on the proxy core; every
+Three extra agent-vault servers (same set-up as the main column): `--fast-path off`, `on`, and `on` with
+`--offer-h2 off` (the HTTP/2 scenario's client then falls back to HTTP/1.1 and takes the fast path); every
 request goes to nginx's `/echo`, which answers `{"authorization":"<the request's Authorization>"}`, so
 through agent-vault the injected credential comes back in the body and response redaction does real work
 (the check below requires `[REDACTED` and no secret in what the client gets). Scenarios: keep-alive c=1 and
@@ -22,16 +23,21 @@ from .loadgen import Column, check, common_args, loadgen, med, summarize
 
 ECHO = "/echo"
 REDACTED = "[REDACTED"
-SETTINGS = ("on", "off")
+SERVERS = {  # column -> server flags
+    "av-fast-off": ("--fast-path", "off"),
+    "av-fast-on": ("--fast-path", "on"),
+    "av-fast-h1": ("--fast-path", "on", "--offer-h2", "off"),  # h2 clients fall back to HTTP/1.1
+}
 SCEN = {"ka1": ("keep-alive c=1", 1, False), "ka16": ("keep-alive c=16", 16, False)}
 SCEN["nc16"] = ("new connection c=16", 16, True)
-SCEN["h2ka16"] = ("HTTP/2 keep-alive c=16", 16, False)  # loadgen -h2: the engine serves h2 either way
-KEYS = ("direct", "mitmdump", "av-fast-off", "av-fast-on")
+SCEN["h2ka16"] = ("HTTP/2 keep-alive c=16", 16, False)  # loadgen -h2 (offers h2 and http/1.1)
+KEYS = ("direct", "mitmdump", "av-fast-off", "av-fast-on", "av-fast-h1")
 LABELS = {
     "direct": "direct",
     "mitmdump": "plain mitmdump",
     "av-fast-off": "agent-vault --fast-path off",
     "av-fast-on": "agent-vault --fast-path on",
+    "av-fast-h1": "agent-vault on, --offer-h2 off",
 }
 
 
@@ -47,11 +53,10 @@ class FastPath:
 def start(r: Any) -> FastPath:
     """Start one server per setting; a server that fails (e.g. no --fast-path flag) only drops its column."""
     fp = FastPath()
-    for s in SETTINGS:
-        key = f"av-fast-{s}"
+    for key, flags in SERVERS.items():
         av = AgentVault()
         try:
-            start_agent_vault(r.work, r.pki, av, ("--fast-path", s), name=key)
+            start_agent_vault(r.work, r.pki, av, flags, name=key)
         except Exception as e:  # noqa: BLE001 - the column fails, the bench carries on
             fp.errors[key] = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
             log(f"{key} column failed: {fp.errors[key]}")

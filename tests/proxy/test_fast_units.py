@@ -44,6 +44,20 @@ def test_only_http11_alpn_clients_go_lean(alpn: list[str] | None, lean: bool) ->
     assert eligible(_client_hello(alpn)) is lean
 
 
+@pytest.mark.parametrize(
+    ("alpn", "lean"),
+    [
+        (["http/1.1"], True),
+        (["h2", "http/1.1"], True),
+        (["http/1.1", "h2"], True),
+        (None, False),
+        (["h2"], False),
+    ],
+)
+def test_with_offer_h2_off_clients_offering_http11_go_lean(alpn: list[str] | None, lean: bool) -> None:
+    assert eligible(_client_hello(alpn), offer_h2=False) is lean  # the proxy will pick http/1.1
+
+
 def test_partial_or_garbage_hello_stays_on_the_engine() -> None:
     hello = _client_hello(["http/1.1"])
     assert not eligible(hello[:20])
@@ -240,3 +254,9 @@ def test_flag_from_env_and_option(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGENT_VAULT_FAST_PATH", "yes")
     with pytest.raises(ValidationError, match="must be on or off"):
         env_settings()
+    monkeypatch.delenv("AGENT_VAULT_FAST_PATH")
+    monkeypatch.delenv("AGENT_VAULT_OFFER_H2", raising=False)
+    assert env_settings().offer_h2 is True  # h2 offered by default (SPEC §5.1)
+    monkeypatch.setenv("AGENT_VAULT_OFFER_H2", "off")
+    assert env_settings().offer_h2 is False
+    assert env_settings(offer_h2="on").offer_h2 is True

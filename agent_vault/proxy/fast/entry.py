@@ -3,7 +3,9 @@
 A connection goes lean only if all hold when its first TLS bytes arrive (the `next_layer` hook):
 the fast path is on (`--fast-path on`), the CONNECT was authenticated and bound and its target is
 intercepted (mode `mitm`), and the client's complete ClientHello offers ALPN `http/1.1` and not `h2`
-(clients that offer no ALPN, e.g. WebSocket libraries, and HTTP/2 clients stay on the engine).
+(clients that offer no ALPN, e.g. WebSocket libraries, and HTTP/2 clients stay on the engine). With
+`--offer-h2 off` the proxy never selects h2, so a client offering both is lean too (TlsConfig's ALPN
+callback, under the engine's `http2=False`, picks http/1.1 for it).
 Nothing has been relayed at that point, so the decision is for the whole connection.
 
 `FastLayer` replaces the TLS layer: it builds the client TLS with mitmproxy's TlsConfig (same leaf
@@ -30,8 +32,9 @@ if TYPE_CHECKING:
     from agent_vault.proxy.addon import VaultAddon
 
 
-def eligible(data: bytes) -> bool:
-    """True for a complete ClientHello that offers http/1.1 and not h2."""
+def eligible(data: bytes, offer_h2: bool = True) -> bool:
+    """True for a complete ClientHello that offers http/1.1 and, unless the proxy offers only HTTP/1.1
+    (`offer_h2` False: the engine's ALPN choice is then http/1.1 for any client), not h2."""
     try:
         hello = parse_client_hello(data)
     except ValueError:
@@ -39,7 +42,7 @@ def eligible(data: bytes) -> bool:
     if hello is None:
         return False
     offers = hello.alpn_protocols
-    return b"http/1.1" in offers and b"h2" not in offers
+    return b"http/1.1" in offers and (not offer_h2 or b"h2" not in offers)
 
 
 class FastLayer(layer.Layer):
