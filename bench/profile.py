@@ -34,6 +34,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("-d", type=float, default=10.0, help="seconds of load (default 10)")
     ap.add_argument("--path", default="/", help="upstream path (default /)")
     ap.add_argument("--tunnel", action="store_true", help="the unlisted host (agent-vault tunnel mode)")
+    ap.add_argument("--new-conn", action="store_true", help="a new connection (CONNECT + TLS) per request")
     ap.add_argument("--no-spy", action="store_true", help="measure only, no profiler attached")
     ap.add_argument("--cprofile", action="store_true", help="run the server under cProfile instead of py-spy")
     ap.add_argument("--mitmdump", action="store_true", help="also measure plain mitmdump")
@@ -156,6 +157,7 @@ def main() -> int:
             pin_threads(col.pid, CORES["proxy"])
             r.cols[col.key] = col
             load_args[col.key] = ["-mode", "load", *common_args(col, r.ngx_port, a.path), "-c", str(a.c)]
+            load_args[col.key] += ["-new-conn"] if a.new_conn else []
             loadgen([*load_args[col.key], "-d", "1s"], timeout=60)  # warm-up
         spy: subprocess.Popen[Any] | None = None
         raw = out / "profile-collapsed.txt"

@@ -155,8 +155,9 @@ class VaultAddon:
         ):
             hello = nextlayer.data_client()  # type: ignore[no-untyped-call]
             # issue 24: the whole connection goes lean, before any relay
-            if fast.eligible(hello, offer_h2=self.core.settings.offer_h2):
-                nextlayer.layer = fast.FastLayer(nextlayer.context, self, st.target, hello)
+            lean = fast.lean_hello(hello, offer_h2=self.core.settings.offer_h2)
+            if lean is not None:
+                nextlayer.layer = fast.FastLayer(nextlayer.context, self, st.target, lean)
 
     @staticmethod
     def _splice(context: Context, counter: ByteCounter) -> None:

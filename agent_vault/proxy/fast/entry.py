@@ -32,31 +32,37 @@ if TYPE_CHECKING:
     from agent_vault.proxy.addon import VaultAddon
 
 
-def eligible(data: bytes, offer_h2: bool = True) -> bool:
-    """True for a complete ClientHello that offers http/1.1 and, unless the proxy offers only HTTP/1.1
-    (`offer_h2` False: the engine's ALPN choice is then http/1.1 for any client), not h2."""
+def lean_hello(data: bytes, offer_h2: bool = True) -> tls.ClientHello | None:
+    """The parsed ClientHello if it is complete and offers http/1.1 and, unless the proxy offers only
+    HTTP/1.1 (`offer_h2` False: the engine's ALPN choice is then http/1.1 for any client), not h2;
+    else None. Parsed once here and handed to `FastLayer` (kaitai parsing is a cost per connection)."""
     try:
         hello = parse_client_hello(data)
     except ValueError:
-        return False
+        return None
     if hello is None:
-        return False
+        return None
     offers = hello.alpn_protocols
-    return b"http/1.1" in offers and (not offer_h2 or b"h2" not in offers)
+    return hello if b"http/1.1" in offers and (not offer_h2 or b"h2" not in offers) else None
+
+
+def eligible(data: bytes, offer_h2: bool = True) -> bool:
+    """Whether a connection whose first client bytes are `data` goes lean (`lean_hello`)."""
+    return lean_hello(data, offer_h2) is not None
 
 
 class FastLayer(layer.Layer):
     """The layer a lean connection ends in (see the module docstring)."""
 
-    def __init__(self, context: Context, addon: VaultAddon, target: tuple[str, int], hello: bytes) -> None:
+    def __init__(
+        self, context: Context, addon: VaultAddon, target: tuple[str, int], hello: tls.ClientHello
+    ) -> None:
         super().__init__(context)
         self.addon, self.target = addon, target
         self.side: ClientSide | None = None
         self.task: asyncio.Task[None] | None = None
-        parsed = parse_client_hello(hello)
-        assert parsed is not None
-        self.context.client.sni = parsed.sni
-        self.context.client.alpn_offers = parsed.alpn_protocols
+        self.context.client.sni = hello.sni
+        self.context.client.alpn_offers = hello.alpn_protocols
 
     def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
         if isinstance(event, events.Start):
