@@ -104,3 +104,31 @@ def test_prepare_ca_switches_new_handshakes_only_when_installed(tmp_path: Path) 
             runner.prepare_ca(new)
 
     asyncio.run(once())
+
+
+def test_the_ca_is_ecdsa_p256_with_mitmproxys_extensions() -> None:
+    """New CAs are ECDSA P-256 (the leaf certificates mitmproxy issues carry the CA's key, so every agent
+    handshake signs with it: ~10x cheaper than RSA-2048) and otherwise shaped like mitmproxy's own CA:
+    the same extensions with the same criticality, 10 years, and mitmproxy's CertStore issues leaves
+    from it that verify."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from mitmproxy import certs
+
+    ca = keys.new_ca("0123456789abcdef")
+    cert = x509.load_pem_x509_certificate(ca.cert_pem)
+    key = cert.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1"
+    _, reference = certs.create_ca("agent-vault", "reference", 2048)
+
+    def shape(c: x509.Certificate) -> list[tuple[str, bool]]:
+        return sorted((e.oid.dotted_string, e.critical) for e in c.extensions)
+
+    assert shape(cert) == shape(reference)
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert (cert.not_valid_after_utc - cert.not_valid_before_utc).days == certs.CA_EXPIRY.days
+    from cryptography.hazmat.primitives import serialization
+
+    priv = serialization.load_pem_private_key(ca.key_pem, None)  # as the engine loads it from its confdir
+    leaf = certs.dummy_cert(priv, cert, "api.example.com", [x509.DNSName("api.example.com")], None)
+    leaf.to_cryptography().verify_directly_issued_by(cert)
