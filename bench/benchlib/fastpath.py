@@ -30,7 +30,7 @@ SERVERS = {  # column -> server flags
 }
 SCEN = {"ka1": ("keep-alive c=1", 1, False), "ka16": ("keep-alive c=16", 16, False)}
 SCEN["nc16"] = ("new connection c=16", 16, True)
-SCEN["h2ka16"] = ("HTTP/2 keep-alive c=16", 16, False)  # loadgen -h2 (offers h2 and http/1.1)
+SCEN["h2ka16"] = ("HTTP/2 keep-alive c=16", 16, False)  # loadgen -h2: Go's client, offers h2 + http/1.1
 KEYS = ("direct", "mitmdump", "av-fast-off", "av-fast-on", "av-fast-h1")
 LABELS = {
     "direct": "direct",
@@ -89,6 +89,7 @@ def idle_rss(fp: FastPath) -> None:
 def _args(col: Column, port: int, conc: int, extra: list[str], scen: str = "") -> list[str]:
     a = ["-mode", "load", *common_args(col, port, ECHO), "-c", str(conc), *extra]
     a += ["-h2"] if scen.startswith("h2") else []
+    a += ["-h2-fallback"] if scen.startswith("h2") and col.key == "av-fast-h1" else []  # answers in HTTP/1.1
     if col.key.startswith("av-fast"):
         a += ["-expect-body", REDACTED]  # every response redacted, or it counts as an error
     return a
