@@ -260,3 +260,77 @@ def test_flag_from_env_and_option(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGENT_VAULT_OFFER_H2", "off")
     assert env_settings().offer_h2 is False
     assert env_settings(offer_h2="on").offer_h2 is True
+
+
+class _PlainPump:
+    """A TLS pump stand-in that passes bytes through (handshake done)."""
+
+    closed = False
+
+    def feed(self, data: bytes) -> None:
+        self.data = data
+
+    def handshake(self) -> bool:
+        return True
+
+    def plaintext(self) -> bytes:
+        data, self.data = self.data, b""
+        return data
+
+    def outgoing(self) -> bytes:
+        return b""
+
+
+class _Writer:
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        pass
+
+
+def test_client_side_pauses_socket_reads_past_the_inbox_limit_until_the_session_reads() -> None:
+    from agent_vault.proxy.fast.client import INBOX_LIMIT, ClientSide
+
+    events: list[str] = []
+    side = ClientSide(_PlainPump(), _Writer(), lambda: events.append("activity"))  # type: ignore[arg-type]
+    side.attach(lambda: events.append("pause"), lambda: events.append("resume"))
+    side.push(b"a" * INBOX_LIMIT)  # at the limit: reading goes on
+    assert events == ["activity"]
+    side.push(b"b")
+    side.push(b"c")  # paused once, not twice
+    assert events == ["activity", "activity", "pause", "activity"]
+    assert len(asyncio.run(side.read())) == INBOX_LIMIT + 2
+    assert events[-1] == "resume"
+
+
+def test_client_protocol_hands_everything_but_data_to_the_handlers_protocol() -> None:
+    from agent_vault.proxy.fast.entry import ClientProtocol
+
+    calls: list[Any] = []
+
+    class Inner:
+        def eof_received(self) -> bool:
+            calls.append("eof")
+            return True
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            calls.append(("lost", exc))
+
+        def pause_writing(self) -> None:
+            calls.append("pause_writing")
+
+        def resume_writing(self) -> None:
+            calls.append("resume_writing")
+
+    pushed: list[bytes] = []
+    side: Any = type("S", (), {"push": lambda self, d: pushed.append(d)})()
+    proto = ClientProtocol(Inner(), side)
+    proto.data_received(b"ciphertext")
+    assert pushed == [b"ciphertext"] and calls == []  # data never reaches the handler's StreamReader
+    assert proto.eof_received() is True
+    proto.pause_writing()
+    proto.resume_writing()
+    err = ConnectionResetError()
+    proto.connection_lost(err)
+    assert calls == ["eof", "pause_writing", "resume_writing", ("lost", err)]

@@ -1,9 +1,10 @@
 """The agent's side of a fast-path connection: its TLS (terminated with the engine's leaf certificate,
 from mitmproxy's TlsConfig) on the client socket that mitmproxy accepted.
 
-Ciphertext arrives through `deliver` (the connection handler's read loop, see `entry`), plaintext
-leaves through `write`. The inbox holds at most `INBOX_LIMIT` bytes: past it `deliver` waits (and with
-it the handler's read loop: TCP backpressure) until the session has read it.
+Ciphertext arrives through `push` (the socket's protocol, see `entry.ClientProtocol`) or, for bytes the
+connection handler had already read, `deliver` (its read loop); plaintext leaves through `write`. The
+inbox holds at most `INBOX_LIMIT` bytes: past it reading stops (the socket's reads are paused, or
+`deliver` waits and with it the handler's read loop: TCP backpressure) until the session has read it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,22 @@ class ClientSide:
         self.failed: str | None = None  # a TLS failure: the session ends
         self._ready = asyncio.Event()
         self._drained = asyncio.Event()
+        self._pause: Callable[[], None] | None = None  # the socket's pause_reading (`attach`)
+        self._resume: Callable[[], None] | None = None
+        self._paused = False
+
+    def attach(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
+        """Ciphertext is now pushed by the socket's protocol: past the limit `push` pauses the socket's
+        reads, and `read` resumes them once the session has taken the inbox."""
+        self._pause, self._resume = pause, resume
+
+    def push(self, data: bytes) -> None:
+        """`take`, from the socket's protocol; pauses reading while the inbox is over its limit."""
+        self.take(data)
+        self.activity()
+        if self._pause is not None and not self._paused and len(self.inbox) > INBOX_LIMIT:
+            self._paused = True
+            self._pause()
 
     def take(self, data: bytes) -> None:
         """Ciphertext from the agent (no waiting): handshake, decrypt into the inbox."""
@@ -67,6 +84,9 @@ class ClientSide:
         data = bytes(self.inbox)
         self.inbox.clear()
         self._drained.set()
+        if self._paused and self._resume is not None:
+            self._paused = False
+            self._resume()
         return data
 
     def _send_raw(self, ciphertext: bytes) -> None:

@@ -9,9 +9,13 @@ callback, under the engine's `http2=False`, picks http/1.1 for it).
 Nothing has been relayed at that point, so the decision is for the whole connection.
 
 `FastLayer` replaces the TLS layer: it builds the client TLS with mitmproxy's TlsConfig (same leaf
-certificate), feeds the buffered ClientHello, and then wraps the connection handler's
-`server_event` (as `live.splice_tunnel` does) so later client bytes go straight to the session
-without the layer stack. Close events still reach the layer, which ends the session.
+certificate), feeds the buffered ClientHello, and then takes the client socket's reads off the
+connection handler: `ClientProtocol` stands in for the handler's stream protocol, so ciphertext goes
+from the socket's callback straight to the session (no StreamReader, no handler task, no layer stack),
+while end of stream, loss and write flow control still reach the handler's protocol (its read loop ends
+as before, its StreamWriter still drains). Bytes the handler had already read go the old way, through
+its wrapped `server_event` (as `live.splice_tunnel` does). Close events still reach the layer, which
+ends the session.
 """
 
 from __future__ import annotations
@@ -94,6 +98,7 @@ class FastLayer(layer.Layer):
             TlsPump(data.ssl_conn), io.writer, handler.timeout_watchdog.register_activity
         )
         _wrap(handler, client, side)
+        _take_reads(io, side)
         sess = Session(self.addon, self.context, side, self.target, lambda: _close(client))
         self.task = asyncio.get_running_loop().create_task(sess.run())
         self.addon.fast_tasks[client.id] = self.task
@@ -106,6 +111,38 @@ def _close(client: Any) -> None:
     handler = live.handler_of(client.id)
     if handler is not None and client in handler.transports:
         handler.close_connection(client)
+
+
+class ClientProtocol(asyncio.Protocol):
+    """The agent socket's protocol on a lean connection (see the module docstring)."""
+
+    def __init__(self, inner: Any, side: ClientSide) -> None:
+        self.inner, self.side = inner, side
+
+    def data_received(self, data: bytes) -> None:
+        self.side.push(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()  # type: ignore[no-any-return]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+def _take_reads(io: Any, side: ClientSide) -> None:
+    """Give the socket's reads to `ClientProtocol` -- only if the handler's reader holds nothing yet
+    (bytes in it must reach the session first, in order; else reads stay on the handler's loop)."""
+    transport, reader = io.writer.transport, io.reader
+    if getattr(reader, "_buffer", None) != bytearray() or reader.at_eof():
+        return
+    side.attach(transport.pause_reading, transport.resume_reading)
+    transport.set_protocol(ClientProtocol(transport.get_protocol(), side))
 
 
 def _wrap(handler: Any, client: Any, side: ClientSide) -> None:
