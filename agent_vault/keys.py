@@ -172,7 +172,7 @@ def _create_ca(organization: str, cn: str) -> tuple[ec.EllipticCurvePrivateKey, 
     mitmproxy signs every leaf certificate with the CA key *and* gives the leaf that same key, so the
     key type decides the cost of every TLS handshake an agent makes with the proxy: an ECDSA P-256
     signature is about 10x cheaper than an RSA-2048 one."""
-    now = datetime.datetime.now()
+    now = datetime.datetime.now(datetime.UTC)  # mitmproxy passes a naive local time; this is exact
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name(
         [

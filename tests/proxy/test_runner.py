@@ -10,7 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from helpers.env import base_env
+from mitmproxy import certs
 from mitmproxy.addons import tlsconfig
 from mitmproxy.proxy.layers import http as mhttp
 
@@ -109,12 +113,8 @@ def test_prepare_ca_switches_new_handshakes_only_when_installed(tmp_path: Path) 
 def test_the_ca_is_ecdsa_p256_with_mitmproxys_extensions() -> None:
     """New CAs are ECDSA P-256 (the leaf certificates mitmproxy issues carry the CA's key, so every agent
     handshake signs with it: ~10x cheaper than RSA-2048) and otherwise shaped like mitmproxy's own CA:
-    the same extensions with the same criticality, 10 years, and mitmproxy's CertStore issues leaves
-    from it that verify."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from mitmproxy import certs
-
+    the same extensions with the same criticality, 10 years, and mitmproxy's `dummy_cert` (what its
+    CertStore calls) issues leaves from it that verify."""
     ca = keys.new_ca("0123456789abcdef")
     cert = x509.load_pem_x509_certificate(ca.cert_pem)
     key = cert.public_key()
@@ -127,8 +127,6 @@ def test_the_ca_is_ecdsa_p256_with_mitmproxys_extensions() -> None:
     assert shape(cert) == shape(reference)
     assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     assert (cert.not_valid_after_utc - cert.not_valid_before_utc).days == certs.CA_EXPIRY.days
-    from cryptography.hazmat.primitives import serialization
-
     priv = serialization.load_pem_private_key(ca.key_pem, None)  # as the engine loads it from its confdir
     leaf = certs.dummy_cert(priv, cert, "api.example.com", [x509.DNSName("api.example.com")], None)
     leaf.to_cryptography().verify_directly_issued_by(cert)
