@@ -13,10 +13,14 @@ from mitmproxy import connection, http, options
 from mitmproxy.proxy.context import Context
 
 from agent_vault.proxy.fast import strict
-from agent_vault.proxy.fast.entry import eligible
+from agent_vault.proxy.fast.entry import lean_hello
 from agent_vault.proxy.fast.h1 import BodyBroken, HeadRefused, Reader
 from agent_vault.proxy.fast.session import Session
 from agent_vault.proxy.fast.tlsio import SSL, TlsPump
+
+
+def eligible(data: bytes, offer_h2: bool = True) -> bool:
+    return lean_hello(data, offer_h2) is not None
 
 
 def _client_hello(alpn: list[str] | None) -> bytes:

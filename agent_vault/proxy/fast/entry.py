@@ -50,11 +50,6 @@ def lean_hello(data: bytes, offer_h2: bool = True) -> tls.ClientHello | None:
     return hello if b"http/1.1" in offers and (not offer_h2 or b"h2" not in offers) else None
 
 
-def eligible(data: bytes, offer_h2: bool = True) -> bool:
-    """Whether a connection whose first client bytes are `data` goes lean (`lean_hello`)."""
-    return lean_hello(data, offer_h2) is not None
-
-
 class FastLayer(layer.Layer):
     """The layer a lean connection ends in (see the module docstring)."""
 
