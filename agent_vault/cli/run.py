@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import typer
 
+from agent_vault.childwait import wait_forwarding
 from agent_vault.cli import G, app, choice
 from agent_vault.cli import isolate as isolation
 from agent_vault.cli.certs import fetch_ca, write_ca_files
@@ -197,7 +198,7 @@ def spawn(argv: list[str], env: dict[str, str]) -> int:
             return NOT_EXECUTABLE
         for s in pending:
             child[0].send_signal(s)
-        rc = child[0].wait()
+        rc = wait_forwarding(child[0])
     finally:
         for s, h in saved.items():
             signal.signal(s, h)

@@ -7,6 +7,7 @@ with the forwarded signals ignored (inner restores them for CMD). CMD has no con
 (`--new-session`), so the terminal's SIGINT, SIGQUIT and SIGWINCH reach the wrapper and are forwarded;
 Ctrl-Z (SIGTSTP) stops CMD with SIGSTOP (its process group is orphaned: the kernel would drop a SIGTSTP)
 and then the wrapper itself, so the shell sees the job stopped; SIGCONT (`fg`) is forwarded.
+The main thread waits in `childwait.wait_forwarding`, never in `waitpid` (signals the relay's threads take).
 Exit: CMD's code, 128+N when killed by signal N (bwrap reports it so), 125 when the sandbox did not start.
 """
 
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from agent_vault.childwait import wait_forwarding
 from agent_vault.isolate.relay import Relay, Target
 
 WRAPPER_FAILED = 125
@@ -125,7 +127,7 @@ def run_sandboxed(prefix: list[str], argv: list[str], env: dict[str, str], route
         relay = Relay().start([(s, r.target) for s, r in zip(listeners, routes, strict=True)])
         for signum in pending if pidfd else ():
             forward(signum, None)
-        rc = proc.wait()
+        rc = wait_forwarding(proc)
     finally:
         if proc is not None and proc.poll() is None:  # interrupted: take the sandbox down with us
             proc.kill()
