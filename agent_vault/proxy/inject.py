@@ -12,6 +12,7 @@ injected value always wins and no client header can remove it.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, MutableMapping
@@ -152,8 +153,11 @@ def set_query_params(path: str, params: Mapping[str, str]) -> str:
 def apply_injection(headers: MutableMapping[str, str], path: str, inj: Injection) -> str:
     """Replace every client header named like an injected one (case-insensitive), set the injected
     headers and query params, and return the new path (path + query string)."""
+    replaces = isinstance(getattr(headers, "fields", None), tuple)  # mitmproxy's Headers: `[]=` replaces
+    # every field of that name, whatever its case, in one pass
     for name, value in inj.headers.items():
-        _remove_header(headers, name)
+        if not replaces:
+            _remove_header(headers, name)
         headers[name] = value
     return set_query_params(path, inj.query)
 
@@ -313,14 +317,21 @@ def _tokens(values: Iterable[str]) -> set[str]:
     return {t.strip().lower() for t in ", ".join(values).split(",") if t.strip()}
 
 
+@functools.lru_cache(maxsize=256)
+def _always_removed(extra: frozenset[str], keep_framing: bool) -> frozenset[str]:
+    """Hop-by-hop and `extra` names, less the framing headers when they are kept (per request, cached)."""
+    return (HOP_BY_HOP | extra) - (_FRAMING if keep_framing else frozenset())
+
+
 def _removal(
     lows: list[str], values: Callable[[str], list[str]], extra: Collection[str], keep_framing: bool
 ) -> tuple[frozenset[str], bool]:
     """(lower-case names to remove, is a websocket handshake) for headers named `lows`."""
     connection = _tokens(values("connection")) if "connection" in lows else set()
     websocket = "upgrade" in connection and "upgrade" in lows and "websocket" in _tokens(values("upgrade"))
-    framing = _FRAMING if keep_framing else frozenset()
-    remove = (HOP_BY_HOP | set(extra) | (connection - _NEVER_BY_CONNECTION)) - framing
+    remove = _always_removed(frozenset(extra), keep_framing)
+    if connection:
+        remove = remove | (connection - _NEVER_BY_CONNECTION - (_FRAMING if keep_framing else frozenset()))
     if websocket:
         # Extensions (permessage-deflate) are never negotiated through the proxy: it reads every
         # message, and an inflated message is a bomb a few bytes on the wire can set off.

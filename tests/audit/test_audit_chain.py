@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -161,6 +162,11 @@ def test_utc_ts_format() -> None:
     assert utc_ts(when) == "2026-11-23T10:00:00.123456Z"
     assert utc_ts(datetime(2026, 11, 23, 10, 0)) == "2026-11-23T10:00:00.000000Z"
     assert utc_ts().endswith("Z") and len(utc_ts(datetime.now(UTC))) == 27
+    for _ in range(3):  # now: the same text as the datetime route, to the microsecond's rounding
+        before, now, after = datetime.now(UTC), utc_ts(), datetime.now(UTC)
+        parsed = datetime.strptime(now, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        assert before - timedelta(microseconds=1) <= parsed <= after, (before, now, after)
+        time.sleep(0.6)  # across a second boundary too
 
 
 def test_proxy_record_fields_and_path_hygiene() -> None:
