@@ -144,9 +144,24 @@ def _head_over_limit(buf: Any) -> bool:
     return end == -1 or end + 4 > MAX_HEAD_BYTES
 
 
+def _blank_lines(raw: bytes) -> int:
+    """How many bytes of empty lines (CRLF or LF, h11's units) lead `raw`. mitmproxy's Http1Server takes
+    one per read event and then waits for more data, so a request sent after one (RFC 9112 2.2: to be
+    ignored) hung the connection when it came in the same read; the fast path skips them all."""
+    i = 0
+    while True:
+        if raw[i : i + 1] == b"\n":
+            i += 1
+        elif raw[i : i + 2] == b"\r\n":
+            i += 2
+        else:
+            return i
+
+
 def _capped_server_read_headers(orig: Callable[..., Any]) -> Callable[..., Any]:
     """Http1Server.read_headers with a head-size cap (mitmproxy buffers a head without limit: its
-    own FIXME). Over the cap, before any parsing or hook: 431 JSON, then the connection is closed."""
+    own FIXME). Over the cap, before any parsing or hook: 431 JSON, then the connection is closed.
+    Empty lines before a head are all skipped (`_blank_lines`), as on the fast path."""
 
     def read_headers(self: Any, event: events.Event) -> layer.CommandGenerator[None]:
         if isinstance(event, events.DataReceived) and _head_over_limit(self.buf):
@@ -157,6 +172,9 @@ def _capped_server_read_headers(orig: Callable[..., Any]) -> Callable[..., Any]:
             _head_refused(self.conn, 431)
             return
         raw = bytes(self.buf) if isinstance(event, events.DataReceived) else b""
+        if blank := _blank_lines(raw):
+            self.buf.maybe_extract_at_most(blank)
+            raw = raw[blank:]
         answered = False
         for cmd in orig(self, event):  # read_headers yields no blocking command: nothing is sent back
             if isinstance(cmd, ReceiveHttp) and isinstance(cmd.event, RequestHeaders):

@@ -159,6 +159,8 @@ CASES: dict[str, bytes] = {
     "plus-cl": b"POST /echo/s HTTP/1.1\r\n" + H + b"Content-Length: +5\r\n\r\nhello" + END,
     "absolute-form": b"GET https://localhost/echo/abs HTTP/1.1\r\n" + H + b"\r\n" + END,
     "garbage": b"\x00\x01garbage\r\n\r\n" + END,
+    "blank-lines-first": b"\r\n\n\r\nGET /echo/bl HTTP/1.1\r\n" + H + b"\r\n" + END,  # RFC 9112 2.2: ignored
+    "blank-line-then-garbage": b"GET /echo/bg HTTP/1.1\r\n" + H + b"\r\n\r\nhello\r\n\r\n" + END,
     "no-version": b"GET /echo/nv\r\n" + H + b"\r\n" + END,
     "space-in-header-name": b"GET /echo/sp HTTP/1.1\r\n" + H + b"X A: b\r\n\r\n" + END,
     "http10": b"GET /echo/10 HTTP/1.0\r\n" + H + b"\r\n",
@@ -185,6 +187,10 @@ def test_same_verdict(
     pair: tuple[tuple[ServerProc, str], tuple[ServerProc, str]], up: TLSUpstream, name: str
 ) -> None:
     out = _both(pair, up.port, CASES[name])
+    if name == "blank-lines-first":  # served (the engine used to hang on it)
+        assert out[0][0] == 200 and "/echo/bl" in str(out[0][1]), out
+    if name == "blank-line-then-garbage":  # the request served, the garbage refused, nothing hangs
+        assert [s for s, _ in out] == [200, 400] and out[1][1] == "bad_request", out
     if name in SMUGGLING:
         assert out and out[0][0] == 400, out  # refused, and nothing after it relayed
         assert all(seen is None or "/echo/end" not in seen for _, seen in out)
