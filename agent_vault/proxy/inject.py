@@ -341,16 +341,24 @@ def _removal(
 
 def _strip_fields(headers: Any, extra: Collection[str], keep_framing: bool) -> None:
     """`_strip` over mitmproxy's raw `Headers.fields` in one pass (every Mapping lookup on them
-    is a scan of all fields); the fields are replaced only if something is removed."""
+    is a scan of all fields); the fields are replaced only if something is removed. Headers with a
+    name index (the fast path's) are asked for their names and drop fields by name, keeping the index."""
     fields: tuple[tuple[bytes, bytes], ...] = headers.fields
-    lows = [n.decode("latin-1").lower() for n, _ in fields]
+    indexed: dict[bytes, str] | None = headers.index_names() if hasattr(headers, "index_names") else None
+    lows = list(indexed.values()) if indexed is not None else [n.decode("latin-1").lower() for n, _ in fields]
 
     def values(name: str) -> list[str]:
-        return [v.decode("latin-1") for (_, v), low in zip(fields, lows, strict=True) if low == name]
+        return [v.decode("latin-1") for n, v in fields if n.decode("latin-1").lower() == name]
 
     remove, websocket = _removal(lows, values, extra, keep_framing)
     if "te" in lows and ", ".join(values("te")).strip().lower() == "trailers":
         remove = remove - {"te"}
+    if indexed is not None and not websocket:
+        gone = [k for k, low in indexed.items() if low in remove or low.startswith("x-agent-vault-")]
+        if gone:
+            headers.drop_keys(gone)
+        return
+    lows = [n.decode("latin-1").lower() for n, _ in fields]
     kept = [
         f
         for f, low in zip(fields, lows, strict=True)

@@ -106,3 +106,71 @@ def test_odd_keys_raise_what_headers_raises(bad: Any) -> None:
     for probe in (lambda x: x[bad], lambda x: bad in x, lambda x: x.get(bad)):
         plain = http.Headers([(b"a", b"1")])
         assert error(probe, IndexedHeaders.adopt(plain)) == error(probe, plain)
+
+
+HYGIENE_FIELDS = st.tuples(
+    st.sampled_from(
+        [
+            b"Host",
+            b"Authorization",
+            b"AUTHORIZATION",
+            b"Proxy-Authorization",
+            b"X-Vault",
+            b"Connection",
+            b"connection",
+            b"Keep-Alive",
+            b"TE",
+            b"Trailer",
+            b"Transfer-Encoding",
+            b"Content-Length",
+            b"Upgrade",
+            b"X-Agent-Vault-Debug",
+            b"x-custom",
+            b"X-Custom",
+            b"Set-Cookie",
+            b"\xc0-odd",
+            b"\xe0-odd",
+            b"Sec-WebSocket-Extensions",
+        ]
+    ),
+    st.sampled_from(
+        [
+            b"1",
+            b"keep-alive",
+            b"close, x-custom",
+            b"Upgrade",
+            b"websocket",
+            b"trailers",
+            b"x-custom, \xe0-odd",
+            b"",
+        ]
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    fields=st.lists(HYGIENE_FIELDS, max_size=8),
+    injected=st.lists(st.sampled_from(["Authorization", "x-custom", "X-Api-Key"]), max_size=2),
+    keep_framing=st.booleans(),
+    cookies=st.booleans(),
+)
+def test_header_hygiene_strips_indexed_headers_like_headers(
+    fields: list[tuple[bytes, bytes]], injected: list[str], keep_framing: bool, cookies: bool
+) -> None:
+    """The hooks' header hygiene drops fields by name on indexed headers (keeping the index): the
+    same fields go, the same stay, in order, and every lookup after it answers as on plain Headers."""
+    from agent_vault.proxy.inject import strip_request_headers, strip_response_headers
+
+    for strip in (
+        lambda h: strip_request_headers(h, injected, keep_framing=keep_framing),
+        lambda h: strip_response_headers(h, cookies, keep_framing=keep_framing),
+    ):
+        plain = http.Headers(fields)
+        indexed = IndexedHeaders.adopt(http.Headers(fields))
+        indexed.get("host")  # the index exists before the strip, as in the hooks
+        strip(plain)
+        strip(indexed)
+        assert indexed.fields == plain.fields
+        for name in ("host", "authorization", "connection", "x-custom", "te", "\u00c0-odd", "content-length"):
+            assert indexed.get_all(name) == plain.get_all(name), name

@@ -90,6 +90,21 @@ class IndexedHeaders(http.Headers):
         else:
             index.pop(key, None)
 
+    def index_names(self) -> dict[bytes, str]:
+        """Each name present, as its index key (ASCII lower-case bytes) -> the key as latin-1 text,
+        lower-cased (how `inject` compares names: `field_name.decode("latin-1").lower()`)."""
+        self._lookup(b"")  # builds the index if needed
+        assert self._index is not None
+        return {k: k.decode("latin-1").lower() for k in self._index}
+
+    def drop_keys(self, keys: Iterable[bytes]) -> None:
+        """Remove every field whose index key is in `keys`; the index is patched, not rebuilt."""
+        gone = set(keys)
+        self._fields = tuple(f for f in self._fields if f[0].lower() not in gone)
+        if self._index is not None:
+            for k in gone:
+                self._index.pop(k, None)
+
     def set_all(self, name: str | bytes, values: Iterable[str | bytes]) -> None:
         """mitmproxy's `set_all` in one pass: existing fields of the name keep their place and
         spelling and take the new values in order; extra fields are dropped, extra values appended."""
