@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import pytest
 from helpers.env import base_env
 from helpers.wait import wait_until
 
+from agent_vault import childwait
 from agent_vault.cli.run import NOT_EXECUTABLE, NOT_FOUND, Renewer, check_command, spawn
 from agent_vault.errors import AgentVaultError
 
@@ -116,3 +119,50 @@ def test_renewer_sleeps_in_bounded_steps() -> None:
     r.start()
     r.stop()  # returns promptly although the renewal is hours away
     assert r.renewals == 0
+
+
+def _signalling_child(delay: float, after: float, code: int) -> subprocess.Popen[bytes]:
+    """A child that sends us SIGUSR1 after `delay` s, then exits with `code` `after` s later."""
+    script = (
+        f"import os, signal, time; time.sleep({delay}); os.kill({os.getpid()}, signal.SIGUSR1); "
+        f"time.sleep({after}); raise SystemExit({code})"
+    )
+    return subprocess.Popen([sys.executable, "-c", script])
+
+
+def test_wait_forwarding_runs_a_handler_another_thread_took_at_once() -> None:
+    """The `fg` bug: a signal the kernel hands to another thread must still reach its Python handler
+    while the child runs (asleep in waitpid, the main thread ran it only once the child had exited)."""
+    seen: list[float] = []
+    old = signal.signal(signal.SIGUSR1, lambda _s, _f: seen.append(time.monotonic()))
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)  # does not block SIGUSR1...
+    other.start()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})  # ...and the main thread does
+    try:
+        start = time.monotonic()
+        proc = _signalling_child(0.2, 3.0, 5)
+        assert childwait.wait_forwarding(proc) == 5
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.signal(signal.SIGUSR1, old)
+        stop.set()
+    assert len(seen) == 1 and seen[0] - start < 2.0, "the handler waited for the child to exit"
+
+
+def test_wait_forwarding_without_pidfd_still_runs_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where there is no pidfd (not Linux), the wait polls: the handler still runs while the child
+    lives, and the exit code comes back."""
+
+    def no_pidfd(_pid: int) -> int:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(childwait.os, "pidfd_open", no_pidfd)
+    seen: list[float] = []
+    old = signal.signal(signal.SIGUSR1, lambda _s, _f: seen.append(time.monotonic()))
+    try:
+        start = time.monotonic()
+        assert childwait.wait_forwarding(_signalling_child(0.2, 3.0, 7)) == 7
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    assert len(seen) == 1 and seen[0] - start < 2.0
