@@ -13,9 +13,10 @@ def wait_forwarding(proc: subprocess.Popen[bytes]) -> int:
     """`proc.wait()`, with Python's signal handlers run as the signals arrive.
 
     Danger: Python runs a handler in the main thread only. A signal the kernel hands to another thread
-    (`vault run`'s session renewer, the isolate relay) only sets a flag, and a main thread asleep in `waitpid` ran
-    the handler at the next signal: a SIGCONT after Ctrl-Z was lost and the command stayed stopped after
-    `fg`. So the main thread sleeps in `select` on the signal wakeup pipe and a pidfd of `proc`.
+    (`vault run`'s session renewer, the isolate relay) only sets a flag, and a main thread asleep in
+    `waitpid` ran the handler at the next signal: a SIGCONT after Ctrl-Z was lost and the command stayed
+    stopped after `fg`. So the main thread sleeps in `select` on the signal wakeup pipe and a pidfd of
+    `proc`.
     """
     try:
         exited = os.pidfd_open(proc.pid)
