@@ -34,6 +34,7 @@ import wsproto.events
 from mitmproxy import flow as mflow
 from mitmproxy import http
 from mitmproxy.connection import Connection
+from mitmproxy.net.http.validate import validate_headers
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import http as mhttp
 from mitmproxy.proxy.layers import websocket as mws
@@ -144,6 +145,17 @@ def _head_over_limit(buf: Any) -> bool:
     return end == -1 or end + 4 > MAX_HEAD_BYTES
 
 
+def _smuggling_prone(request: http.Request | None) -> bool:
+    """What the engine's `validate_headers` refuses (CL with TE, several TE, TE on HTTP/1.0, bad names)."""
+    if request is None:
+        return False
+    try:
+        validate_headers(request)
+    except ValueError:
+        return True
+    return False
+
+
 def _blank_lines(raw: bytes) -> int:
     """How many bytes of empty lines (CRLF or LF, h11's units) lead `raw`. mitmproxy's Http1Server takes
     one per read event and then waits for more data, so a request sent after one (RFC 9112 2.2: to be
@@ -185,6 +197,13 @@ def _capped_server_read_headers(orig: Callable[..., Any]) -> Callable[..., Any]:
                     yield commands.CloseConnection(self.conn)
                     self.state = self.done
                     _head_refused(self.conn, 400)
+                    return
+                # A head HttpStream refuses (400, after its hooks): no byte of the body is read first.
+                # A broken body in the same read would close the connection before that 400 went out;
+                # the fast path refuses at the head, whatever follows.
+                if self.context.options.validate_inbound_headers and _smuggling_prone(self.request):
+                    yield cmd
+                    self.state = self.done
                     return
             answered = answered or isinstance(cmd, commands.SendData)
             yield cmd
