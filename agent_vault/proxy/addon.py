@@ -49,6 +49,15 @@ __all__ = ["ConnState", "VaultAddon"]
 USAGE_FLUSH_SECONDS = 2.0
 
 
+def _declares_body(flow: http.HTTPFlow) -> bool:
+    """An HTTP/1 request that announces a body (Transfer-Encoding, or a Content-Length other than 0)."""
+    if flow.client_conn.alpn == b"h2":
+        return False
+    headers = flow.request.headers
+    length = headers.get("content-length")
+    return "transfer-encoding" in headers or (length is not None and length.strip() != "0")
+
+
 def _as_error(e: Exception) -> AgentVaultError:
     """The SPEC §6 error for an exception at a boundary: itself, or a logged 502 `internal`."""
     return e if isinstance(e, AgentVaultError) else incident(e)
@@ -190,6 +199,9 @@ class VaultAddon:
             await self.requests.headers(flow, fs)
         except Exception as e:
             self._reject(flow, fs, _as_error(e))
+            if flow.response is not None and _declares_body(flow):
+                flow.response.headers["connection"] = "close"  # its body is never forwarded: the
+                # connection ends with the answer, as on the fast path, rather than reading on past it
 
     def request(self, flow: http.HTTPFlow) -> None:
         fs = self.flows.get(flow.id)
