@@ -233,7 +233,7 @@ _request = st.tuples(
 )
 
 
-FUZZ_EXAMPLES = int(os.environ.get("FASTPATH_FUZZ_EXAMPLES", "40"))  # more for a longer hunt
+FUZZ_EXAMPLES = int(os.environ.get("FASTPATH_FUZZ_EXAMPLES", "200"))  # more for a longer hunt
 
 
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
