@@ -40,7 +40,7 @@ from agent_vault.proxy.fast import entry as fast
 from agent_vault.proxy.flowlog import FlowLog, FlowState, incident
 from agent_vault.proxy.live import ByteCounter, TunnelLayer
 from agent_vault.proxy.pinning import Pinning
-from agent_vault.proxy.request_phase import RequestPhase
+from agent_vault.proxy.request_phase import RequestPhase, content_length
 from agent_vault.proxy.response_phase import ResponsePhase
 from agent_vault.proxy.ssrf import Egress
 
@@ -54,8 +54,7 @@ def _declares_body(flow: http.HTTPFlow) -> bool:
     if flow.client_conn.alpn == b"h2":
         return False
     headers = flow.request.headers
-    length = headers.get("content-length")
-    return "transfer-encoding" in headers or (length is not None and length.strip() != "0")
+    return "transfer-encoding" in headers or bool(content_length(headers))
 
 
 def _as_error(e: Exception) -> AgentVaultError:

@@ -133,6 +133,11 @@ def build_injection(auth: AuthSpec, values: Mapping[str, str]) -> Injection:
     return inj
 
 
+def _is_multidict(headers: object) -> bool:
+    """mitmproxy's `Headers` (raw `fields` tuple), as opposed to a plain mapping."""
+    return isinstance(getattr(headers, "fields", None), tuple)
+
+
 def _remove_header(headers: MutableMapping[str, str], name: str) -> None:
     low = name.lower()
     for k in [k for k in headers if k.lower() == low]:
@@ -153,8 +158,7 @@ def set_query_params(path: str, params: Mapping[str, str]) -> str:
 def apply_injection(headers: MutableMapping[str, str], path: str, inj: Injection) -> str:
     """Replace every client header named like an injected one (case-insensitive), set the injected
     headers and query params, and return the new path (path + query string)."""
-    replaces = isinstance(getattr(headers, "fields", None), tuple)  # mitmproxy's Headers: `[]=` replaces
-    # every field of that name, whatever its case, in one pass
+    replaces = _is_multidict(headers)  # mitmproxy's Headers: `[]=` replaces every case of the name
     for name, value in inj.headers.items():
         if not replaces:
             _remove_header(headers, name)
@@ -358,7 +362,6 @@ def _strip_fields(headers: Any, extra: Collection[str], keep_framing: bool) -> N
         if gone:
             headers.drop_keys(gone)
         return
-    lows = [n.decode("latin-1").lower() for n, _ in fields]
     kept = [
         f
         for f, low in zip(fields, lows, strict=True)
@@ -371,7 +374,7 @@ def _strip_fields(headers: Any, extra: Collection[str], keep_framing: bool) -> N
 
 
 def _strip(headers: MutableMapping[str, str], extra: Collection[str], keep_framing: bool) -> None:
-    if isinstance(getattr(headers, "fields", None), tuple):
+    if _is_multidict(headers):
         return _strip_fields(headers, extra, keep_framing)
     keys = list(headers)  # one pass: every lookup on mitmproxy's Headers is a scan of all fields
     lows = [k.lower() for k in keys]

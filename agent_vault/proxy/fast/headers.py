@@ -65,7 +65,8 @@ class IndexedHeaders(http.Headers):
         self._fields = value
         self._index = None
 
-    def _lookup(self, name: str | bytes) -> list[str] | None:
+    def _built(self) -> dict[bytes, list[str]]:
+        """The index, built on first use."""
         index = self._index
         if index is None:
             index = {}
@@ -77,7 +78,10 @@ class IndexedHeaders(http.Headers):
                 else:
                     got.append(value)
             self._index = index
-        return index.get(_key(name))
+        return index
+
+    def _lookup(self, name: str | bytes) -> list[str] | None:
+        return self._built().get(_key(name))
 
     def _patch(self, fields: tuple[tuple[bytes, bytes], ...], key: bytes, values: list[bytes]) -> None:
         """Set `fields` after a write that touched only name `key`, whose values are now `values`."""
@@ -93,9 +97,7 @@ class IndexedHeaders(http.Headers):
     def index_names(self) -> dict[bytes, str]:
         """Each name present, as its index key (ASCII lower-case bytes) -> the key as latin-1 text,
         lower-cased (how `inject` compares names: `field_name.decode("latin-1").lower()`)."""
-        self._lookup(b"")  # builds the index if needed
-        assert self._index is not None
-        return {k: k.decode("latin-1").lower() for k in self._index}
+        return {k: k.decode("latin-1").lower() for k in self._built()}
 
     def drop_keys(self, keys: Iterable[bytes]) -> None:
         """Remove every field whose index key is in `keys`; the index is patched, not rebuilt."""
