@@ -22,7 +22,7 @@ from collections.abc import Generator, Iterator
 
 import uvicorn
 
-from agent_vault import keys
+from agent_vault import gcpolicy, keys
 from agent_vault.api.app import create_app
 from agent_vault.audit import AuditWriter
 from agent_vault.config import Settings
@@ -235,6 +235,7 @@ async def serve(
             )
             if lock is not None:
                 lock.write_state(core.api_url, proxy, unlocked.key_mode)
+            gcpolicy.tune_for_server()  # start-up is done: freeze it, fewer collections from here on
             print(
                 f"agent-vault ready api={core.api_url} proxy={proxy} key-mode={unlocked.key_mode}", flush=True
             )
