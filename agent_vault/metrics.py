@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, Histogram, ProcessCollector
 
 
 class Metrics:
@@ -13,6 +13,8 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        GCCollector(registry=r)  # python_gc_*: collections per generation (gcpolicy's effect)
+        ProcessCollector(registry=r)  # process_*: RSS, CPU seconds, open descriptors (Linux)
         self.requests = Counter(
             "agent_vault_proxy_requests",
             "Proxied requests",

@@ -20,7 +20,7 @@ from typing import Any
 import click
 import typer
 
-from agent_vault import __version__
+from agent_vault import __version__, gcpolicy
 from agent_vault.cli.output import out
 from agent_vault.config import default_home
 from agent_vault.errors import AgentVaultError
@@ -248,7 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         args = extract_globals(args)
-        command = build_command()
+        with gcpolicy.paused():  # imports only: nothing to collect yet
+            command = build_command()
         rc = command.main(args=args, prog_name=PROG, complete_var=COMPLETE_VAR, standalone_mode=False)
         sys.exit(rc if isinstance(rc, int) else 0)
     except AgentVaultError as e:

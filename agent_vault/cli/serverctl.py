@@ -20,6 +20,7 @@ from typing import Annotated
 
 import typer
 
+from agent_vault import gcpolicy
 from agent_vault.cli import G, app
 from agent_vault.cli.client import Client
 from agent_vault.cli.output import out
@@ -174,6 +175,7 @@ def server(
     if detach:
         _detach(home, options, password_stdin, settings.database_url)
         return
+    gcpolicy.hold_until_ready()  # start-up's objects live for the run: no collections until ready
     from agent_vault import server as srv
     from agent_vault.lifecycle import ServerLock
 
