@@ -64,6 +64,19 @@ def test_decide_and_the_snapshot_load_without_the_engine_or_the_orm() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_the_cli_loads_without_the_engine_or_the_orm() -> None:
+    """Every command pays for what building the command tree imports (~0.3 s for the ORM alone):
+    the server, `logs verify --offline` and `migrate-db` import theirs when they run."""
+    code = (
+        "import sys\n"
+        "import agent_vault.cli as cli\n"
+        "cli._register()\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'mitmproxy', 'sqlmodel', 'sqlalchemy'})\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_no_module_is_over_450_lines() -> None:
     long = {
         str(p.relative_to(PKG)): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > 450
