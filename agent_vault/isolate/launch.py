@@ -6,7 +6,8 @@ itself (inner execs CMD in place) and forward signals to it race-free. bwrap and
 with the forwarded signals ignored (inner restores them for CMD). CMD has no controlling terminal
 (`--new-session`), so the terminal's SIGINT, SIGQUIT and SIGWINCH reach the wrapper and are forwarded;
 Ctrl-Z (SIGTSTP) stops CMD with SIGSTOP (its process group is orphaned: the kernel would drop a SIGTSTP)
-and then the wrapper itself, so the shell sees the job stopped; SIGCONT (`fg`) is forwarded.
+and, once every thread of CMD is stopped (a signal to another process takes effect asynchronously),
+the wrapper itself, so the shell sees the job stopped only when CMD is; SIGCONT (`fg`) is forwarded.
 The main thread waits in `childwait.wait_forwarding`, never in `waitpid` (signals the relay's threads take).
 Exit: CMD's code, 128+N when killed by signal N (bwrap reports it so), 125 when the sandbox did not start.
 """
@@ -44,6 +45,7 @@ FORWARDED = (
     signal.SIGCONT,
 )
 INNER = Path(__file__).with_name("inner.py")
+STOP_WAIT_S = 0.5  # how long Ctrl-Z waits for CMD's threads to stop before the wrapper stops anyway
 _UCRED = struct.Struct("iII")  # pid, uid, gid
 
 
@@ -83,12 +85,30 @@ def _handshake(
     return socks, pid
 
 
+def _all_stopped(pid: int) -> bool:
+    """Every thread of `pid` is stopped (state T/t in /proc) or gone."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+        states = [Path(f"/proc/{pid}/task/{t}/stat").read_text().rpartition(")")[2].split()[0] for t in tasks]
+    except (OSError, IndexError):
+        return True
+    return all(st in ("T", "t", "Z", "X") for st in states)  # stopped, or exited meanwhile
+
+
+def _wait_stopped(pid: int) -> None:
+    """Until `pid` is stopped, at most STOP_WAIT_S: SIGSTOP reaches each thread on its own schedule."""
+    deadline = time.monotonic() + STOP_WAIT_S
+    while not _all_stopped(pid) and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
 def run_sandboxed(prefix: list[str], argv: list[str], env: dict[str, str], routes: list[Route]) -> int:
     """Run `prefix + [python, inner, ...] + argv`; relay `routes` while it runs; the exit code."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     inner = [sys.executable, "-I", str(INNER), str(theirs.fileno()), *(str(r.inside_port) for r in routes)]
     pidfd: list[int] = []
+    cmd_pid: list[int] = []
     pending: list[int] = []
 
     def forward(signum: int, _frame: FrameType | None) -> None:
@@ -98,6 +118,7 @@ def run_sandboxed(prefix: list[str], argv: list[str], env: dict[str, str], route
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(pidfd[0], signal.SIGSTOP if signum == signal.SIGTSTP else signum)
         if signum == signal.SIGTSTP:
+            _wait_stopped(cmd_pid[0])
             os.kill(os.getpid(), signal.SIGSTOP)
 
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
@@ -124,6 +145,7 @@ def run_sandboxed(prefix: list[str], argv: list[str], env: dict[str, str], route
         listeners, pid = got
         with contextlib.suppress(ProcessLookupError):  # CMD may already be gone
             pidfd.append(os.pidfd_open(pid))
+            cmd_pid.append(pid)
         relay = Relay().start([(s, r.target) for s, r in zip(listeners, routes, strict=True)])
         for signum in pending if pidfd else ():
             forward(signum, None)

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent_vault.cli.isolate import inside_ports, plan
+from agent_vault.isolate import launch
 from agent_vault.isolate.launch import WRAPPER_FAILED, Route, run_sandboxed
 from agent_vault.isolate.relay import Relay
 from agent_vault.isolate.sandbox import (
@@ -214,3 +218,28 @@ def test_relay_stop_with_open_connections_is_silent(
     _out, err = capfd.readouterr()
     assert err == "" and relay.errors == 0
     assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []  # stderr outside pytest
+
+
+def test_ctrl_z_waits_until_every_thread_of_the_command_is_stopped() -> None:
+    """SIGSTOP to another process takes effect thread by thread; the wrapper stops itself (the shell
+    then shows the job stopped) only once CMD's threads all are, so a stopped job does no more work."""
+    script = (
+        "import threading, time\n"
+        "def spin():\n"
+        "    while True:\n"
+        "        pass\n"
+        "threading.Thread(target=spin, daemon=True).start()\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        time.sleep(0.3)
+        assert not launch._all_stopped(proc.pid)  # running: a busy thread and a sleeping one
+        os.kill(proc.pid, signal.SIGSTOP)
+        launch._wait_stopped(proc.pid)
+        assert launch._all_stopped(proc.pid)
+        assert len(os.listdir(f"/proc/{proc.pid}/task")) == 2
+    finally:
+        proc.kill()
+        proc.wait()
+    assert launch._all_stopped(proc.pid)  # gone counts as stopped: Ctrl-Z never waits for a dead CMD
