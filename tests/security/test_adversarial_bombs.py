@@ -44,9 +44,9 @@ import pytest
 import trustme
 from helpers.proxy import basic
 from helpers.upstream import TLSUpstream, UpstreamRequest, UpstreamResponse
+from helpers.wsclient import ws_via_proxy
 from security.conftest import Sweep, SweptServer, audit_rows, new_secret, start_server, value_forms
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import connect as ws_connect
 
 if sys.version_info >= (3, 14):
     from compression import zstd
@@ -400,14 +400,8 @@ def test_compressed_request_body_is_never_decoded(
 
 
 def _ws(srv: SweptServer, token: str, port: int, query: str) -> Any:
-    return ws_connect(
-        f"wss://api.upstream.test:{port}/ws?{query}",
-        ssl=ssl.create_default_context(cafile=str(srv.ca_bundle)),
-        proxy=srv.proxy_url(token),
-        open_timeout=10,
-        close_timeout=5,
-        max_size=None,
-    )
+    url = f"wss://api.upstream.test:{port}/ws?{query}"
+    return ws_via_proxy(srv.proxy_port, token, url, str(srv.ca_bundle), close_timeout=5, max_size=None)
 
 
 def test_websocket_history_is_not_kept(srv: SweptServer, hostile: Hostile, token: str, rss: RssWatch) -> None:

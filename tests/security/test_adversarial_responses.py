@@ -9,7 +9,6 @@ hygiene both ways. Every kind of denial leaves a fresh upstream without a single
 from __future__ import annotations
 
 import json
-import ssl
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +16,7 @@ import httpx
 import pytest
 import trustme
 from helpers.proxy import basic
+from helpers.wsclient import ws_via_proxy
 from security.conftest import (
     Forger,
     Sweep,
@@ -28,7 +28,6 @@ from security.conftest import (
     start_server,
     value_forms,
 )
-from websockets.sync.client import connect as ws_connect
 
 V: dict[str, str] = {}
 BEARER = {"type": "bearer", "token": "BEARER_KEY"}
@@ -159,14 +158,8 @@ def test_substituted_placeholders_are_redacted_when_echoed(srv: SweptServer, up:
 def test_reflected_credentials_are_redacted_in_websocket_messages(
     srv: SweptServer, up: Forger, token: str
 ) -> None:
-    ctx = ssl.create_default_context(cafile=str(srv.ca_bundle))
-    with ws_connect(
-        f"wss://api.upstream.test:{up.port}/ws",
-        ssl=ctx,
-        proxy=srv.proxy_url(token),
-        open_timeout=10,
-        close_timeout=2,
-    ) as ws:
+    url = f"wss://api.upstream.test:{up.port}/ws"
+    with ws_via_proxy(srv.proxy_port, token, url, str(srv.ca_bundle), close_timeout=2) as ws:
         first = ws.recv(timeout=10)
         ws.send("{{BEARER_KEY}} " + "x" * 10)
         echoed = ws.recv(timeout=10)
