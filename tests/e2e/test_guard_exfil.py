@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import ssl
 import sys
 import time
 from collections.abc import Iterator
@@ -24,8 +23,8 @@ import trustme
 from helpers.proxy import audit_records, wait_audit
 from helpers.server import OWNER_EMAIL, OWNER_PASSWORD, ServerProc
 from helpers.upstream import TLSUpstream
+from helpers.wsclient import ws_via_proxy
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import connect as ws_connect
 
 SECRET = 'sk-Exf1l+secret/"42"-value'
 LABEL_SECRET = "sk-label-secret-0042"
@@ -187,8 +186,8 @@ def test_a_value_in_a_host_label_is_refused_before_dns_and_scrubbed(
 
 def test_a_value_in_a_websocket_message_closes_the_connection(srv: ServerProc, up: TLSUpstream) -> None:
     token = srv.make_agent("exfil-ws-bot")
-    ctx = ssl.create_default_context(cafile=str(srv.ca_bundle))
-    with ws_connect(f"wss://other.upstream.test:{up.port}/ws", proxy=srv.proxy_url(token), ssl=ctx) as ws:
+    url = f"wss://other.upstream.test:{up.port}/ws"
+    with ws_via_proxy(srv.proxy_port, token, url, str(srv.ca_bundle)) as ws:
         json.loads(ws.recv(timeout=10))
         ws.send("hello")
         assert ws.recv(timeout=10) == "hello"  # ordinary messages pass

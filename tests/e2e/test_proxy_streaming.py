@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import pytest
 import trustme
 from helpers.server import OWNER_PASSWORD, ServerProc
 from helpers.upstream import TLSUpstream, download_payload
-from websockets.sync.client import connect as ws_connect
+from helpers.wsclient import ws_via_proxy
 
 SECRET = "stream-secret-value-9999"
 SUBST = "ws-substituted-value-8888"
@@ -162,11 +161,11 @@ def test_http2_sse_is_streamed(srv: ServerProc, up: TLSUpstream, token: str) -> 
 
 def test_websocket_upgrade_is_injected_and_redacted(srv: ServerProc, up: TLSUpstream, token: str) -> None:
     up.requests_seen.clear()
-    ctx = ssl.create_default_context(cafile=str(srv.ca_bundle))
-    with ws_connect(
+    with ws_via_proxy(
+        srv.proxy_port,
+        token,
         f"wss://localhost:{up.port}/ws",
-        proxy=srv.proxy_url(token),
-        ssl=ctx,
+        str(srv.ca_bundle),
         additional_headers={"Authorization": "Bearer agent-fake"},
     ) as ws:
         hello = json.loads(ws.recv(timeout=10))
