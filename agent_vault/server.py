@@ -216,8 +216,8 @@ async def serve(
                 core.services.ca_engine = runner.prepare_ca  # `ca rotate` re-signs new connections
             app = create_app(allowed_hosts=lambda: _allowed_hosts(core))
             app.state.core = core
-            config = uvicorn.Config(
-                app, log_level="warning", lifespan="off", access_log=False, timeout_keep_alive=30
+            config = uvicorn.Config(  # ws="none": the API has no WebSocket route (and no `websockets` import)
+                app, log_level="warning", lifespan="off", access_log=False, timeout_keep_alive=30, ws="none"
             )
             server = _Server(config)
             task = asyncio.create_task(server.serve(sockets=[api_sock]))

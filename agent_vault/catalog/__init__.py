@@ -13,7 +13,6 @@ import re
 from importlib import resources
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["CatalogEntry", "get_template", "load_catalog"]
@@ -94,6 +93,8 @@ class CatalogEntry(BaseModel):
 @functools.cache
 def _entries() -> tuple[CatalogEntry, ...]:
     text = resources.files(__name__).joinpath(_CATALOG_FILE).read_text(encoding="utf-8")
+    import yaml  # here, not at import: the server loads the catalog only when it is asked for
+
     data = yaml.safe_load(text)
     if not isinstance(data, dict) or not isinstance(data.get("templates"), list):
         raise ValueError(f"{_CATALOG_FILE}: expected a mapping with a 'templates' list")

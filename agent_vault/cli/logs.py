@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
-from rich.cells import cell_len, set_cell_size
 
 from agent_vault.cli import G, app
 from agent_vault.cli.client import ApiError, Client
@@ -140,6 +139,8 @@ def _visible(rec: dict[str, Any], show_all: bool) -> bool:
 
 def _fit(text: str, width: int) -> str:
     """`text` cut to `width` terminal cells, an ellipsis marking the cut."""
+    from rich.cells import cell_len, set_cell_size  # here: the server process imports this module
+
     if cell_len(text) <= width:
         return text
     if width <= 1:
@@ -164,6 +165,8 @@ def _lines(records: list[dict[str, Any]], width: int | None = None) -> list[str]
     field is made inert (newlines included) before it is measured or cut, so a record can neither drive
     the terminal nor forge a second line. Compact below WIDE columns: `seq HH:MM:SS actor what target
     status`; wider terminals get the full time and actor, the service and the keys."""
+    from rich.cells import cell_len
+
     width = _width() if width is None else width
     wide = width >= WIDE
     cells: list[tuple[str, str, str, str, str, str]] = []

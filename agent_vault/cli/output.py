@@ -20,13 +20,13 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from agent_vault.errors import AgentVaultError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 # What a terminal could act on: C0, DEL, C1, lone surrogates (unprintable: they would crash the print),
 # bidi embeddings/overrides/isolates and marks, and the Unicode line/paragraph separators.
@@ -75,11 +75,15 @@ class Out:
     json_mode = False
     quiet = False
 
-    def __init__(self) -> None:
-        no_color = bool(os.environ.get("NO_COLOR"))
-        kw: dict[str, Any] = {"no_color": no_color, "highlight": False, "soft_wrap": True, "emoji": False}
-        self.console = Console(markup=False, **kw)
-        self.err_console = Console(stderr=True, markup=False, **kw)
+    # The consoles (and rich) load on first use: the server process imports this module through the CLI
+    # and prints nothing with it (idle RSS, SPEC §15).
+    @cached_property
+    def console(self) -> Console:
+        return _console(stderr=False)
+
+    @cached_property
+    def err_console(self) -> Console:
+        return _console(stderr=True)
 
     def data(self, obj: Any, human: str | None = None) -> None:
         """Print `obj` as JSON (--json) or the `human` text (made inert, its own newlines kept)."""
@@ -99,6 +103,9 @@ class Out:
         if self.json_mode:
             print(json_text(obj, indent=2))
             return
+        from rich.table import Table
+        from rich.text import Text
+
         t = Table(title=Text(inert(title)) if title is not None else None)
         for c in columns:
             t.add_column(Text(inert(c)))
@@ -138,6 +145,14 @@ class Out:
                 print(json_text({"error": "error", "message": msg}), file=sys.stderr)
                 return
         print(f"error: {inert(msg)}", file=sys.stderr)
+
+
+def _console(stderr: bool) -> Console:
+    from rich.console import Console
+
+    no_color = bool(os.environ.get("NO_COLOR"))  # read at first use: `--no-color` has set it by then
+    kw: dict[str, Any] = {"no_color": no_color, "highlight": False, "soft_wrap": True, "emoji": False}
+    return Console(stderr=stderr, markup=False, **kw)
 
 
 def words(v: Any) -> str:

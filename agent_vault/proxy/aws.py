@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -118,6 +117,8 @@ def _local(tag: str) -> str:
 
 def parse_sts(body: bytes, service: str, host: str) -> tuple[AwsKeys, float]:
     """Keys and lifetime (seconds) from an AssumeRole answer, or CredentialUnavailable."""
+    import xml.etree.ElementTree as ET  # here: only AssumeRole answers need it (idle RSS)
+
     try:
         # At most 64 KiB (TokenFetch); expat never fetches external entities and (>= 2.4.1, bundled)
         # stops entity-expansion bombs.

@@ -77,6 +77,25 @@ def test_the_cli_loads_without_the_engine_or_the_orm() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_the_server_process_imports_nothing_it_does_not_run() -> None:
+    """SPEC §15's idle RSS (<= 120 MiB): the server process (the CLI's command tree, the server, the
+    engine) imports no printer (rich, pygments: the CLI loads rich on first output), no YAML (the
+    catalog loads it when asked), no XML (AWS AssumeRole answers only) and not httpx's command-line
+    client. With uvicorn's `ws="none"` (the API has no WebSocket route, so no `websockets` either, which
+    uvicorn imports at start, not at import): ~4.7 MiB of idle RSS together."""
+    code = (
+        "import sys\n"
+        "import agent_vault.cli as cli\n"
+        "cli._register()\n"
+        "import agent_vault.server, agent_vault.proxy.runner\n"
+        "heavy = {'rich', 'pygments', 'yaml', 'websockets', 'xml'}\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
+        "bad += ['httpx._main'] if sys.modules.get('httpx._main') is not None else []\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_no_module_is_over_450_lines() -> None:
     long = {
         str(p.relative_to(PKG)): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > 450
