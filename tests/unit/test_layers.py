@@ -96,6 +96,23 @@ def test_the_server_process_imports_nothing_it_does_not_run() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_the_server_command_builds_only_its_own_tree() -> None:
+    """`agent-vault server` runs for the life of its process: its command tree has the server's module
+    only (the other ~25 command modules would stay in memory for nothing), every other command the
+    whole tree."""
+    code = (
+        "import sys\n"
+        "import agent_vault.cli as cli\n"
+        "tree = cli.build_command(['server', '--port', '0'])\n"
+        "assert 'server' in tree.commands and 'vault' not in tree.commands, sorted(tree.commands)\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('agent_vault.cli.'))\n"
+        "assert loaded == ['agent_vault.cli.client', 'agent_vault.cli.loginstore', 'agent_vault.cli.output',"
+        " 'agent_vault.cli.serverctl'], loaded\n"
+        "assert {'vault', 'run', 'logs', 'init'} <= set(cli.build_command(['vault']).commands)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_no_module_is_over_450_lines() -> None:
     long = {
         str(p.relative_to(PKG)): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > 450
