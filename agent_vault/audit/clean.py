@@ -74,10 +74,17 @@ def clean_record(record: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
     replaced = [0]
     out: dict[str, Any] = {}
     for k, v in record.items():
-        if not isinstance(k, str):
+        if type(k) is str and k.isprintable():
+            kind = type(v)  # most fields of a record: printable text, numbers, None (kept as they are)
+            if (kind is str and v.isprintable()) or kind is int or kind is bool or v is None:
+                out[k] = v
+                continue
+            key = k
+        elif not isinstance(k, str):
             replaced[0] += 1
             continue
-        key = k if type(k) is str and k.isprintable() else clean_text(str(k))
+        else:
+            key = clean_text(str(k))
         out[key] = _clean(v, k == "path", replaced)
     return out, replaced[0]
 

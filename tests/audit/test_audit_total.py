@@ -117,6 +117,53 @@ def test_any_record_can_be_canonicalised_and_hashed(text: str, raw: bytes) -> No
     assert json.loads(canonical(clean)) == clean
 
 
+def _reference_clean_record(record: dict[Any, Any]) -> tuple[dict[str, Any], int]:
+    """`clean_record` field by field, without its fast lane for plain fields (the contract)."""
+    from agent_vault.audit.clean import _clean
+
+    replaced = [0]
+    out: dict[str, Any] = {}
+    for k, v in record.items():
+        if not isinstance(k, str):
+            replaced[0] += 1
+            continue
+        key = k if type(k) is str and k.isprintable() else clean_text(str(k))
+        out[key] = _clean(v, k == "path", replaced)
+    return out, replaced[0]
+
+
+class _Str(str):
+    """A str subclass: never on the fast lane (its key is rebuilt as plain text)."""
+
+
+_values = st.one_of(
+    st.text(max_size=12),
+    st.binary(max_size=12).map(wire),
+    st.integers(),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.lists(st.text(max_size=4), max_size=3),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+    st.builds(_Str, st.text(max_size=6)),
+)
+_keys = st.one_of(
+    st.sampled_from(["path", "method", "host", "status"]),
+    st.text(max_size=8),
+    st.binary(max_size=6).map(wire),
+    st.integers(),
+    st.builds(_Str, st.sampled_from(["path", "x"])),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(_keys, _values, max_size=8))
+def test_clean_record_fast_lane_changes_nothing(record: dict[Any, Any]) -> None:
+    got, want = clean_record(record), _reference_clean_record(record)
+    assert got == want and list(got[0]) == list(want[0])  # same fields, same order, same count replaced
+    assert [type(v) for v in got[0].values()] == [type(v) for v in want[0].values()]  # True is not 1
+
+
 def test_clean_record_replaces_what_json_cannot_hold() -> None:
     rec: dict[Any, Any] = {
         "kind": "x",

@@ -81,7 +81,13 @@ class IndexedHeaders(http.Headers):
         return index
 
     def _lookup(self, name: str | bytes) -> list[str] | None:
-        return self._built().get(_key(name))
+        # `_built()` and `_key(name)` inlined for the common case (index built, name memoised): the hooks
+        # and the connection loop ask ~40 names per request
+        index = self._index
+        if index is None:
+            index = self._built()
+        key = _KEYS.get(name) if type(name) is str else None
+        return index.get(key if key is not None else _key(name))
 
     def _patch(self, fields: tuple[tuple[bytes, bytes], ...], key: bytes, values: list[bytes]) -> None:
         """Set `fields` after a write that touched only name `key`, whose values are now `values`."""
