@@ -57,7 +57,9 @@ def canonical(record: Mapping[str, Any]) -> str:
 
     Raises TypeError/ValueError for values JSON cannot represent exactly (objects, NaN, infinity).
     """
-    body = {k: v for k, v in record.items() if k != "hash"}
+    body = record  # no copy when there is nothing to leave out (the writer's case: ~3 us of ~12 per record)
+    if "hash" in record or type(record) is not dict:
+        body = {k: v for k, v in record.items() if k != "hash"}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
