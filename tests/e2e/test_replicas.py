@@ -70,7 +70,10 @@ def _status(srv: ServerProc, token: str, port: int) -> int:
     try:
         return _get(srv, token, port).status_code
     except httpx.ProxyError:
-        return _refusal(srv, token, port).status
+        refused = _refusal(srv, token, port).status
+        # 200: refused, then accepted when asked again (the replica caught up in between). No request
+        # went through, so it is no answer to report (0): callers waiting for 200 or a refusal ask again.
+        return 0 if refused == 200 else refused
 
 
 def _refusal(srv: ServerProc, token: str, port: int) -> Resp:
