@@ -212,11 +212,12 @@ class Exchange:
     async def _answer(self) -> bool:
         """Send a response the proxy set itself (refusal or failure) after the `response` hook."""
         flow = self.flow
-        self.addon.response(flow)
+        self.addon.response_checked(flow)
         resp = flow.response
         assert resp is not None
         self.sent = True
         self.client.write(response_bytes(resp))
+        self.addon._finish(flow)  # audited right after the write: no await in between
         await self.client.drain()
         return self.body_read and not connection_close(resp)
 
@@ -278,7 +279,7 @@ class Exchange:
                     raise Abort("stream failed")
             else:
                 await self._buffer_response(ureader, rsize)
-                self.addon.response(flow)
+                self.addon.response_checked(flow)
                 if _killed(flow):
                     raise Abort("killed at response")
                 resp = flow.response
@@ -288,6 +289,7 @@ class Exchange:
                 body = _frame(resp.raw_content, chunked) if resp.raw_content else b""
                 end = b"0\r\n\r\n" if chunked else b""
                 self.client.write(b"".join((response_head_bytes(resp), body, end)))  # one TLS record
+                self.addon._finish(flow)  # audited right after the write: no await in between
                 chunked = False  # the end is sent
         except (BodyBroken, UpstreamFailed):
             flow.error = mflow.Error("Server connection error: the body was cut")
