@@ -7,18 +7,35 @@ through agent-vault the injected credential comes back in the body and response 
 (the check below requires `[REDACTED` and no secret in what the client gets). Scenarios: keep-alive c=1 and
 c=16, new connections c=16, a 10 MiB download, idle RSS, proxy CPU µs/request; interleaved rounds, medians.
 The issue's targets are judged in `targets`; `render` gives the markdown section.
+
+A fifth column, the **relay floor** (`bench/relay.py`): the least a Python TLS-intercepting proxy does
+(CONNECT, TLS on both sides with the standard library, one header added, nothing checked), so the fast
+path's cost reads against what transport alone costs on this machine. It runs every scenario but HTTP/2.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import report
 from .agentvault import AgentVault, start_agent_vault
-from .common import BENCH_HOST, CORES, SECRET, BenchError, log, pin_threads, read_status_kb
+from .common import (
+    BENCH,
+    BENCH_HOST,
+    CORES,
+    SECRET,
+    BenchError,
+    free_port,
+    log,
+    pin_threads,
+    read_status_kb,
+    spawn,
+    wait_port,
+)
 from .loadgen import Column, check, common_args, loadgen, med, summarize
 
 ECHO = "/echo"
@@ -31,9 +48,10 @@ SERVERS = {  # column -> server flags
 SCEN = {"ka1": ("keep-alive c=1", 1, False), "ka16": ("keep-alive c=16", 16, False)}
 SCEN["nc16"] = ("new connection c=16", 16, True)
 SCEN["h2ka16"] = ("HTTP/2 keep-alive c=16", 16, False)  # loadgen -h2: Go's client, offers h2 + http/1.1
-KEYS = ("direct", "mitmdump", "av-fast-off", "av-fast-on", "av-fast-h1")
+KEYS = ("direct", "relay", "mitmdump", "av-fast-off", "av-fast-on", "av-fast-h1")
 LABELS = {
     "direct": "direct",
+    "relay": "relay floor",
     "mitmdump": "plain mitmdump",
     "av-fast-off": "agent-vault --fast-path off",
     "av-fast-on": "agent-vault --fast-path on",
@@ -68,6 +86,7 @@ def start(r: Any) -> FastPath:
     for key in ("direct", "mitmdump"):
         if key in r.cols:
             fp.cols[key] = r.cols[key]
+    _start_relay(r, fp)
     for key in [k for k in fp.cols if k.startswith("av-fast")]:
         res = check(fp.cols[key], r.ngx_port, ECHO)
         fp.checks[key] = {k: v for k, v in res.items() if k != "tls"}
@@ -77,6 +96,24 @@ def start(r: Any) -> FastPath:
             log(f"{key} column failed: {fp.errors[key]}")
             fp.cols.pop(key)
     return fp
+
+
+def _start_relay(r: Any, fp: FastPath) -> None:
+    """The relay floor column (bench/relay.py), on the proxy core like the proxies."""
+    port = free_port()
+    pki = r.pki
+    cmd = [sys.executable, str(BENCH / "relay.py"), str(port), pki["cert"], pki["key"], pki["ca"], SECRET]
+    proc = spawn("relay", cmd, r.work / "relay.log", "proxy")
+    try:
+        wait_port(port, 15, proc)
+    except BenchError as e:
+        fp.errors["relay"] = str(e)
+        log(f"relay column failed: {e}")
+        return
+    scen = [s for s in SCEN if not s.startswith("h2")]  # it speaks HTTP/1.1 only
+    fp.cols["relay"] = Column(
+        "relay", LABELS["relay"], BENCH_HOST, f"http://127.0.0.1:{port}", proc, scen, [pki["ca"]]
+    )
 
 
 def idle_rss(fp: FastPath) -> None:
@@ -109,6 +146,8 @@ def measure(r: Any, fp: FastPath) -> dict[str, Any]:
             order = keys[rnd % len(keys) :] + keys[: rnd % len(keys)]
             for key in order:
                 col = fp.cols[key]
+                if col.scenarios and scen not in col.scenarios:
+                    continue
                 if not col.alive():
                     raw[key][scen].append({"error": "proxy process exited"})
                     continue
@@ -227,8 +266,10 @@ def render(res: dict[str, Any] | None) -> list[str]:
         L.append(f"**{k} column failed:** {e}\n")
     if not keys:
         return L
-    L.append("| metric | " + " | ".join(LABELS[k] for k in keys) + " | on / off | on / mitmdump |")
-    L.append("|---" + "|---:" * (len(keys) + 2) + "|")
+    L.append(
+        "| metric | " + " | ".join(LABELS[k] for k in keys) + " | on / off | on / mitmdump | on / floor |"
+    )
+    L.append("|---" + "|---:" * (len(keys) + 3) + "|")
 
     def row(label: str, vals: list[Any], nd: int = 0, rat: bool = True) -> None:
         by = dict(zip(keys, vals, strict=True))
@@ -237,9 +278,10 @@ def render(res: dict[str, Any] | None) -> list[str]:
             cells += [
                 report.fmt(report.ratio(by.get("av-fast-on"), by.get("av-fast-off")), 2, " ×"),
                 report.fmt(report.ratio(by.get("av-fast-on"), by.get("mitmdump")), 2, " ×"),
+                report.fmt(report.ratio(by.get("av-fast-on"), by.get("relay")), 2, " ×"),
             ]
         else:
-            cells += ["", ""]
+            cells += ["", "", ""]
         L.append(f"| {label} | " + " | ".join(cells) + " |")
 
     for s, (label, _, _) in SCEN.items():
@@ -264,7 +306,7 @@ def render(res: dict[str, Any] | None) -> list[str]:
     row("max load on the proxy core from other processes, %", fl, rat=False)
     by_path = res.get("served_by_path", {})
     paths = [", ".join(f"{p}: {n:,}" for p, n in sorted(by_path.get(k, {}).items())) for k in keys]
-    L.append("| requests served, by path (/metrics) | " + " | ".join(paths) + " |  |  |")
+    L.append("| requests served, by path (/metrics) | " + " | ".join(paths) + " |  |  |  |")
     L.append("")
     L.append("| issue #24 target (`--fast-path on`) | goal | measured | result | note |")
     L.append("|---|---|---|---|---|")
