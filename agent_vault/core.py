@@ -38,6 +38,8 @@ class Services:
     login_limiter: FailureLimiter | None = None
     proposal_gauge_vaults: set[str] = field(default_factory=set)  # label sets of the pending gauge
     holds: HoldManager | None = None  # approval holds (issue 19); None: no proxy in this process
+    # the proxy's open client connections bound to a token id (loop thread only); None: no proxy
+    open_connections: Callable[[int], int] | None = None
     notifier: Notifier | None = None  # webhooks (issue 19); None: no --notify-url
     # CA rotation, proxy side: prepares the engine for a new CA (may raise; changes nothing) and returns
     # the call that switches new TLS connections to it (cannot fail). None without a proxy.

@@ -117,6 +117,10 @@ class SessionRenew(Body):
     ttl_seconds: int | None = None
 
 
+class SessionSettle(Body):
+    wait_seconds: float = Field(2.0, ge=0, le=10)
+
+
 class InviteCreate(StepUp):
     email: str
     role: str = "member"

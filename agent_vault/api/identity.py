@@ -17,6 +17,7 @@ from agent_vault.schemas import (
     LoginIn,
     SessionCreate,
     SessionRenew,
+    SessionSettle,
     StepUp,
     UserRole,
 )
@@ -126,6 +127,11 @@ def list_sessions(core: CoreDep, p: PrincipalDep, vault: str = "default") -> J:
 @router.post("/v1/sessions/{sid}/renew")
 def renew_session(sid: RowId, body: SessionRenew, core: CoreDep, p: PrincipalDep) -> J:
     return sessions.renew_session(core, p, sid, body.ttl_seconds)
+
+
+@router.post("/v1/sessions/{sid}/settle")
+async def settle_session(sid: RowId, body: SessionSettle, core: CoreDep, p: PrincipalDep) -> J:
+    return await sessions.settle_session(core, p, sid, body.wait_seconds)
 
 
 @router.delete("/v1/sessions/{sid}", status_code=204)

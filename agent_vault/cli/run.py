@@ -372,7 +372,8 @@ def run_command(
 
 UNMATCHED = ("tunnel", "unmatched_passthrough")  # the proxy let the request through, injecting nothing
 MAX_HOSTS_REPORTED = 10
-SETTLE_SECONDS = 0.5  # the audit writer commits every 0.2 s; a tunnel's record is written when it closes
+SETTLE_SECONDS = 0.5  # without the settle call (older server): the audit writer commits every 0.2 s
+SETTLE_WAIT_SECONDS = 3.0  # the most the server waits for the child's connections to close
 
 
 def _latest_seq(c: Client, vault: str) -> int | None:
@@ -412,7 +413,7 @@ def _report_unmatched(c: Client, session: RunSession, start_seq: int | None) -> 
     """Once, after the child exits: one stderr line per host it reached that matched no service."""
     if session.session_id is None or start_seq is None:
         return
-    time.sleep(SETTLE_SECONDS)  # let records still in the audit queue land
+    _settle(c, session)
     try:
         hosts = unmatched_hosts(c, session, start_seq)
     except (AgentVaultError, KeyError, TypeError, ValueError):
@@ -424,6 +425,17 @@ def _report_unmatched(c: Client, session: RunSession, start_seq: int | None) -> 
         )
     if len(hosts) > MAX_HOSTS_REPORTED:
         out.info(f"agent-vault: ... and {len(hosts) - MAX_HOSTS_REPORTED} more (see 'agent-vault logs')")
+
+
+def _settle(c: Client, session: RunSession) -> None:
+    """Wait until the server has closed the child's proxy connections and committed their audit
+    records (a tunnel's record is written when it closes); a fixed pause if the server cannot say."""
+    try:
+        if session.child:  # the outer session may not act on it; the session itself may
+            c = Client(c.addr, G.home, token=session.token)
+        c.post(f"/v1/sessions/{session.session_id}/settle", {"wait_seconds": SETTLE_WAIT_SECONDS})
+    except AgentVaultError:
+        time.sleep(SETTLE_SECONDS)
 
 
 def _revoke(c: Client, session: RunSession | None) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -263,6 +265,32 @@ def renew_session(
         s.add(r)
     core.runtime.reload(vaults=False)
     return {"id": session_id, "expires_at": iso(expires)}
+
+
+def _open_connections(core: Core, session_id: int) -> int:
+    count = core.services.open_connections
+    return count(session_id) if count is not None else 0
+
+
+async def settle_session(core: Core, p: Principal, session_id: int, wait_seconds: float) -> dict[str, Any]:
+    """Wait, at most `wait_seconds`, until no proxy connection of the session is open and the audit
+    writer has committed every record accepted so far: then the session's requests are all in the
+    log (`vault run` reads them after its child exits). On the server's loop, which is the proxy's:
+    the store read and the flush run in threads. `settled` False: the wait ran out."""
+    await asyncio.to_thread(_load, core, p, session_id)
+    deadline = time.monotonic() + wait_seconds
+    still_open = _open_connections(core, session_id)
+    while still_open and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+        still_open = _open_connections(core, session_id)
+    for _ in range(3):  # a fast-path exchange cancelled by the hang-up writes its record on its next step
+        await asyncio.sleep(0)
+    try:
+        await asyncio.to_thread(core.audit.flush, max(0.1, deadline - time.monotonic()))
+        flushed = True
+    except (TimeoutError, RuntimeError):
+        flushed = False
+    return {"id": session_id, "settled": flushed and not still_open, "open_connections": still_open}
 
 
 def revoke_session(core: Core, p: Principal, session_id: int) -> None:

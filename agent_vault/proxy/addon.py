@@ -99,6 +99,7 @@ class VaultAddon:
 
         self._on_reload = on_reload
         self.core.runtime.listeners.append(on_reload)
+        self.core.services.open_connections = self.connections.bound_to
         self._flusher = loop.create_task(self._flush_usage())
 
     async def _flush_usage(self) -> None:
@@ -114,6 +115,7 @@ class VaultAddon:
                 incident(e)
 
     def done(self) -> None:
+        self.core.services.open_connections = None
         if self._flusher is not None:
             self._flusher.cancel()
         try:

@@ -65,6 +65,14 @@ class Connections:
     def get(self, client_id: str) -> ConnState | None:
         return self.table.get(client_id)
 
+    def bound_to(self, token_id: int) -> int:
+        """How many open client connections are bound to the token with this id."""
+        return sum(
+            1
+            for st in self.table.values()
+            if st.ident is not None and st.ident.principal.token_id == token_id
+        )
+
     # ---- lifecycle ------------------------------------------------------------------------------
     def connected(self, client: connection.Client) -> None:
         """Pre-auth bounds: over `max_unauthenticated` the connection is closed unread; each one gets
