@@ -107,6 +107,9 @@ class _NoHooks:
     def response(self, flow: http.HTTPFlow) -> None:
         pass
 
+    def response_checked(self, flow: http.HTTPFlow) -> None:
+        pass
+
     def error(self, flow: http.HTTPFlow) -> None:
         pass
 
