@@ -327,6 +327,31 @@ def _always_removed(extra: frozenset[str], keep_framing: bool) -> frozenset[str]
     return (HOP_BY_HOP | extra) - (_FRAMING if keep_framing else frozenset())
 
 
+@functools.lru_cache(maxsize=256)
+def _removed_keys(extra: frozenset[str], keep_framing: bool) -> frozenset[bytes] | None:
+    """`_always_removed` as index keys (ASCII lower-case bytes); None if a name is not ASCII (only the
+    general path compares such names as mitmproxy does, latin-1 lower-cased)."""
+    names = _always_removed(extra, keep_framing)
+    return frozenset(n.encode() for n in names) if all(n.isascii() for n in names) else None
+
+
+def _strip_indexed(headers: Any, extra: Collection[str], keep_framing: bool) -> bool:
+    """The fast path's common case, on index keys: no Connection and no TE field, so only the fixed
+    names (and `X-Agent-Vault-*`) go. An index key is the name ASCII-lower-cased, and latin-1 text
+    lower-cases no non-ASCII letter to ASCII, so comparing keys to ASCII names is the general path's
+    comparison. False: not this case (the caller takes the general path)."""
+    keys = headers.index_keys()
+    if b"connection" in keys or b"te" in keys:
+        return False
+    removed = _removed_keys(frozenset(extra), keep_framing)
+    if removed is None:
+        return False
+    gone = [k for k in keys if k in removed or k.startswith(b"x-agent-vault-")]
+    if gone:
+        headers.drop_keys(gone)
+    return True
+
+
 def _removal(
     lows: list[str], values: Callable[[str], list[str]], extra: Collection[str], keep_framing: bool
 ) -> tuple[frozenset[str], bool]:
@@ -347,6 +372,8 @@ def _strip_fields(headers: Any, extra: Collection[str], keep_framing: bool) -> N
     """`_strip` over mitmproxy's raw `Headers.fields` in one pass (every Mapping lookup on them
     is a scan of all fields); the fields are replaced only if something is removed. Headers with a
     name index (the fast path's) are asked for their names and drop fields by name, keeping the index."""
+    if hasattr(headers, "index_keys") and _strip_indexed(headers, extra, keep_framing):
+        return
     fields: tuple[tuple[bytes, bytes], ...] = headers.fields
     indexed: dict[bytes, str] | None = headers.index_names() if hasattr(headers, "index_names") else None
     lows = list(indexed.values()) if indexed is not None else [n.decode("latin-1").lower() for n, _ in fields]

@@ -100,6 +100,10 @@ class IndexedHeaders(http.Headers):
         else:
             index.pop(key, None)
 
+    def index_keys(self) -> Iterable[bytes]:
+        """Each name present, as its index key (ASCII lower-case bytes); a view: copy before writing."""
+        return self._built().keys()
+
     def index_names(self) -> dict[bytes, str]:
         """Each name present, as its index key (ASCII lower-case bytes) -> the key as latin-1 text,
         lower-cased (how `inject` compares names: `field_name.decode("latin-1").lower()`)."""
