@@ -389,6 +389,8 @@ def _strip_fields(headers: Any, extra: Collection[str], keep_framing: bool) -> N
         if gone:
             headers.drop_keys(gone)
         return
+    if indexed is not None:  # `lows` has one entry per name there; a websocket handshake needs one per field
+        lows = [n.decode("latin-1").lower() for n, _ in fields]
     kept = [
         f
         for f, low in zip(fields, lows, strict=True)

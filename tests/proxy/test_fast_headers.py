@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from mitmproxy import http
 
@@ -154,6 +154,12 @@ HYGIENE_FIELDS = st.tuples(
     injected=st.lists(st.sampled_from(["Authorization", "x-custom", "X-Api-Key"]), max_size=2),
     keep_framing=st.booleans(),
     cookies=st.booleans(),
+)
+@example(  # a repeated name and a websocket handshake: the general path once zipped fields with names
+    fields=[(b"Host", b"1"), (b"Host", b"1"), (b"Connection", b"Upgrade"), (b"Upgrade", b"websocket")],
+    injected=[],
+    keep_framing=False,
+    cookies=False,
 )
 def test_header_hygiene_strips_indexed_headers_like_headers(
     fields: list[tuple[bytes, bytes]], injected: list[str], keep_framing: bool, cookies: bool
