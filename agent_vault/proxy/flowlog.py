@@ -214,13 +214,13 @@ class FlowLog:
         else:
             self._submit_finished(flow, fs, decision, status, error, elapsed)
         m = self.metrics
-        m.child(m.requests, vault or "", decision, status_class(status)).inc()
-        m.child(m.requests_by_path, fs.served).inc()
-        m.child(m.duration, decision).observe(elapsed)
+        m.requests.inc((vault or "", decision, status_class(status)))
+        m.requests_by_path.inc((fs.served,))
+        m.duration.observe((decision,), elapsed)
         if decision == "injected" and svc is not None:
-            m.child(m.injections, vault or "", svc.auth.type).inc()
+            m.injections.inc((vault or "", svc.auth.type))
         if fs.redacted:
-            m.child(m.redactions, vault or "").inc()
+            m.redactions.inc((vault or "",))
 
     def _submit_finished(
         self,

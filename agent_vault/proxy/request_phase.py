@@ -137,7 +137,7 @@ class RequestPhase:
         host_header = url.hostport(req.scheme, host, port)
         if req.host_header != host_header:
             req.host_header = host_header
-        self.metrics.child(self.metrics.added_latency, d.kind).observe(time.perf_counter() - fs.started)
+        self.metrics.added_latency.observe((d.kind,), time.perf_counter() - fs.started)
 
     async def _hold(
         self, flow: http.HTTPFlow, ident: Identity, svc: ServiceDef, host: str, port: int
