@@ -16,7 +16,7 @@ from agent_vault.proxy.fast import strict
 from agent_vault.proxy.fast.entry import lean_hello
 from agent_vault.proxy.fast.h1 import BodyBroken, HeadRefused, Reader
 from agent_vault.proxy.fast.session import Session
-from agent_vault.proxy.fast.tlsio import SSL, TlsPump
+from agent_vault.proxy.fast.tlsio import SSL, TlsFailed, TlsPump
 
 
 def eligible(data: bytes, offer_h2: bool = True) -> bool:
@@ -153,6 +153,57 @@ def test_reader_broken_bodies(body: bytes, size: int | None) -> None:
             await _collect(r, size)
 
     asyncio.run(go())
+
+
+def _handshaken(upstream_ca: trustme.CA) -> tuple[TlsPump, ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
+    """A server-side pump and a stdlib client, handshake done over memory BIOs."""
+    leaf = upstream_ca.issue_cert("localhost")
+    sctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    with leaf.private_key_and_cert_chain_pem.tempfile() as pem:
+        sctx.use_certificate_chain_file(pem)
+        sctx.use_privatekey_file(pem)
+    server_conn = SSL.Connection(sctx)
+    server_conn.set_accept_state()
+    pump = TlsPump(server_conn)
+    cctx = ssl.create_default_context()
+    upstream_ca.configure_trust(cctx)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = cctx.wrap_bio(inc, out, server_hostname="localhost")
+    for _ in range(10):
+        try:
+            client.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            pump.feed(out.read())
+            pump.handshake()
+            inc.write(pump.outgoing())
+    pump.feed(out.read())
+    assert pump.handshake()
+    return pump, client, inc, out
+
+
+def test_tls_pump_moves_bodies_larger_than_its_buffer_and_refuses_a_forged_record(
+    upstream_ca: trustme.CA,
+) -> None:
+    """Plaintext and ciphertext over 64 KiB (several records, more than one read buffer) arrive whole
+    and in order both ways; a record that does not authenticate ends the connection with TlsFailed."""
+    pump, client, inc, out = _handshaken(upstream_ca)
+    up = bytes(range(256)) * 1200  # 300 KiB
+    client.write(up)
+    pump.feed(out.read())
+    assert pump.plaintext() == up
+    down = b"".join(i.to_bytes(4, "big") for i in range(80_000))  # 312 KiB
+    inc.write(pump.encrypt(down))
+    got = b""
+    while len(got) < len(down):
+        got += client.read(1 << 20)
+    assert got == down
+    client.write(b"x" * 100)
+    record = bytearray(out.read())
+    record[-5] ^= 0x01  # flip a bit of the authentication tag
+    pump.feed(bytes(record))
+    with pytest.raises(TlsFailed):
+        pump.plaintext()
 
 
 def test_tls_pump_round_trip_and_close(upstream_ca: trustme.CA) -> None:

@@ -5,11 +5,18 @@ the same leaf certificate, ciphers, versions, ALPN choice and upstream verificat
 `TlsPump` only moves bytes: ciphertext in (`feed`), plaintext out (`plaintext`), plaintext in
 (`encrypt`), ciphertext out. Raises `TlsFailed` (a message naming the cause, never data) on a failed
 handshake or a broken record; `closed` is set by the peer's close_notify.
+
+Per request, the successful calls go straight to OpenSSL through pyOpenSSL's own cffi binding
+(`SSL_read`, `SSL_write`, `BIO_read`, `BIO_write`), skipping its wrappers' argument checks, per-call
+64 KiB allocation and error probe on success; a failed read or write is handed to pyOpenSSL's own
+`_raise_ssl_error`, which raises what the wrapper would have (WantRead, ZeroReturn, Error). Reads land
+in a buffer per thread and are copied out at once: two connections never share bytes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any
 
 from mitmproxy import tls as _mtls
@@ -21,6 +28,17 @@ READ_SIZE = 1 << 16
 _lib: Any = getattr(SSL, "_lib", None)
 _ffi: Any = getattr(SSL, "_ffi", None)
 _MEM_DATA: Any = getattr(_lib, "BIO_get_mem_data", None)
+_DIRECT = (
+    all(hasattr(_lib, f) for f in ("SSL_read", "SSL_write", "BIO_read", "BIO_write")) and _ffi is not None
+)
+_scratch = threading.local()  # .buf: this thread's read buffer (READ_SIZE bytes)
+
+
+def _buf() -> Any:
+    buf = getattr(_scratch, "buf", None)
+    if buf is None:
+        buf = _scratch.buf = _ffi.new("char[]", READ_SIZE)
+    return buf
 
 
 def _buffered(bio: Any) -> int:
@@ -47,14 +65,15 @@ def _verify_error(conn: Any) -> str | None:
 class TlsPump:
     """One TLS endpoint on memory BIOs (see the module docstring)."""
 
-    __slots__ = ("_from_bio", "_into_bio", "closed", "conn", "established")
+    __slots__ = ("_from_bio", "_into_bio", "_ssl", "closed", "conn", "established")
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
         self.established = False
         self.closed = False
-        # pyOpenSSL's memory BIOs (private attributes; None: `_buffered` says unknown)
+        # pyOpenSSL's SSL object and memory BIOs (private attributes; None: its wrappers only)
         self._into_bio, self._from_bio = getattr(conn, "_into_ssl", None), getattr(conn, "_from_ssl", None)
+        self._ssl = getattr(conn, "_ssl", None) if _DIRECT and self._into_bio and self._from_bio else None
 
     def handshake(self) -> bool:
         """Advance the handshake; True once established."""
@@ -71,6 +90,11 @@ class TlsPump:
 
     def feed(self, data: bytes) -> None:
         """Ciphertext received from the peer."""
+        if self._ssl is not None and type(data) is bytes and data:
+            n = _lib.BIO_write(self._into_bio, data, len(data))
+            if n == len(data):
+                return
+            data = data[n:] if n > 0 else data  # never (a memory BIO takes all): the wrapper says why
         self.conn.bio_write(data)
 
     def outgoing(self) -> bytes:
@@ -78,6 +102,11 @@ class TlsPump:
         waiting = _buffered(self._from_bio)
         if waiting == 0:
             return b""
+        if 0 < waiting <= READ_SIZE and self._ssl is not None:
+            buf = _buf()
+            n = _lib.BIO_read(self._from_bio, buf, waiting)
+            if n > 0:
+                return bytes(_ffi.buffer(buf, n)) + (self.outgoing() if n < waiting else b"")
         if waiting > 0:  # one read takes all a memory BIO holds
             return bytes(self.conn.bio_read(waiting))
         out = b""
@@ -94,11 +123,21 @@ class TlsPump:
         """All plaintext decrypted so far (b"" when none)."""
         parts: list[bytes] = []
         while not self.closed:
-            if _buffered(self._into_bio) == 0 and self.conn.pending() == 0:
+            held = _lib.SSL_pending(self._ssl) if self._ssl is not None else self.conn.pending()
+            if held == 0 and _buffered(self._into_bio) == 0:
                 break  # no ciphertext left and no decrypted bytes held (no read-ahead: a record
                 # is taken from the BIO only when SSL_read needs it), so a read would only fail
             try:
-                parts.append(self.conn.recv(READ_SIZE))
+                if self._ssl is None:
+                    parts.append(self.conn.recv(READ_SIZE))
+                    continue
+                buf = _buf()
+                n = _lib.SSL_read(self._ssl, buf, READ_SIZE)
+                if n > 0:
+                    parts.append(bytes(_ffi.buffer(buf, n)))
+                    continue
+                self.conn._raise_ssl_error(self._ssl, n)  # what `recv` raises for this result
+                break
             except SSL.WantReadError:
                 break
             except SSL.ZeroReturnError:
@@ -109,7 +148,13 @@ class TlsPump:
 
     def encrypt(self, data: bytes) -> bytes:
         """Encrypt `data`; returns the ciphertext to send."""
-        if data:
+        if data and self._ssl is not None and type(data) is bytes:
+            n = _lib.SSL_write(self._ssl, data, len(data))
+            if n <= 0:
+                self.conn._raise_ssl_error(self._ssl, n)  # what `sendall` raises for this result
+            if n < len(data):  # never (partial writes are off): the rest through the wrapper
+                self.conn.sendall(data[max(n, 0) :])
+        elif data:
             self.conn.sendall(data)
         return self.outgoing()
 
