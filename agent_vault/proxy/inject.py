@@ -336,16 +336,26 @@ def _removed_keys(extra: frozenset[str], keep_framing: bool) -> frozenset[bytes]
 
 
 def _strip_indexed(headers: Any, extra: Collection[str], keep_framing: bool) -> bool:
-    """The fast path's common case, on index keys: no Connection and no TE field, so only the fixed
-    names (and `X-Agent-Vault-*`) go. An index key is the name ASCII-lower-cased, and latin-1 text
-    lower-cases no non-ASCII letter to ASCII, so comparing keys to ASCII names is the general path's
-    comparison. False: not this case (the caller takes the general path)."""
+    """The fast path's common case, on index keys: no TE field, and a Connection field (if any) of
+    ASCII tokens that do not name `upgrade` (no websocket handshake to keep). An index key is the name
+    ASCII-lower-cased, and latin-1 text lower-cases no non-ASCII letter to ASCII, so comparing keys to
+    ASCII names is the general path's comparison. False: not this case (the general path runs)."""
     keys = headers.index_keys()
-    if b"connection" in keys or b"te" in keys:
+    if b"te" in keys:
         return False
     removed = _removed_keys(frozenset(extra), keep_framing)
     if removed is None:
         return False
+    if b"connection" in keys:
+        named = headers.get_all("connection")
+        if not all(v.isascii() for v in named):
+            return False
+        tokens = _tokens(named)
+        if "upgrade" in tokens:
+            return False
+        by_connection = tokens - _NEVER_BY_CONNECTION - (_FRAMING if keep_framing else frozenset())
+        if by_connection:
+            removed = removed | {t.encode() for t in by_connection}
     gone = [k for k in keys if k in removed or k.startswith(b"x-agent-vault-")]
     if gone:
         headers.drop_keys(gone)
