@@ -68,6 +68,24 @@ def _pieces(stream: Any, chunk: bytes) -> list[bytes]:
     return [out] if isinstance(out, bytes) else list(out)
 
 
+async def _collect(reader: Reader, size: int | None, limit: int, over: Callable[[], Exception]) -> bytes:
+    """A body read whole, at most `limit` bytes (else `over()` is raised); taken from the buffer at once
+    when it is all there (`Reader.whole`: no async generator), else from `Reader.body`."""
+    whole = reader.whole(size)
+    if whole is not None:
+        if len(whole) > limit:
+            raise over()
+        return whole
+    parts: list[bytes] = []
+    total = 0
+    async for chunk in reader.body(size):
+        total += len(chunk)
+        if total > limit:
+            raise over()
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 def _killed(flow: http.HTTPFlow) -> bool:
     return flow.error is not None and flow.error.msg == mflow.Error.KILLED_MESSAGE
 
@@ -146,15 +164,12 @@ class Exchange:
     # ---- request --------------------------------------------------------------------------------
     async def _buffer_request(self) -> None:
         limit = max(STREAM_LARGE, self.addon.core.settings.max_buffered_bytes)
-        parts: list[bytes] = []
-        total = 0
-        async for chunk in self.creader.body(self.size):
-            total += len(chunk)
-            if total > limit:
-                raise BodyTooLarge("the request body is over the limit", limit_bytes=limit)
-            parts.append(chunk)
+
+        def over() -> Exception:
+            return BodyTooLarge("the request body is over the limit", limit_bytes=limit)
+
+        self.flow.request.raw_content = await _collect(self.creader, self.size, limit, over)
         self.body_read = True
-        self.flow.request.raw_content = b"".join(parts)
 
     async def _stream_request(self, up: Upstream) -> bool:
         flow, req = self.flow, self.flow.request
@@ -305,14 +320,11 @@ class Exchange:
         resp = self.flow.response
         assert resp is not None
         limit = max(STREAM_LARGE, self.addon.core.settings.max_buffered_bytes)
-        parts: list[bytes] = []
-        total = 0
-        async for chunk in ureader.body(rsize):
-            total += len(chunk)
-            if total > limit:
-                raise UpstreamFailed("Server connection error: the response body is over the limit")
-            parts.append(chunk)
-        resp.raw_content = b"".join(parts)
+
+        def over() -> Exception:
+            return UpstreamFailed("Server connection error: the response body is over the limit")
+
+        resp.raw_content = await _collect(ureader, rsize, limit, over)
 
     def _keep(self, up: Upstream, rsize: int | None) -> bool:
         """mitmproxy's Http1Connection.mark_done, for both sides: keep the connections alive?"""

@@ -132,6 +132,16 @@ class Reader:
             raise HeadRefused(502, f"Cannot parse HTTP response: {type(e).__name__}") from None
         return resp, size
 
+    def whole(self, size: int | None) -> bytes | None:
+        """The whole body at once when its length is known and it is all in the buffer (no waiting,
+        no framing left to check), else None: what `body` would yield, without an async generator
+        (each one costs the event loop a hook and a weak reference)."""
+        if size == 0:
+            return b""
+        if size is not None and 0 < size <= len(self.buf):
+            return bytes(self.buf.maybe_extract_at_most(size))
+        return None
+
     async def body(self, size: int | None) -> AsyncIterator[bytes]:
         """The body's chunks (de-chunked), framed by the engine's reader; BodyBroken on a framing error."""
         if size == 0:
