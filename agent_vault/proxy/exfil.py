@@ -186,9 +186,25 @@ def matcher_for(view: VaultView) -> Matcher:
     return m
 
 
+_allowed: dict[int, tuple[ServiceDef, frozenset[str]]] = {}  # id(service) -> (service, its keys)
+_ALLOWED_MAX = 4096
+_NONE: frozenset[str] = frozenset()
+
+
 def allowed_keys(svc: ServiceDef | None) -> frozenset[str]:
-    """Keys a request matched to `svc` may carry: the ones the service references (none if unmatched)."""
-    return frozenset(svc.all_referenced_keys) if svc is not None else frozenset()
+    """Keys a request matched to `svc` may carry: the ones the service references (none if unmatched).
+    Memoised per service object (a snapshot's services are never changed in place: a reload builds
+    new ones; the identity check and the bound keep the memo honest and small)."""
+    if svc is None:
+        return _NONE
+    hit = _allowed.get(id(svc))
+    if hit is not None and hit[0] is svc:
+        return hit[1]
+    keys = frozenset(svc.all_referenced_keys)
+    if len(_allowed) >= _ALLOWED_MAX:
+        _allowed.clear()
+    _allowed[id(svc)] = (svc, keys)
+    return keys
 
 
 def head_blob(host: str, path: bytes, fields: Iterable[tuple[bytes, bytes]]) -> bytes:
