@@ -251,7 +251,7 @@ class BoundedWebsocketConnection(_WsConnection):  # type: ignore[misc]
     (message too big), which mitmproxy's layer relays to both peers before closing both
     connections. wsproto parses frames incrementally, so the reassembly buffer (`frame_buf`) is
     the only place a message accumulates; compression is never negotiated on intercepted
-    WebSockets (`inject.strip_*_headers`), so no inflation happens before this check."""
+    WebSockets (`hygiene.strip_*_headers`), so no inflation happens before this check."""
 
     max_message = 32 << 20  # set_websocket_limit() sets --max-buffered-bytes
 

@@ -20,7 +20,7 @@ from agent_vault.authtypes import BROKERED_AUTH_TYPES
 from agent_vault.core import Core
 from agent_vault.errors import BodyTooLarge, HoldInterrupted, RateLimited, VaultForbidden
 from agent_vault.metrics import Metrics
-from agent_vault.proxy import inject
+from agent_vault.proxy import hygiene, inject
 from agent_vault.proxy.brokered import Broker
 from agent_vault.proxy.connections import Connections, normalized_target
 from agent_vault.proxy.decide import Identity, decide, recheck
@@ -117,7 +117,7 @@ class RequestPhase:
             fs.add_secrets(svc, inj, {k: allowed[k] for k in fs.substituted})
             if "websocket" in surfaces:
                 req.headers.pop("sec-websocket-extensions", None)
-        inject.strip_request_headers(req.headers, list(inj.headers) if inj else ())
+        hygiene.strip_request_headers(req.headers, list(inj.headers) if inj else ())
         if inj is not None:
             req.path = inject.apply_injection(req.headers, req.path, inj)
         if fs.secrets:

@@ -14,7 +14,7 @@ from mitmproxy import http
 from agent_vault.audit import proxy_record
 from agent_vault.core import Core
 from agent_vault.errors import ExfiltrationBlocked
-from agent_vault.proxy import guard, inject, live
+from agent_vault.proxy import guard, hygiene, live
 from agent_vault.proxy.answers import is_proxy_answer
 from agent_vault.proxy.exfil import Finding, matcher_for, scrub
 from agent_vault.proxy.flowlog import FlowState
@@ -43,7 +43,7 @@ class ResponsePhase:
         assert resp is not None
         d = fs.decision
         svc = d.service if d is not None and d.kind in ("injected", "passthrough") else None
-        inject.strip_response_headers(resp.headers, svc is not None and not svc.effective_forward_set_cookie)
+        hygiene.strip_response_headers(resp.headers, svc is not None and not svc.effective_forward_set_cookie)
         redact_fields(resp.headers, fs)
         if resp.status_code < 200 or resp.status_code in (204, 304) or flow.request.method == "HEAD":
             return  # no body (a 101 becomes a WebSocket): nothing to stream or frame

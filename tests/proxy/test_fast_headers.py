@@ -166,7 +166,7 @@ def test_header_hygiene_strips_indexed_headers_like_headers(
 ) -> None:
     """The hooks' header hygiene drops fields by name on indexed headers (keeping the index): the
     same fields go, the same stay, in order, and every lookup after it answers as on plain Headers."""
-    from agent_vault.proxy.inject import strip_request_headers, strip_response_headers
+    from agent_vault.proxy.hygiene import strip_request_headers, strip_response_headers
 
     for strip in (
         lambda h: strip_request_headers(h, injected, keep_framing=keep_framing),

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from mitmproxy.http import Headers
 
 from agent_vault.errors import CredentialNotFound, SubstitutionError
+from agent_vault.proxy.hygiene import strip_request_headers, strip_response_headers
 from agent_vault.proxy.inject import (
     Injection,
     StreamRedactor,
@@ -20,8 +21,6 @@ from agent_vault.proxy.inject import (
     build_injection,
     redact_bytes,
     redact_text,
-    strip_request_headers,
-    strip_response_headers,
     substitute_body,
     substitute_request,
     substitute_text,

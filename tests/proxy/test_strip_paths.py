@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mitmproxy import http
 
-from agent_vault.proxy import inject
+from agent_vault.proxy import hygiene
 
 
 class MappingOnly(MutableMapping[str, str]):
@@ -85,11 +85,11 @@ def test_fast_and_generic_strip_agree(
 ) -> None:
     fast, slow = _headers(items), _headers(items)
     if request_side:
-        inject.strip_request_headers(fast, injected, keep_framing=keep_framing)
-        inject.strip_request_headers(MappingOnly(slow), injected, keep_framing=keep_framing)
+        hygiene.strip_request_headers(fast, injected, keep_framing=keep_framing)
+        hygiene.strip_request_headers(MappingOnly(slow), injected, keep_framing=keep_framing)
     else:
-        inject.strip_response_headers(fast, bool(injected), keep_framing=keep_framing)
-        inject.strip_response_headers(MappingOnly(slow), bool(injected), keep_framing=keep_framing)
+        hygiene.strip_response_headers(fast, bool(injected), keep_framing=keep_framing)
+        hygiene.strip_response_headers(MappingOnly(slow), bool(injected), keep_framing=keep_framing)
     assert _canon(fast) == _canon(slow)
     names = {k.lower() for k in fast}
     assert not any(n.startswith("x-agent-vault-") for n in names)

@@ -168,6 +168,7 @@ def _table(w: dict[str, Any]) -> dict[tuple[str, str], tuple[dict[str, str], Any
         ("POST", "/v1/sessions"): ({}, {"vault": "default", "agent": "victim-bot"}, "human"),
         ("GET", "/v1/sessions"): ({}, None, "member"),
         ("POST", "/v1/sessions/{sid}/renew"): ({"sid": sid}, {"ttl_seconds": 7 * 86400}, "human"),
+        ("POST", "/v1/sessions/{sid}/settle"): ({"sid": sid}, {"wait_seconds": 0}, "human"),
         ("DELETE", "/v1/sessions/{sid}"): ({"sid": sid}, None, "member"),
         ("GET", "/v1/users"): ({}, None, "human"),
         ("GET", "/v1/users/invites"): ({}, None, "human"),
