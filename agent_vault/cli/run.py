@@ -34,7 +34,7 @@ from agent_vault.cli.common import VaultOpt, client, exit_with, resolve_vault, v
 from agent_vault.cli.durations import parse_duration
 from agent_vault.cli.output import out
 from agent_vault.cli.runenv import build_child_env
-from agent_vault.cli.runreport import latest_seq, report_unmatched
+from agent_vault.cli.runreport import acting_client, latest_seq, report_unmatched
 from agent_vault.domain.names import check_key
 from agent_vault.errors import AgentVaultError, BadServerResponse, InvalidRequest, Unauthenticated
 from agent_vault.isolate.sandbox import probe, sandbox_certs
@@ -375,9 +375,7 @@ def _revoke(c: Client, session: RunSession | None) -> None:
     if session is None or session.session_id is None:
         return
     try:
-        if session.child:  # the outer session may not revoke it; the child revokes itself
-            c = Client(c.addr, G.home, token=session.token)
-        c.delete(f"/v1/sessions/{session.session_id}")
+        acting_client(c, session).delete(f"/v1/sessions/{session.session_id}")
     except AgentVaultError as e:
         out.warn(
             f"agent-vault: warning: could not revoke session {session.session_id} ({e.message}); "

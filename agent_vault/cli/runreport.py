@@ -21,6 +21,12 @@ SETTLE_SECONDS = 0.5  # without the settle call (older server): the audit writer
 SETTLE_WAIT_SECONDS = 3.0  # the most the server waits for the child's connections to close
 
 
+def acting_client(c: Client, session: RunSession) -> Client:
+    """The client that may act on the session: `c`, or for a child session (minted by an outer
+    session, which may not act on it) the session's own token."""
+    return Client(c.addr, G.home, token=session.token) if session.child else c
+
+
 def latest_seq(c: Client, vault: str) -> int | None:
     """The audit log's newest seq before the child runs (None: this login cannot read the vault's log)."""
     try:
@@ -76,8 +82,8 @@ def _settle(c: Client, session: RunSession) -> None:
     """Wait until the server has closed the child's proxy connections and committed their audit
     records (a tunnel's record is written when it closes); a fixed pause if the server cannot say."""
     try:
-        if session.child:  # the outer session may not act on it; the session itself may
-            c = Client(c.addr, G.home, token=session.token)
-        c.post(f"/v1/sessions/{session.session_id}/settle", {"wait_seconds": SETTLE_WAIT_SECONDS})
+        acting_client(c, session).post(
+            f"/v1/sessions/{session.session_id}/settle", {"wait_seconds": SETTLE_WAIT_SECONDS}
+        )
     except AgentVaultError:
         time.sleep(SETTLE_SECONDS)

@@ -144,10 +144,10 @@ class Reader:
 
     async def body(self, size: int | None) -> AsyncIterator[bytes]:
         """The body's chunks (de-chunked), framed by the engine's reader; BodyBroken on a framing error."""
-        if size == 0:
-            return
-        if size is not None and 0 < size <= len(self.buf):  # all here: what the length reader would take
-            yield bytes(self.buf.maybe_extract_at_most(size))
+        whole = self.whole(size)  # all here (or empty): what the length reader would take
+        if whole is not None:
+            if whole:
+                yield whole
             return
         reader: Any = _http1.make_body_reader(size)
         while True:

@@ -29,7 +29,8 @@ _lib: Any = getattr(SSL, "_lib", None)
 _ffi: Any = getattr(SSL, "_ffi", None)
 _MEM_DATA: Any = getattr(_lib, "BIO_get_mem_data", None)
 _DIRECT = (
-    all(hasattr(_lib, f) for f in ("SSL_read", "SSL_write", "BIO_read", "BIO_write")) and _ffi is not None
+    all(hasattr(_lib, f) for f in ("SSL_read", "SSL_write", "SSL_pending", "BIO_read", "BIO_write"))
+    and _ffi is not None
 )
 _scratch = threading.local()  # .buf: this thread's read buffer (READ_SIZE bytes)
 
