@@ -41,6 +41,8 @@ class Settings(BaseModel):
     audit_retention_days: int = 30
     idle_timeout: int = 900
     auth_timeout: float = Field(default=10.0, gt=0)  # proxy connections that have not authenticated
+    connect_timeout: float = Field(default=10.0, gt=0)  # upstream TCP (+ TLS on the fast path): else 504
+    first_byte_timeout: float = Field(default=600.0, gt=0)  # request sent -> response head: else 504
     max_unauthenticated: int = Field(default=512, ge=1)  # proxy connections not authenticated yet
     no_step_up: bool = False
     fast_path: bool = True  # issue 24: serve eligible HTTP/1.1 connections on the lean loop
@@ -121,6 +123,8 @@ def env_settings(**overrides: object) -> Settings:
         "audit_retention_days": "AGENT_VAULT_AUDIT_RETENTION_DAYS",
         "idle_timeout": "AGENT_VAULT_IDLE_TIMEOUT",
         "auth_timeout": "AGENT_VAULT_AUTH_TIMEOUT",
+        "connect_timeout": "AGENT_VAULT_CONNECT_TIMEOUT",
+        "first_byte_timeout": "AGENT_VAULT_FIRST_BYTE_TIMEOUT",
         "max_unauthenticated": "AGENT_VAULT_MAX_UNAUTHENTICATED",
         "fast_path": "AGENT_VAULT_FAST_PATH",
         "offer_h2": "AGENT_VAULT_OFFER_H2",

@@ -170,9 +170,14 @@ def main() -> int:
             assert check is not None and SECRET.encode() not in (check.content or b""), "not redacted"
             if a.cprofile:
                 flows, prof = _flows(a.n, base), _cprofile().Profile()
+                gc.collect()
+                gc.disable()  # as in the timed rounds: a collection would be charged to a random function
                 prof.enable()
-                await _loop(addon, flows)
-                prof.disable()
+                try:
+                    await _loop(addon, flows)
+                finally:
+                    prof.disable()
+                    gc.enable()
                 pstats.Stats(prof).sort_stats("tottime").print_stats(30)
                 return []
             times = []

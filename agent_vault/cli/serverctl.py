@@ -84,6 +84,13 @@ def server(
     max_unauthenticated: Annotated[
         int | None, typer.Option(help="Proxy connections not yet authenticated, at most (512).")
     ] = None,
+    connect_timeout: Annotated[
+        float | None, typer.Option(help="Seconds to connect to an upstream, else 504 upstream_timeout (10).")
+    ] = None,
+    first_byte_timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds from a request sent to its response head, else 504 (600)."),
+    ] = None,
     no_step_up: Annotated[bool, typer.Option(help="Throwaway instances only: no password re-entry.")] = False,
     fast_path: Annotated[
         str | None,
@@ -159,6 +166,8 @@ def server(
         "idle_timeout": idle_timeout,
         "auth_timeout": auth_timeout,
         "max_unauthenticated": max_unauthenticated,
+        "connect_timeout": connect_timeout,
+        "first_byte_timeout": first_byte_timeout,
         "no_step_up": no_step_up or None,
         "fast_path": fast_path,
         "offer_h2": offer_h2,

@@ -32,7 +32,7 @@ from agent_vault.core import Core
 from agent_vault.domain import learn
 from agent_vault.errors import AgentVaultError
 from agent_vault.metrics import Metrics
-from agent_vault.proxy import engine, inject, live
+from agent_vault.proxy import deadlines, engine, inject, live
 from agent_vault.proxy.answers import error_response
 from agent_vault.proxy.connections import Connections, ConnState
 from agent_vault.proxy.decide import Identity
@@ -73,6 +73,7 @@ class VaultAddon:
         self.connections = Connections(core, metrics, self.log, self.egress)
         self.conns = self.connections.table
         self.pinning = Pinning(self.egress)
+        self.connect_watch = deadlines.CONNECT_WATCH
         self.requests = RequestPhase(core, metrics, self.connections, self.egress)
         self.responses = ResponsePhase(core, self.requests.guard)
         self.requests.guard.on_exfiltration = lambda e: notify.exfiltration_blocked(
@@ -93,6 +94,7 @@ class VaultAddon:
         """Admin changes reload the runtime (in API threads); re-check open tunnels on the loop."""
         loop = asyncio.get_running_loop()
         engine.set_websocket_limit(self.core.settings.max_buffered_bytes)
+        deadlines.configure(self.core.settings.connect_timeout, self.core.settings.first_byte_timeout)
 
         def on_reload() -> None:
             loop.call_soon_threadsafe(self.connections.close_revoked_tunnels)
@@ -183,13 +185,25 @@ class VaultAddon:
             app["client_alpn"] = b"h2"
 
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        self.connect_watch.arm(data.client.id, data.server)  # SPEC §6 upstream_timeout (deadlines)
         await self.pinning.connect(data.server)
 
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        self.connect_watch.connected(data.server)
         self.pinning.unpin(data.server)
 
     def server_connect_error(self, data: server_hooks.ServerConnectionHookData) -> None:
+        self.connect_watch.disarm(data.server)
         self.pinning.unpin(data.server)
+
+    def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        self.connect_watch.disarm(data.server)
+
+    def tls_established_server(self, data: tls.TlsData) -> None:
+        self.connect_watch.disarm(data.conn)
+
+    def tls_failed_server(self, data: tls.TlsData) -> None:
+        self.connect_watch.disarm(data.conn)
 
     # ---- requests -------------------------------------------------------------------------------
     async def requestheaders(self, flow: http.HTTPFlow) -> None:

@@ -42,6 +42,7 @@ from mitmproxy.proxy.layers import websocket as mws
 from agent_vault.errors import AgentVaultError, BodyTooLarge
 from agent_vault.proxy import engine_compat
 from agent_vault.proxy.answers import MAX_HEAD_BYTES, error_response, h1_error_response, upstream_error
+from agent_vault.proxy.deadlines import CONNECT_TIMED_OUT, CONNECT_WATCH, FIRST_BYTE_TIMED_OUT, FirstByteWatch
 from agent_vault.proxy.engine_compat import (
     ErrorCode,
     HttpErrorHook,
@@ -68,6 +69,27 @@ class BodyOverLimit(Exception):
 
 class VaultHttpStream(mhttp.HttpStream):
     """mitmproxy's HttpStream with SPEC §5.1/§6 answers (see the module docstring)."""
+
+    _first_byte: FirstByteWatch | None = None
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        yield from super()._handle_event(event)
+        if self._first_byte is None:
+            if not self._awaiting_head():
+                return
+            self._first_byte = FirstByteWatch()
+        self._first_byte.update(self._awaiting_head, self.context.client.id, self.context.server)
+
+    def _awaiting_head(self) -> bool:
+        """The request is sent whole and no response head has come (the first-byte deadline runs)."""
+        flow: http.HTTPFlow | None = getattr(self, "flow", None)  # set at the request's headers
+        return (
+            flow is not None
+            and flow.response is None
+            and flow.error is None
+            and self.client_state == self.state_done
+            and self.server_state == self.state_wait_for_response_headers
+        )
 
     def state_stream_request_body(self, event: Any) -> layer.CommandGenerator[None]:
         try:
@@ -129,8 +151,13 @@ class VaultHttpStream(mhttp.HttpStream):
             and self.server_state == self.state_wait_for_response_headers
         ):
             req = self.flow.request
-            self.flow.error = mflow.Error(event.message)
-            self.flow.response = error_response(upstream_error(event.message, f"{req.host}:{req.port}"))
+            message = event.message
+            if self._first_byte is not None and self._first_byte.timed_out:
+                message = FIRST_BYTE_TIMED_OUT
+            elif CONNECT_WATCH.cut_handshake(self.context.client.id):  # its TLS handshake hung
+                message = CONNECT_TIMED_OUT
+            self.flow.error = mflow.Error(message)
+            self.flow.response = error_response(upstream_error(message, f"{req.host}:{req.port}"))
             yield from self.send_response()
             return
         yield from super().handle_protocol_error(event)

@@ -14,6 +14,7 @@ addon scrubs them; nothing here logs or keeps the flow.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -24,6 +25,7 @@ from mitmproxy.net.http.validate import validate_headers
 from agent_vault.errors import BadRequest, BodyTooLarge
 from agent_vault.proxy.addon import VaultAddon
 from agent_vault.proxy.answers import error_response, h1_error_response, upstream_error
+from agent_vault.proxy.deadlines import FIRST_BYTE_TIMED_OUT, Deadlines
 from agent_vault.proxy.engine import BodyOverLimit
 from agent_vault.proxy.fast.h1 import (
     BodyBroken,
@@ -84,6 +86,17 @@ async def _collect(reader: Reader, size: int | None, limit: int, over: Callable[
             raise over()
         parts.append(chunk)
     return b"".join(parts)
+
+
+async def _first_head(up: Upstream, req: http.Request) -> tuple[http.Response, int | None] | None:
+    """The response head, within the first-byte deadline (SPEC §6 upstream_timeout; the request is
+    sent whole by now): past it the upstream connection is cut and UpstreamFailed says it timed out."""
+    try:
+        async with asyncio.timeout(Deadlines.first_byte):
+            return await up.h1.response_head(req)
+    except TimeoutError:
+        up.close()
+        raise UpstreamFailed(FIRST_BYTE_TIMED_OUT) from None
 
 
 def _killed(flow: http.HTTPFlow) -> bool:
@@ -242,12 +255,12 @@ class Exchange:
         for idempotent methods only (RFC 9110 §9.2.2: a POST may have been processed)."""
         flow, req = self.flow, self.flow.request
         try:
-            got = await up.h1.response_head(req)
+            got = await _first_head(up, req)
             if got is None and resend is not None and up.served and req.method.upper() in _IDEMPOTENT:
                 up.close()
                 up = await self._upstream()
                 resend(up)
-                got = await up.h1.response_head(req)
+                got = await _first_head(up, req)
         except HeadRefused as e:
             return await self._upstream_failed(str(e) if e.status == 502 else "head over the limit")
         except UpstreamFailed as e:

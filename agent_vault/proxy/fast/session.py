@@ -25,10 +25,11 @@ from agent_vault.errors import AgentVaultError
 from agent_vault.proxy import engine
 from agent_vault.proxy.addon import VaultAddon
 from agent_vault.proxy.answers import error_response, h1_error_response
+from agent_vault.proxy.deadlines import CONNECT_TIMED_OUT, Deadlines
 from agent_vault.proxy.fast.client import ClientSide
 from agent_vault.proxy.fast.exchange import Abort, Exchange, mark_fast
 from agent_vault.proxy.fast.h1 import BodyBroken, HeadRefused, Reader, response_bytes
-from agent_vault.proxy.fast.upstream import Upstream, open_upstream
+from agent_vault.proxy.fast.upstream import Upstream, UpstreamFailed, open_upstream
 from agent_vault.proxy.flowlog import incident
 
 log = logging.getLogger("agent_vault.proxy")
@@ -56,7 +57,12 @@ class Session:
             return self.up
         if self.up is not None:
             self.up.close()
-        self.up = await open_upstream(self.addon.egress, self.context, *self.target)
+            self.up = None
+        try:
+            async with asyncio.timeout(Deadlines.connect):  # DNS, TCP and TLS (SPEC §6 upstream_timeout)
+                self.up = await open_upstream(self.addon.egress, self.context, *self.target)
+        except TimeoutError:
+            raise UpstreamFailed(f"Server connection: {CONNECT_TIMED_OUT}") from None
         return self.up
 
     async def run(self) -> None:
