@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trustme
-from helpers.proxy import wait_audit
+from helpers.proxy import RawConn, basic, wait_audit
 from helpers.server import ServerProc
 from helpers.upstream import TLSUpstream
 
@@ -133,6 +133,27 @@ def test_an_upstream_that_never_answers_is_a_504_after_the_first_byte_deadline(
     # the agent's connection goes on: the next request is served (on a fresh upstream connection)
     ok = client.get(f"https://localhost:{up.port}/echo/after")
     assert ok.status_code == 200 and ok.json()["headers"]["authorization"] == "Bearer [REDACTED:TIMEOUT_TOKEN]"
+
+
+def test_a_tunnel_to_an_upstream_that_never_connects_is_closed_after_the_connect_deadline(
+    srv: ServerProc, blackhole: int
+) -> None:
+    """A tunnel (no service on localhost:<blackhole>: the vault's tunnel policy) is answered 200 before
+    the upstream is dialled, so a dial that never completes can only end it: at the deadline, not after
+    the kernel's ~2 minutes (or the 900 s idle timeout)."""
+    token = srv.make_agent("tunnel-bot")
+    with RawConn(srv.proxy_port, timeout=30) as c:
+        r = c.connect(f"localhost:{blackhole}", {"Proxy-Authorization": basic(token)})
+        assert r.status == 200
+        t0 = time.monotonic()
+        c.send(b"\x16\x03\x01 not really a ClientHello")
+        try:
+            got = c.f.read(1)
+        except ConnectionError:
+            got = b""
+        took = time.monotonic() - t0
+    assert got == b""
+    assert DEADLINE - 0.2 <= took < DEADLINE + 5, took
 
 
 def test_an_answer_within_the_deadline_and_a_slow_upload_are_not_cut(
