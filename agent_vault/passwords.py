@@ -9,13 +9,18 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from agent_vault.keys import kdf_profile
 
-_DUMMY = "$argon2id$v=19$m=1024,t=1,p=1$c29tZXNhbHRzb21lc2FsdA$W3+Ct3dTz7N5OPtRSBzzXFs5MUe9vqFnw8XZkBIp6Ow"
-
 
 @lru_cache(maxsize=1)
 def _hasher() -> PasswordHasher:
     p = kdf_profile()
     return PasswordHasher(time_cost=p.time_cost, memory_cost=p.memory_kib, parallelism=p.parallelism)
+
+
+@lru_cache(maxsize=1)
+def _dummy() -> str:
+    """A hash at the same cost as every real one (SPEC §4.4): verifying against it for an unknown email
+    takes as long as for a real account. Made once per process (one hash's time, on the first miss)."""
+    return _hasher().hash("agent-vault: no such account")
 
 
 def hash_password(password: str) -> str:
@@ -25,6 +30,6 @@ def hash_password(password: str) -> str:
 def verify_password(stored_hash: str | None, password: str) -> bool:
     """True iff `password` matches. With no stored hash, runs a dummy verify (no timing oracle)."""
     try:
-        return _hasher().verify(stored_hash or _DUMMY, password) and stored_hash is not None
+        return _hasher().verify(stored_hash or _dummy(), password) and stored_hash is not None
     except (VerificationError, InvalidHashError):
         return False
