@@ -119,16 +119,26 @@ class Runtime:
                     grants=by_subject.get(("agent", a.id), {}),
                 )
             elif t.kind == "session" and t.vault_id in vault_name:
+                # a session is a narrowing of its creator (SPEC §3.3): it lives only while the creator is
+                # active and still holds a grant on the session's vault (an owner holds every vault)
                 if t.agent_id is not None:
                     a2 = agents.get(t.agent_id)
                     if a2 is None or a2.status != "active":
                         continue
-                    creator = f"agent:{a2.name}"
+                    creator, has_grant = (
+                        f"agent:{a2.name}",
+                        vault_name[t.vault_id] in by_subject.get(("agent", t.agent_id), {}),
+                    )
                 else:
                     u2 = users.get(t.user_id)
-                    if u2 is None:
+                    if u2 is None or t.user_id is None:
                         continue
                     creator = f"user:{u2.email}"
+                    has_grant = u2.role == "owner" or vault_name[t.vault_id] in by_subject.get(
+                        ("user", t.user_id), {}
+                    )
+                if not has_grant:
+                    continue
                 out[t.digest] = Principal(
                     "session",
                     t.id,

@@ -171,6 +171,24 @@ def test_deleted_agent_and_removed_grant_on_open_connections(srv: SweptServer, u
     _keepalive(srv, up, t2, lambda: _owner(srv, "DELETE", "/v1/agents/deleted"), "proxy_auth_required")
 
 
+def test_a_session_dies_with_its_creators_grant(srv: SweptServer, up: Forger) -> None:
+    """SPEC §3.3: a session is a narrowing of its creator. An agent whose grant on the vault is removed
+    keeps no access through the sessions it minted (open connections included)."""
+    t = srv.make_agent("minter", vaults=("default", "second"))
+    sess = srv.session(t, label="minted by an agent", ttl_seconds=3600)
+    with srv.http(sess["token"]) as c:
+        assert c.get("/v1/discover").status_code == 200
+
+    def ungrant() -> None:
+        _owner(srv, "DELETE", "/v1/vaults/default/agents/minter", json={"password": PW})
+
+    _keepalive(srv, up, sess["token"], ungrant, "proxy_auth_required")
+    with srv.http(sess["token"]) as c:
+        assert c.get("/v1/discover").status_code == 401
+    with srv.http(t) as c:  # the agent itself still works on the vault it keeps
+        assert c.get("/v1/discover", headers={"X-Vault": "second"}).status_code == 200
+
+
 def test_revoked_session_on_an_open_connection(srv: SweptServer, up: Forger) -> None:
     s = srv.session(label="to revoke")
     _keepalive(
