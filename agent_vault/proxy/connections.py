@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from mitmproxy import connection, http
 from mitmproxy.net.http import http1
@@ -42,6 +43,7 @@ class ConnState:
     relayed: ByteCounter = field(default_factory=ByteCounter)  # tunnels only
     limits: Limits | None = None  # the limiter set this connection is counted in (per vault)
     close: bool = False  # an HTTP/1 request asked for `Connection: close`: close after the response
+    expiry: asyncio.TimerHandle | None = None  # a tunnel: closes it when its token expires
 
 
 def normalized_target(host: str, port: int) -> tuple[str, int]:
@@ -96,6 +98,8 @@ class Connections:
         st = self.table.pop(client.id, None)
         if st is None:
             return
+        if st.expiry is not None:
+            st.expiry.cancel()
         self.metrics.active_connections.dec()
         if st.ident is not None:
             if st.limits is not None:
@@ -117,6 +121,7 @@ class Connections:
         flow.request.host = host  # normalised; server_connect pins the checked address
         if not mitm:
             self.metrics.active_tunnels.inc()
+            self._watch_expiry(flow.client_conn.id, st, ident)
 
     # ---- identity and limits --------------------------------------------------------------------
     def authenticate(self, proxy_auth: str | None, x_vault: str | None) -> Identity:
@@ -127,8 +132,9 @@ class Connections:
         key = (
             hashlib.sha256(proxy_auth.encode("utf-8", "surrogateescape")).hexdigest() if proxy_auth else None
         )
-        if key is not None and self.limits.auth_failures.retry_after(key):
-            raise RateLimited("too many failed proxy authentications", retry_after=60, limiter="proxy_auth")
+        wait = self.limits.auth_failures.retry_after(key) if key is not None else 0
+        if wait:  # the real wait (up to the limiter's window), so a client that honours it gets in
+            raise RateLimited("too many failed proxy authentications", retry_after=wait, limiter="proxy_auth")
         try:
             return authenticate(self.core.runtime.snapshot, proxy_auth, x_vault)
         except ProxyAuthRequired:
@@ -159,14 +165,41 @@ class Connections:
             limits = self._profiles[profile] = Limits(profile)
         return limits
 
+    def _watch_expiry(self, client_id: str, st: ConnState, ident: Identity) -> None:
+        """A tunnel relays raw bytes, so no request re-checks its token: close it when the token expires
+        (a session's TTL is the dead-man switch, SPEC §7.1), or later if it was renewed meanwhile."""
+        if st.expiry is not None:
+            st.expiry.cancel()
+            st.expiry = None
+        expires = ident.principal.expires_at
+        if expires is not None:
+            delay = max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.05
+            st.expiry = asyncio.get_running_loop().call_later(delay, self._tunnel_expired, client_id)
+
+    def _tunnel_expired(self, client_id: str) -> None:
+        st = self.table.get(client_id)
+        if st is None or st.mode != "tunnel" or st.ident is None:
+            return
+        st.expiry = None
+        try:
+            st.ident = recheck(self.core.runtime.snapshot, st.ident)
+        except AgentVaultError:
+            live.close_client(client_id)
+            return
+        self._watch_expiry(client_id, st, st.ident)  # renewed: watch the new expiry
+
     def close_revoked_tunnels(self) -> None:
         """SPEC §3.1: close the tunnels of revoked tokens (MITM'd requests are re-checked anyway)."""
         for client_id, st in list(self.table.items()):
             if st.mode == "tunnel" and st.ident is not None:
                 try:
-                    recheck(self.core.runtime.snapshot, st.ident)
+                    ident = recheck(self.core.runtime.snapshot, st.ident)
                 except AgentVaultError:
                     live.close_client(client_id)
+                    continue
+                if ident is not st.ident:  # a renewal (or a shorter life): watch the new expiry
+                    st.ident = ident
+                    self._watch_expiry(client_id, st, ident)
 
     # ---- HTTP/1 Connection: close ---------------------------------------------------------------
     def note_close(self, flow: http.HTTPFlow) -> None:

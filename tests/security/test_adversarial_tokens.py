@@ -7,13 +7,17 @@ tokens on connections that stay open; a daemon that a `vault run` child leaves b
 from __future__ import annotations
 
 import base64
+import http.client
 import os
 import secrets
 import signal
 import sqlite3
+import ssl
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -214,6 +218,29 @@ def test_expired_session_on_an_open_connection(srv: SweptServer, up: Forger) -> 
     _keepalive(srv, up, s["token"], expire, "proxy_auth_required")
     with srv.http(s["token"]) as c:
         assert c.get("/v1/discover").status_code == 401
+
+
+def test_a_tunnel_closes_when_its_session_expires(srv: SweptServer, up: Forger) -> None:
+    """SPEC §7.1: a session's TTL is the dead-man switch. A raw tunnel has no request to re-check, so it
+    is closed at the expiry itself, with no admin change to trigger it."""
+    s = srv.session(label="tunnel ttl", ttl_seconds=300)
+    with srv.raw() as conn:
+        r = conn.connect(f"localhost:{up.port}", {"Proxy-Authorization": basic(s["token"])})
+        assert r.status == 200  # localhost is no service of the vault: a raw tunnel
+        conn.start_tls("localhost", srv.upstream_ca_file)
+        hdrs = {"Host": f"localhost:{up.port}"}
+        assert conn.request("GET", "/echo/tunnel-1", hdrs).status == 200
+        db = sqlite3.connect(srv.home / "agent-vault.db", timeout=10)
+        with db:  # the session now ends in 2 s; one reload lets the proxy learn it
+            soon = (datetime.now(UTC) + timedelta(seconds=2)).strftime("%Y-%m-%d %H:%M:%S.%f")
+            db.execute("UPDATE tokens SET expires_at = ? WHERE id = ?", (soon, s["id"]))
+        db.close()
+        srv.session(label="a token change reloads the identities")
+        assert conn.request("GET", "/echo/tunnel-2", hdrs).status == 200  # not expired yet
+        time.sleep(3)  # no admin change from here on
+        with pytest.raises((ConnectionError, ssl.SSLError, http.client.HTTPException, OSError)):
+            conn.request("GET", "/echo/tunnel-3", hdrs)
+    assert "/echo/tunnel-3" not in [r["path"] for r in up.requests_seen.snapshot()]
 
 
 def test_absolute_form_keepalive_is_rechecked(srv: SweptServer, up: Forger) -> None:
