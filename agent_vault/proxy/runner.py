@@ -31,7 +31,7 @@ from mitmproxy.addons import next_layer, proxyserver, tlsconfig
 from agent_vault.errors import ConfigError, Locked, ServerStartError
 from agent_vault.home import write_private
 from agent_vault.keys import CA, write_engine_ca
-from agent_vault.proxy import dispatch, engine, reuseport
+from agent_vault.proxy import dispatch, engine, leafcerts, reuseport
 
 log = logging.getLogger("agent_vault.proxy")
 
@@ -98,6 +98,7 @@ class ProxyRunner:
         logging.getLogger("mitmproxy").setLevel(logging.ERROR)
         opts = options.Options(listen_host=self.host, listen_port=self.port, confdir=str(self.run_dir))
         engine.install()
+        leafcerts.install()
         if self.reuse_port:
             reuseport.install()
         m = master.Master(opts)
@@ -174,4 +175,5 @@ class ProxyRunner:
             await asyncio.wait_for(task, timeout=10)
         self.master, self._tls = None, None
         engine.uninstall()
+        leafcerts.uninstall()
         reuseport.uninstall()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import socket
 import ssl
 import subprocess
@@ -30,13 +31,20 @@ class Quiet:
 
 
 def _leaf_issuer(port: int, cafile: Path) -> str:
+    return _leaf(port, cafile)[0]
+
+
+def _leaf(port: int, cafile: Path) -> tuple[str, x509.Certificate]:
+    """(issuer organisation, the leaf) the proxy presents for example.com."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
         raw.sendall(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
         assert raw.recv(1024).startswith(b"HTTP/1.1 200")
         ctx = ssl.create_default_context(cafile=str(cafile))  # verification fails unless our CA signed it
         with ctx.wrap_socket(raw, server_hostname="example.com") as tls:
             cert = tls.getpeercert()
-    return str(dict(x[0] for x in cert["issuer"])["organizationName"])
+            der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return str(dict(x[0] for x in cert["issuer"])["organizationName"]), x509.load_der_x509_certificate(der)
 
 
 def test_engine_uses_the_instance_ca_and_wipes_the_key_file(
@@ -60,8 +68,10 @@ def test_engine_uses_the_instance_ca_and_wipes_the_key_file(
         async with runner:
             assert mhttp.HttpStream is engine.VaultHttpStream
             assert not (run_dir / "mitmproxy-ca.pem").exists()  # the key lived only for start-up
-            issuer = await asyncio.to_thread(_leaf_issuer, runner.port, cafile)
+            issuer, leaf = await asyncio.to_thread(_leaf, runner.port, cafile)
             assert issuer == "agent-vault"
+            # SPEC §4.3: leaves valid <= 30 days (mitmproxy's default is 199)
+            assert leaf.not_valid_after_utc - leaf.not_valid_before_utc <= datetime.timedelta(days=30)
         assert mhttp.HttpStream is not engine.VaultHttpStream
 
     asyncio.run(once())
