@@ -16,7 +16,7 @@ from agent_vault.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from agent_vault.models import Agent, Grant, Token, Vault, utcnow
 
 
-def _require_manager(p: Principal, vaults: list[str]) -> None:
+def require_manager(p: Principal, vaults: list[str]) -> None:
     """Owner, or a user who is admin of every vault the agent is (or would be) granted on."""
     p.require_user()
     if p.is_owner:
@@ -89,7 +89,7 @@ def create_agent(
             raise InvalidRequest("agent role must be proxy or member")
     if len(description) > 500:
         raise InvalidRequest("description is longer than 500 characters")
-    _require_manager(p, list(roles))
+    require_manager(p, list(roles))
     step_up(core, p, password)
     with core.store.write() as s:
         if s.exec(select(Agent).where(Agent.name == name)).first():
@@ -113,7 +113,7 @@ def create_agent(
     }
 
 
-def _vault_names(s: Session, a: Agent) -> list[str]:
+def vault_names(s: Session, a: Agent) -> list[str]:
     return [g["name"] for g in _grants(s, a.id)]
 
 
@@ -123,7 +123,7 @@ def rotate_agent(
     if not 0 <= grace_seconds <= 86400:
         raise InvalidRequest("grace must be between 0 and 86400 seconds")
     with core.store.read() as s:
-        _require_manager(p, _vault_names(s, _get(s, name)))
+        require_manager(p, vault_names(s, _get(s, name)))
     step_up(core, p, password)
     old_expiry = utcnow() + timedelta(seconds=grace_seconds)
     with core.store.write() as s:
@@ -150,7 +150,7 @@ def rotate_agent(
 def revoke_agent(core: Core, p: Principal, name: str) -> dict[str, Any]:
     with core.store.write() as s:
         a = _get(s, name)
-        _require_manager(p, _vault_names(s, a))
+        require_manager(p, vault_names(s, a))
         a.status = "revoked"
         s.add(a)
         for t in s.exec(select(Token).where(Token.agent_id == a.id, col(Token.revoked_at).is_(None))):
@@ -164,7 +164,7 @@ def revoke_agent(core: Core, p: Principal, name: str) -> dict[str, Any]:
 def delete_agent(core: Core, p: Principal, name: str) -> None:
     with core.store.write() as s:
         a = _get(s, name)
-        _require_manager(p, _vault_names(s, a))
+        require_manager(p, vault_names(s, a))
         for g in s.exec(select(Grant).where(Grant.subject_kind == "agent", Grant.subject_id == a.id)):
             s.delete(g)
         for t in s.exec(select(Token).where(Token.agent_id == a.id)):

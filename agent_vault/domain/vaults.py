@@ -9,7 +9,7 @@ from sqlmodel import func, select
 
 from agent_vault.audit import proxy_counts
 from agent_vault.core import Core
-from agent_vault.domain import holds
+from agent_vault.domain import agents, holds
 from agent_vault.domain.common import get_vault, iso, step_up
 from agent_vault.domain.names import check_email, check_vault_name
 from agent_vault.domain.principal import ROLE_RANK, Principal
@@ -198,6 +198,10 @@ def set_grant(
     with core.store.write() as s:
         v, subj_id, g = _grant(s, vault, kind, subject)
         assert v.id is not None
+        if kind == "agent":  # SPEC §3.3: admin of every vault the agent is (or would be) granted on
+            agent = s.get(Agent, subj_id)
+            assert agent is not None  # `_grant` found it by name in this transaction
+            agents.require_manager(p, sorted({vault, *agents.vault_names(s, agent)}))
         g = g or Grant(vault_id=v.id, subject_kind=kind, subject_id=subj_id, role=role)
         g.role = role
         s.add(g)

@@ -212,6 +212,36 @@ def test_grants_set_list_and_remove(api: httpx.Client) -> None:
     )
 
 
+def test_a_vault_admin_cannot_grant_an_agent_of_other_vaults(api: httpx.Client) -> None:
+    """SPEC §3.3: changing an agent's grants needs the owner, or admin of every vault the agent is (or
+    would be) granted on: an admin of one vault cannot pull another team's agent into it."""
+    _agent(api, "foreign-bot")  # granted on default
+    api.post("/v1/vaults", json={"name": "team-c"}).raise_for_status()
+    r = api.post(
+        "/v1/users/invites",
+        json={
+            "password": OWNER_PASSWORD,
+            "email": "c-admin@example.com",
+            "vaults": [{"vault": "team-c", "role": "admin"}],
+        },
+    )
+    invite = r.json()["token"]
+    r = api.post(f"/v1/invites/{invite}/accept", json={"password": "c-admin-pass-1"})
+    assert r.status_code == 201
+    alice = {"Authorization": f"Bearer {r.json()['token']}"}
+    body = {"password": "c-admin-pass-1", "role": "proxy"}
+    r = api.put("/v1/vaults/team-c/agents/foreign-bot", json=body, headers=alice)
+    assert r.status_code == 403 and r.json()["error"] == "forbidden", r.text
+    assert api.get("/v1/vaults/team-c/agents").json()["agents"] == []  # nothing half-written
+    r = api.post(
+        "/v1/agents",
+        json={"password": OWNER_PASSWORD, "name": "c-bot", "vaults": [{"vault": "team-c", "role": "proxy"}]},
+    )
+    assert r.status_code == 201
+    r = api.put("/v1/vaults/team-c/agents/c-bot", json={**body, "role": "member"}, headers=alice)
+    assert r.status_code == 200 and r.json() == {"name": "c-bot", "role": "member"}  # her own team's agent
+
+
 def test_discover_tells_agents_which_schemes_a_service_accepts(api: httpx.Client) -> None:
     """An agent learns from discover that a service refuses plain http (`insecure_scheme`) unless opted in."""
     for name, extra in (("tls-only", {}), ("plain-ok", {"allow_http": True})):
