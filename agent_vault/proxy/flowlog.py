@@ -11,6 +11,7 @@ from the wire (paths, methods, hosts) may hold any bytes: the writer escapes the
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import traceback
@@ -154,7 +155,7 @@ class FlowLog:
         if ident is None:
             self._tally(flow, decision, err.status, err.code, "CONNECT", flow.request.host)
             return
-        self.audit.submit(
+        self._submit(
             proxy_record(
                 actor=ident.principal.actor,
                 vault=ident.vault,
@@ -170,7 +171,7 @@ class FlowLog:
         )
 
     def tunnel(self, ident: Identity, target: tuple[str, int], seconds: float, relayed: ByteCounter) -> None:
-        self.audit.submit(
+        self._submit(
             proxy_record(
                 kind="proxy.tunnel",
                 actor=ident.principal.actor,
@@ -234,7 +235,7 @@ class FlowLog:
         req, d, ident = flow.request, fs.decision, fs.ident
         svc = d.service if d is not None else None
         inj = d.injection if d is not None else None
-        self.audit.submit(
+        self._submit(
             proxy_record(
                 actor=ident.principal.actor if ident is not None else "anonymous",
                 vault=ident.vault if ident is not None else None,
@@ -282,6 +283,14 @@ class FlowLog:
             host=host,
             client=str(peer[0]) if peer else None,
         )
+
+    def _submit(self, record: dict[str, Any]) -> None:
+        """Queue `record` for the audit log; with `--log-level debug`, also one log line of its fields
+        (SPEC §13). JSON with every non-ASCII and control character escaped: one line, whatever the
+        wire sent. Audit records never hold a value, so neither does the line."""
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s", record.get("kind", "proxy.request"), json.dumps(record, default=str))
+        self.audit.submit(record)
 
     def _count_denial(self, vault: str | None, err: AgentVaultError) -> None:
         if isinstance(err, RateLimited):

@@ -121,6 +121,17 @@ def test_the_day_was_audited_without_values(srv: SweptServer, day: dict[str, str
     assert not any(v in text for v in day.values())
 
 
+def test_debug_logs_a_line_per_proxied_request(srv: SweptServer, day: dict[str, str]) -> None:
+    """SPEC §13: `--log-level debug` adds one line per proxied request with the audit fields (and, as
+    everywhere, no value: `test_no_credential_value_anywhere` greps these lines too)."""
+    audited = [r for r in audit_rows(srv.home) if r.get("kind") == "proxy.request"]
+    lines = [ln for ln in srv.stderr_text().splitlines() if " proxy.request {" in ln]
+    assert len(lines) >= len(audited) > 0
+    fields = json.loads(lines[0].split(" proxy.request ", 1)[1])
+    assert {"actor", "vault", "method", "host", "path", "decision", "status"} <= set(fields)
+    assert any('"actor": "agent:day-bot"' in ln and '"decision": "injected"' in ln for ln in lines)
+
+
 def test_the_sweep_itself_can_fail(tmp_path: Path) -> None:
     """A planted value in any encoding is found: a clean sweep below means something."""
     v = new_secret("/+= &")
