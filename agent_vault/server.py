@@ -18,7 +18,7 @@ import resource
 import signal
 import socket
 import sys
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 import uvicorn
 
@@ -28,7 +28,7 @@ from agent_vault.audit import AuditWriter
 from agent_vault.config import Settings
 from agent_vault.core import Core, Services
 from agent_vault.domain.ca import follow_stored_ca
-from agent_vault.errors import ConfigError, MasterPasswordRequired
+from agent_vault.errors import ConfigError, MasterPasswordRequired, WrongMasterPassword
 from agent_vault.freshness import Freshness
 from agent_vault.holds import HoldManager
 from agent_vault.home import Home
@@ -83,7 +83,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def master_password(key_mode: str, instance_id: str, password_stdin: bool) -> str | None:
-    """SPEC §4.2 sources: env (then removed) > stdin > keyring (keyring mode) > prompt (TTY)."""
+    """SPEC §4.2 sources: env (then removed) > stdin > keyring (keyring mode); None for passwordless,
+    or when the terminal must be asked (`prompted_unlock`)."""
     if key_mode == "passwordless":
         return None
     env = keys.master_password_from_env()
@@ -106,14 +107,30 @@ def master_password(key_mode: str, instance_id: str, password_stdin: bool) -> st
         if kr:
             return kr
     if foreground_tty():
-        import getpass
-
-        return getpass.getpass("Master password: ")
+        return None  # the caller asks at the terminal (`prompted_unlock`)
     raise MasterPasswordRequired(
         "the master password is required and there is no terminal to ask for it",
         hint="Set AGENT_VAULT_MASTER_PASSWORD or pass --password-stdin; to run it in the background: "
         "'agent-vault server --detach' with one of them",
     )
+
+
+PROMPT_ATTEMPTS = 3
+
+
+def prompted_unlock[T](unlock_with: Callable[[str], T]) -> T:
+    """Ask for the master password at the terminal until `unlock_with` accepts it: 3 attempts, then its
+    WrongMasterPassword stands (SPEC §4.1)."""
+    import getpass
+
+    for attempt in range(1, PROMPT_ATTEMPTS + 1):
+        try:
+            return unlock_with(getpass.getpass("Master password: "))
+        except WrongMasterPassword:
+            if attempt == PROMPT_ATTEMPTS:
+                raise
+            print("wrong master password, try again", file=sys.stderr)
+    raise AssertionError("unreachable")
 
 
 def foreground_tty() -> bool:
@@ -330,5 +347,8 @@ def run(settings: Settings, password_stdin: bool = False, lock: ServerLock | Non
         ident = identify(settings)
         with _logging(settings.log_level):
             password = master_password(ident.key_mode, ident.instance_id, password_stdin)
-            unlocked = unlock(settings, password)
+            if password is None and ident.key_mode != "passwordless":  # at the terminal: 3 attempts
+                unlocked = prompted_unlock(lambda pw: unlock(settings, pw))
+            else:
+                unlocked = unlock(settings, password)
             asyncio.run(serve(settings, unlocked, lock=lock))

@@ -24,7 +24,7 @@ from agent_vault import gcpolicy
 from agent_vault.cli import G, app
 from agent_vault.cli.client import Client
 from agent_vault.cli.output import out
-from agent_vault.config import env_settings
+from agent_vault.config import Settings, env_settings
 from agent_vault.errors import (
     AgentVaultError,
     InvalidRequest,
@@ -232,7 +232,8 @@ def _detach_password(home: Home, password_stdin: bool, database_url: str | None)
     from agent_vault.cli.prompts import read_stdin_line
     from agent_vault.instance import identify
 
-    key_mode = identify(env_settings(home=home.root, database_url=database_url)).key_mode
+    settings = env_settings(home=home.root, database_url=database_url)
+    key_mode = identify(settings).key_mode
     if key_mode == "passwordless":
         return None
     pw = keys.master_password_from_env()
@@ -244,10 +245,17 @@ def _detach_password(home: Home, password_stdin: bool, database_url: str | None)
                 "the master password is required to start a detached server",
                 hint="Set AGENT_VAULT_MASTER_PASSWORD or pass --password-stdin",
             )
-        import getpass
-
-        pw = getpass.getpass("Master password: ")
+        pw = srv.prompted_unlock(lambda typed: _checked(settings, typed))  # 3 attempts, here
     return pw  # keyring mode without one: the server reads the keyring itself
+
+
+def _checked(settings: Settings, password: str) -> str:
+    """`password` if it unlocks the instance (WrongMasterPassword otherwise): checked before detaching,
+    so a typo is asked again at the terminal instead of failing in the background child."""
+    from agent_vault.instance import unlock
+
+    unlock(settings, password).store.close()
+    return password
 
 
 def _last_error(log: Path, offset: int) -> str:

@@ -11,6 +11,7 @@ import pytest
 import trustme
 from helpers.env import base_env
 from helpers.server import MASTER_PASSWORD, ServerProc
+from helpers.terminal import Term
 
 
 def _run(args: list[str], env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -77,6 +78,35 @@ def test_password_mode_needs_the_right_master_password(tmp_path: Path, upstream_
         assert c.get("/v1/status").json()["key_mode"] == "password"
     assert srv.stop() == 0
     assert MASTER_PASSWORD not in srv.stderr_text()
+
+
+def test_a_mistyped_master_password_is_asked_again_three_times_in_all(
+    tmp_path: Path, upstream_ca: trustme.CA
+) -> None:
+    """SPEC §4.1: `wrong master password` (exit 1; 3 prompt attempts), at a real terminal; foreground
+    and `--detach` (which checks the password before it leaves the terminal)."""
+    srv = ServerProc(tmp_path, upstream_ca, key_mode="password")
+    srv.init()
+    args = ["server", "--port", "0", "--proxy-port", "0"]
+    t = Term(args, srv.env)
+    seen = ""
+    for _ in range(3):
+        seen += t.expect("Master password:")
+        t.send("not-the-master-password")
+    rc, out = t.finish()
+    assert seen.count("wrong master password, try again") == 2, seen  # before the 2nd and 3rd prompt
+    assert rc == 1 and "error: wrong master password" in out and "try again" not in out, out
+    assert "Traceback" not in seen + out
+    t = Term([*args, "--detach"], srv.env, timeout=60)
+    t.expect("Master password:")
+    t.send("still-not-the-master-password")
+    t.expect("wrong master password, try again")
+    t.expect("Master password:")
+    t.send(MASTER_PASSWORD)  # the second attempt is right: the server starts in the background
+    rc, out = t.finish()
+    assert rc == 0, out
+    cp = _run(["server", "stop"], srv.env)
+    assert cp.returncode == 0, cp
 
 
 def test_uninitialised_home_without_tty(tmp_path: Path) -> None:
