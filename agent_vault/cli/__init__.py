@@ -251,6 +251,12 @@ def _usage_message(e: Exception) -> str:
     return msg
 
 
+def _is_run(args: list[str]) -> bool:
+    """`vault run` (or its `run` alias), whose own exit codes leave room for the child's (SPEC §7.4).
+    `args` without the global options (click does not always say which command a usage error is of)."""
+    return args[:1] == ["run"] or args[:2] == ["vault", "run"]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: maps errors to exit codes, never prints a traceback."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -270,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except (click.UsageError, _UsageError) as e:
         out.error(_usage_message(e))
-        sys.exit(2)
+        sys.exit(125 if _is_run(args) else 2)  # SPEC §7.4: bad flags of `vault run` are a wrapper failure
     except (click.ClickException, _ClickException) as e:
         out.error(e.format_message())
         sys.exit(e.exit_code if e.exit_code else 1)

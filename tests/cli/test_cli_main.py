@@ -119,6 +119,9 @@ def test_run_wrapper_failures_exit_125(capsys: pytest.CaptureFixture[str]) -> No
     assert run(capsys, "vault", "run", "--policy", "open", "--", "true")[0] == 125
     assert run(capsys, "vault", "run", "--placeholder", "lower", "--", "true")[0] == 125
     assert run(capsys, "vault", "run", "--bogus", "--", "true")[0] == 125
+    assert run(capsys, "vault", "run", "--ttl")[0] == 125  # an option without its value (click's own check)
+    assert run(capsys, "run", "--ttl")[0] == 125
+    assert run(capsys, "vault", "list", "--bogus")[0] == 2  # elsewhere a usage error stays 2
     code, _, stderr = run(capsys, "run", "--", "definitely-not-a-command-xyz")
     assert code == 127 and "command not found" in stderr
 
