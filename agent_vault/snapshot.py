@@ -17,7 +17,9 @@ from agent_vault.errors import VaultForbidden, VaultRequired
 from agent_vault.matching import ServiceIndex
 from agent_vault.servicedef import ServiceDef
 
-__all__ = ["Snapshot", "VaultView", "select_vault"]
+__all__ = ["POLICY_RANK", "Snapshot", "VaultView", "effective_policy", "select_vault"]
+
+POLICY_RANK = {"tunnel": 0, "passthrough": 1, "deny": 2}  # unmatched-host policies, loosest first
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +82,14 @@ def select_vault(vaults: Mapping[str, object], p: Principal, hint: str | None, *
     raise VaultRequired(
         "this token can use several vaults (or none): name one", hint=how_to_name, vaults=names
     )
+
+
+def effective_policy(view: VaultView, p: Principal) -> str:
+    """The one unmatched-host policy rule (SPEC §5.3, §7.1), for the proxy and discover alike: the
+    vault's policy, or a session's stricter override; a narrowed session (issue 19) reaches nothing else."""
+    if p.narrowed:
+        return "deny"
+    policy = view.unmatched_policy
+    if p.session_policy and POLICY_RANK[p.session_policy] > POLICY_RANK[policy]:
+        policy = p.session_policy
+    return policy

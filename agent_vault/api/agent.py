@@ -14,6 +14,7 @@ from agent_vault.domain.services import public
 from agent_vault.errors import NotFound, ProxyDisabled
 from agent_vault.quota import parse_quota
 from agent_vault.servicedef import SUPPORTED_AUTH_TYPES, ServiceDef
+from agent_vault.snapshot import effective_policy
 from agent_vault.usage import parse_budget
 
 router = APIRouter()
@@ -70,7 +71,8 @@ def discover_body(core: Any, vault: str, role: str, principal: Principal | None 
         "role": role,
         "services": svcs,
         "available_credentials": view.key_names(),
-        "unmatched_policy": view.unmatched_policy,
+        # what the proxy does for this principal (a session's stricter override, narrowed: deny)
+        "unmatched_policy": view.unmatched_policy if principal is None else effective_policy(view, principal),
         "enforcement": view.enforcement,
         "proposals_url": f"{base}/v1/proposals",
         "ca_url": f"{base}/v1/mitm/ca.pem",
@@ -85,12 +87,9 @@ def discover(request: Request, core: CoreDep, p: PrincipalDep) -> J:
     vault = select_vault(core, p, request.headers.get("x-vault"))
     role = p.role_on(vault) or "proxy"
     body = discover_body(core, vault, role, p)
-    if p.kind == "session" and p.session_policy:
-        body["unmatched_policy"] = p.session_policy
     if p.narrowed:  # issue 19: a narrowed session sees only what it may use
         only = p.only_services
         body["services"] = [s for s in body["services"] if only is None or s["name"] in only]
-        body["unmatched_policy"] = "deny"
         body["narrowed"] = {"services": p.only_services, "methods": p.only_methods}
     return body
 

@@ -26,9 +26,9 @@ from agent_vault.matching import Denied, Match
 from agent_vault.proxy.auth import MalformedProxyAuth, parse_proxy_authorization, token_digest
 from agent_vault.proxy.inject import Injection, build_injection
 from agent_vault.servicedef import SUPPORTED_AUTH_TYPES, ServiceDef
-from agent_vault.snapshot import Snapshot, VaultView, select_vault
+from agent_vault.snapshot import POLICY_RANK, Snapshot, VaultView, effective_policy, select_vault
 
-POLICY_RANK = {"tunnel": 0, "passthrough": 1, "deny": 2}
+__all__ = ["POLICY_RANK", "effective_policy"]  # re-exported: the rule lives in snapshot
 
 
 def _sends(result: Match | Denied | None) -> bool:
@@ -60,16 +60,6 @@ def authenticate(snapshot: Snapshot, proxy_authorization: str | None, x_vault: s
     hint = creds.vault_hint or x_vault or None
     vault = resolve_vault(snapshot, p, hint)
     return Identity(digest, p, vault, effective_policy(snapshot.vaults[vault], p))
-
-
-def effective_policy(view: VaultView, p: Principal) -> str:
-    """The vault's unmatched policy, or the session's stricter override (SPEC §7.1)."""
-    if p.narrowed:  # issue 19: a narrowed session reaches nothing else, unlisted hosts included
-        return "deny"
-    policy = view.unmatched_policy
-    if p.session_policy and POLICY_RANK[p.session_policy] > POLICY_RANK[policy]:
-        policy = p.session_policy
-    return policy
 
 
 def resolve_vault(snapshot: Snapshot, p: Principal, hint: str | None) -> str:

@@ -242,6 +242,27 @@ def test_a_vault_admin_cannot_grant_an_agent_of_other_vaults(api: httpx.Client) 
     assert r.status_code == 200 and r.json() == {"name": "c-bot", "role": "member"}  # her own team's agent
 
 
+def test_discover_reports_the_policy_the_proxy_applies_to_a_session(api: httpx.Client) -> None:
+    """A session's stricter override shows in discover; once the vault itself is stricter, the vault's."""
+    hdr = {"Authorization": f"Bearer {_agent(api, 'policy-bot')}"}
+    r = api.post("/v1/sessions", json={"unmatched_policy": "passthrough"}, headers=hdr)
+    s_hdr = {"Authorization": f"Bearer {r.json()['token']}"}
+    assert api.get("/v1/discover", headers=s_hdr).json()["unmatched_policy"] == "passthrough"
+    assert api.get("/v1/discover", headers=hdr).json()["unmatched_policy"] == "tunnel"
+    assert (
+        api.patch(
+            "/v1/vaults/default", json={"unmatched_policy": "deny", "password": OWNER_PASSWORD}
+        ).status_code
+        == 200
+    )
+    try:
+        assert api.get("/v1/discover", headers=s_hdr).json()["unmatched_policy"] == "deny"
+    finally:
+        api.patch(
+            "/v1/vaults/default", json={"unmatched_policy": "tunnel", "password": OWNER_PASSWORD}
+        ).raise_for_status()
+
+
 def test_discover_tells_agents_which_schemes_a_service_accepts(api: httpx.Client) -> None:
     """An agent learns from discover that a service refuses plain http (`insecure_scheme`) unless opted in."""
     for name, extra in (("tls-only", {}), ("plain-ok", {"allow_http": True})):
