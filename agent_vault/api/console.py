@@ -4,7 +4,9 @@ A page is an HTML shell holding no data: it names its page and vault, loads `ine
 page's own script (each under a per-response CSP nonce) and the stylesheet; the scripts fetch everything
 from the JSON API with the `av_ui` cookie, so a page grants nothing by itself. Assets are read once from
 `agent_vault/web/` and served from an allowlist (no path from the request ever reaches the filesystem).
-The approval page (`/ui/approve/...`) lives in `ui.py`.
+The approval page (`/ui/approve/...`) lives in `ui.py`. `/ui/login` and `/ui/invite` (accept an invite:
+choose a password, then logged in) are the two pages usable without a login; the invite token stays in
+the query string, which this server never logs and `Referrer-Policy: no-referrer` never sends elsewhere.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ _ETAGS = {name: '"' + hashlib.sha256(data).hexdigest()[:20] + '"' for name, data
 VAULT_SECTIONS = ("services", "credentials", "proposals", "logs", "settings")
 _TITLES = {
     "login": "Log in",
+    "invite": "Accept invite",
     "dashboard": "Dashboard",
     "agents": "Agents",
     "services": "Services",
@@ -97,6 +100,12 @@ def dashboard_page() -> HTMLResponse:
 @router.get("/ui/login", response_class=HTMLResponse)
 def login_page() -> HTMLResponse:
     return shell("login")
+
+
+@router.get("/ui/invite", response_class=HTMLResponse)
+def invite_page() -> HTMLResponse:
+    """The invite link's page (`?token=av_inv_…`): the shell never echoes the token; `invite.js` reads it."""
+    return shell("invite")
 
 
 @router.get("/ui/agents", response_class=HTMLResponse)

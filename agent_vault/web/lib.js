@@ -10,6 +10,7 @@ const AV = (() => {
   const body = document.body;
   const state = {page: body.dataset.page, vault: body.dataset.vault || "", me: null, vaults: []};
   const $ = (sel, root) => (root || document).querySelector(sel);
+  const open = ["login", "invite"].includes(state.page);  // pages used before logging in
 
   function text(value, keepLines) { return document.createTextNode(inert(value, keepLines)); }
   /** el("a", {href, class}, "text", node...): props are DOM properties; string children go through inert(). */
@@ -33,8 +34,9 @@ const AV = (() => {
   const vaultPath = (v, rest) => "/v1/vaults/" + enc(v) + (rest || "");
   const uiPath = (v, section) => "/ui/vaults/" + enc(v) + "/" + section;
 
-  async function api(method, path, bodyObj) {
-    const opt = {method: method, credentials: "same-origin", headers: {Accept: "application/json"}};
+  async function api(method, path, bodyObj, headers) {
+    const opt = {method: method, credentials: "same-origin",
+      headers: Object.assign({Accept: "application/json"}, headers)};
     if (bodyObj !== undefined) {
       opt.headers["Content-Type"] = "application/json";
       opt.body = JSON.stringify(bodyObj);
@@ -45,7 +47,7 @@ const AV = (() => {
     }
     let data = {};
     try { data = r.status === 204 ? {} : await r.json(); } catch (e) { data = {}; }
-    if (r.status === 401 && state.page !== "login" && !path.startsWith("/v1/auth/login")) toLogin();
+    if (r.status === 401 && !open && !path.startsWith("/v1/auth/login")) toLogin();
     return {ok: r.ok, status: r.status, data: data};
   }
   function why(r) {
@@ -199,7 +201,7 @@ const AV = (() => {
     const main = $("#app");
     const render = pages[state.page];
     if (!render) return;
-    if (state.page !== "login") {
+    if (!open) {
       const me = await api("GET", "/v1/auth/me");
       if (!me.ok || me.data.kind !== "user") { toLogin(); return; }
       state.me = me.data;

@@ -7,13 +7,21 @@ What the pages do is tested in a real Chromium (tests/browser/); this checks the
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from helpers.core import OWNER_PASSWORD
 
 from agent_vault.api.console import ASSETS, VAULT_SECTIONS
 
-PAGES = ["/ui/", "/ui/login", "/ui/agents", *(f"/ui/vaults/default/{s}" for s in VAULT_SECTIONS)]
+PAGES = [
+    "/ui/",
+    "/ui/login",
+    "/ui/invite",
+    "/ui/agents",
+    *(f"/ui/vaults/default/{s}" for s in VAULT_SECTIONS),
+]
 
 
 @pytest.mark.parametrize("path", PAGES)
@@ -45,6 +53,25 @@ def test_every_page_is_a_locked_down_shell(api: httpx.Client, path: str) -> None
     assert "http://" not in page and "https://" not in page  # no external asset
     assert not re.search(r"\son[a-z]+=", page)  # no inline handlers
     assert api.get(path).headers["content-security-policy"] != csp  # a fresh nonce each time
+
+
+def test_the_invite_page_never_echoes_its_token(api: httpx.Client) -> None:
+    """The invite link (`invite_url` of POST /v1/users/invites) opens the console's invite page; the token
+    stays in the query string for `invite.js`: never in the page, never sent on as a Referer, never cached."""
+    url = api.post(
+        "/v1/users/invites",
+        json={"password": OWNER_PASSWORD, "email": "page@example.com", "role": "member", "vaults": []},
+    ).json()["invite_url"]
+    parts = urlsplit(url)
+    assert parts.path == "/ui/invite" and parts.query.startswith("token=av_inv_")
+    token = parts.query.removeprefix("token=")
+    api.cookies.clear()
+    r = api.get(f"{parts.path}?{parts.query}", headers={"Authorization": ""})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert token not in r.text and 'data-page="invite"' in r.text
+    assert re.search(r'src="/ui/assets/invite\.js\?v=[0-9a-f]+"', r.text)
+    assert r.headers["referrer-policy"] == "no-referrer" and r.headers["cache-control"] == "no-store"
+    assert "connect-src 'self'" in r.headers["content-security-policy"]
 
 
 def test_pages_reject_unknown_sections_and_bad_vault_names(api: httpx.Client) -> None:
