@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
 
 from agent_vault import keys
 from agent_vault.config import Settings
@@ -25,7 +24,7 @@ from agent_vault.domain.names import check_email
 from agent_vault.errors import Conflict, InvalidRequest, NotInitialised
 from agent_vault.home import Home, ensure_dir, write_private
 from agent_vault.models import Grant, InstanceState, User, Vault, utcnow
-from agent_vault.passwords import hash_password, verify_password
+from agent_vault.passwords import hash_password
 from agent_vault.store import Store
 from agent_vault.store.migrations import LATEST
 
@@ -214,6 +213,5 @@ def unlock(settings: Settings, master_password: str | None) -> Unlocked:
 
 
 def owner_password_matches(store: Store, password: str) -> bool:
-    with store.read() as s:
-        owners = list(s.exec(select(User).where(User.role == "owner")))
-    return any(verify_password(o.password_hash, password) for o in owners)
+    """Whether `password` is some owner's login password (see `keys.owner_password_matches`)."""
+    return keys.owner_password_matches(store, password)

@@ -26,7 +26,7 @@ from sqlmodel import Session, select
 from agent_vault import crypto, oskeyring
 from agent_vault.errors import InvalidRequest, KeyMaterialUnavailable, WrongMasterPassword
 from agent_vault.home import Home, write_private
-from agent_vault.models import InstanceState, MasterKey
+from agent_vault.models import InstanceState, MasterKey, User
 from agent_vault.store import Store
 
 KEY_MODES = ("password", "keyring", "passwordless")
@@ -50,6 +50,16 @@ def kdf_profile() -> crypto.KdfProfile:
 def check_master_password(password: str) -> None:
     if len(password) < 12:
         raise InvalidRequest("the master password must be at least 12 characters")
+
+
+def owner_password_matches(store: Store, password: str) -> bool:
+    """Whether `password` is some owner's login password (SPEC §4.2: the master password must differ).
+    Runs Argon2 once per owner: for rare admin commands only."""
+    from agent_vault.passwords import verify_password  # passwords imports keys (kdf_profile)
+
+    with store.read() as s:
+        owners = list(s.exec(select(User).where(User.role == "owner")))
+    return any(verify_password(o.password_hash, password) for o in owners)
 
 
 def create_dek(home: Home, s: Session, instance_id: str, mode: str, master_password: str | None) -> bytes:
@@ -314,6 +324,11 @@ def change_key_mode(
     if new_password is None:
         raise InvalidRequest("a new master password is required")
     check_master_password(new_password)
+    if owner_password_matches(store, new_password):  # checked after the unwrap: no oracle without the key
+        raise InvalidRequest(
+            "the master password must differ from the owner's login password",
+            hint="Choose another master password.",
+        )
     profile = kdf_profile()
     salt = os.urandom(16)
     kek = crypto.derive_kek(new_password, salt, profile)

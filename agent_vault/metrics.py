@@ -168,6 +168,12 @@ class Metrics:
             found = self._children[key] = metric.labels(*labels)
         return found
 
+    def client_tls_failed(self) -> None:
+        """Count one failed client TLS handshake (SPEC §13: `decision="error"`, `code="client_tls"`).
+        Before any request, so no vault: label ""; loop thread only (the requests counter)."""
+        self.requests.inc(("", "error", "err"))
+        self.child(self.denials, "", "client_tls").inc()
+
     def sync_audit_dropped(self, total: int) -> None:
         """Advance the `agent_vault_audit_dropped_total` counter to the writer's running total."""
         with self._dropped_lock:

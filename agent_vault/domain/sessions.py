@@ -250,7 +250,7 @@ def list_sessions(core: Core, p: Principal, vault: str) -> dict[str, Any]:
 def renew_session(
     core: Core, p: Principal, session_id: int, ttl_seconds: int | None = None
 ) -> dict[str, Any]:
-    row, _vault = _load(core, p, session_id)
+    row, vault = _load(core, p, session_id)
     # A session may revoke itself (a narrowing) but never extend itself: its TTL is the dead-man
     # switch when the `vault run` wrapper dies (SPEC §7.1); renewal is the creator's (§9).
     if p.kind == "session" or not _own(core, p, row):
@@ -264,6 +264,9 @@ def renew_session(
         r.expires_at = expires
         s.add(r)
     core.runtime.reload(vaults=False)
+    core.record(
+        "session.renew", p.actor, vault=vault, target=str(session_id), details={"expires_at": iso(expires)}
+    )
     return {"id": session_id, "expires_at": iso(expires)}
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+import logging
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col, select
 
 from agent_vault import crypto
@@ -17,7 +19,19 @@ from agent_vault.errors import Conflict, InvalidRequest, NotFound, Unauthenticat
 from agent_vault.models import Grant, Invite, Token, User, utcnow
 from agent_vault.passwords import hash_password, verify_password
 
+#: A user login lives 30 days past its last use, and never past 365 days after it was made (SPEC §3.1).
 USER_TOKEN_TTL = timedelta(days=30)
+USER_TOKEN_MAX_AGE = timedelta(days=365)
+#: A login's expiry moves at most this often (one write + identity reload per active login and period).
+EXTEND_EVERY = timedelta(hours=1)
+#: (instance, token id) -> when `keep_alive` last read the row (this process): at most one read a period.
+_checked: dict[tuple[str, int], datetime] = {}
+_CHECKED_MAX = 10_000
+log = logging.getLogger("agent_vault.api")
+
+
+def _aware(dt: datetime) -> datetime:
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt
 
 
 def login(core: Core, email: str, password: str, label: str = "") -> dict[str, Any]:
@@ -40,6 +54,52 @@ def login(core: Core, email: str, password: str, label: str = "") -> dict[str, A
     return {"token": token, "expires_at": iso(expires), "user": {"email": user.email, "role": user.role}}
 
 
+def keep_alive(core: Core, p: Principal) -> None:
+    """Slide a user login's idle expiry on an authenticated use (SPEC §3.1): to now + 30 days, capped at
+    its creation + 365 days. Cheap on most calls (the snapshot's expiry is recent: nothing to do); else
+    at most one row read per login per `EXTEND_EVERY` in this process, and a write plus an identity
+    reload only when the expiry moves by at least `EXTEND_EVERY`. Other token kinds: no-op."""
+    if p.kind != "user" or p.expires_at is None:
+        return
+    now = utcnow()
+    if now + USER_TOKEN_TTL - _aware(p.expires_at) < EXTEND_EVERY:
+        return
+    key = (core.instance_id, p.token_id)
+    last = _checked.get(key)
+    if last is not None and now - last < EXTEND_EVERY:
+        return  # read recently (e.g. at its 365-day cap): no store access on every request
+    if len(_checked) >= _CHECKED_MAX:
+        _checked.clear()
+    _checked[key] = now
+    try:
+        new = _slid_expiry(core, p.token_id, now)
+        if new is None:
+            return
+        with core.store.write() as s:
+            t = s.get(Token, p.token_id)
+            if t is None or t.revoked_at is not None:
+                return
+            t.expires_at = new
+            s.add(t)
+    except SQLAlchemyError as e:  # bookkeeping: a busy store must not fail the request it rides on
+        _checked.pop(key, None)
+        log.warning("login expiry not extended: %s", type(e).__name__)
+        return
+    core.runtime.reload(vaults=False)
+
+
+def _slid_expiry(core: Core, token_id: int, now: datetime) -> datetime | None:
+    """The login's new expiry (now + 30 days, capped at creation + 365 days), or None to leave it: gone,
+    revoked, already expired, or it would move by less than `EXTEND_EVERY` (e.g. at its cap)."""
+    with core.store.read() as s:
+        t = s.get(Token, token_id)
+    if t is None or t.kind != "user" or t.revoked_at is not None or t.expires_at is None:
+        return None
+    current = _aware(t.expires_at)
+    new = min(now + USER_TOKEN_TTL, _aware(t.created_at) + USER_TOKEN_MAX_AGE)
+    return None if current <= now or new - current < EXTEND_EVERY else new
+
+
 def logout(core: Core, p: Principal) -> None:
     p.require_user()
     with core.store.write() as s:
@@ -48,6 +108,7 @@ def logout(core: Core, p: Principal) -> None:
             t.revoked_at = utcnow()
             s.add(t)
     core.runtime.reload(vaults=False)
+    core.record("auth.logout", p.actor, target=str(p.token_id))
 
 
 def me(p: Principal) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from agent_vault.proxy.answers import error_response
 from agent_vault.proxy.connections import Connections, ConnState
 from agent_vault.proxy.decide import Identity
 from agent_vault.proxy.fast import entry as fast
+from agent_vault.proxy.fast.client import client_tls_failed
 from agent_vault.proxy.flowlog import FlowLog, FlowState, incident
 from agent_vault.proxy.live import ByteCounter, TunnelLayer
 from agent_vault.proxy.pinning import Pinning
@@ -204,6 +205,10 @@ class VaultAddon:
 
     def tls_failed_server(self, data: tls.TlsData) -> None:
         self.connect_watch.disarm(data.conn)
+
+    def tls_failed_client(self, data: tls.TlsData) -> None:
+        """SPEC §13: a client's handshake failed (usually the CA is not trusted): warn and count."""
+        client_tls_failed(self.metrics, data.conn.sni, data.conn.error or "")
 
     # ---- requests -------------------------------------------------------------------------------
     async def requestheaders(self, flow: http.HTTPFlow) -> None:

@@ -10,19 +10,53 @@ inbox holds at most `INBOX_LIMIT` bytes: past it reading stops (the socket's rea
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
+from agent_vault.metrics import Metrics
 from agent_vault.proxy.fast.tlsio import TlsFailed, TlsPump
 
 INBOX_LIMIT = 1 << 18
+log = logging.getLogger("agent_vault.proxy")
+#: mitmproxy's wording for a client that hung up before its ClientHello was whole: no handshake to fail
+_NOT_A_HANDSHAKE = "connection closed early"
+
+
+def _printable(text: str, limit: int) -> str:
+    """Wire text fit for one log line: control characters replaced, length bounded."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
+
+
+def client_tls_failed(metrics: Metrics | None, sni: str | bytes | None, reason: str) -> None:
+    """A client's TLS handshake with the proxy failed, usually because it does not trust the agent-vault
+    CA (SPEC §13): one warning line naming the SNI and the cause, and the `client_tls` error count.
+    Both paths call it (the engine's `tls_failed_client` hook, the fast path's `ClientSide`). Never
+    raises; carries no token (a handshake precedes every request) and no header."""
+    try:
+        if reason == _NOT_A_HANDSHAKE:
+            return
+        name = sni.decode("ascii", "replace") if isinstance(sni, bytes) else sni
+        log.warning(
+            "client TLS handshake failed for %s: %s (does the client trust the agent-vault CA? "
+            "see 'agent-vault ca fetch')",
+            _printable(name, 255) if name else "(no SNI)",
+            _printable(reason.removeprefix("TLS handshake failed: "), 300) or "unknown cause",
+        )
+        if metrics is not None:
+            metrics.client_tls_failed()
+    except Exception as e:  # bookkeeping must never break the connection's teardown
+        log.error("client TLS failure not recorded: %s", type(e).__name__)
 
 
 class ClientSide:
     """Plaintext in and out of the agent's TLS connection."""
 
-    def __init__(self, pump: TlsPump, writer: Any, activity: Callable[[], None]) -> None:
+    def __init__(
+        self, pump: TlsPump, writer: Any, activity: Callable[[], None], metrics: Metrics | None = None
+    ) -> None:
         self.pump, self.writer, self.activity = pump, writer, activity
+        self.metrics = metrics  # the `client_tls` count of a failed handshake (None: log only)
         self.inbox = bytearray()
         self.eof = False
         self.failed: str | None = None  # a TLS failure: the session ends
@@ -57,9 +91,19 @@ class ClientSide:
         except TlsFailed as e:
             self.failed = str(e)
             self._send_raw(self.pump.outgoing())  # the alert, if any
+            if not self.pump.established:
+                self._handshake_failed()
         if self.pump.closed:
             self.eof = True
         self._ready.set()
+
+    def _handshake_failed(self) -> None:
+        """Log and count the failed handshake as the engine's `tls_failed_client` hook does."""
+        try:
+            sni = self.pump.conn.get_servername()
+        except Exception:  # the SNI is only for the log line
+            sni = None
+        client_tls_failed(self.metrics, sni, self.failed or "")
 
     async def deliver(self, data: bytes) -> None:
         """`take`, then wait while the inbox is over its limit (backpressure)."""

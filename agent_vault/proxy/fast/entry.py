@@ -90,7 +90,7 @@ class FastLayer(layer.Layer):
         ctx.master.addons.get("tlsconfig").tls_start_client(data)  # type: ignore[no-untyped-call]
         assert data.ssl_conn is not None
         self.side = side = ClientSide(
-            TlsPump(data.ssl_conn), io.writer, handler.timeout_watchdog.register_activity
+            TlsPump(data.ssl_conn), io.writer, handler.timeout_watchdog.register_activity, self.addon.metrics
         )
         _wrap(handler, client, side)
         _take_reads(io, side)
