@@ -14,6 +14,7 @@ from agent_vault.freshness import Freshness
 from agent_vault.holds import HoldManager
 from agent_vault.home import Home
 from agent_vault.keys import CA
+from agent_vault.lastused import LastUsed
 from agent_vault.metrics import Metrics
 from agent_vault.notify import Notifier
 from agent_vault.quota import QuotaCounter
@@ -47,6 +48,7 @@ class Services:
     quotas: QuotaCounter = field(default_factory=QuotaCounter)  # per-service request quotas (proxy)
     usage: UsageMeter = field(default_factory=UsageMeter)  # LLM token usage (persisted by the server)
     freshness: Freshness | None = None  # replicas on PostgreSQL: snapshot freshness (None on SQLite)
+    last_used: LastUsed = field(default_factory=LastUsed)  # agents' last use (written by housekeeping)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 * Retention (SPEC §12): at start and then once a day, records older than `--audit-retention-days`
   (0 = keep forever) are pruned by the audit writer, which appends one `audit.prune` record.
+* Agents' `last_used_at` (SPEC §9): what `LastUsed` noted, written every `FLUSH_EVERY` seconds.
 * Metrics (SPEC §13): `agent_vault_audit_queue_depth` and the `agent_vault_audit_dropped_total`
   counter every tick, `agent_vault_proposals_pending{vault}` every `PROPOSALS_EVERY` seconds.
 
@@ -22,6 +23,7 @@ from sqlmodel import col
 
 from agent_vault.core import Core
 from agent_vault.domain.proposals import expire_due
+from agent_vault.lastused import FLUSH_EVERY
 from agent_vault.metrics import Metrics
 from agent_vault.models import Proposal, Vault
 
@@ -90,6 +92,7 @@ def set_pending(core: Core, metrics: Metrics, counts: dict[str, int]) -> None:
 
 async def _run(core: Core) -> None:
     last_prune = last_proposals = float("-inf")
+    last_used = time.monotonic()
     while True:
         metrics = core.services.metrics
         if metrics is not None:
@@ -112,4 +115,10 @@ async def _run(core: Core) -> None:
                     set_pending(core, metrics, await asyncio.to_thread(pending_proposals, core))
                 except Exception as exc:  # a gauge is not worth a crash; retried next turn
                     log.error("proposals gauge refresh failed (%s)", type(exc).__name__)
+        if now - last_used >= FLUSH_EVERY:
+            last_used = now
+            try:
+                await asyncio.to_thread(core.services.last_used.flush, core.store)
+            except Exception as exc:  # kept for the next turn
+                log.error("agents' last use could not be written (%s)", type(exc).__name__)
         await asyncio.sleep(TICK)

@@ -273,6 +273,8 @@ async def serve(
             await core.services.notifier.close()
         with contextlib.suppress(Exception):
             core.record("server.stop", "server")
+        with contextlib.suppress(Exception):  # bookkeeping: never in the way of a clean stop
+            await asyncio.to_thread(core.services.last_used.flush, store)
         await asyncio.to_thread(audit.close)
         home.wipe_run_dir()
         store.close()

@@ -8,6 +8,7 @@ from fastapi import Depends, Header, Path, Request
 
 from agent_vault import crypto
 from agent_vault.core import Core
+from agent_vault.domain import users
 from agent_vault.domain.principal import Principal
 from agent_vault.errors import Locked, Unauthenticated
 from agent_vault.snapshot import select_vault as _select_vault
@@ -55,6 +56,8 @@ def get_principal(request: Request, core: CoreDep) -> Principal:
     p = core.runtime.principal(crypto.digest(token))
     if p is None:
         raise Unauthenticated("invalid, expired or revoked token")
+    users.keep_alive(core, p)  # a user login's idle expiry slides on use (SPEC §3.1)
+    core.services.last_used.note(p)  # an agent's (or its session's) last use (SPEC §9)
     return p
 
 

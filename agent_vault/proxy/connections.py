@@ -136,11 +136,13 @@ class Connections:
         if wait:  # the real wait (up to the limiter's window), so a client that honours it gets in
             raise RateLimited("too many failed proxy authentications", retry_after=wait, limiter="proxy_auth")
         try:
-            return authenticate(self.core.runtime.snapshot, proxy_auth, x_vault)
+            ident = authenticate(self.core.runtime.snapshot, proxy_auth, x_vault)
         except ProxyAuthRequired:
             if key is not None:
                 self.limits.auth_failures.fail(key)
             raise
+        self.core.services.last_used.note(ident.principal)
+        return ident
 
     def bind(self, client_id: str, st: ConnState, ident: Identity) -> None:
         """Count this client connection against `ident`'s concurrent-connection limit (SPEC §5.10);
