@@ -269,7 +269,7 @@ def user_remove(
 def session_list(vault: VaultOpt = None) -> None:
     """Live session tokens of the vault (ids only; tokens are never shown again)."""
     data = client().get("/v1/sessions", params={"vault": vault_name(vault)})
-    out.table(data, data["sessions"], ["id", "label", "created_at", "expires_at"])
+    out.table(data, data["sessions"], ["id", "label", "actor", "created_at", "expires_at"])
 
 
 @session_app.command("revoke")

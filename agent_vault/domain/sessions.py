@@ -16,7 +16,7 @@ from agent_vault.core import Core
 from agent_vault.domain.common import get_vault, iso
 from agent_vault.domain.principal import Principal
 from agent_vault.errors import Forbidden, InvalidRequest, NotFound, VaultForbidden
-from agent_vault.models import Agent, Token, utcnow
+from agent_vault.models import Agent, Token, User, utcnow
 
 MIN_TTL, MAX_TTL, DEFAULT_TTL = 300, 7 * 86400, 86400
 POLICY_RANK = {"tunnel": 0, "passthrough": 1, "deny": 2}
@@ -237,14 +237,30 @@ def list_sessions(core: Core, p: Principal, vault: str) -> dict[str, Any]:
                 )
             )
         )
+        creators = {r.id: _creator(s, r) for r in rows}
     now = utcnow()
     return {
         "sessions": [
-            {"id": r.id, "label": r.label, "created_at": iso(r.created_at), "expires_at": iso(r.expires_at)}
+            {
+                "id": r.id,
+                "label": r.label,
+                "actor": creators[r.id],
+                "created_at": iso(r.created_at),
+                "expires_at": iso(r.expires_at),
+            }
             for r in rows
             if r.expires_at and r.expires_at > now
         ]
     }
+
+
+def _creator(s: Any, row: Token) -> str | None:
+    """Who the session acts for (SPEC §9 `actor`): `agent:<name>` or `user:<email>`, as audit rows name it."""
+    if row.agent_id is not None:
+        a = s.get(Agent, row.agent_id)
+        return f"agent:{a.name}" if a is not None else None
+    u = s.get(User, row.user_id) if row.user_id is not None else None
+    return f"user:{u.email}" if u is not None else None
 
 
 def renew_session(

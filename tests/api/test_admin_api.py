@@ -242,6 +242,15 @@ def test_a_vault_admin_cannot_grant_an_agent_of_other_vaults(api: httpx.Client) 
     assert r.status_code == 200 and r.json() == {"name": "c-bot", "role": "member"}  # her own team's agent
 
 
+def test_session_list_names_who_each_session_acts_for(api: httpx.Client) -> None:
+    hdr = {"Authorization": f"Bearer {_agent(api, 'lister-bot')}"}
+    mine = api.post("/v1/sessions", json={"label": "by the agent"}, headers=hdr).json()["id"]
+    owners = api.post("/v1/sessions", json={"vault": "default", "label": "by the owner"}).json()["id"]
+    listed = {s["id"]: s for s in api.get("/v1/sessions", params={"vault": "default"}).json()["sessions"]}
+    assert listed[mine]["actor"] == "agent:lister-bot" and listed[mine]["label"] == "by the agent"
+    assert listed[owners]["actor"] == "user:owner@example.com"
+
+
 def test_discover_reports_the_policy_the_proxy_applies_to_a_session(api: httpx.Client) -> None:
     """A session's stricter override shows in discover; once the vault itself is stricter, the vault's."""
     hdr = {"Authorization": f"Bearer {_agent(api, 'policy-bot')}"}
