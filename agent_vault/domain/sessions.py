@@ -17,9 +17,9 @@ from agent_vault.domain.common import get_vault, iso
 from agent_vault.domain.principal import Principal
 from agent_vault.errors import Forbidden, InvalidRequest, NotFound, VaultForbidden
 from agent_vault.models import Agent, Token, User, utcnow
+from agent_vault.snapshot import POLICY_RANK
 
 MIN_TTL, MAX_TTL, DEFAULT_TTL = 300, 7 * 86400, 86400
-POLICY_RANK = {"tunnel": 0, "passthrough": 1, "deny": 2}
 _METHOD = re.compile(r"^[A-Z]{1,32}$")
 
 
