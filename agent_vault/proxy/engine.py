@@ -13,7 +13,12 @@ it. `install()` (called by ProxyRunner; one engine per process) therefore:
   answered request crosses `stream_large_bodies`);
 * cuts a request body without Content-Length (chunked, HTTP/2 DATA) when it crosses the limit: the
   stream callable raises `BodyOverLimit`, the upstream request is reset (it never sees a complete
-  body) and the client gets 413 `body_too_large`;
+  body) and the client gets 413 `body_too_large` (with `limit_bytes`);
+* reads a body the request phase marks `BufferWhole` (body substitution, a SigV4 payload hash) whole,
+  never switching to streaming past `stream_large_bodies`, and refuses it (413) past its limit;
+* answers every protocol error the stream sends its client before a response head with the SPEC §6
+  JSON (`_answer_error`): mitmproxy's HTTP/2 and HTTP/3 layers would send an HTML page carrying the
+  engine's raw message (request or upstream bytes: a leak);
 * replaces the HTTP/1 error page used for the remaining early errors (bad request line, ...);
 * drops mitmproxy's runtime type check of every parsed HTTP message (a debug aid, costly).
 
@@ -28,12 +33,13 @@ content: a bad request line may hold a token.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import wsproto.events
 from mitmproxy import flow as mflow
 from mitmproxy import http
-from mitmproxy.connection import Connection
+from mitmproxy.connection import Connection, ConnectionState
 from mitmproxy.net.http.validate import validate_headers
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import http as mhttp
@@ -41,15 +47,24 @@ from mitmproxy.proxy.layers import websocket as mws
 
 from agent_vault.errors import AgentVaultError, BodyTooLarge
 from agent_vault.proxy import engine_compat
-from agent_vault.proxy.answers import MAX_HEAD_BYTES, error_response, h1_error_response, upstream_error
+from agent_vault.proxy.answers import (
+    MAX_HEAD_BYTES,
+    engine_error,
+    error_response,
+    h1_error_response,
+    upstream_error,
+)
 from agent_vault.proxy.deadlines import CONNECT_TIMED_OUT, CONNECT_WATCH, FIRST_BYTE_TIMED_OUT, FirstByteWatch
 from agent_vault.proxy.engine_compat import (
     ErrorCode,
     HttpErrorHook,
     ReceiveHttp,
+    RequestData,
     RequestHeaders,
     RequestProtocolError,
+    ResponseData,
     ResponseEndOfMessage,
+    ResponseHeaders,
     ResponseProtocolError,
     _http1,
 )
@@ -67,13 +82,29 @@ class BodyOverLimit(Exception):
         self.error = error  # another refusal that cuts the upload (e.g. exfiltration_blocked)
 
 
+BUFFER_WHOLE = "agent_vault.buffer_whole"  # flow.metadata key of a BufferWhole
+
+
+@dataclass(frozen=True, slots=True)
+class BufferWhole:
+    """Set (in `flow.metadata[BUFFER_WHOLE]`, with `request.stream = False`) by the request phase on
+    a body it must see whole: both paths buffer it whatever its size, never streaming it past 1 MiB,
+    and refuse it once more than `limit` bytes arrived. `refuse()` notes the refusal for the audit
+    and returns it (a 413 `body_too_large` carrying `limit_bytes`)."""
+
+    limit: int
+    refuse: Callable[[], AgentVaultError]
+
+
 class VaultHttpStream(mhttp.HttpStream):
     """mitmproxy's HttpStream with SPEC §5.1/§6 answers (see the module docstring)."""
 
     _first_byte: FirstByteWatch | None = None
+    _head_sent = False  # a final response head went to the client
+    _refusal: AgentVaultError | None = None  # what this stream refused mid-body (the client's answer)
 
     def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
-        yield from super()._handle_event(event)
+        yield from self._json_errors(super()._handle_event(event))
         if self._first_byte is None:
             if not self._awaiting_head():
                 return
@@ -91,6 +122,70 @@ class VaultHttpStream(mhttp.HttpStream):
             and self.server_state == self.state_wait_for_response_headers
         )
 
+    def _json_errors(self, gen: layer.CommandGenerator[None]) -> layer.CommandGenerator[None]:
+        """Relay `gen`'s commands (and the replies to blocking ones), but a protocol error for the
+        client before a response head went out becomes the SPEC §6 answer (`_answer_error`)."""
+        reply: Any = None
+        while True:
+            try:
+                cmd = gen.send(reply)
+            except StopIteration:
+                return
+            if isinstance(cmd, mhttp.SendHttp) and cmd.connection is self.context.client:
+                ev = cmd.event
+                if isinstance(ev, ResponseHeaders) and not 100 <= ev.response.status_code < 200:
+                    self._head_sent = True
+                elif (
+                    isinstance(ev, ResponseProtocolError)
+                    and not self._head_sent
+                    and ev.code.http_status_code() is not None
+                    and self.context.client.state & ConnectionState.CAN_WRITE
+                ):
+                    yield from self._answer_error(ev)
+                    reply = None
+                    continue
+            reply = yield cmd
+
+    def _answer_error(self, ev: ResponseProtocolError) -> layer.CommandGenerator[None]:
+        """The JSON answer for a protocol error: the refusal this stream decided, else a fixed-phrase
+        classification of the failure (`engine_error`); never the engine's message, which can hold
+        request or upstream bytes. HTTP/1: the error event follows, so Http1Server closes the
+        connection (the rest of the request body is never read); HTTP/2 and HTTP/3: the stream ends."""
+        client = self.context.client
+        status = ev.code.http_status_code()
+        assert status is not None
+        flow: http.HTTPFlow | None = getattr(self, "flow", None)
+        cause = self._refusal or engine_error(status, ev.message)
+        if self._refusal is None and flow is not None and ev.code in _UPSTREAM_FAILURES:
+            cause = upstream_error(ev.message, f"{flow.request.host}:{flow.request.port}")
+        resp = error_response(cause)
+        h1 = not (client.alpn == b"h2" or mhttp.is_h3_alpn(client.alpn))  # as HttpLayer picks the server
+        if h1:
+            resp.headers["Connection"] = "close"
+        self._head_sent = True
+        yield mhttp.SendHttp(ResponseHeaders(self.stream_id, resp, end_stream=False), client)
+        yield mhttp.SendHttp(ResponseData(self.stream_id, resp.raw_content or b""), client)
+        yield mhttp.SendHttp(ev if h1 else ResponseEndOfMessage(self.stream_id), client)
+
+    def state_consume_request_body(self, event: Any) -> layer.CommandGenerator[None]:
+        whole = self.flow.metadata.get(BUFFER_WHOLE) if isinstance(event, RequestData) else None
+        if not isinstance(whole, BufferWhole):
+            yield from super().state_consume_request_body(event)
+            return
+        self.request_body_buf += event.data  # not check_body_size: it would switch to streaming
+        if len(self.request_body_buf) > whole.limit:
+            self.request_body_buf.clear()  # type: ignore[no-untyped-call]  # (h11 ReceiveBuffer)
+            self._refusal = cause = whole.refuse()
+            self.flow.error = mflow.Error(cause.message)
+            self.flow.response = error_response(cause)  # for the audit record
+            yield HttpErrorHook(self.flow)
+            yield mhttp.SendHttp(
+                ResponseProtocolError(self.stream_id, cause.message, ErrorCode.REQUEST_TOO_LARGE),
+                self.context.client,
+            )
+            self.client_state = self.server_state = self.state_errored
+            self.flow.live = False
+
     def state_stream_request_body(self, event: Any) -> layer.CommandGenerator[None]:
         try:
             yield from super().state_stream_request_body(event)
@@ -101,8 +196,8 @@ class VaultHttpStream(mhttp.HttpStream):
         """Reset the upstream request mid-body and answer 413 (mitmproxy's body_size_limit path)."""
         msg = "the request body is over the limit" if err.error is None else err.error.message
         self.flow.error = mflow.Error(msg)
-        if self.flow.response is None:  # for the audit record; the client gets the 413 page below
-            cause = err.error or BodyTooLarge(msg, limit_bytes=err.limit_bytes)
+        self._refusal = cause = err.error or BodyTooLarge(msg, limit_bytes=err.limit_bytes)
+        if self.flow.response is None:  # for the audit record; the client's answer: `_answer_error`
             self.flow.response = error_response(cause)
         yield HttpErrorHook(self.flow)
         yield mhttp.SendHttp(

@@ -40,9 +40,12 @@ try:  # every private mitmproxy module agent-vault touches
     from mitmproxy.proxy.layers.http._base import ReceiveHttp
     from mitmproxy.proxy.layers.http._events import (
         ErrorCode,
+        RequestData,
         RequestHeaders,
         RequestProtocolError,
+        ResponseData,
         ResponseEndOfMessage,
+        ResponseHeaders,
         ResponseProtocolError,
     )
     from mitmproxy.proxy.layers.http._hooks import HttpErrorHook
@@ -55,9 +58,12 @@ __all__ = [
     "ErrorCode",
     "HttpErrorHook",
     "ReceiveHttp",
+    "RequestData",
     "RequestHeaders",
     "RequestProtocolError",
+    "ResponseData",
     "ResponseEndOfMessage",
+    "ResponseHeaders",
     "ResponseProtocolError",
     "_http1",
     "problems",
@@ -174,6 +180,17 @@ def _patch_points() -> Iterator[tuple[str, Callable[[], bool]]]:
         lambda: (
             "make_error_response" in _names(_http1.Http1Server.read_headers)
             and callable(getattr(_http1, "make_error_response", None))
+        ),
+    )
+    yield (
+        "HttpStream buffers a request body in request_body_buf (engine keeps a body that must be read "
+        "whole from switching to streaming); Http1Server.send only closes on a ResponseProtocolError "
+        "once a response head is out (engine sends the JSON answer first); HttpLayer picks the client "
+        "protocol by ALPN (h2, is_h3_alpn)",
+        lambda: (
+            "request_body_buf" in _names(stream.state_consume_request_body)
+            and {"response", "CloseConnection"} <= _names(_http1.Http1Server.send)
+            and "is_h3_alpn" in _names(mhttp.HttpLayer._handle_event)
         ),
     )
     yield (

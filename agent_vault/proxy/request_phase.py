@@ -2,7 +2,9 @@
 identity (the connection's, re-checked, or the request's own), rate and size limits, the decision
 (`decide`, pure), the SSRF check, brokered credentials (`brokered`: an OAuth2 token fetch or AWS keys,
 awaited), placeholder substitution, header hygiene, injection, and how the body travels (streamed and
-counted, cut past the limit, or buffered for body substitution or a SigV4 payload hash).
+counted, cut past the limit, or read whole for body substitution or a SigV4 payload hash: never
+streamed then, whatever its size, and refused with 413 past min(--max-buffered-bytes,
+--max-request-bytes); SigV4 also caps it at `SIGN_BUFFER`).
 
 Everything raises AgentVaultError (or lets a surprise through) for the addon's fail-closed boundary;
 nothing here answers the client itself. Danger: after `headers()` the flow carries injected values:
@@ -21,14 +23,15 @@ from agent_vault.core import Core
 from agent_vault.errors import BodyTooLarge, HoldInterrupted, RateLimited, VaultForbidden
 from agent_vault.metrics import Metrics
 from agent_vault.proxy import hygiene, inject
-from agent_vault.proxy.brokered import Broker
+from agent_vault.proxy.brokered import SIGN_BUFFER, Broker
 from agent_vault.proxy.connections import Connections, normalized_target
 from agent_vault.proxy.decide import Identity, decide, recheck
+from agent_vault.proxy.engine import BUFFER_WHOLE
 from agent_vault.proxy.flowlog import FlowState
 from agent_vault.proxy.guard import Guard
 from agent_vault.proxy.sources import SourceResolver
 from agent_vault.proxy.ssrf import Egress
-from agent_vault.proxy.streams import counter, limited_upload
+from agent_vault.proxy.streams import buffer_whole, counter, limited_upload
 from agent_vault.servicedef import ServiceDef
 
 STREAM_THRESHOLD = 1 << 20  # bodies larger than this (or of unknown length) are streamed, not buffered
@@ -124,7 +127,9 @@ class RequestPhase:
             req.headers["accept-encoding"] = "identity"
         if fs.signing is not None and not self.broker.plan(flow, fs.signing, host, port, clen):
             fs.signing = None  # signed already (empty body, or UNSIGNED-PAYLOAD)
-        if not (matched and "body" in surfaces) and fs.signing is None:
+        if (matched and "body" in surfaces) or fs.signing is not None:
+            self._buffer_whole(flow, fs, clen, substitute=matched and "body" in surfaces)
+        else:
             upload = None
             if clen is None:  # chunked or HTTP/2 without a length: cut when it crosses the limit
                 upload = limited_upload(fs, limit)
@@ -138,6 +143,22 @@ class RequestPhase:
         if req.host_header != host_header:
             req.host_header = host_header
         self.metrics.added_latency.observe((d.kind,), time.perf_counter() - fs.started)
+
+    def _buffer_whole(
+        self, flow: http.HTTPFlow, fs: FlowState, clen: int | None, *, substitute: bool
+    ) -> None:
+        """SPEC §5.6: the body is read whole (not streamed past 1 MiB, which would forward it with
+        its placeholders unsubstituted or unsigned); over the limit, by its length now or while it
+        arrives, 413 `body_too_large` with `limit_bytes`."""
+        settings = self.core.settings
+        limit = min(settings.max_buffered_bytes, settings.max_request_bytes)
+        if fs.signing is not None:  # brokered.plan: a larger body is signed UNSIGNED-PAYLOAD or refused
+            limit = min(limit, SIGN_BUFFER)
+        message = f"the body is too large to {'substitute' if substitute else 'sign'}"
+        if clen is not None and clen > limit:
+            raise BodyTooLarge(message, limit_bytes=limit)
+        flow.request.stream = False  # the engine set it for a length over 1 MiB
+        flow.metadata[BUFFER_WHOLE] = buffer_whole(fs, limit, message)
 
     async def _hold(
         self, flow: http.HTTPFlow, ident: Identity, svc: ServiceDef, host: str, port: int

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from mitmproxy import http
 from mitmproxy.websocket import WebSocketMessage
 
-from agent_vault.errors import BodyTooLarge, ProxyInternal, ResponseTooLarge
+from agent_vault.errors import AgentVaultError, BodyTooLarge, ProxyInternal, ResponseTooLarge
 from agent_vault.proxy import decoding, inject, live
-from agent_vault.proxy.engine import BodyOverLimit
+from agent_vault.proxy.engine import BodyOverLimit, BufferWhole
 from agent_vault.proxy.flowlog import FlowState
 from agent_vault.proxy.redact import contains_secret
 from agent_vault.runtime import Runtime
@@ -56,6 +56,18 @@ def limited_upload(fs: FlowState, limit: int) -> Filter:
         return chunk
 
     return count
+
+
+def buffer_whole(fs: FlowState, limit: int, message: str) -> BufferWhole:
+    """For a body the proxy must see whole (body substitution, a SigV4 payload hash): both paths read
+    it into memory whatever its framing, and past `limit` bytes refuse it with 413 `body_too_large`
+    (`limit_bytes`: `limit`); it is never forwarded in part."""
+
+    def refuse() -> AgentVaultError:
+        fs.error = BodyTooLarge.code
+        return BodyTooLarge(message, limit_bytes=limit)
+
+    return BufferWhole(limit, refuse)
 
 
 def stream_decoder(encoding: str, limit: int) -> Filter | None:

@@ -2,7 +2,8 @@
 
 The engine's order is kept step for step (mitmproxy `HttpStream`): `requestheaders` (decision,
 limits, injection, hygiene), `100 Continue`, the body (buffered up to the engine's 1 MiB streaming
-threshold, else streamed through the addon's stream callables), `request`, the upstream exchange,
+threshold, or whole up to its limit when the request phase marks it `BufferWhole`, else streamed
+through the addon's stream callables), `request`, the upstream exchange,
 `responseheaders` (hygiene, redaction, streaming choice), the body, `response` (redaction of a
 buffered body, the audit record). Messages are built and framed by mitmproxy's HTTP/1 functions.
 
@@ -26,7 +27,7 @@ from agent_vault.errors import BadRequest, BodyTooLarge
 from agent_vault.proxy.addon import VaultAddon
 from agent_vault.proxy.answers import error_response, h1_error_response, upstream_error
 from agent_vault.proxy.deadlines import FIRST_BYTE_TIMED_OUT, Deadlines
-from agent_vault.proxy.engine import BodyOverLimit
+from agent_vault.proxy.engine import BUFFER_WHOLE, BodyOverLimit, BufferWhole
 from agent_vault.proxy.fast.h1 import (
     BodyBroken,
     HeadRefused,
@@ -176,9 +177,14 @@ class Exchange:
 
     # ---- request --------------------------------------------------------------------------------
     async def _buffer_request(self) -> None:
+        whole = self.flow.metadata.get(BUFFER_WHOLE)
         limit = max(STREAM_LARGE, self.addon.core.settings.max_buffered_bytes)
+        if isinstance(whole, BufferWhole):  # read whole up to its limit (the engine's BufferWhole)
+            limit = whole.limit
 
         def over() -> Exception:
+            if isinstance(whole, BufferWhole):
+                return whole.refuse()  # the session answers it (413, connection closed)
             return BodyTooLarge("the request body is over the limit", limit_bytes=limit)
 
         self.flow.request.raw_content = await _collect(self.creader, self.size, limit, over)
@@ -199,10 +205,13 @@ class Exchange:
             up.close()
             msg = "the request body is over the limit" if e.error is None else e.error.message
             flow.error = mflow.Error(msg)
+            cause = e.error or BodyTooLarge(msg, limit_bytes=e.limit_bytes)
             if flow.response is None:
-                flow.response = error_response(e.error or BodyTooLarge(msg, limit_bytes=e.limit_bytes))
+                flow.response = error_response(cause)
             self.addon.error(flow)
-            self.client.write(h1_error_response(413, msg))
+            answer = error_response(cause)  # as the engine's _answer_error: the refusal itself
+            answer.headers["Connection"] = "close"
+            self.client.write(response_bytes(answer))
             return False
         except UpstreamFailed as e:  # the upstream went away mid-upload: 502, as the engine answers
             up.close()
@@ -247,7 +256,7 @@ class Exchange:
         self.client.write(response_bytes(resp))
         self.addon._finish(flow)  # audited right after the write: no await in between
         await self.client.drain()
-        return self.body_read and not connection_close(resp)
+        return self.body_read and not (connection_close(flow.request) or connection_close(resp))  # mark_done
 
     async def _response(self, up: Upstream, resend: Callable[[Upstream], None] | None) -> bool:
         """Read and relay the response. A reused upstream connection that closes before answering a
