@@ -46,6 +46,7 @@ from agent_vault.store.changes import listen_connection, origin_of
 from agent_vault.usage import UsageMeter
 
 log = logging.getLogger("agent_vault")
+DRAIN_SECONDS = 10.0  # SPEC §2.1: in-flight requests get this long after SIGINT/SIGTERM
 
 
 class _Server(uvicorn.Server):
@@ -215,6 +216,7 @@ async def serve(
             stack.callback(api_sock.close)
             api_port = api_sock.getsockname()[1]
             core.api_url = f"http://{_fmt(settings.host)}:{api_port}"
+            runner: ProxyRunner | None = None
             if not settings.disable_proxy:
                 runner = ProxyRunner(
                     VaultAddon(core, metrics),
@@ -262,9 +264,10 @@ async def serve(
             log.info("shutting down")
             if core.services.holds is not None and core.services.holds.shutdown():
                 await asyncio.sleep(0.3)  # let the held requests' 503 answers go out
-            server.should_exit = True
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(task, timeout=10)
+            server.should_exit = True  # SPEC §2.1: both listeners stop accepting, in-flight work gets 10 s
+            drained = runner.drain(DRAIN_SECONDS) if runner is not None else asyncio.sleep(0)
+            api_done = asyncio.wait_for(task, timeout=DRAIN_SECONDS)
+            await asyncio.gather(api_done, drained, return_exceptions=True)
     finally:
         housekeeping.cancel()
         if core.services.freshness is not None:

@@ -285,6 +285,10 @@ class VaultAddon:
         fs.error = err.code
         self.log.denied(fs, err)
 
+    def in_flight(self) -> int:
+        """Requests between their headers and their audit record (both paths): what a stop waits for."""
+        return len(self.flows)
+
     def _finish(self, flow: http.HTTPFlow) -> None:
         """Audit and count the request, and scrub injected values from the flow object."""
         fs = self.flows.pop(flow.id, None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -34,6 +35,7 @@ from agent_vault.keys import CA, write_engine_ca
 from agent_vault.proxy import dispatch, engine, leafcerts, reuseport
 
 log = logging.getLogger("agent_vault.proxy")
+CLOSE_WAIT = 2.0  # after the drain: how long closed connections get to run their hooks (audit)
 
 
 class BindError(ServerStartError):
@@ -159,6 +161,30 @@ class ProxyRunner:
             tls.certstore = store
 
         return install
+
+    async def drain(self, timeout: float) -> int:
+        """SPEC §2.1 stop: accept no new connection, let the requests in flight finish (at most `timeout`
+        seconds), then close every client connection, each request still open recorded as the agent's
+        hang-up would be (the engine's and the fast path's `error` paths write its audit record).
+        Returns how many requests were still in flight at the deadline."""
+        m = self.master
+        if m is None:
+            return 0
+        ps = m.addons.get("proxyserver")  # type: ignore[no-untyped-call]
+        with contextlib.suppress(Exception):
+            await ps.servers.update([])  # the listeners close: no new connection
+        in_flight = getattr(self.addon, "in_flight", lambda: 0)
+        deadline = time.monotonic() + timeout
+        while in_flight() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        left = int(in_flight())
+        for handler in list(ps.connections.values()):
+            with contextlib.suppress(Exception):
+                handler.close_connection(handler.client)
+        closing = time.monotonic() + CLOSE_WAIT
+        while ps.connections and time.monotonic() < closing:  # their disconnect hooks (audit) run
+            await asyncio.sleep(0.02)
+        return left
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
