@@ -33,6 +33,7 @@ SECRET_FILES = (
     "cli/context",
 )
 PRIVATE_DIRS = ("", "cli", "run", "ca")
+PUBLIC_FILES = ("certs/ca-cert.pem", "certs/ca-bundle.pem")  # 0644 (SPEC §2.2): what agents' clients trust
 PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")
 
 
@@ -52,6 +53,10 @@ def check_home(home: Path) -> Check:
         p = home / f
         if p.is_file() and p.stat().st_mode & 0o077:
             loose.append(f"{p} is {oct(p.stat().st_mode & 0o777)} (want 0600)")
+    for f in PUBLIC_FILES:  # readable by all, but writable by others means anyone can add a CA to trust
+        p = home / f
+        if p.is_file() and p.stat().st_mode & 0o022:
+            loose.append(f"{p} is {oct(p.stat().st_mode & 0o777)} (want 0644)")
     if loose:
         return _check("home", "fail", "; ".join(loose))
     return _check("home", "ok", f"{home}: permissions are tight")

@@ -10,6 +10,7 @@ and reaches the child only through a pipe: never argv, never the child's environ
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -193,7 +194,8 @@ def server(
             if srv.foreground_tty():
                 from agent_vault.cli.setup import init
 
-                init(key_mode="password", owner_email=None, password_stdin=False, yes=False)
+                with contextlib.redirect_stdout(sys.stderr):  # stdout: the ready line alone (SPEC §2.1)
+                    init(key_mode="password", owner_email=None, password_stdin=False, yes=False)
             else:
                 raise NotInitialised(
                     f"{settings.home} is not initialised yet (no terminal to ask for passwords)",

@@ -7,10 +7,10 @@ the keys it was made from); an AWS service gets its keys, and the request is sig
 is known: at once when it is empty or travels as `UNSIGNED-PAYLOAD`, else in the `request` hook
 over the buffered body (`sign_buffered`).
 
-Body limit for SigV4: the body must be complete to hash it, and the engine streams bodies over
-1 MiB (`stream_large_bodies`) before the `request` hook, so at most min(--max-buffered-bytes, 1 MiB)
-is signed over its hash; larger bodies are signed `UNSIGNED-PAYLOAD` where the service accepts it
-(S3), otherwise refused with 413 `body_too_large`.
+Body limit for SigV4: the body must be complete to hash it, so a request to be signed is read whole on
+both paths (`request_phase` marks it `BufferWhole`: never streamed, whatever its framing), at most
+min(--max-buffered-bytes, 1 MiB); larger bodies are signed `UNSIGNED-PAYLOAD` where the service accepts
+it (S3), otherwise refused with 413 `body_too_large`.
 """
 
 from __future__ import annotations
@@ -122,9 +122,11 @@ class Broker:
         """Sign over the complete (substituted) body, in the `request` hook."""
         req = flow.request
         body = req.raw_content
-        if body is None:  # the engine streamed it after all (chunked past 1 MiB): cannot sign
-            log.warning("aws-sigv4: a streamed body could not be signed; the upstream will refuse it")
-            return
+        if body is None:  # cannot happen (the body is read whole, see the module docstring): fail closed
+            raise BodyTooLarge(
+                f"the body is too large to sign for AWS service {pending.auth.service}",
+                limit_bytes=min(self.core.settings.max_buffered_bytes, SIGN_BUFFER),
+            )
         limit = min(self.core.settings.max_buffered_bytes, SIGN_BUFFER)
         if len(body) > limit:
             raise BodyTooLarge(

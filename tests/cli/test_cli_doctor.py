@@ -35,5 +35,14 @@ def test_home_permissions(tmp_path: Path) -> None:
     res = check_home(home)
     assert res["status"] == "fail" and "session.json is 0o644" in res["detail"]
     (home / "cli" / "session.json").chmod(0o600)
+    (home / "certs").mkdir(mode=0o755)
+    bundle = home / "certs" / "ca-bundle.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    bundle.chmod(0o644)  # public by design (SPEC §2.2)
+    assert check_home(home)["status"] == "ok"
+    bundle.chmod(0o666)  # but anyone could add a CA for every agent to trust
+    res = check_home(home)
+    assert res["status"] == "fail" and "ca-bundle.pem is 0o666" in res["detail"]
+    bundle.chmod(0o644)
     home.chmod(0o755)
     assert check_home(home)["status"] == "fail"
