@@ -99,6 +99,8 @@ def upstream_error(message: str, target: str = "the upstream") -> AgentVaultErro
 
 
 def engine_error(status: int, message: str) -> AgentVaultError:
+    if status == 400 and "invalid request scheme" in message.lower():  # SPEC §5.1: other schemes
+        return BadRequest("this proxy forwards http and https requests only", hint=ORIGIN_FORM_HINT)
     if status == 400 and "destination unknown" in message:
         return BadRequest(
             "this is a forward proxy: send absolute-form or CONNECT requests", hint=ORIGIN_FORM_HINT

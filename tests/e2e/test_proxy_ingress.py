@@ -183,6 +183,21 @@ def test_origin_form_is_refused(srv: ServerProc, up: TLSUpstream, token: str) ->
     assert up.requests_seen.snapshot() == []
 
 
+def test_other_schemes_are_refused_with_the_proxy_hint(srv: ServerProc, up: TLSUpstream, token: str) -> None:
+    """SPEC §5.1: a scheme other than http/https is 400 `bad_request` with the HTTPS_PROXY hint."""
+    up.requests_seen.clear()
+    with RawConn(srv.proxy_port) as conn:
+        r = conn.request(
+            "GET",
+            f"ftp://localhost:{up.port}/echo",
+            {"Host": f"localhost:{up.port}", "Proxy-Authorization": basic(token)},
+        )
+    assert r.status == 400 and r.headers["x-agent-vault-proxy-error"] == "true"
+    body = r.json()
+    assert body["error"] == "bad_request" and "HTTPS_PROXY" in body["hint"], body
+    assert up.requests_seen.snapshot() == []
+
+
 # ---- authentication ---------------------------------------------------------------------------
 
 
