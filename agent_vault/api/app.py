@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from agent_vault import __version__
 from agent_vault.api import admin, agent, csrf, identity, instance, ratelimit
@@ -44,6 +45,10 @@ def create_app(allowed_hosts: Callable[[], set[str]] | None = None) -> FastAPI:
                 raise
             continue
         app.include_router(module.router)
+
+    # SPEC §9: a body over 1 MiB is refused however it is framed (the check on Content-Length below
+    # answers early; this one counts chunked bodies as they arrive: uvicorn reads them without a cap)
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=MAX_BODY)
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -117,12 +122,14 @@ def create_app(allowed_hosts: Callable[[], set[str]] | None = None) -> FastAPI:
         # 400 is FastAPI's "error parsing the body" (e.g. not UTF-8): the SPEC §6 `bad_request`.
         code, hint = {
             400: ("bad_request", "Send a well-formed UTF-8 JSON body."),
+            413: ("body_too_large", "Send less data."),
             404: ("not_found", ""),
             405: ("method_not_allowed", ""),
         }.get(exc.status_code, ("http_error", ""))
-        return JSONResponse(
-            {"error": code, "message": str(exc.detail), "hint": hint}, status_code=exc.status_code
-        )
+        body: dict[str, object] = {"error": code, "message": str(exc.detail), "hint": hint}
+        if exc.status_code == 413:
+            body["limit_bytes"] = MAX_BODY
+        return JSONResponse(body, status_code=exc.status_code)
 
     @app.exception_handler(Exception)
     async def on_crash(_request: Request, exc: Exception) -> JSONResponse:

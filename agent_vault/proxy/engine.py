@@ -54,6 +54,7 @@ from agent_vault.proxy.answers import (
     h1_error_response,
     upstream_error,
 )
+from agent_vault.proxy.bodyreader import make_body_reader as capped_body_reader
 from agent_vault.proxy.deadlines import CONNECT_TIMED_OUT, CONNECT_WATCH, FIRST_BYTE_TIMED_OUT, FirstByteWatch
 from agent_vault.proxy.engine_compat import (
     ErrorCode,
@@ -365,6 +366,7 @@ def _capped_client_read_headers(orig: Callable[..., Any]) -> Callable[..., Any]:
 
 
 _WsConnection: Any = mws.WebsocketConnection  # mitmproxy's, as imported (before any install)
+FRAME_COST = 256  # bytes a frame counts for against the message limit, besides its payload
 
 
 class BoundedWebsocketConnection(_WsConnection):  # type: ignore[misc]
@@ -418,13 +420,14 @@ def install() -> None:
         post_init = http.MessageData.__dict__.get("__post_init__")
         server_rh, client_rh = _http1.Http1Server.read_headers, _http1.Http1Client.read_headers
         _saved = (mhttp.HttpStream, _http1.make_error_response, post_init, server_rh, client_rh)
-        _saved += (_WsConnection,)
+        _saved += (_WsConnection, _http1.make_body_reader)
         setattr(mhttp, "HttpStream", VaultHttpStream)  # noqa: B010 - HttpLayer.make_stream reads it
         setattr(_http1, "make_error_response", h1_error_response)  # noqa: B010 - Http1Server reads it
         setattr(http.MessageData, "__post_init__", _no_typecheck)  # noqa: B010 - dataclass __init__ calls it
         setattr(_http1.Http1Server, "read_headers", _capped_server_read_headers(server_rh))  # noqa: B010
         setattr(_http1.Http1Client, "read_headers", _capped_client_read_headers(client_rh))  # noqa: B010
         setattr(mws, "WebsocketConnection", BoundedWebsocketConnection)  # noqa: B010 - WebsocketLayer reads it
+        setattr(_http1, "make_body_reader", capped_body_reader)  # noqa: B010 - Http1Server/Client read it
 
 
 def uninstall() -> None:
@@ -437,4 +440,5 @@ def uninstall() -> None:
         setattr(_http1.Http1Server, "read_headers", _saved[3])  # noqa: B010
         setattr(_http1.Http1Client, "read_headers", _saved[4])  # noqa: B010
         setattr(mws, "WebsocketConnection", _saved[5])  # noqa: B010
+        setattr(_http1, "make_body_reader", _saved[6])  # noqa: B010
         _saved = None

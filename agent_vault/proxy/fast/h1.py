@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from mitmproxy import http
 from mitmproxy.net.http import http1
 
+from agent_vault.proxy.bodyreader import make_body_reader
 from agent_vault.proxy.engine import _head_over_limit
 from agent_vault.proxy.engine_compat import _http1
 from agent_vault.proxy.fast import strict
@@ -149,7 +150,7 @@ class Reader:
             if whole:
                 yield whole
             return
-        reader: Any = _http1.make_body_reader(size)
+        reader = make_body_reader(size)
         while True:
             try:
                 ev = reader(self.buf)
