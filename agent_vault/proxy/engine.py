@@ -387,7 +387,8 @@ class BoundedWebsocketConnection(_WsConnection):  # type: ignore[misc]
         for ev in super().events():
             if isinstance(ev, wsproto.events.Message):
                 data = ev.data
-                self._pending += len(data) if isinstance(data, bytes | bytearray) else len(data.encode())
+                size = len(data) if isinstance(data, bytes | bytearray) else len(data.encode())
+                self._pending += size + FRAME_COST  # a frame's list entry costs too (empty frames included)
                 if self._pending > self.max_message:
                     self.frame_buf = [b""]  # drop what was reassembled so far
                     self._pending = 0

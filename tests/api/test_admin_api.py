@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
 from helpers.core import OWNER_PASSWORD
 
@@ -240,6 +242,21 @@ def test_a_vault_admin_cannot_grant_an_agent_of_other_vaults(api: httpx.Client) 
     assert r.status_code == 201
     r = api.put("/v1/vaults/team-c/agents/c-bot", json={**body, "role": "member"}, headers=alice)
     assert r.status_code == 200 and r.json() == {"name": "c-bot", "role": "member"}  # her own team's agent
+
+
+def test_a_chunked_body_over_1_mib_is_refused_as_it_arrives(api: httpx.Client) -> None:
+    """No Content-Length to check up front: the body is counted as it arrives (it was read whole)."""
+    sent = 0
+
+    def body() -> Iterator[bytes]:
+        nonlocal sent
+        for _ in range(64):  # 4 MiB offered
+            sent += 65536
+            yield b"x" * 65536
+
+    r = api.post("/v1/auth/login", content=body(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413, r.text
+    assert r.json()["error"] == "body_too_large" and r.json()["limit_bytes"] == 1 << 20
 
 
 def test_session_list_names_who_each_session_acts_for(api: httpx.Client) -> None:

@@ -58,3 +58,20 @@ def test_the_engine_uses_the_capped_readers() -> None:
         if mine:
             engine.uninstall()
             assert _http1.make_body_reader is not make_body_reader
+
+
+def test_empty_websocket_frames_count_against_the_message_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message reassembled from empty frames costs a list entry per frame: each frame counts
+    `FRAME_COST` bytes, so a stream of them is closed with 1009 instead of growing without bound."""
+    import wsproto.events
+    from wsproto import ConnectionType
+
+    monkeypatch.setattr(engine.BoundedWebsocketConnection, "max_message", 100 * engine.FRAME_COST)
+    ws = engine.BoundedWebsocketConnection(ConnectionType.SERVER, conn=None)
+    mask = b"\x01\x02\x03\x04"
+    first = b"\x02\x80" + mask  # binary, not final, empty, masked (a client's frame)
+    ws.receive_data(first + (b"\x00\x80" + mask) * 500)  # 500 empty continuation frames
+    events = list(ws.events())
+    closes = [e for e in events if isinstance(e, wsproto.events.CloseConnection)]
+    assert closes and closes[0].code == 1009
+    assert len(events) < 200  # stopped near the limit, not after all 500 frames
