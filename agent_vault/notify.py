@@ -199,6 +199,8 @@ class Notifier:
         netloc = f"[{ip}]" if ":" in ip else ip
         target = parts._replace(netloc=f"{netloc}:{port}").geturl()
         headers = {"Host": parts.netloc.rsplit("@", 1)[-1], "User-Agent": "agent-vault-notify"}
-        async with httpx.AsyncClient(verify=self._ssl, trust_env=False, timeout=self.timeout) as c:
-            r = await c.post(target, json=body, headers=headers, extensions={"sni_hostname": host})
-        r.raise_for_status()  # a non-2xx answer is a failed attempt (retried)
+        async with (
+            httpx.AsyncClient(verify=self._ssl, trust_env=False, timeout=self.timeout) as c,
+            c.stream("POST", target, json=body, headers=headers, extensions={"sni_hostname": host}) as r,
+        ):
+            r.raise_for_status()  # a non-2xx answer is a failed attempt (retried); the body is never read

@@ -158,3 +158,40 @@ def test_the_queue_is_bounded_and_failures_are_retried_then_counted() -> None:
     assert n.failed == 2 and n.delivered == 0
     assert n.dropped == 3  # two queued, three over the bound: emit never waits
     assert calls == ["a.example"] * 6  # three attempts each
+
+
+def test_a_webhook_answer_is_never_read_whole() -> None:
+    """A receiver that answers 200 and then streams a body without end: the delivery counts at once and
+    the proxy's memory does not follow the body (only the status is read)."""
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        try:
+            for _ in range(100_000):  # bounded: ~6 GiB offered, the reader must not take it
+                writer.write(b"10000\r\n" + b"x" * 0x10000 + b"\r\n")
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def loopback(host: str, port: int) -> str:
+        return "127.0.0.1"
+
+    async def scenario() -> Notifier:
+        server = await asyncio.start_server(endless, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        n = Notifier([f"http://127.0.0.1:{port}/hook"], loopback, workers=1, attempts=1, timeout=5.0)
+        n.start()
+        n.emit("hold.created", "v", {"id": "1"})
+        for _ in range(300):  # 3 s at most: reading the body whole would never end
+            if n.delivered or n.failed:
+                break
+            await asyncio.sleep(0.01)
+        await n.close()
+        server.close()
+        return n
+
+    n = asyncio.run(scenario())
+    assert n.delivered == 1 and n.failed == 0
