@@ -180,28 +180,28 @@ class Connections:
 
     def _tunnel_expired(self, client_id: str) -> None:
         st = self.table.get(client_id)
-        if st is None or st.mode != "tunnel" or st.ident is None:
-            return
-        st.expiry = None
-        try:
-            st.ident = recheck(self.core.runtime.snapshot, st.ident)
-        except AgentVaultError:
-            live.close_client(client_id)
-            return
-        self._watch_expiry(client_id, st, st.ident)  # renewed: watch the new expiry
+        if st is not None and st.mode == "tunnel" and st.ident is not None:
+            st.expiry = None
+            self._recheck_tunnel(client_id, st, rearm=True)
 
     def close_revoked_tunnels(self) -> None:
         """SPEC §3.1: close the tunnels of revoked tokens (MITM'd requests are re-checked anyway)."""
         for client_id, st in list(self.table.items()):
             if st.mode == "tunnel" and st.ident is not None:
-                try:
-                    ident = recheck(self.core.runtime.snapshot, st.ident)
-                except AgentVaultError:
-                    live.close_client(client_id)
-                    continue
-                if ident is not st.ident:  # a renewal (or a shorter life): watch the new expiry
-                    st.ident = ident
-                    self._watch_expiry(client_id, st, ident)
+                self._recheck_tunnel(client_id, st, rearm=False)
+
+    def _recheck_tunnel(self, client_id: str, st: ConnState, *, rearm: bool) -> None:
+        """Close the tunnel if its token no longer passes; else watch its expiry again when it changed
+        (a renewal, or a shorter life) or when `rearm` (its timer just fired)."""
+        assert st.ident is not None
+        try:
+            ident = recheck(self.core.runtime.snapshot, st.ident)
+        except AgentVaultError:
+            live.close_client(client_id)
+            return
+        if rearm or ident is not st.ident:
+            st.ident = ident
+            self._watch_expiry(client_id, st, ident)
 
     # ---- HTTP/1 Connection: close ---------------------------------------------------------------
     def note_close(self, flow: http.HTTPFlow) -> None:
