@@ -68,6 +68,7 @@ class FlowState:
     bytes_down: int = 0
     signing: Any = field(default=None, repr=False)  # brokered.PendingSign: an AWS request to sign
     served: str = "engine"  # engine | fast: which path served the request (issue 24)
+    injected: bool = False  # the credential was put into the request: its keys are audited whatever follows
 
     def add_secrets(self, svc: ServiceDef, inj: inject.Injection | None, values: dict[str, str]) -> None:
         """Remember values sent in this request for redaction (SPEC §5.9), if the service redacts."""
@@ -246,7 +247,9 @@ class FlowLog:
                 path=fs.path,
                 service=svc.name if svc is not None else None,
                 auth_type=svc.auth.type if svc is not None else None,
-                injected_keys=list(inj.used_keys) if inj is not None and decision == "injected" else [],
+                injected_keys=list(inj.used_keys)
+                if inj is not None and (fs.injected or decision == "injected")
+                else [],
                 substituted_keys=fs.substituted,
                 redacted_keys=sorted(fs.redacted),
                 credential_sources=fs.sources,

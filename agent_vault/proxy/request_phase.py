@@ -123,6 +123,7 @@ class RequestPhase:
         hygiene.strip_request_headers(req.headers, list(inj.headers) if inj else ())
         if inj is not None:
             req.path = inject.apply_injection(req.headers, req.path, inj)
+            fs.injected = True  # from here on the record names the keys, even if the request then fails
         if fs.secrets:
             req.headers["accept-encoding"] = "identity"
         if fs.signing is not None and not self.broker.plan(flow, fs.signing, host, port, clen):
