@@ -337,10 +337,16 @@ def raise_nofile_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def run(settings: Settings, password_stdin: bool = False, lock: ServerLock | None = None) -> None:
+def run(
+    settings: Settings,
+    password_stdin: bool = False,
+    lock: ServerLock | None = None,
+    master: str | None = None,
+) -> None:
     """Blocking entry point used by the CLI. Raises AgentVaultError for user-facing failures.
 
-    `lock`: the home's ServerLock, already held (the CLI takes it before any prompt); None takes it here."""
+    `lock`: the home's ServerLock, already held (the CLI takes it before any prompt); None takes it here.
+    `master`: the master password when the caller has it already (a first start that just ran `init`)."""
     settings.sqlalchemy_url()  # checks the URL scheme early
     if settings.reuse_port and not hasattr(socket, "SO_REUSEPORT"):
         raise ConfigError("--reuse-port needs SO_REUSEPORT, which this platform lacks")
@@ -351,7 +357,7 @@ def run(settings: Settings, password_stdin: bool = False, lock: ServerLock | Non
             lock = stack.enter_context(ServerLock(home))
         ident = identify(settings)
         with _logging(settings.log_level):
-            password = master_password(ident.key_mode, ident.instance_id, password_stdin)
+            password = master or master_password(ident.key_mode, ident.instance_id, password_stdin)
             if password is None and ident.key_mode != "passwordless":  # at the terminal: 3 attempts
                 unlocked = prompted_unlock(lambda pw: unlock(settings, pw))
             else:

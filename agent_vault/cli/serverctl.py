@@ -190,19 +190,20 @@ def server(
     from agent_vault.lifecycle import ServerLock
 
     with ServerLock(home) as lock:  # before any prompt: a second server never asks for a password
+        master: str | None = None  # typed just now by `init`: not asked a third time
         if not settings.uses_postgres and not home.initialised():  # PostgreSQL: the database says
             if srv.foreground_tty():
                 from agent_vault.cli.setup import init
 
                 with contextlib.redirect_stdout(sys.stderr):  # stdout: the ready line alone (SPEC §2.1)
-                    init(key_mode="password", owner_email=None, password_stdin=False, yes=False)
+                    master = init(key_mode="password", owner_email=None, password_stdin=False, yes=False)
             else:
                 raise NotInitialised(
                     f"{settings.home} is not initialised yet (no terminal to ask for passwords)",
                     hint="Run: printf '%s\\n' LOGIN_PASSWORD | AGENT_VAULT_MASTER_PASSWORD=... "
                     "agent-vault init --owner-email you@example.com --password-stdin",
                 )
-        srv.run(settings, password_stdin=password_stdin, lock=lock)
+        srv.run(settings, password_stdin=password_stdin, lock=lock, master=master)
 
 
 def _child_argv(home: Home, options: dict[str, object], password: bool) -> list[str]:

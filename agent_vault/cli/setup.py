@@ -28,8 +28,9 @@ def init(
         str | None,
         typer.Option(help="postgresql://USER@HOST:PORT/DB to create the instance in (or DATABASE_URL)."),
     ] = None,
-) -> None:
-    """Create the home, database, keys, CA, the owner and vault `default` (server stopped).
+) -> str | None:
+    """Create the home, database, keys, CA, the owner and vault `default` (server stopped). Returns the
+    master password (None when passwordless), so a first `server` start need not ask for it again.
 
     With PostgreSQL, run it once per database; every replica then starts with the master password."""
     from agent_vault import keys
@@ -96,6 +97,7 @@ def init(
         f"initialised {where} (instance {instance_id[:8]}, key mode {key_mode}); "
         f"start it with 'agent-vault server'",
     )
+    return master
 
 
 def _keyring_note(reason: str | None) -> None:

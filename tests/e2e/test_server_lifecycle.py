@@ -256,3 +256,68 @@ def test_background_job_on_a_terminal_exits_instead_of_stopping(
     job.stderr.close()
     assert job.returncode == 1, stderr
     assert [x for x in stderr.splitlines() if x.startswith("error:")] == [NO_SOURCE], stderr
+
+
+# The first `agent-vault server` on a terminal runs `init` (prompts) and then serves. Its stdout must carry
+# the ready line alone (SPEC §2.1: scripts read it), so init's own output goes to stderr. The session
+# leader below makes the pseudo-terminal its controlling terminal and runs the server as its foreground
+# job with stdin (and stderr, the prompts) on the terminal and stdout on a pipe.
+_FOREGROUND_JOB = r"""
+import os, subprocess, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+sys.exit(subprocess.Popen(sys.argv[2:], stdin=fd, stderr=fd).wait())
+"""
+
+
+def test_first_start_on_a_terminal_keeps_stdout_for_the_ready_line(
+    tmp_path: Path, upstream_ca: trustme.CA
+) -> None:
+    import select
+    import time
+
+    srv = ServerProc(tmp_path, upstream_ca, key_mode="password")  # never initialised
+    env = {k: v for k, v in srv.env.items() if k != "AGENT_VAULT_MASTER_PASSWORD"}
+    master, slave = os.openpty()  # the slave stays open here: reading the master never sees EIO early
+    tty = os.ttyname(slave)
+    cmd = [sys.executable, "-c", _FOREGROUND_JOB, tty, sys.executable, "-m", "agent_vault", "server", *PORTS]
+    job = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env, start_new_session=True
+    )
+    login, master_pw = "first-login-password-1", MASTER_PASSWORD
+    answers = [
+        (b"Owner email", b"owner@example.com\n"),
+        (b"Login password", login.encode() + b"\n"),
+        (b"Repeat", login.encode() + b"\n"),
+        (b"Master password (", master_pw.encode() + b"\n"),
+        (b"Repeat", master_pw.encode() + b"\n"),
+    ]
+    seen = since = b""
+    try:
+        assert job.stdout is not None
+        end = time.monotonic() + 60
+        stdout = b""  # read as it comes (a prompt sent to stdout has no newline to wait for)
+        while time.monotonic() < end and b"\n" not in stdout:
+            if answers and answers[0][0] in since:
+                os.write(master, answers.pop(0)[1])
+                since = b""
+            r, _, _ = select.select([master, job.stdout], [], [], 0.2)
+            if master in r:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # EIO: nothing has the terminal open any more
+                    break
+                seen += chunk
+                since += chunk
+            if job.stdout in r:
+                stdout += os.read(job.stdout.fileno(), 4096) or b"\n"
+        assert stdout.startswith(b"agent-vault ready api=http://"), (stdout, seen)
+        assert not answers, seen
+        assert b"initialised" in seen  # init's report went to the terminal (stderr), not to stdout
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(job.pid, signal.SIGTERM)  # the job's own session: the leader and the server
+        job.wait(timeout=30)
+        rest = job.stdout.read() if job.stdout else b""
+        os.close(master)
+        os.close(slave)
+    assert stdout.count(b"\n") == 1 and rest == b"", (stdout, rest)  # nothing else ever reached stdout
