@@ -20,7 +20,13 @@ class _Bucket:
 
 
 class FailureLimiter:
-    """Counts failures per key in a sliding window; thread-safe (login, step-up, proxy auth)."""
+    """Counts failures per key in a sliding window; thread-safe (login, step-up, proxy auth).
+
+    At most `MAX_KEYS` keys are kept. When full, expired failures go first, then keys still under the
+    limit (forgetting one of their failures refuses nobody), then the oldest: a client flooding new
+    keys (an email per attempt) cannot free the keys that are refused now, which wiping everything did."""
+
+    MAX_KEYS = 100_000
 
     def __init__(self, limit: int, window_s: float) -> None:
         self.limit, self.window = limit, window_s
@@ -41,10 +47,32 @@ class FailureLimiter:
         return 0
 
     def fail(self, key: str) -> None:
+        now = time.monotonic()
         with self._lock:
-            if len(self._events) > 100_000:
-                self._events.clear()
-            self._events.setdefault(key, deque()).append(time.monotonic())
+            q = self._events.get(key)
+            if q is None:
+                if len(self._events) >= self.MAX_KEYS:
+                    self._make_room(now)
+                q = self._events[key] = deque()
+            q.append(now)
+            while len(q) > self.limit:  # only the newest `limit` failures decide a refusal
+                q.popleft()
+
+    def _make_room(self, now: float) -> None:
+        """Bring the table to at most 90 % of MAX_KEYS (so this O(n) pass runs once per many keys)."""
+        target = self.MAX_KEYS * 9 // 10
+        horizon = now - self.window
+        rules = (
+            lambda q: q[-1] < horizon,  # every failure expired
+            lambda q: len(q) < self.limit,  # not refused now
+        )
+        for stale in rules:
+            for k in [k for k, q in self._events.items() if stale(q)]:
+                del self._events[k]
+            if len(self._events) <= target:
+                return
+        for k in list(self._events)[: len(self._events) - target]:  # the oldest keys, all refused
+            del self._events[k]
 
 
 class TokenBucket:
