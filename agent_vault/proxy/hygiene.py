@@ -146,6 +146,23 @@ def _strip(headers: MutableMapping[str, str], extra: Collection[str], keep_frami
         headers["Connection"] = "Upgrade"
 
 
+REQUEST_ONLY = frozenset({"proxy-authorization", "proxy-connection", "x-vault"})  # never to an upstream
+RESPONSE_ONLY = frozenset({"proxy-authenticate", "set-cookie", "set-cookie2"})  # never from a trailer
+
+
+def strip_trailers(trailers: MutableMapping[str, str], names: Collection[str]) -> None:
+    """Trailer fields (HTTP/2, sent after the hooks) with `names`, `X-Agent-Vault-*`, every hop-by-hop
+    or framing field and every field a Connection field names removed, in place: a trailer must not
+    carry what the head may not (SPEC §14.6)."""
+    lows = {k.lower() for k in trailers}
+    remove = HOP_BY_HOP | _FRAMING | {n.lower() for n in names}
+    if "connection" in lows:
+        remove |= _tokens(v for k, v in trailers.items() if k.lower() == "connection") - _NEVER_BY_CONNECTION
+    for low in lows:
+        if low in remove or low.startswith("x-agent-vault-"):
+            remove_header(trailers, low)
+
+
 def strip_request_headers(
     headers: MutableMapping[str, str], injected_names: Collection[str] = (), *, keep_framing: bool = True
 ) -> None:
@@ -159,7 +176,7 @@ def strip_request_headers(
     Transfer-Encoding and Content-Length are kept: mitmproxy needs them to frame the body and rewrites
     them for the wire itself; pass False only for a message you frame yourself.
     """
-    extra = {"proxy-authorization", "proxy-connection", "x-vault"} | {n.lower() for n in injected_names}
+    extra = REQUEST_ONLY | {n.lower() for n in injected_names}
     _strip(headers, extra, keep_framing)
 
 

@@ -187,6 +187,12 @@ class RequestPhase:
         """`request`: substitute placeholders in a buffered body, only for services that opted in
         (SPEC §5.6), otherwise just count it; then sign it (aws-sigv4). A buffered body is scanned
         for vault values first (guard), before the upstream is dialled."""
+        trailers = flow.request.trailers  # sent after this hook: the same hygiene as the head's
+        if trailers is not None:
+            inj = fs.decision.injection if fs.decision is not None else None
+            hygiene.strip_trailers(
+                trailers, hygiene.REQUEST_ONLY | {n.lower() for n in (inj.headers if inj else ())}
+            )
         if fs.ident is not None:
             self.guard.body(flow, fs, self.core.runtime.snapshot.vaults[fs.ident.vault])
         self._substitute_body(flow, fs)

@@ -61,6 +61,8 @@ class ResponsePhase:
         streamed body that failed after its headers went out is reset (never "complete")."""
         resp = flow.response
         assert resp is not None
+        if resp.trailers is not None:  # SPEC §14.6 holds for trailers too (sent after this hook)
+            hygiene.strip_trailers(resp.trailers, hygiene.RESPONSE_ONLY)
         if is_proxy_answer(resp):
             if fs.secrets:
                 fs.redact_buffered(resp, self.core.settings.max_buffered_bytes)

@@ -51,7 +51,7 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -158,6 +158,7 @@ class UpstreamRequest:
     http_version: str
     scheme: str
     authority: str
+    trailers: list[tuple[str, str]] = field(default_factory=list)  # HTTP/2 request trailers
 
     @property
     def path(self) -> str:
@@ -191,6 +192,7 @@ class UpstreamRequest:
             "http_version": self.http_version,
             "authority": self.authority,
             "scheme": self.scheme,
+            "trailers": list(self.trailers),
         }
 
 
@@ -710,6 +712,10 @@ class _BaseUpstream:
                             stream.body += ev.data or b""
                         with contextlib.suppress(h2.exceptions.H2Error):
                             conn.acknowledge_received_data(ev.flow_controlled_length or 0, ev.stream_id)
+                    elif isinstance(ev, h2.events.TrailersReceived) and ev.stream_id is not None:
+                        stream = streams.get(ev.stream_id)
+                        if stream is not None:
+                            stream.trailers = list(ev.headers or [])
                     elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id is not None:
                         stream = streams.get(ev.stream_id)
                         if stream is not None and stream.task is None:
@@ -743,6 +749,7 @@ class _BaseUpstream:
             http_version="HTTP/2",
             scheme=pseudo.get(":scheme", self.scheme),
             authority=pseudo.get(":authority", ""),
+            trailers=[(_latin1(k), _latin1(v)) for k, v in stream.trailers],
         )
         self.requests_seen.append(req.record())
         resp = await self._safe_handle(req)
@@ -779,6 +786,7 @@ class _H2Stream:
     def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
         self.headers = headers
         self.body = bytearray()
+        self.trailers: list[tuple[bytes, bytes]] = []
         self.task: asyncio.Task[None] | None = None
 
 

@@ -141,6 +141,10 @@ class Hostile(TLSUpstream):
             return UpstreamResponse(
                 200, [("Content-Type", "text/plain")], _pieces(b"ok"), [("X-Reflected", value)]
             )
+        if req.path == "/forge-trailer":  # an upstream forging proxy fields where headers were not checked
+            forged = [("X-Agent-Vault-Proxy-Error", "true"), ("X-Agent-Vault-Vault", "evil")]
+            trailers = [*forged, ("Set-Cookie", "a=b"), ("Proxy-Authenticate", "Basic"), ("X-Fine", "1")]
+            return UpstreamResponse(200, [("Content-Type", "text/plain")], _pieces(b"ok"), trailers)
         if req.path == "/sink":
             body = json.dumps({"length": len(req.body), "sha256": hashlib.sha256(req.body).hexdigest()})
             return UpstreamResponse(200, [("Content-Type", "application/json")], body.encode())
@@ -447,6 +451,34 @@ def test_websocket_message_over_the_cap_closes_with_1009(
 # ---- HTTP/2 trailers --------------------------------------------------------------------------------
 
 
+def _h2_post_with_trailers(
+    tls: ssl.SSLSocket, authority: str, path: str, trailers: list[tuple[str, str]]
+) -> tuple[int, bytes]:
+    """One HTTP/2 POST whose body is followed by `trailers`; (status, body)."""
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    sid = conn.get_next_available_stream_id()
+    head = [(":method", "POST"), (":scheme", "https"), (":authority", authority), (":path", path)]
+    conn.send_headers(sid, head)
+    conn.send_data(sid, b"hi")
+    conn.send_headers(sid, trailers, end_stream=True)
+    tls.sendall(conn.data_to_send())
+    tls.settimeout(10)
+    status, body = 0, bytearray()
+    while True:
+        data = tls.recv(65536)
+        assert data, "connection closed"
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == sid:
+                status = int(dict(ev.headers)[b":status"])
+            elif isinstance(ev, h2.events.DataReceived) and ev.stream_id == sid:
+                body += ev.data
+                conn.acknowledge_received_data(ev.flow_controlled_length, sid)
+            elif isinstance(ev, h2.events.StreamEnded | h2.events.StreamReset) and ev.stream_id == sid:
+                return status, bytes(body)
+        tls.sendall(conn.data_to_send())
+
+
 def _h2_get_with_trailers(tls: ssl.SSLSocket, authority: str, path: str) -> tuple[int, bytes, list[Any]]:
     conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
@@ -492,3 +524,40 @@ def test_http2_trailers_are_redacted(srv: SweptServer, hostile: Hostile, token: 
     assert trailers == [(b"x-reflected", b"Bearer [REDACTED:BOMB_KEY]")]
     for form in value_forms(V["BOMB_KEY"]):
         assert form.encode() not in repr(trailers).encode()
+
+
+def test_http2_trailers_cannot_forge_proxy_fields(srv: SweptServer, hostile: Hostile, token: str) -> None:
+    """SPEC §14.6 on trailers: an upstream's `X-Agent-Vault-*` (and Proxy-Authenticate, Set-Cookie)
+    trailer fields never reach the agent; other trailer fields do."""
+    target = f"api.upstream.test:{hostile.port}"
+    with srv.raw() as conn:
+        assert conn.connect(target, {"Proxy-Authorization": basic(token)}).status == 200
+        tls = conn.start_tls("api.upstream.test", srv.ca_bundle, alpn=["h2"])
+        assert tls.selected_alpn_protocol() == "h2"
+        status, body, trailers = _h2_get_with_trailers(tls, target, "/forge-trailer")
+    assert status == 200 and body == b"ok"
+    assert trailers == [(b"x-fine", b"1")], trailers
+
+
+def test_http2_request_trailers_cannot_carry_proxy_fields_upstream(
+    srv: SweptServer, hostile: Hostile, token: str
+) -> None:
+    """SPEC §14.6 on request trailers: Proxy-Authorization, X-Vault, `X-Agent-Vault-*` and the header
+    the proxy injects never reach the upstream, however the agent sends them; other fields do."""
+    target = f"api.upstream.test:{hostile.port}"
+    sent = [
+        ("proxy-authorization", basic(token)),
+        ("x-vault", "other"),
+        ("x-agent-vault-note", "1"),
+        ("authorization", "Bearer agent-chosen"),
+        ("x-fine", "1"),
+    ]
+    with srv.raw() as conn:
+        assert conn.connect(target, {"Proxy-Authorization": basic(token)}).status == 200
+        tls = conn.start_tls("api.upstream.test", srv.ca_bundle, alpn=["h2"])
+        assert tls.selected_alpn_protocol() == "h2"
+        status, _ = _h2_post_with_trailers(tls, target, "/sink?trailers=1", sent)
+    assert status == 200
+    seen = [r for r in hostile.requests_seen.snapshot() if r["path"] == "/sink?trailers=1"]
+    assert len(seen) == 1 and seen[0]["http_version"] == "HTTP/2", seen
+    assert seen[0]["trailers"] == [("x-fine", "1")], seen[0]["trailers"]
