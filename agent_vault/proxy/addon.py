@@ -32,7 +32,7 @@ from agent_vault.core import Core
 from agent_vault.domain import learn
 from agent_vault.errors import AgentVaultError
 from agent_vault.metrics import Metrics
-from agent_vault.proxy import deadlines, engine, inject, live
+from agent_vault.proxy import deadlines, engine, h1bounds, h2bounds, inject, live
 from agent_vault.proxy.answers import error_response
 from agent_vault.proxy.connections import Connections, ConnState
 from agent_vault.proxy.decide import Identity
@@ -95,6 +95,8 @@ class VaultAddon:
         """Admin changes reload the runtime (in API threads); re-check open tunnels on the loop."""
         loop = asyncio.get_running_loop()
         engine.set_websocket_limit(self.core.settings.max_buffered_bytes)
+        h1bounds.set_request_limit(self.core.settings.max_request_bytes)  # a body queued while held
+        h2bounds.set_limit(self.core.settings.max_buffered_bytes)
         deadlines.configure(self.core.settings.connect_timeout, self.core.settings.first_byte_timeout)
 
         def on_reload() -> None:

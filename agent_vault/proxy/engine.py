@@ -23,7 +23,8 @@ it. `install()` (called by ProxyRunner; one engine per process) therefore:
 * drops mitmproxy's runtime type check of every parsed HTTP message (a debug aid, costly).
 
 * caps the request head from a client and the response head from an upstream (`MAX_HEAD_BYTES`);
-* makes the WebSocket layer refuse a message growing past a limit (close 1009).
+* makes the WebSocket layer refuse a message growing past a limit (close 1009);
+* bounds what an HTTP/1 client sends while its request waits (`h1bounds`).
 
 The answers themselves are built in `answers.py`; every private mitmproxy name comes from
 `engine_compat`, which `install()` checks first. Messages name hosts and causes, never request
@@ -40,13 +41,12 @@ import wsproto.events
 from mitmproxy import flow as mflow
 from mitmproxy import http
 from mitmproxy.connection import Connection, ConnectionState
-from mitmproxy.net.http.validate import validate_headers
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import http as mhttp
 from mitmproxy.proxy.layers import websocket as mws
 
 from agent_vault.errors import AgentVaultError, BodyTooLarge
-from agent_vault.proxy import engine_compat
+from agent_vault.proxy import engine_compat, h1bounds, h2bounds
 from agent_vault.proxy.answers import (
     MAX_HEAD_BYTES,
     engine_error,
@@ -70,6 +70,7 @@ from agent_vault.proxy.engine_compat import (
     _http1,
 )
 from agent_vault.proxy.fast import strict
+from agent_vault.proxy.h1bounds import blank_lines, smuggling_prone
 
 _UPSTREAM_FAILURES = (ErrorCode.CONNECT_FAILED, ErrorCode.GENERIC_SERVER_ERROR)
 
@@ -97,7 +98,7 @@ class BufferWhole:
     refuse: Callable[[], AgentVaultError]
 
 
-class VaultHttpStream(mhttp.HttpStream):
+class VaultHttpStream(h1bounds.HeldBodyCap, mhttp.HttpStream):
     """mitmproxy's HttpStream with SPEC §5.1/§6 answers (see the module docstring)."""
 
     _first_byte: FirstByteWatch | None = None
@@ -268,35 +269,10 @@ def _head_over_limit(buf: Any) -> bool:
     return end == -1 or end + 4 > MAX_HEAD_BYTES
 
 
-def _smuggling_prone(request: http.Request | None) -> bool:
-    """What the engine's `validate_headers` refuses (CL with TE, several TE, TE on HTTP/1.0, bad names)."""
-    if request is None:
-        return False
-    try:
-        validate_headers(request)
-    except ValueError:
-        return True
-    return False
-
-
-def _blank_lines(raw: bytes) -> int:
-    """How many bytes of empty lines (CRLF or LF, h11's units) lead `raw`. mitmproxy's Http1Server takes
-    one per read event and then waits for more data, so a request sent after one (RFC 9112 2.2: to be
-    ignored) hung the connection when it came in the same read; the fast path skips them all."""
-    i = 0
-    while True:
-        if raw[i : i + 1] == b"\n":
-            i += 1
-        elif raw[i : i + 2] == b"\r\n":
-            i += 2
-        else:
-            return i
-
-
 def _capped_server_read_headers(orig: Callable[..., Any]) -> Callable[..., Any]:
     """Http1Server.read_headers with a head-size cap (mitmproxy buffers a head without limit: its
     own FIXME). Over the cap, before any parsing or hook: 431 JSON, then the connection is closed.
-    Empty lines before a head are all skipped (`_blank_lines`), as on the fast path."""
+    Empty lines before a head are all skipped (`blank_lines`), as on the fast path."""
 
     def read_headers(self: Any, event: events.Event) -> layer.CommandGenerator[None]:
         if isinstance(event, events.DataReceived) and _head_over_limit(self.buf):
@@ -307,7 +283,7 @@ def _capped_server_read_headers(orig: Callable[..., Any]) -> Callable[..., Any]:
             _head_refused(self.conn, 431)
             return
         raw = bytes(self.buf) if isinstance(event, events.DataReceived) else b""
-        if blank := _blank_lines(raw):
+        if blank := blank_lines(raw):
             self.buf.maybe_extract_at_most(blank)
             raw = raw[blank:]
         answered = False
@@ -324,7 +300,7 @@ def _capped_server_read_headers(orig: Callable[..., Any]) -> Callable[..., Any]:
                 # A head HttpStream refuses (400, after its hooks): no byte of the body is read first.
                 # A broken body in the same read would close the connection before that 400 went out;
                 # the fast path refuses at the head, whatever follows.
-                if self.context.options.validate_inbound_headers and _smuggling_prone(self.request):
+                if self.context.options.validate_inbound_headers and smuggling_prone(self.request):
                     yield cmd
                     self.state = self.done
                     return
@@ -429,6 +405,8 @@ def install() -> None:
         setattr(_http1.Http1Client, "read_headers", _capped_client_read_headers(client_rh))  # noqa: B010
         setattr(mws, "WebsocketConnection", BoundedWebsocketConnection)  # noqa: B010 - WebsocketLayer reads it
         setattr(_http1, "make_body_reader", capped_body_reader)  # noqa: B010 - Http1Server/Client read it
+        h1bounds.install()
+        h2bounds.install()  # HTTP/2 send queues and finished streams (hostile peers)
 
 
 def uninstall() -> None:
@@ -442,4 +420,6 @@ def uninstall() -> None:
         setattr(_http1.Http1Client, "read_headers", _saved[4])  # noqa: B010
         setattr(mws, "WebsocketConnection", _saved[5])  # noqa: B010
         setattr(_http1, "make_body_reader", _saved[6])  # noqa: B010
+        h2bounds.uninstall()
+        h1bounds.uninstall()
         _saved = None

@@ -36,11 +36,12 @@ TESTED_TEXT = ">=12.3.0,<12.4"
 
 _import_problems: list[str] = []
 try:  # every private mitmproxy module agent-vault touches
-    from mitmproxy.proxy.layers.http import _http1
+    from mitmproxy.proxy.layers.http import _http1, _http_h2
     from mitmproxy.proxy.layers.http._base import ReceiveHttp
     from mitmproxy.proxy.layers.http._events import (
         ErrorCode,
         RequestData,
+        RequestEndOfMessage,
         RequestHeaders,
         RequestProtocolError,
         ResponseData,
@@ -49,6 +50,7 @@ try:  # every private mitmproxy module agent-vault touches
         ResponseProtocolError,
     )
     from mitmproxy.proxy.layers.http._hooks import HttpErrorHook
+    from mitmproxy.proxy.layers.http._http2 import Http2Server
 except ImportError as e:  # pragma: no cover - only on an untested engine
     _import_problems.append(f"private module {e.name or e} is gone ({type(e).__name__})")
 
@@ -56,9 +58,11 @@ __all__ = [
     "TESTED_TEXT",
     "EngineIncompatible",
     "ErrorCode",
+    "Http2Server",
     "HttpErrorHook",
     "ReceiveHttp",
     "RequestData",
+    "RequestEndOfMessage",
     "RequestHeaders",
     "RequestProtocolError",
     "ResponseData",
@@ -284,8 +288,58 @@ def _patch_points() -> Iterator[tuple[str, Callable[[], bool]]]:
         ),
     )
     yield (
+        "HttpLayer builds HTTP/2 agent connections through the module name Http2Server, keeps its streams "
+        "in .streams (dropped on DropStream), and a stream's upstream is its context.server "
+        "(h2bounds.BoundedHttp2Server)",
+        lambda: (
+            "Http2Server" in _names(mhttp.HttpLayer._handle_event)
+            and isinstance(mhttp.__dict__.get("Http2Server"), type)
+            and "streams" in _names(mhttp.HttpLayer.__init__)
+            and "DropStream" in _names(mhttp.HttpLayer.event_to_child)
+            and {"context", "server"} <= _names(stream.make_server_connection)
+            and "child_layer" in stream.__annotations__
+        ),
+    )
+    yield (
+        "Http2Connection queues DATA per stream in h2_conn.stream_buffers (chunks with .data), tracks "
+        "stream ids in .streams and answers is_closed (h2bounds caps the queue, forgets closed streams)",
+        lambda: (
+            "stream_buffers" in _names(_http_h2.BufferedH2Connection.send_data)
+            and "data" in _http_h2.SendH2Data._fields
+            and any({"h2_conn", "streams"} <= _names(vars(k).get("__init__")) for k in Http2Server.__mro__)
+            and callable(getattr(Http2Server, "is_closed", None))
+            and "_paused" in _names(stream.handle_event)
+        ),
+    )
+    yield (
+        "ConnectionHandler.handle_connection awaits drain_writers after each read, in the task kept as "
+        "transports[conn].handler (h2bounds holds an upstream's read loop back there)",
+        lambda: (
+            "drain_writers" in _names(server.ConnectionHandler.handle_connection)
+            and "current_task" in _names(server.ConnectionHandler.open_connection)
+            and "handler" in {f.name for f in dataclasses.fields(server.ConnectionIO)}
+        ),
+    )
+    yield (
         "HTTP message fields are dataclasses (LeanDispatch reads hook fields)",
         lambda: dataclasses.is_dataclass(HttpErrorHook),
+    )
+    from mitmproxy.proxy.layer import Layer
+
+    yield (
+        "Layer.handle_event queues events in _paused_event_queue while _paused (h1bounds.HeldBodyCap "
+        "bounds a request body queued while a hook holds the stream)",
+        lambda: {"_paused", "_paused_event_queue"} <= _names(Layer.handle_event),
+    )
+    yield (
+        "Http1Server buffers input in self.buf before its state, waits for a response in wait (a state "
+        "read as self.wait) and ends it in send/mark_done (h1bounds caps and closes)",
+        lambda: (
+            "buf" in _names(_http1.Http1Connection._handle_event)
+            and "wait" in _names(_http1.Http1Server.mark_done)
+            and {"mark_done", "ResponseEndOfMessage"} <= _names(_http1.Http1Server.send)
+            and callable(getattr(_http1.Http1Server, "wait", None))
+        ),
     )
 
 

@@ -1,0 +1,276 @@
+"""A hostile HTTP/1 client tries to grow the server's memory while its request waits (SPEC §5.10).
+
+* A chunked request body sent while an approval hold waits: the engine queued every byte of it until
+  the human decided (only a Content-Length was checked against `--max-request-bytes`). Now the held
+  body counts against that limit whatever its framing; after the decision the agent gets the same
+  413 `body_too_large` (`limit_bytes`) on both paths, and the request its audit record.
+* Bytes sent after a complete request, while its response is awaited (pipelining or garbage): the
+  engine's HTTP/1 server appended them all to its receive buffer. Now it keeps at most
+  `h1bounds.WAITING_INPUT_CAP`: the in-flight request still gets its response (with `Connection:
+  close`) and its audit record, then the connection closes.
+
+Each scenario runs on both paths (`--fast-path on`, where the lean loop applies TCP backpressure,
+and `off`, the engine). The server's RSS is watched as in `test_adversarial_bombs` (a watchdog
+SIGKILLs it past `KILL_GROWTH`); growth must stay under `MAX_GROWTH`, far below what was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import trustme
+from helpers.proxy import basic
+from helpers.server import OWNER_PASSWORD
+from helpers.upstream import TLSUpstream
+from security.conftest import Sweep, SweptServer, audit_rows, proxy_error, start_server
+from security.test_adversarial_bombs import RssWatch
+
+MiB = 1 << 20
+LIMIT = 8 * MiB  # the server's --max-request-bytes
+SENT = 160 * MiB  # what the hostile client tries to pile up
+MAX_GROWTH = 64 * MiB
+PIECE = bytes(64 << 10)
+HOST = "api.upstream.test"
+HELD_HOST = "other.upstream.test"  # the service whose POSTs wait for approval
+
+
+@pytest.fixture(scope="module")
+def upstream(upstream_ca: trustme.CA) -> Iterator[TLSUpstream]:
+    with TLSUpstream(ca=upstream_ca) as u:
+        yield u
+
+
+@pytest.fixture(scope="module", params=["on", "off"], ids=["fast", "engine"])
+def srv(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    upstream_ca: trustme.CA,
+    sweep: Sweep,
+    upstream: TLSUpstream,
+) -> Iterator[SweptServer]:
+    args = ("--max-request-bytes", str(LIMIT), "--fast-path", request.param)
+    for s in start_server(tmp_path_factory, upstream_ca, sweep, f"h1mem-{request.param}", extra_args=args):
+        s.set_credential("H1_KEY", "sk-h1-memory-not-a-real-key-4c1d")
+        bearer = {"type": "bearer", "token": "H1_KEY"}
+        s.add_service(
+            {
+                "name": "held",
+                "host": HELD_HOST,
+                "port": upstream.port,
+                "auth": bearer,
+                "approval": {"methods": ["POST"], "timeout_seconds": 60},
+            }
+        )
+        s.add_service({"name": "plain", "host": HOST, "port": upstream.port, "auth": bearer})
+        yield s
+
+
+@pytest.fixture(scope="module")
+def token(srv: SweptServer) -> str:
+    return srv.make_agent("h1-memory-bot")
+
+
+@pytest.fixture
+def rss(srv: SweptServer) -> Iterator[RssWatch]:
+    assert srv.proc is not None
+    w = RssWatch(srv.proc.pid)
+    yield w
+    w.growth()
+
+
+# ---- a raw agent ------------------------------------------------------------------------------------
+
+
+async def _tunnel(
+    srv: SweptServer, token: str, host: str, port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """CONNECT, then TLS offering http/1.1 only (a fast-path connection when the fast path is on)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.proxy_port)
+    target = f"{host}:{port}"
+    writer.write(
+        f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {basic(token)}\r\n\r\n".encode()
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.split(b" ")[1] == b"200", head
+    ctx = ssl.create_default_context(cafile=str(srv.ca_bundle))
+    ctx.set_alpn_protocols(["http/1.1"])
+    await writer.start_tls(ctx, server_hostname=host)
+    return reader, writer
+
+
+@dataclass
+class Pump:
+    """Writes up to SENT bytes (chunk-framed or raw) as fast as the proxy takes them."""
+
+    writer: asyncio.StreamWriter
+    chunked: bool
+    sent: int = 0
+    last: float = field(default_factory=time.monotonic)  # the last progress
+
+    async def run(self) -> None:
+        data = b"%x\r\n%s\r\n" % (len(PIECE), PIECE) if self.chunked else PIECE
+        try:
+            while self.sent < SENT:
+                self.writer.write(data)
+                await self.writer.drain()
+                self.sent += len(PIECE)
+                self.last = time.monotonic()
+        except (ConnectionError, ssl.SSLError, RuntimeError):
+            pass  # the proxy closed the connection (after its answer)
+
+    async def until_full_or_stalled(self, task: asyncio.Task[None]) -> None:
+        """Until everything is sent, or the proxy has stopped reading for 1.5 s (backpressure)."""
+        while not task.done() and time.monotonic() - self.last < 1.5:
+            await asyncio.sleep(0.1)
+
+
+async def _response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:] if h)}
+    if "content-length" in headers:
+        return status, headers, await reader.readexactly(int(headers["content-length"]))
+    assert "chunked" in headers.get("transfer-encoding", ""), headers
+    body = b""
+    while size := int((await reader.readline()).strip(), 16):
+        body += await reader.readexactly(size)
+        await reader.readline()
+    await reader.readline()
+    return status, headers, body
+
+
+async def _rest(reader: asyncio.StreamReader) -> bytes:
+    """Whatever the proxy sends until it closes the connection (EOF within 10 s)."""
+    try:
+        return await asyncio.wait_for(reader.read(), 10)
+    except (ConnectionError, ssl.SSLError):
+        return b""
+
+
+def _audit(srv: SweptServer, path: str) -> dict[str, Any]:
+    end = time.monotonic() + 5
+    while True:
+        rows = [r for r in audit_rows(srv.home) if r.get("path") == path]
+        if rows or time.monotonic() > end:
+            assert rows, f"no audit record for {path}\n{srv.stderr_text()[-2000:]}"
+            return rows[-1]
+        time.sleep(0.1)
+
+
+def _small(srv: SweptServer, rss: RssWatch) -> None:
+    growth = rss.growth()
+    assert not rss.killed, "the server's RSS exploded (killed by the watchdog)"
+    assert srv.alive(), "the server died"
+    assert growth < MAX_GROWTH, f"server RSS grew by {growth / MiB:.0f} MiB"
+
+
+def _one_hold(srv: SweptServer) -> str:
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        with srv.http() as c:
+            holds = c.get("/v1/vaults/default/holds").json()["holds"]
+        if holds:
+            assert len(holds) == 1, holds
+            return str(holds[0]["id"])
+        time.sleep(0.1)
+    raise AssertionError("no pending hold")
+
+
+def _approve(srv: SweptServer, hold: str) -> None:
+    with srv.http() as c:
+        body = {"password": OWNER_PASSWORD, "scope": "once"}
+        r = c.post(f"/v1/vaults/default/holds/{hold}/approve", json=body)
+        assert r.status_code == 200, r.text
+
+
+# ---- 1. a chunked body while an approval hold waits --------------------------------------------------
+
+
+def test_held_chunked_body_counts_against_the_request_limit(
+    srv: SweptServer, upstream: TLSUpstream, token: str, rss: RssWatch
+) -> None:
+    path = f"/echo/held/{srv.extra_args[-1]}"
+
+    async def scenario() -> tuple[int, dict[str, str], bytes, int]:
+        reader, writer = await _tunnel(srv, token, HELD_HOST, upstream.port)
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: {HELD_HOST}\r\nContent-Type: application/octet-stream\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n".encode()
+        )
+        await writer.drain()
+        hold = await asyncio.to_thread(_one_hold, srv)
+        pump = Pump(writer, chunked=True)
+        task = asyncio.create_task(pump.run())
+        await pump.until_full_or_stalled(task)
+        await asyncio.to_thread(_small, srv, rss)  # while the hold still waits
+        await asyncio.to_thread(_approve, srv, hold)
+        status, headers, body = await _response(reader)
+        task.cancel()
+        writer.transport.abort()
+        return status, headers, body, pump.sent
+
+    status, headers, body, sent = asyncio.run(scenario())
+    assert proxy_error(status, headers, body, "body_too_large") == "body_too_large"
+    assert json.loads(body)["limit_bytes"] == LIMIT
+    assert headers.get("connection", "").lower() == "close"
+    row = _audit(srv, path)
+    assert (row["status"], row["error"]) == (413, "body_too_large"), row
+    assert not [r for r in upstream.requests_seen.snapshot() if r["path"] == path]  # never forwarded whole
+    assert sent > LIMIT  # the client did send past the limit (into buffers or backpressure)
+
+
+# ---- 2. bytes after a complete request, while its response is awaited --------------------------------
+
+
+def test_input_while_a_response_is_awaited_is_bounded(
+    srv: SweptServer, upstream: TLSUpstream, token: str, rss: RssWatch
+) -> None:
+    path = "/delay"
+
+    async def scenario() -> tuple[int, dict[str, str], bytes, bytes]:
+        reader, writer = await _tunnel(srv, token, HOST, upstream.port)
+        writer.write(f"GET {path}?seconds=5 HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+        pump = Pump(writer, chunked=False)
+        task = asyncio.create_task(pump.run())
+        await pump.until_full_or_stalled(task)
+        await asyncio.to_thread(_small, srv, rss)  # the response is still awaited
+        status, headers, body = await _response(reader)
+        rest = await _rest(reader)
+        task.cancel()
+        writer.transport.abort()
+        return status, headers, body, rest
+
+    status, headers, body, rest = asyncio.run(scenario())
+    assert status == 200 and json.loads(body) == {"delayed": 5.0}, (status, body[:200])
+    # then the connection ends: the engine closes it after this response (`Connection: close`); the
+    # fast path, which never read past its inbox, refuses the bytes as the next request head (431)
+    if rest:
+        assert rest.startswith(b"HTTP/1.1 4"), rest[:200]
+    else:
+        assert headers.get("connection", "").lower() == "close", headers
+    row = _audit(srv, path)
+    assert row["status"] == 200 and row.get("error") is None, row
+
+
+def test_install_is_idempotent_and_uninstall_restores_mitmproxy() -> None:
+    from agent_vault.proxy import h1bounds
+    from agent_vault.proxy.engine_compat import _http1
+
+    if h1bounds._saved is not None:  # pragma: no cover - a live engine in this process owns the patch
+        pytest.skip("the engine is installed in this process")
+    server = _http1.Http1Server
+    wait, send = server.wait, server.send
+    h1bounds.install()
+    h1bounds.install()
+    assert server.wait is not wait and server.send is not send
+    h1bounds.uninstall()
+    h1bounds.uninstall()
+    assert "wait" not in server.__dict__ and server.wait is wait and server.send is send
