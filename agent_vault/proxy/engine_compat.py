@@ -141,6 +141,12 @@ def _consts(func: Any) -> str:
     return "\n".join(out)
 
 
+def _engine_class(cls: type) -> type:
+    """The first class in `cls`'s MRO that mitmproxy defines: what a patch point is about, whether or
+    not agent-vault's subclass has been installed under the engine's name."""
+    return next((k for k in cls.__mro__ if k.__module__.startswith("mitmproxy.")), cls)
+
+
 def _patch_points() -> Iterator[tuple[str, Callable[[], bool]]]:
     """(what agent-vault relies on, a check of it against the running engine)."""
     import inspect
@@ -153,7 +159,9 @@ def _patch_points() -> Iterator[tuple[str, Callable[[], bool]]]:
     from mitmproxy.proxy.layers import http as mhttp
     from mitmproxy.proxy.layers import websocket as mws
 
-    stream = mhttp.HttpStream
+    stream: Any = _engine_class(
+        mhttp.HttpStream
+    )  # mitmproxy's own, also once engine.install replaced the name
     yield (
         "HttpLayer.make_stream builds HttpStream through the module name engine.install replaces",
         lambda: "HttpStream" in _names(mhttp.HttpLayer.make_stream),
