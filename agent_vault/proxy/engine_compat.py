@@ -159,9 +159,8 @@ def _patch_points() -> Iterator[tuple[str, Callable[[], bool]]]:
     from mitmproxy.proxy.layers import http as mhttp
     from mitmproxy.proxy.layers import websocket as mws
 
-    stream: Any = _engine_class(
-        mhttp.HttpStream
-    )  # mitmproxy's own, also once engine.install replaced the name
+    # mitmproxy's own class, also once engine.install has put VaultHttpStream under its name
+    stream: Any = _engine_class(mhttp.HttpStream)
     yield (
         "HttpLayer.make_stream builds HttpStream through the module name engine.install replaces",
         lambda: "HttpStream" in _names(mhttp.HttpLayer.make_stream),
