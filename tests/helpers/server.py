@@ -10,7 +10,10 @@ With `FASTPATH_SUITE=on|off` set, `start` passes `--fast-path on|off` (helpers.e
 developer's environment; the server and every CLI run get it (plus what a caller passes explicitly).
 `cli(*args, input=None, check=True)` runs the real CLI; `http()` is an httpx client with the owner token;
 `make_agent(name, vaults=("default",))` returns a token; `add_service(def)`, `set_credential(key, value)`.
-`stop()` sends SIGTERM and returns the exit code; `stderr_text()` is everything the server logged.
+`stop()` sends SIGTERM and returns the exit code; `stderr_text()` is everything the server logged;
+`stdout_text()` everything it printed to stdout (the ready line of each start, and anything after it: SPEC
+§2.1 says nothing, so the adversarial sweep greps it for values). stdout goes to `server.stdout` next to
+`server.stderr` (a file, not a pipe: nothing the server prints later can block it or go unseen).
 To wait for something the server does asynchronously, poll with `helpers.wait.wait_until`.
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +58,7 @@ class ServerProc:
         self.env = base_env(tmp_path, AGENT_VAULT_HOME=str(self.home), **(env or {}))
         self.proc: subprocess.Popen[str] | None = None
         self._stderr_path = tmp_path / "server.stderr"
+        self._stdout_path = tmp_path / "server.stdout"
         self.api = self.proxy = ""
         self.proxy_port = 0
         self.owner_token = ""
@@ -104,12 +109,15 @@ class ServerProc:
             *args,
         ]
         self._stderr = open(self._stderr_path, "a")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL, text=True, env=env
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
+        offset = self._stdout_path.stat().st_size if self._stdout_path.exists() else 0
+        with open(self._stdout_path, "ab") as stdout:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                cmd, stdout=stdout, stderr=self._stderr, stdin=subprocess.DEVNULL, text=True, env=env
+            )
+        line = self._ready_line(offset)
         if not line.startswith("agent-vault ready"):
+            if self.proc.poll() is None:  # no ready line in time: do not leave it running
+                self.proc.kill()
             self.proc.wait(timeout=10)
             raise RuntimeError(f"server did not start: {line!r} {self.stderr_text()}")
         fields = dict(part.split("=", 1) for part in line.split()[2:])
@@ -118,6 +126,20 @@ class ServerProc:
         self.owner_token = self.login()
         ca = httpx.get(self.api + "/v1/mitm/ca.pem", trust_env=False).content
         self.ca_bundle.write_bytes(ca + self.upstream_ca_file.read_bytes())
+
+    def _ready_line(self, offset: int, timeout: float = 300) -> str:
+        """The first line this start printed to stdout (from `offset` of the file), once complete; or
+        whatever it printed when it exited without one."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            exited = self.proc.poll() is not None  # read after the check: an exit flushes first
+            with open(self._stdout_path, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+            if b"\n" in data or exited or time.monotonic() > deadline:
+                return data.split(b"\n", 1)[0].decode("utf-8", "replace")
+            time.sleep(0.01)
 
     def login(self, email: str = OWNER_EMAIL, password: str = OWNER_PASSWORD) -> str:
         r = httpx.post(
@@ -137,8 +159,6 @@ class ServerProc:
                 self.proc.kill()
                 self.proc.wait()
         code = self.proc.returncode
-        if self.proc.stdout:
-            self.proc.stdout.close()
         self._stderr.close()
         self.proc = None
         return code
@@ -147,13 +167,14 @@ class ServerProc:
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait()
-        if self.proc.stdout:
-            self.proc.stdout.close()
         self._stderr.close()
         self.proc = None
 
     def stderr_text(self) -> str:
         return self._stderr_path.read_text() if self._stderr_path.exists() else ""
+
+    def stdout_text(self) -> str:
+        return self._stdout_path.read_text() if self._stdout_path.exists() else ""
 
     def cli(
         self,

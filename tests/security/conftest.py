@@ -5,9 +5,9 @@ Shared pieces:
 * `Sweep` (session fixture `sweep`): remembers every credential value the suite stores (plus its encoded
   forms), every token and password, every API response, proxy response and CLI output the suite saw, and
   every server it started. At the end of the session (and in `test_adversarial_zz_sweep.py`) it greps all
-  of that, plus each server's stderr log, every file of each server home and the decoded audit rows, for
-  every value: there must be zero hits. Reveal (`POST .../reveal`) is the one allowed exception and is
-  never recorded (use `SweptServer.http(record=False)` for it).
+  of that, plus each server's stderr log and stdout, every file of each server home and the decoded audit
+  rows, for every value: there must be zero hits. Reveal (`POST .../reveal`) is the one allowed exception
+  and is never recorded (use `SweptServer.http(record=False)` for it).
 * `SweptServer`: `helpers.server.ServerProc` whose clients, CLI runs and credential writes feed the sweep.
 * `SweptConn`: `helpers.proxy.RawConn` whose answers feed the sweep.
 * `h2_get`: one HTTP/2 request with a chosen `:authority` on a TLS socket (for `:authority` spoofing).
@@ -149,11 +149,17 @@ class Sweep:
 
     # ---- the grep -------------------------------------------------------------------------------
     def server_artifacts(self) -> Iterator[tuple[str, bytes, bool]]:
-        """(source, bytes, tokens_forbidden) for every server: stderr log, home files, audit rows."""
+        """(source, bytes, tokens_forbidden) for every server: stderr log, stdout (its ready lines and
+        anything printed after them), home files, audit rows."""
         for srv in self.servers:
             yield (
                 f"{srv.home.parent.name}: server stderr",
                 srv.stderr_text().encode("utf-8", "surrogateescape"),
+                True,
+            )
+            yield (
+                f"{srv.home.parent.name}: server stdout",
+                srv.stdout_text().encode("utf-8", "surrogateescape"),
                 True,
             )
             for f in sorted(p for p in srv.home.rglob("*") if p.is_file()):

@@ -2,8 +2,9 @@
 
 `api.upstream.test:<up>` is the vault's bearer service; `evil.upstream.test:<evil>` is the attacker's
 server (valid certificate, allowed by the SSRF guard: the only thing stopping the credential is the
-proxy's decision). Spoofed `Host`, TLS SNI and HTTP/2 `:authority`, placeholders aimed at unmatched
-hosts, and redirects from the real API to the attacker: the attacker never receives any form of a value.
+proxy's decision). Spoofed `Host`, TLS SNI and HTTP/2 `:authority` (Host and SNI both on the engine and on
+the HTTP/1.1 fast path), placeholders aimed at unmatched hosts, and redirects from the real API to the
+attacker: the attacker never receives any form of a value.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from contextlib import contextmanager
 
 import pytest
 import trustme
-from helpers.proxy import basic
+from helpers.env import fast_path_suite
+from helpers.proxy import basic, wait_audit
 from security.conftest import (
     Forger,
     Sweep,
@@ -126,6 +128,71 @@ def test_tls_sni_never_decides(srv: SweptServer, up: Forger, evil: Forger, token
         conn.start_tls("api.upstream.test", srv.ca_bundle)
         assert conn.request("GET", "/echo/sni2", {"Host": f"api.upstream.test:{up.port}"}).status == 200
     assert len(evil.requests_seen.snapshot()) == 1
+    never_sent(evil, *V.values())
+
+
+# The fast path (issue 24) serves TLS connections that offer ALPN http/1.1 and nothing else: the same two
+# spoofs again, there. Its audit records say `served_by: fast` (unless the session runs with it off).
+SERVED_BY = None if fast_path_suite() == "off" else "fast"
+
+
+def _fast_record(srv: SweptServer, path: str) -> dict[str, object]:
+    rec = wait_audit(srv.home, path=path)
+    assert rec.get("served_by") == SERVED_BY, rec  # the variant really ran where it claims to
+    return rec
+
+
+def test_host_header_never_decides_on_the_fast_path(
+    srv: SweptServer, up: Forger, evil: Forger, token: str
+) -> None:
+    auth = {"Proxy-Authorization": basic(token)}
+    with srv.raw() as conn:  # matched CONNECT target, Host names the attacker: goes to the target only
+        assert conn.connect(f"api.upstream.test:{up.port}", auth).status == 200
+        tls = conn.start_tls("api.upstream.test", srv.ca_bundle, alpn=["http/1.1"])
+        assert tls.selected_alpn_protocol() == "http/1.1"
+        for path in ("/echo/fast-h1", "/echo/fast-h1b"):  # twice: keep-alive reuses the decision
+            r = conn.request("GET", path, {"Host": f"evil.upstream.test:{evil.port}"})
+            assert r.status == 200, r.body
+    _got_victim_key(up, 2)
+    rec = _fast_record(srv, "/echo/fast-h1b")
+    assert rec["decision"] == "injected" and rec["host"] == "api.upstream.test", rec
+    with policy(srv, "passthrough"), srv.raw() as conn:  # attacker target, Host names the service
+        assert conn.connect(f"evil.upstream.test:{evil.port}", auth).status == 200
+        tls = conn.start_tls("evil.upstream.test", srv.ca_bundle, alpn=["http/1.1"])
+        assert tls.selected_alpn_protocol() == "http/1.1"
+        r = conn.request("GET", "/echo/fast-h2", {"Host": f"api.upstream.test:{up.port}"})
+        assert r.status == 200 and r.json()["authority"] == f"evil.upstream.test:{evil.port}", r.body
+    rec = _fast_record(srv, "/echo/fast-h2")
+    assert rec["decision"] != "injected" and rec["host"] == "evil.upstream.test", rec
+    assert len(evil.requests_seen.snapshot()) == 1
+    never_sent(evil, *V.values())
+    assert len(up.requests_seen.snapshot()) == 2
+
+
+def test_tls_sni_never_decides_on_the_fast_path(
+    srv: SweptServer, up: Forger, evil: Forger, token: str
+) -> None:
+    auth = {"Proxy-Authorization": basic(token)}
+    up.sni_seen.clear()
+    with srv.raw() as conn:  # CONNECT to the service, SNI of the attacker
+        assert conn.connect(f"api.upstream.test:{up.port}", auth).status == 200
+        tls = conn.start_tls("evil.upstream.test", srv.ca_bundle, alpn=["http/1.1"])
+        assert tls.selected_alpn_protocol() == "http/1.1"
+        r = conn.request("GET", "/echo/fast-sni", {"Host": f"api.upstream.test:{up.port}"})
+        assert r.status == 200, r.body
+    _got_victim_key(up)
+    assert up.sni_seen == ["api.upstream.test"]  # the proxy's own TLS used the CONNECT target
+    rec = _fast_record(srv, "/echo/fast-sni")
+    assert rec["decision"] == "injected" and rec["host"] == "api.upstream.test", rec
+    with policy(srv, "passthrough"), srv.raw() as conn:  # CONNECT to the attacker, SNI of the service
+        assert conn.connect(f"evil.upstream.test:{evil.port}", auth).status == 200
+        tls = conn.start_tls("api.upstream.test", srv.ca_bundle, alpn=["http/1.1"])
+        assert tls.selected_alpn_protocol() == "http/1.1"
+        r = conn.request("GET", "/echo/fast-sni2", {"Host": f"api.upstream.test:{up.port}"})
+        assert r.status == 200 and r.json()["authority"] == f"evil.upstream.test:{evil.port}", r.body
+    rec = _fast_record(srv, "/echo/fast-sni2")
+    assert rec["decision"] != "injected" and rec["host"] == "evil.upstream.test", rec
+    assert len(evil.requests_seen.snapshot()) == 1 and len(up.requests_seen.snapshot()) == 1
     never_sent(evil, *V.values())
 
 

@@ -4,19 +4,31 @@ Ciphertexts tampered with, swapped between two credentials, copied to another va
 directly in SQLite - live and while the server is down: AAD makes each fail to decrypt, the proxy
 answers `credential_corrupt`, no value (neither its own nor the swapped one) goes anywhere, and the
 server keeps running. Then: the files and environment an agent gets hold certificates and a session
-token only, and every file is created with its SPEC mode even under a permissive umask.
+token only, and every file is created with its SPEC mode even under a permissive umask. Last, the
+database itself (§4.3, §4.4, §14.4): every token the test was handed is stored only as its SHA-256,
+every password only as an Argon2id hash, every value only as AES-256-GCM under the DEK with its
+identity as AAD (checked by decrypting independently of the product's code).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
+import argon2
+import httpx
 import pytest
 import trustme
-from helpers.server import OWNER_PASSWORD
+from argon2.low_level import Type, hash_secret_raw
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from helpers.server import MASTER_PASSWORD, OWNER_EMAIL, OWNER_PASSWORD
 from security.conftest import (
     Forger,
     Sweep,
@@ -26,6 +38,7 @@ from security.conftest import (
     never_sent,
     new_secret,
     proxy_error,
+    value_forms,
 )
 
 V: dict[str, str] = {}
@@ -207,3 +220,155 @@ def test_swapped_at_rest_then_restarted(srv: SweptServer, token: str, up: Forger
     srv.set_credential("OK_KEY", V["OK_KEY"])  # an admin repairs by setting the value again
     assert _outcome(srv, token, up, "OK_KEY") == "200"
     assert "Traceback" not in srv.stderr_text()
+
+
+# ---- the database at rest (SPEC §4.3, §4.4, §14.4) --------------------------------------------------
+
+INVITEE, INVITEE_PASSWORD = "storage-invitee@example.com", "invitee-password-5521"
+NONCE, TAG = 12, 16  # SPEC §4.3: nonce (12 bytes) || ciphertext || tag (16 bytes)
+
+
+def _every_cell(db: sqlite3.Connection) -> Iterator[tuple[str, bytes]]:
+    """(table.column, bytes) of every non-NULL cell of every table."""
+    tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    for table in tables:
+        cur = db.execute(f'SELECT * FROM "{table}"')  # names from sqlite_master
+        cols = [d[0] for d in cur.description]
+        for row in cur:
+            for col, cell in zip(cols, row, strict=True):
+                if cell is not None:
+                    yield f"{table}.{col}", cell if isinstance(cell, bytes) else str(cell).encode()
+
+
+def _secrets_handed_out(srv: SweptServer, token: str) -> dict[str, str]:
+    """Every kind of token SPEC §2.3 knows, minted through the real API: label -> token text."""
+    out = {"owner login": srv.owner_token, "agent": token, "session": srv.session(token)["token"]}
+    with srv.http() as c:
+        r = c.post(
+            "/v1/users/invites",
+            json={
+                "password": OWNER_PASSWORD,
+                "email": INVITEE,
+                "role": "member",
+                "vaults": [{"vault": "default", "role": "member"}],
+            },
+        )
+        assert r.status_code == 201, r.text
+    (out["invite"],) = parse_qs(urlsplit(r.json()["invite_url"]).query)["token"]
+    srv.sweep.secret_token("storage invite", out["invite"])
+    srv.sweep.secret_token("invitee password", INVITEE_PASSWORD)
+    accepted = httpx.post(
+        srv.api + f"/v1/invites/{out['invite']}/accept", json={"password": INVITEE_PASSWORD}, trust_env=False
+    )
+    assert accepted.status_code == 201, accepted.text
+    out["accept login"] = srv.sweep.secret_token("invitee accept token", accepted.json()["token"])
+    out["invitee login"] = srv.login(INVITEE, INVITEE_PASSWORD)
+    with srv.http(token) as c:
+        r = c.post(
+            "/v1/proposals",
+            json={
+                "services": [
+                    {
+                        "action": "set",
+                        "name": "at-rest",
+                        "host": "api.upstream.test",
+                        "auth": {"type": "bearer", "token": "OK_KEY"},
+                    }
+                ],
+                "message": "storage test",
+            },
+            headers={"X-Vault": "default"},
+        )
+        assert r.status_code == 201, r.text
+    (out["approval"],) = parse_qs(urlsplit(r.json()["approval_url"]).query)["token"]
+    srv.sweep.secret_token("storage approval link", out["approval"])
+    login = json.loads((srv.home / "cli" / "session.json").read_text())  # AGENT_VAULT_KEYRING=0
+    out["cli login"] = login["token"]
+    assert all(t.startswith("av_") and len(t) > 40 for t in out.values()), out.keys()
+    assert len(set(out.values())) == len(out)
+    return out
+
+
+def _dek(db: sqlite3.Connection) -> tuple[str, bytes]:
+    """(instance id, DEK), unwrapped with the master password from the row, as SPEC §4.1 says, with
+    argon2 and AES-GCM directly (not the product's code)."""
+    (instance_id,) = db.execute("SELECT instance_id FROM instance_state").fetchone()
+    rows = db.execute(
+        "SELECT wrapped_dek, salt, time_cost, memory_kib, parallelism FROM master_key"
+    ).fetchall()
+    assert len(rows) == 1
+    wrapped, salt, t, m, p = rows[0]
+    assert len(salt) == 16 and len(wrapped) == NONCE + 32 + TAG
+    kek = hash_secret_raw(MASTER_PASSWORD.encode(), salt, t, m, p, 32, Type.ID)
+    dek = AESGCM(kek).decrypt(wrapped[:NONCE], wrapped[NONCE:], f"agent-vault/v1|dek|{instance_id}".encode())
+    assert len(dek) == 32  # AES-256
+    return str(instance_id), dek
+
+
+def test_tokens_passwords_and_values_at_rest(srv: SweptServer, token: str, sweep: Sweep) -> None:
+    tokens = _secrets_handed_out(srv, token)
+    values = {
+        "AT_REST_SHORT": sweep.value("AT_REST_SHORT", new_secret()),
+        "AT_REST_UTF8": sweep.value("AT_REST_UTF8", "pässwörd-€-" + new_secret()),
+        "AT_REST_LONG": sweep.value("AT_REST_LONG", new_secret() * 100),
+    }
+    for key, value in values.items():
+        srv.set_credential(key, value)
+    passwords = {"owner": OWNER_PASSWORD, "invitee": INVITEE_PASSWORD, "master": MASTER_PASSWORD}
+    db = sqlite3.connect(f"file:{srv.home / 'agent-vault.db'}?mode=ro", uri=True, timeout=10)
+    try:
+        # tokens: each is stored as the SHA-256 hex of its text, where its kind belongs, and nowhere raw
+        where = {"invite": ("invites", "digest"), "approval": ("proposals", "approval_digest")}
+        for label, t in tokens.items():
+            table, col = where.get(label, ("tokens", "digest"))
+            digest = hashlib.sha256(t.encode()).hexdigest()
+            n = db.execute(f"SELECT count(*) FROM {table} WHERE {col} = ?", (digest,)).fetchone()[0]
+            assert n == 1, f"{label}: its SHA-256 is not in {table}.{col}"
+        for table, col in (("tokens", "digest"), ("invites", "digest"), ("proposals", "approval_digest")):
+            for (d,) in db.execute(f"SELECT {col} FROM {table} WHERE {col} IS NOT NULL"):
+                assert re.fullmatch(r"[0-9a-f]{64}", d), f"{table}.{col} holds something else than a digest"
+        # passwords: Argon2id hashes that verify, for the owner and the invitee
+        hashes = dict(db.execute("SELECT email, password_hash FROM users").fetchall())
+        assert set(hashes) == {OWNER_EMAIL, INVITEE}, set(hashes)
+        for email, pw in ((OWNER_EMAIL, OWNER_PASSWORD), (INVITEE, INVITEE_PASSWORD)):
+            assert hashes[email].startswith("$argon2id$"), email
+            assert argon2.PasswordHasher().verify(hashes[email], pw)
+            with pytest.raises(argon2.exceptions.VerifyMismatchError):
+                argon2.PasswordHasher().verify(hashes[email], pw + "x")
+        # values: nonce || AES-256-GCM ciphertext || tag under the DEK, AAD = the row's identity
+        instance_id, dek = _dek(db)
+        rows = db.execute(
+            "SELECT c.key, c.vault_id, c.key_version, c.ciphertext FROM credentials c "
+            "JOIN vaults v ON v.id = c.vault_id WHERE v.name = 'default' AND c.key LIKE 'AT_REST_%'"
+        ).fetchall()
+        assert {r[0] for r in rows} == set(values)
+        for key, vault_id, version, ct in rows:
+            raw = values[key].encode()
+            assert len(ct) == NONCE + len(raw) + TAG, key
+            aad = f"agent-vault/v1|credential|{vault_id}|{key}|{version}".encode()
+            assert AESGCM(dek).decrypt(ct[:NONCE], ct[NONCE:], aad) == raw, key
+            for other in (f"{vault_id + 1}|{key}|{version}", f"{vault_id}|OK_KEY|{version}"):
+                with pytest.raises(InvalidTag):  # bound to its vault and key: moved elsewhere, it fails
+                    AESGCM(dek).decrypt(ct[:NONCE], ct[NONCE:], f"agent-vault/v1|credential|{other}".encode())
+        nonces = [bytes(ct[:NONCE]) for (ct,) in db.execute("SELECT ciphertext FROM credentials") if ct]
+        assert len(set(nonces)) == len(nonces)  # a fresh nonce per encryption
+        (sealed_ca,) = db.execute("SELECT ca_key_sealed FROM instance_state").fetchone()
+        ca_key = AESGCM(dek).decrypt(
+            sealed_ca[:NONCE], sealed_ca[NONCE:], f"agent-vault/v1|ca-key|{instance_id}".encode()
+        )
+        assert b"PRIVATE KEY" in ca_key or ca_key[:1] == b"\x30"  # PEM or DER: the CA key is the plaintext
+        # nothing in any cell of any table is a token, password, value or the DEK in clear
+        forbidden: dict[bytes, str] = {t.encode(): f"token {label}" for label, t in tokens.items()}
+        forbidden |= {pw.encode(): f"{who} password" for who, pw in passwords.items()}
+        forbidden |= {dek: "DEK", base64.b64encode(dek): "DEK (base64)", dek.hex().encode(): "DEK (hex)"}
+        forbidden |= {b"PRIVATE KEY": "CA private key"}
+        for key, value in {**V, **values}.items():
+            forbidden |= {f.encode(): f"value {key}" for f in value_forms(value)}
+        hits = {(col, what) for col, cell in _every_cell(db) for s, what in forbidden.items() if s in cell}
+    finally:
+        db.close()
+    assert not hits, sorted(hits)
+    # and not in the raw files either (WAL and freed pages included)
+    for f in sorted(srv.home.glob("agent-vault.db*")):
+        data = f.read_bytes()
+        assert not [what for s, what in forbidden.items() if s in data], f.name

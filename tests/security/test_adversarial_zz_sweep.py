@@ -150,18 +150,33 @@ def test_the_sweep_itself_can_fail(tmp_path: Path) -> None:
         assert s.hits(), name
     s = Sweep()
     s.secret_token("planted token", "av_agt_planted-token-value")
-    fake = SweptServer.__new__(SweptServer)  # a server home and log, without a server
+    s.value("planted stdout", v)
+    fake = SweptServer.__new__(SweptServer)  # a server home, log and stdout, without a server
     fake.home, fake._stderr_path = tmp_path / "server-home", tmp_path / "stderr"
+    fake._stdout_path = tmp_path / "stdout"
     fake.home.mkdir()
     (tmp_path / "stderr").write_text("oops av_agt_planted-token-value")
+    (tmp_path / "stdout").write_text(f"agent-vault ready api=x proxy=y key-mode=z\nprint({v!r})\n")
     s.servers.append(fake)
-    assert any("planted token" in h for h in s.hits())
+    hits = s.hits()
+    assert any("planted token" in h and "server stderr" in h for h in hits), hits
+    assert any("planted stdout" in h and "server stdout" in h for h in hits), hits  # a stray print()
 
 
 def test_no_credential_value_anywhere(sweep: Sweep, day: dict[str, str]) -> None:
     assert sweep.servers and len(sweep.values) >= 8 and len(sweep.texts) >= 20
     hits = sweep.hits()
     assert not hits, "credential values / tokens leaked:\n" + "\n".join(hits)
+
+
+def test_servers_print_nothing_but_the_ready_line(sweep: Sweep) -> None:
+    """SPEC §2.1: a server prints exactly one line to stdout, `agent-vault ready ...` (once per start);
+    everything else goes to stderr. A stray print() (of a value, say) breaks this before the grep."""
+    for s in sweep.servers:
+        lines = s.stdout_text().splitlines()
+        assert lines, f"{s.home.parent.name}: no ready line recorded"
+        stray = [ln for ln in lines if not ln.startswith("agent-vault ready api=http://")]
+        assert not stray, f"{s.home.parent.name}: {stray[:5]}"
 
 
 def test_no_server_logged_a_traceback(sweep: Sweep) -> None:
