@@ -24,12 +24,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.events
 import httpx
 import pytest
 import trustme
+from helpers.proxy import RawConn, basic
 from helpers.server import OWNER_PASSWORD, ServerProc
 from helpers.upstream import TLSUpstream
 from helpers.wait import wait_until
+from helpers.wsclient import ws_via_proxy
 from sqlalchemy import create_engine
 
 from agent_vault.audit import AuditWriter, admin_record, utc_ts
@@ -461,6 +466,78 @@ def test_load_produces_exactly_one_record_per_request(rserver: ServerProc, upstr
     ):
         assert metric(after, name, **labels) - metric(before, name, **labels) == LOAD, name
     assert metric(after, "agent_vault_audit_dropped_total") == 0
+
+
+def _h2_streams(server: ServerProc, token: str, authority: str, paths: list[str]) -> dict[str, int]:
+    """GET every path on ONE HTTP/2 connection through the proxy, all streams opened before any answer
+    is read (multiplexed); returns path -> status."""
+    with RawConn(server.proxy_port) as conn:
+        assert conn.connect(authority, {"Proxy-Authorization": basic(token)}).status == 200
+        tls = conn.start_tls(authority.rsplit(":", 1)[0], server.ca_bundle, alpn=["h2"])
+        assert tls.selected_alpn_protocol() == "h2"
+        h2c = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+        h2c.initiate_connection()
+        streams: dict[int, str] = {}
+        for p in paths:
+            sid = h2c.get_next_available_stream_id()
+            streams[sid] = p
+            head = [(":method", "GET"), (":scheme", "https"), (":authority", authority), (":path", p)]
+            h2c.send_headers(sid, head, end_stream=True)
+        tls.sendall(h2c.data_to_send())
+        status: dict[str, int] = {}
+        ended: set[int] = set()
+        while len(ended) < len(streams):
+            data = tls.recv(65536)
+            assert data, f"the proxy closed the connection with streams {set(streams) - ended} open"
+            for ev in h2c.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id is not None:
+                    status[streams[ev.stream_id]] = int(dict(ev.headers)[b":status"])
+                elif isinstance(ev, h2.events.DataReceived) and ev.stream_id is not None:
+                    h2c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamEnded | h2.events.StreamReset) and ev.stream_id:
+                    ended.add(ev.stream_id)
+            tls.sendall(h2c.data_to_send())
+        return status
+
+
+def test_multiplexed_h2_streams_and_a_websocket_give_exactly_one_record_each(
+    rserver: ServerProc, upstream: TLSUpstream
+) -> None:
+    """SPEC §14.12 where one connection carries many requests at once (HTTP/2 streams on the engine)
+    and where one request lives long (a WebSocket session: its upgrade, messages and end): N streams
+    and one WebSocket give exactly N + 1 `proxy.request` records, one per path, no duplicates."""
+    server = rserver
+    server.set_credential("API_TOKEN", SECRET)
+    server.add_service(
+        {
+            "name": "mux-api",
+            "host": "localhost",
+            "port": upstream.port,
+            "auth": {"type": "bearer", "token": "API_TOKEN"},
+        }
+    )
+    token = server.make_agent("mux-bot")
+    n = 12
+    paths = [f"/echo/mux-{i}" for i in range(n)]
+    assert _h2_streams(server, token, f"localhost:{upstream.port}", paths) == dict.fromkeys(paths, 200)
+    assert sorted(upstream.requests_seen.paths()) == sorted(paths)  # each stream went upstream once
+    url = f"wss://localhost:{upstream.port}/ws"
+    with ws_via_proxy(server.proxy_port, token, url, str(server.ca_bundle), close_timeout=2) as ws:
+        ws.recv(timeout=10)
+        for i in range(3):
+            ws.send(f"message {i}")
+            ws.recv(timeout=10)
+
+    def mine() -> list[dict[str, Any]]:
+        return [r for r in all_records(server, kind="proxy.request") if r["actor"] == "agent:mux-bot"]
+
+    wait_until(lambda: len(mine()) >= n + 1, f"{n + 1} proxy.request records", timeout=10)
+    time.sleep(0.5)  # scenario: give a duplicate (e.g. at the WebSocket's end) the time to be written
+    recs = mine()
+    assert sorted(r["path"] for r in recs) == sorted([*paths, "/ws"]), [r["path"] for r in recs]
+    assert len({r["seq"] for r in recs}) == n + 1
+    assert {r["http_version"] for r in recs if r["path"] in paths} == {"HTTP/2.0"}
+    assert all(r["status"] in (101, 200) and r["decision"] == "injected" for r in recs), recs
 
 
 # -- health, ready, metrics, permissions -------------------------------------------------------

@@ -9,6 +9,7 @@ matched by nothing.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -27,13 +28,26 @@ from helpers.wait import wait_until
 
 SECRET = "sk-decisions-secret-424242"
 CORRUPT = "corrupt-secret-value-31337"
-RESOLVE = "api.upstream.test=127.0.0.1,other.upstream.test=127.0.0.1,upstream.test=127.0.0.1"
+NAMES = ("api", "other", "egress-boom", "body-boom")
+RESOLVE = ",".join(f"{n}.upstream.test=127.0.0.1" for n in NAMES) + ",upstream.test=127.0.0.1"
 TOKENS: list[str] = []
 
+# Faults planted in the server process (sitecustomize, only with AV_TEST_FAULT set): each raises an
+# unexpected exception whose message carries the credential value, at one point of the request path --
+#   the decision (`decide`), path /echo/boom...;
+#   the egress address check of the request phase (`Egress.address` called from `RequestPhase.headers`;
+#     the dial's own call is left alone, so a request let through would really reach the upstream),
+#     host egress-boom.upstream.test;
+#   right after the injection was applied to the request (`inject.apply_injection`), path /echo/fault-inj...;
+#   the request-body hook, after the body's placeholders were substituted (`inject.substitute_body`),
+#     a body holding `fault-body`.
 FAULT_HOOK = """
 import os
+import sys
 if os.environ.get("AV_TEST_FAULT"):
     import agent_vault.proxy.request_phase as _phase
+    from agent_vault.proxy import inject as _inject
+    from agent_vault.proxy.ssrf import Egress as _Egress
     _decide = _phase.decide
 
     def decide(view, ident, host, port, method, path, *rest):
@@ -42,6 +56,32 @@ if os.environ.get("AV_TEST_FAULT"):
         return _decide(view, ident, host, port, method, path, *rest)
 
     _phase.decide = decide
+    _address = _Egress.address
+
+    def address(self, host, port):
+        if host == "egress-boom.upstream.test" and sys._getframe(1).f_code.co_name == "headers":
+            raise RuntimeError("egress check failed for " + host)
+        return _address(self, host, port)
+
+    _Egress.address = address
+    _apply = _inject.apply_injection
+
+    def apply_injection(headers, path, inj):
+        new_path = _apply(headers, path, inj)
+        if path.startswith("/echo/fault-inj"):
+            raise RuntimeError("failure after injecting " + repr(list(headers.items())))
+        return new_path
+
+    _inject.apply_injection = apply_injection
+    _substitute = _inject.substitute_body
+
+    def substitute_body(body, *rest):
+        new, used = _substitute(body, *rest)
+        if b"fault-body" in body:
+            raise RuntimeError("failure after substituting " + new.decode("latin-1"))
+        return new, used
+
+    _inject.substitute_body = substitute_body
 """
 
 
@@ -80,6 +120,23 @@ def srv(
                 "port": up.port,
                 "path": "/echo/disabled",
                 "auth": {"type": "bearer", "token": "API_TOKEN"},
+            }
+        )
+        s.add_service(
+            {
+                "name": "egress-fault",
+                "host": "egress-boom.upstream.test",
+                "port": up.port,
+                "auth": {"type": "bearer", "token": "API_TOKEN"},
+            }
+        )
+        s.add_service(
+            {
+                "name": "body-fault",
+                "host": "body-boom.upstream.test",
+                "port": up.port,
+                "auth": {"type": "bearer", "token": "API_TOKEN"},
+                "substitutions": {"keys": ["API_TOKEN"], "in": ["body"]},
             }
         )
         with s.http() as c:
@@ -332,12 +389,97 @@ def test_sni_never_decides_injection_nor_upstream_verification(
 
 def test_unexpected_error_fails_closed(srv: ServerProc, up: TLSUpstream, client: httpx.Client) -> None:
     up.requests_seen.clear()
+    before = up.connection_count
     body = _err(client.get(f"https://localhost:{up.port}/echo/boom"), 502, "internal")
     incident = body["incident"]
     assert incident and SECRET not in str(body)
-    assert up.requests_seen.snapshot() == [] and up.connection_count >= 0
+    assert up.requests_seen.snapshot() == [] and up.connection_count == before
     wait_until(lambda: incident in srv.stderr_text(), f"incident {incident} in the server log", timeout=5)
     assert client.get(f"https://localhost:{up.port}/echo/fine").status_code == 200  # connection still usable
+
+
+FAULTS = {  # fault point -> (method, host, path, body) of a request that meets it
+    "body-hook": (
+        "POST",
+        "body-boom.upstream.test",
+        "/echo/fault",
+        b'{"key": "{{API_TOKEN}}", "m": "fault-body"}',
+    ),
+    "egress-check": ("GET", "egress-boom.upstream.test", "/echo/fault-egress", b""),
+    "after-injection": ("GET", "localhost", "/echo/fault-inj", b""),
+}
+CLIENTS = ["fast", "engine-h1", "h2"]
+
+
+def _faulty_request(
+    srv: ServerProc, token: str, client: str, method: str, target: str, path: str, body: bytes, tmp: Path
+) -> tuple[int, dict[str, str], bytes]:
+    """One request on a new connection: httpx (ALPN http/1.1, the fast path), a raw TLS client offering
+    no ALPN (the engine's HTTP/1), or curl --http2 (the engine's HTTP/2)."""
+    ctype = {"Content-Type": "application/json"} if body else {}
+    if client == "fast":
+        with httpx.Client(
+            proxy=srv.proxy_url(token), verify=str(srv.ca_bundle), trust_env=False, timeout=15
+        ) as c:
+            r = c.request(method, f"https://{target}{path}", content=body or None, headers=ctype)
+            assert r.http_version == "HTTP/1.1"
+            return r.status_code, dict(r.headers), r.content
+    if client == "engine-h1":
+        with RawConn(srv.proxy_port) as conn:
+            assert conn.connect(target, {"Proxy-Authorization": basic(token)}).status == 200
+            tls = conn.start_tls(target.rsplit(":", 1)[0], srv.ca_bundle)
+            assert tls.selected_alpn_protocol() is None
+            r = conn.request(method, path, {"Host": target, **ctype}, body=body)
+            return r.status, r.headers, r.body
+    head = tmp / "h2-headers.txt"
+    cp = subprocess.run(
+        [
+            "/usr/bin/curl", "-sS", "--http2", "-X", method, "-x", srv.proxy,
+            "--proxy-user", f"{token}:default", "--cacert", str(srv.ca_bundle),
+            "-D", str(head), "-w", "\n%{http_code} %{http_version}",
+            *(["-H", "Content-Type: application/json", "--data-binary", body.decode()] if body else []),
+            f"https://{target}{path}",
+        ],
+        capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin"},
+    )  # fmt: skip
+    out, _, tail = cp.stdout.rpartition("\n")
+    status, version = tail.split()
+    assert version == "2", cp.stdout + cp.stderr  # HTTP/2 inside the tunnel: the engine
+    inner = head.read_bytes().decode().split("\r\n\r\n")[-2]  # the CONNECT answer's headers come first
+    headers = dict(line.split(": ", 1) for line in inner.splitlines()[1:] if ": " in line)
+    return int(status), headers, out.encode()
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_a_fault_anywhere_in_the_request_path_fails_closed(
+    srv: ServerProc, up: TLSUpstream, token: str, tmp_path: Path, fault: str, client: str
+) -> None:
+    """SPEC §14.5 at more fault points than the decision, on every path: the body hook (a value already
+    substituted into the body), the egress check, right after the injection (the value already in the
+    headers). Each answer is a 502 `internal`; nothing reaches the upstream, no connection is dialled;
+    the value is neither in the answer nor in the log (the exception message carries it)."""
+    method, host, path, body = FAULTS[fault]
+    path = f"{path}-{client}"
+    target = f"{host}:{up.port}"
+    up.requests_seen.clear()
+    before = up.connection_count
+    status, headers, answer = _faulty_request(srv, token, client, method, target, path, body, tmp_path)
+    assert status == 502, answer
+    low = {k.lower(): v for k, v in headers.items()}
+    assert low["x-agent-vault-proxy-error"] == "true" and low["content-type"] == "application/json"
+    data = json.loads(answer)
+    assert data["error"] == "internal" and data["incident"], data
+    assert SECRET not in answer.decode("latin-1") and SECRET not in str(headers)
+    assert up.requests_seen.snapshot() == [] and up.connection_count == before
+    incident = data["incident"]
+    wait_until(lambda: incident in srv.stderr_text(), f"incident {incident} in the server log", timeout=5)
+    log = srv.stderr_text()
+    assert SECRET not in log and f"proxy incident {incident}: RuntimeError" in log
+    rec = wait_audit(srv.home, path=path)
+    assert rec["error"] == "internal" and rec["status"] == 502, rec
+    assert rec.get("served_by") == ("fast" if client == "fast" else None), rec
+    assert SECRET not in json.dumps(rec)
 
 
 def test_corrupt_credential_is_refused(srv: ServerProc, up: TLSUpstream, client: httpx.Client) -> None:

@@ -172,12 +172,15 @@ def _burst(c: httpx.Client, url: str, *, rounds: int = 25, width: int = 8) -> li
 
 def test_strict_request_rate_limit(strict: ServerProc, up: TLSUpstream) -> None:
     t = _agent(strict, "burst-bot")
+    up.requests_seen.clear()
     with httpx.Client(proxy=strict.proxy_url(t), verify=str(strict.ca_bundle), trust_env=False) as c:
         responses = _burst(c, f"https://localhost:{up.port}/status/204")
     codes = [r.status_code for r in responses]
     limited = next((r for r in responses if r.status_code == 429), None)
     assert limited is not None, codes
     assert codes.count(204) >= 100  # burst 100 (refilling at 20/s while the burst runs)
+    # SPEC §14.7: a rate-limited request never reaches the upstream; exactly the answered ones did
+    assert len(up.requests_seen.snapshot()) == codes.count(204) == len(codes) - codes.count(429)
     body = limited.json()
     _err(429, limited.headers, body, "rate_limited")
     assert int(limited.headers["retry-after"]) >= 1 and body["retry_after"] >= 1
@@ -203,6 +206,11 @@ def test_strict_concurrent_connection_limit(
                 assert conn.connect(f"localhost:{up.port}", {"Proxy-Authorization": basic(t)}).status == 200
             else:
                 assert conn.request("GET", plain_target, head).status == 200
+        plain_seen, plain_conns, up_conns = (
+            len(plain.requests_seen.snapshot()),
+            plain.connection_count,
+            up.connection_count,
+        )
         with RawConn(strict.proxy_port) as extra:
             refused = extra.request("GET", plain_target, head)
         assert refused.status == 429
@@ -210,6 +218,9 @@ def test_strict_concurrent_connection_limit(
         assert refused.json()["limiter"] == "concurrent"
         with RawConn(strict.proxy_port) as extra:
             assert extra.connect(f"localhost:{up.port}", {"Proxy-Authorization": basic(t)}).status == 429
+        # SPEC §14.7: neither refusal opened an upstream connection (nor sent a request)
+        assert (len(plain.requests_seen.snapshot()), plain.connection_count) == (plain_seen, plain_conns)
+        assert up.connection_count == up_conns
         other = _agent(strict, "few-conns-bot")  # keyed by token: another agent is unaffected
         with RawConn(strict.proxy_port) as conn:
             assert (

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
+import re
 import socket
 import ssl
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from helpers.env import base_env
+from helpers.proxy import RawConn, basic
+from helpers.server import ServerProc
+from helpers.upstream import PlainUpstream, TLSUpstream
 from mitmproxy import certs
 from mitmproxy.addons import tlsconfig
 from mitmproxy.proxy.layers import http as mhttp
@@ -140,3 +147,150 @@ def test_the_ca_is_ecdsa_p256_with_mitmproxys_extensions() -> None:
     priv = serialization.load_pem_private_key(ca.key_pem, None)  # as the engine loads it from its confdir
     leaf = certs.dummy_cert(priv, cert, "api.example.com", [x509.DNSName("api.example.com")], None)
     leaf.to_cryptography().verify_directly_issued_by(cert)
+
+
+# ---- SPEC §14.13 in the running server ----------------------------------------------------------------
+
+# Planted in the server process (sitecustomize): once the proxy engine has started, write what it runs
+# (its addon chain, every option it knows with the values of the risky ones, the mitmproxy modules
+# loaded) to AV_CHAIN_FILE. It reads; it changes nothing.
+CHAIN_PROBE = """
+import json
+import os
+import sys
+if os.environ.get("AV_CHAIN_FILE"):
+    import agent_vault.proxy.runner as _runner
+    _enter = _runner.ProxyRunner.__aenter__
+
+    async def __aenter__(self):
+        out = await _enter(self)
+        m = self.master
+        opts = m.options
+        probe = {
+            "chain": [[type(a).__module__, type(a).__name__] for a in m.addons.chain],
+            "names": sorted(m.addons.lookup),
+            "options": sorted(opts.keys()),
+            "values": {k: getattr(opts, k) for k in ("mode", "store_streamed_bodies", "server")},
+            "modules": sorted(n for n in sys.modules if n.startswith(("mitmproxy.addons", "mitmproxy.tool"))),
+        }
+        with open(os.environ["AV_CHAIN_FILE"], "w") as f:
+            json.dump(probe, f)
+        return out
+
+    _runner.ProxyRunner.__aenter__ = __aenter__
+"""
+LEAN_CHAIN = [
+    ["mitmproxy.addons.core", "Core"],
+    ["mitmproxy.addons.proxyserver", "Proxyserver"],
+    ["mitmproxy.addons.next_layer", "NextLayer"],
+    ["mitmproxy.addons.tlsconfig", "TlsConfig"],
+    ["agent_vault.proxy.addon", "VaultAddon"],
+]
+# options that only dumping, saving, HAR export, replay, scripts, the web UI or the onboarding app declare
+RISKY_OPTION = re.compile(r"save|har|dump|flow_detail|web_|onboarding|rfile|replay|script|intercept|termlog")
+
+
+@pytest.fixture(scope="module")
+def live(
+    tmp_path_factory: pytest.TempPathFactory, upstream_ca: trustme.CA
+) -> Iterator[tuple[ServerProc, Path]]:
+    tmp = tmp_path_factory.mktemp("lean-chain")
+    (tmp / "probe").mkdir()
+    (tmp / "probe" / "sitecustomize.py").write_text(CHAIN_PROBE)
+    chain_file = tmp / "chain.json"
+    env = {
+        "PYTHONPATH": str(tmp / "probe"),
+        "AV_CHAIN_FILE": str(chain_file),
+        "AGENT_VAULT_RESOLVE": "mitm.it=127.0.0.1",
+    }
+    with ServerProc(tmp, upstream_ca, env=env) as s:
+        yield s, chain_file
+
+
+def test_the_running_engine_has_exactly_the_lean_addon_chain(live: tuple[ServerProc, Path]) -> None:
+    """SPEC §14.13: the live Master of `agent-vault server` runs exactly the lean chain (no dumper, save,
+    HAR, web UI or onboarding addon), declares none of their options, and never loaded their modules."""
+    _, chain_file = live
+    probe = json.loads(chain_file.read_text())
+    assert probe["chain"] == LEAN_CHAIN
+    assert probe["names"] == sorted(["core", "proxyserver", "nextlayer", "tlsconfig", "vaultaddon"])
+    assert [o for o in probe["options"] if RISKY_OPTION.search(o)] == []
+    assert "connection_strategy" in probe["options"]  # the probe did read the engine's options
+    assert probe["values"] == {
+        "mode": ["regular"],
+        "store_streamed_bodies": False,
+        "server": True,
+    }
+    unwanted = (
+        "onboarding",
+        "dumper",
+        "save",
+        "savehar",
+        "web",
+        "asgiapp",
+        "script",
+        "readfile",
+        "serverplayback",
+    )
+    loaded = {m.rsplit(".", 1)[-1] for m in probe["modules"]}
+    assert not loaded & set(unwanted), probe["modules"]
+    assert not any(m.startswith("mitmproxy.tools") for m in probe["modules"]), probe["modules"]
+
+
+ONBOARDING_PATHS = ("/", "/cert/pem")  # the onboarding app's page and its CA download
+
+
+def _not_onboarding(status: int, headers: dict[str, str], body: bytes) -> None:
+    """Not mitmproxy's onboarding app (its page names mitmproxy and hands out its CA certificate)."""
+    low = body.lower()
+    assert b"mitmproxy" not in low and b"begin certificate" not in low, (status, body[:300])
+    assert not headers.get("content-type", "").startswith(("text/html", "application/x-x509")), headers
+
+
+def test_mitm_it_never_reaches_an_onboarding_app(
+    live: tuple[ServerProc, Path], upstream_ca: trustme.CA
+) -> None:
+    """http(s)://mitm.it/ through the proxy is an ordinary host: refused (no token, or by policy and
+    egress), or, when a service names it, answered by that host itself -- never by an onboarding app."""
+    srv, _ = live
+    token = srv.make_agent("onboarding-probe")
+    with RawConn(srv.proxy_port) as conn:  # no token: the challenge, whatever the host
+        r = conn.request("GET", "http://mitm.it/", {"Host": "mitm.it"})
+    assert r.status == 407 and r.headers["x-agent-vault-proxy-error"] == "true"
+    _not_onboarding(r.status, r.headers, r.body)
+    for path in ("/", "/cert/pem"):  # unlisted (the default policy, tunnel): no onboarding page either
+        with RawConn(srv.proxy_port) as conn:
+            r = conn.request(
+                "GET", f"http://mitm.it{path}", {"Host": "mitm.it", "Proxy-Authorization": basic(token)}
+            )
+        _not_onboarding(r.status, r.headers, r.body)
+        assert r.headers.get("x-agent-vault-proxy-error") == "true" or r.status != 200, (r.status, r.body)
+    with TLSUpstream(ca=upstream_ca, hostnames=("mitm.it",)) as tls_up, PlainUpstream() as plain:
+        for port, scheme in ((tls_up.port, "https"), (plain.port, "http")):
+            srv.add_service(
+                {
+                    "name": f"mitm-it-{scheme}",
+                    "host": "mitm.it",
+                    "port": port,
+                    "auth": {"type": "passthrough"},
+                    "allow_http": scheme == "http",
+                }
+            )
+        target = f"mitm.it:{tls_up.port}"
+        with RawConn(srv.proxy_port) as conn:  # MITM'd (no ALPN: the engine, where addons see requests)
+            assert conn.connect(target, {"Proxy-Authorization": basic(token)}).status == 200
+            conn.start_tls("mitm.it", srv.ca_bundle)
+            answers = [conn.request("GET", p, {"Host": target}) for p in ONBOARDING_PATHS]
+        with RawConn(srv.proxy_port) as conn:  # absolute-form http://
+            hdrs = {"Host": f"mitm.it:{plain.port}", "Proxy-Authorization": basic(token)}
+            answers += [
+                conn.request("GET", f"http://mitm.it:{plain.port}{p}", hdrs) for p in ("/", "/cert/pem")
+            ]
+        for r, path in zip(answers, ONBOARDING_PATHS * 2, strict=True):
+            _not_onboarding(r.status, r.headers, r.body)
+            assert (r.status, r.json()) == (404, {"error": "not found", "path": path})  # the host's own
+        assert [q["path"] for q in tls_up.requests_seen.snapshot()] == list(ONBOARDING_PATHS)
+        assert [q["path"] for q in plain.requests_seen.snapshot()] == list(ONBOARDING_PATHS)
+    with RawConn(srv.proxy_port) as conn:  # https to the unlisted default port: refused at CONNECT
+        r = conn.connect("mitm.it:443", {"Proxy-Authorization": basic(token)})
+    _not_onboarding(r.status, r.headers, r.body)

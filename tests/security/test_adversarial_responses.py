@@ -262,6 +262,7 @@ def test_denied_requests_open_no_upstream_connection(
         )
         url = f"https://api.upstream.test:{fresh.port}"
         codes: list[str] = []
+        engine_codes: list[str] = []
         for bad in (basic("av_agt_" + "A" * 43), basic(token, "no-such-vault"), f"Bearer {srv.owner_token}"):
             with srv.raw() as conn:
                 r = conn.connect(f"api.upstream.test:{fresh.port}", {"Proxy-Authorization": bad})
@@ -274,18 +275,25 @@ def test_denied_requests_open_no_upstream_connection(
                 )
                 codes.append(proxy_error(r.status, r.headers, r.body))
         owner_patch_vault(srv, unmatched_policy="deny")
+        denials: tuple[tuple[str, str, dict[str, str]], ...] = (
+            ("POST", "/echo/ok", {}),
+            ("GET", "/echo/off", {}),
+            ("GET", "/echo/missing", {}),
+            ("GET", "/echo/ok/%2e/x", {}),
+            ("GET", "/echo/unlisted", {}),
+            ("GET", "/echo/ok", {"X-Vault": "other-vault"}),
+        )
         try:
-            with srv.agent_client(token) as c:
-                for method, path, headers in (
-                    ("POST", "/echo/ok", {}),
-                    ("GET", "/echo/off", {}),
-                    ("GET", "/echo/missing", {}),
-                    ("GET", "/echo/ok/%2e/x", {}),
-                    ("GET", "/echo/unlisted", {}),
-                    ("GET", "/echo/ok", {"X-Vault": "other-vault"}),
-                ):
+            with srv.agent_client(token) as c:  # httpx offers ALPN http/1.1: the fast path
+                for method, path, headers in denials:
                     answer = c.request(method, f"{url}{path}", headers=headers)
                     codes.append(proxy_error(answer.status_code, dict(answer.headers), answer.content))
+            for method, path, headers in denials:  # no ALPN: the engine's HTTP/1, each on a new connection
+                with srv.raw() as conn:
+                    conn.connect(f"api.upstream.test:{fresh.port}", {"Proxy-Authorization": basic(token)})
+                    assert conn.start_tls("api.upstream.test", srv.ca_bundle).selected_alpn_protocol() is None
+                    r = conn.request(method, path, {"Host": f"api.upstream.test:{fresh.port}", **headers})
+                    engine_codes.append(proxy_error(r.status, r.headers, r.body))
             with srv.raw() as conn:  # a 1 TiB upload announced: refused before a byte is read
                 conn.connect(f"api.upstream.test:{fresh.port}", {"Proxy-Authorization": basic(token)})
                 conn.start_tls("api.upstream.test", srv.ca_bundle)
@@ -306,6 +314,7 @@ def test_denied_requests_open_no_upstream_connection(
             "service_not_allowed",
         ], codes
         assert codes[11:] == ["vault_forbidden", "body_too_large"], codes
+        assert engine_codes == codes[6:12], engine_codes  # the same refusals on the engine
         assert fresh.connection_count == 0 and fresh.requests_seen.snapshot() == []
         with srv.agent_client(token) as c:  # the same host is reachable: the zero above means something
             assert c.get(f"{url}/echo/ok").status_code == 200

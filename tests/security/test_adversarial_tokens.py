@@ -17,13 +17,15 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 import trustme
-from helpers.proxy import basic
+from helpers.env import fast_path_suite
+from helpers.proxy import basic, wait_audit
 from helpers.server import OWNER_PASSWORD as PW
 from helpers.wait import wait_until
 from security.conftest import (
@@ -121,19 +123,66 @@ def test_token_brute_force_gets_407_then_429_and_never_in(
         assert c.get(f"https://api.upstream.test:{up.port}/echo/ok").status_code == 200
 
 
+# The paths a request on an open connection can take (the token is re-checked on each of them):
+# `fast`: an HTTP/1.1 client offering ALPN http/1.1 (the fast path, audit `served_by` "fast");
+# `engine-h1`: a client offering no ALPN (mitmproxy's HTTP/1 layer); `h2`: httpx over HTTP/2 (the engine).
+PATHS = ["fast", "engine-h1", "h2"]
+Get = Callable[[str], tuple[int, dict[str, str], bytes, str]]
+
+
+def _path_param(path: str) -> str:
+    if path == "fast" and fast_path_suite() == "off":
+        pytest.skip("the fast path is off in this run (FASTPATH_SUITE=off)")
+    return path
+
+
+@contextmanager
+def _open(srv: SweptServer, up: Forger, token: str, path: str) -> Iterator[Get]:
+    """One open connection to the matched service on `path`; `get(p)` sends GET p on it and returns
+    (status, headers, body, HTTP version)."""
+    target = f"api.upstream.test:{up.port}"
+    if path == "h2":
+        with srv.agent_client(token, http2=True) as c:
+
+            def h2get(p: str) -> tuple[int, dict[str, str], bytes, str]:
+                r = c.get(f"https://{target}{p}")
+                return r.status_code, dict(r.headers), r.content, r.http_version
+
+            yield h2get
+        return
+    with srv.raw() as conn:
+        assert conn.connect(target, {"Proxy-Authorization": basic(token)}).status == 200
+        tls = conn.start_tls(
+            "api.upstream.test", srv.ca_bundle, alpn=["http/1.1"] if path == "fast" else None
+        )
+        assert tls.selected_alpn_protocol() == ("http/1.1" if path == "fast" else None)
+
+        def h1get(p: str) -> tuple[int, dict[str, str], bytes, str]:
+            r = conn.request("GET", p, {"Host": target})
+            return r.status, r.headers, r.body, "HTTP/1.1"
+
+        yield h1get
+
+
 def _keepalive(
-    srv: SweptServer, up: Forger, token: str, cut: Callable[[], None], code: str, *, http2: bool = False
+    srv: SweptServer, up: Forger, token: str, cut: Callable[[], None], code: str, path: str
 ) -> None:
-    """One request works; `cut` happens; the next request on the same connection is refused with `code`."""
+    """One request works on `path`; `cut` happens; the next request on the same connection is refused
+    with `code` and never reaches the upstream."""
+    tag = secrets.token_hex(4)
+    before, after = f"/echo/before-{tag}", f"/echo/after-{tag}"
     up.requests_seen.clear()
-    with srv.agent_client(token, http2=http2) as c:
-        r1 = c.get(f"https://api.upstream.test:{up.port}/echo/before")
-        assert r1.status_code == 200 and r1.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
+    with _open(srv, up, token, path) as get:
+        status, _, _, version = get(before)
+        assert status == 200 and version == ("HTTP/2" if path == "h2" else "HTTP/1.1")
         cut()
-        r2 = c.get(f"https://api.upstream.test:{up.port}/echo/after")
-        proxy_error(r2.status_code, dict(r2.headers), r2.content, code)
-        assert r2.http_version == r1.http_version
-    assert [r["path"] for r in up.requests_seen.snapshot()] == ["/echo/before"]
+        status, headers, body, version2 = get(after)
+        proxy_error(status, headers, body, code)
+        assert version2 == version  # the same connection answered
+    assert [r["path"] for r in up.requests_seen.snapshot()] == [before]
+    rec = wait_audit(srv.home, path=before)  # the path the first request took is the one named
+    assert rec.get("served_by") == ("fast" if path == "fast" else None), rec
+    assert wait_audit(srv.home, path=after)["error"] == code
 
 
 def _owner(srv: SweptServer, method: str, path: str, **kw: object) -> None:
@@ -141,83 +190,107 @@ def _owner(srv: SweptServer, method: str, path: str, **kw: object) -> None:
         c.request(method, path, **kw).raise_for_status()  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
-def test_revoked_agent_on_an_open_connection(srv: SweptServer, up: Forger, http2: bool) -> None:
-    name = f"revoked-{'h2' if http2 else 'h1'}"
+@pytest.mark.parametrize("path", PATHS)
+def test_revoked_agent_on_an_open_connection(srv: SweptServer, up: Forger, path: str) -> None:
+    name = f"revoked-{_path_param(path)}"
     t = srv.make_agent(name)
+    cut = lambda: _owner(srv, "POST", f"/v1/agents/{name}/revoke")  # noqa: E731
+    _keepalive(srv, up, t, cut, "proxy_auth_required", path)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_rotated_agent_old_token_on_an_open_connection(srv: SweptServer, up: Forger, path: str) -> None:
+    name = f"rotated-{_path_param(path)}"
+    t = srv.make_agent(name)
+
+    def rotate() -> None:
+        _owner(srv, "POST", f"/v1/agents/{name}/rotate", json={"password": PW, "grace_seconds": 0})
+
+    _keepalive(srv, up, t, rotate, "proxy_auth_required", path)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_deleted_agent_and_removed_grant_on_open_connections(srv: SweptServer, up: Forger, path: str) -> None:
+    ungranted, deleted = f"ungranted-{_path_param(path)}", f"deleted-{path}"
+    t = srv.make_agent(ungranted, vaults=("default", "second"))
+
+    def ungrant() -> None:
+        _owner(srv, "DELETE", f"/v1/vaults/default/agents/{ungranted}", json={"password": PW})
+
+    _keepalive(srv, up, t, ungrant, "vault_forbidden", path)
+    t2 = srv.make_agent(deleted)
     _keepalive(
-        srv,
-        up,
-        t,
-        lambda: _owner(srv, "POST", f"/v1/agents/{name}/revoke"),
-        "proxy_auth_required",
-        http2=http2,
+        srv, up, t2, lambda: _owner(srv, "DELETE", f"/v1/agents/{deleted}"), "proxy_auth_required", path
     )
 
 
-def test_rotated_agent_old_token_on_an_open_connection(srv: SweptServer, up: Forger) -> None:
-    t = srv.make_agent("rotated")
-
-    def rotate() -> None:
-        _owner(srv, "POST", "/v1/agents/rotated/rotate", json={"password": PW, "grace_seconds": 0})
-
-    _keepalive(srv, up, t, rotate, "proxy_auth_required")
-
-
-def test_deleted_agent_and_removed_grant_on_open_connections(srv: SweptServer, up: Forger) -> None:
-    t = srv.make_agent("ungranted", vaults=("default", "second"))
-
-    def ungrant() -> None:
-        _owner(srv, "DELETE", "/v1/vaults/default/agents/ungranted", json={"password": PW})
-
-    _keepalive(srv, up, t, ungrant, "vault_forbidden")
-    t2 = srv.make_agent("deleted")
-    _keepalive(srv, up, t2, lambda: _owner(srv, "DELETE", "/v1/agents/deleted"), "proxy_auth_required")
-
-
-def test_a_session_dies_with_its_creators_grant(srv: SweptServer, up: Forger) -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_a_session_dies_with_its_creators_grant(srv: SweptServer, up: Forger, path: str) -> None:
     """SPEC §3.3: a session is a narrowing of its creator. An agent whose grant on the vault is removed
     keeps no access through the sessions it minted (open connections included)."""
-    t = srv.make_agent("minter", vaults=("default", "second"))
+    minter = f"minter-{_path_param(path)}"
+    t = srv.make_agent(minter, vaults=("default", "second"))
     sess = srv.session(t, label="minted by an agent", ttl_seconds=3600)
     with srv.http(sess["token"]) as c:
         assert c.get("/v1/discover").status_code == 200
 
     def ungrant() -> None:
-        _owner(srv, "DELETE", "/v1/vaults/default/agents/minter", json={"password": PW})
+        _owner(srv, "DELETE", f"/v1/vaults/default/agents/{minter}", json={"password": PW})
 
-    _keepalive(srv, up, sess["token"], ungrant, "proxy_auth_required")
+    _keepalive(srv, up, sess["token"], ungrant, "proxy_auth_required", path)
     with srv.http(sess["token"]) as c:
         assert c.get("/v1/discover").status_code == 401
     with srv.http(t) as c:  # the agent itself still works on the vault it keeps
         assert c.get("/v1/discover", headers={"X-Vault": "second"}).status_code == 200
 
 
-def test_revoked_session_on_an_open_connection(srv: SweptServer, up: Forger) -> None:
-    s = srv.session(label="to revoke")
+@pytest.mark.parametrize("path", PATHS)
+def test_revoked_session_on_an_open_connection(srv: SweptServer, up: Forger, path: str) -> None:
+    s = srv.session(label=f"to revoke ({_path_param(path)})")
+    cut = lambda: _owner(srv, "DELETE", f"/v1/sessions/{s['id']}")  # noqa: E731
+    _keepalive(srv, up, s["token"], cut, "proxy_auth_required", path)
+
+
+def _expire_at(srv: SweptServer, session_id: int, when: datetime) -> None:
+    """Set a session's expiry in the store, then let the proxy learn it (any token change reloads the
+    identities). The API's minimum TTL is 300 s (domain/sessions.py MIN_TTL): too long to wait for."""
+    db = sqlite3.connect(srv.home / "agent-vault.db", timeout=10)
+    with db:
+        stamp = when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        db.execute("UPDATE tokens SET expires_at = ? WHERE id = ?", (stamp, session_id))
+    db.close()
+    srv.session(label="any token change reloads the identities")
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_expired_session_on_an_open_connection(srv: SweptServer, up: Forger, path: str) -> None:
+    s = srv.session(label=f"to expire ({_path_param(path)})", ttl_seconds=300)
     _keepalive(
         srv,
         up,
         s["token"],
-        lambda: _owner(srv, "DELETE", f"/v1/sessions/{s['id']}"),
+        lambda: _expire_at(srv, s["id"], datetime(2000, 1, 1, tzinfo=UTC)),
         "proxy_auth_required",
-        http2=True,
+        path,
     )
-
-
-def test_expired_session_on_an_open_connection(srv: SweptServer, up: Forger) -> None:
-    s = srv.session(label="to expire", ttl_seconds=300)
-
-    def expire() -> None:
-        db = sqlite3.connect(srv.home / "agent-vault.db", timeout=10)
-        with db:
-            db.execute("UPDATE tokens SET expires_at = '2000-01-01 00:00:00.000000' WHERE id = ?", (s["id"],))
-        db.close()
-        srv.session(label="any token change reloads the identities")
-
-    _keepalive(srv, up, s["token"], expire, "proxy_auth_required")
     with srv.http(s["token"]) as c:
         assert c.get("/v1/discover").status_code == 401
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_session_expires_on_an_open_connection_with_no_admin_change(
+    srv: SweptServer, up: Forger, path: str
+) -> None:
+    """The TTL itself ends the session on an open connection: nothing reloads the identities when it
+    passes, so the re-check must compare the expiry with the clock, request by request."""
+    s = srv.session(label=f"natural expiry ({_path_param(path)})", ttl_seconds=300)
+    ends = datetime.now(UTC) + timedelta(seconds=3)
+    _expire_at(srv, s["id"], ends)  # the last admin change: from here on, only time passes
+
+    def wait_for_the_expiry() -> None:
+        time.sleep(max(0.0, (ends - datetime.now(UTC)).total_seconds()) + 0.3)
+
+    _keepalive(srv, up, s["token"], wait_for_the_expiry, "proxy_auth_required", path)
 
 
 def test_a_tunnel_closes_when_its_session_expires(srv: SweptServer, up: Forger) -> None:
@@ -230,17 +303,34 @@ def test_a_tunnel_closes_when_its_session_expires(srv: SweptServer, up: Forger) 
         conn.start_tls("localhost", srv.upstream_ca_file)
         hdrs = {"Host": f"localhost:{up.port}"}
         assert conn.request("GET", "/echo/tunnel-1", hdrs).status == 200
-        db = sqlite3.connect(srv.home / "agent-vault.db", timeout=10)
-        with db:  # the session now ends in 2 s; one reload lets the proxy learn it
-            soon = (datetime.now(UTC) + timedelta(seconds=2)).strftime("%Y-%m-%d %H:%M:%S.%f")
-            db.execute("UPDATE tokens SET expires_at = ? WHERE id = ?", (soon, s["id"]))
-        db.close()
-        srv.session(label="a token change reloads the identities")
+        # the session now ends in 2 s; one reload lets the proxy learn it
+        _expire_at(srv, s["id"], datetime.now(UTC) + timedelta(seconds=2))
         assert conn.request("GET", "/echo/tunnel-2", hdrs).status == 200  # not expired yet
         time.sleep(3)  # no admin change from here on
         with pytest.raises((ConnectionError, ssl.SSLError, http.client.HTTPException, OSError)):
             conn.request("GET", "/echo/tunnel-3", hdrs)
     assert "/echo/tunnel-3" not in [r["path"] for r in up.requests_seen.snapshot()]
+
+
+def test_a_tunnel_closes_when_its_session_is_revoked(srv: SweptServer, up: Forger) -> None:
+    """SPEC §14.8 on a raw tunnel (an unlisted host, policy `tunnel`): no request inside it is ever
+    parsed, so the revocation itself must close it, at once."""
+    s = srv.session(label="tunnel revoke")
+    up.requests_seen.clear()
+    with srv.raw() as conn:
+        r = conn.connect(f"localhost:{up.port}", {"Proxy-Authorization": basic(s["token"])})
+        assert r.status == 200  # localhost is no service of the vault: a raw tunnel
+        tls = conn.start_tls("localhost", srv.upstream_ca_file)  # the upstream's own certificate
+        assert "trustme" in str(dict(x[0] for x in tls.getpeercert()["issuer"])["organizationName"])
+        hdrs = {"Host": f"localhost:{up.port}"}
+        assert conn.request("GET", "/echo/rtunnel-1", hdrs).status == 200
+        _owner(srv, "DELETE", f"/v1/sessions/{s['id']}")
+        t0 = time.monotonic()
+        conn.sock.settimeout(3)
+        with pytest.raises((ConnectionError, ssl.SSLError, http.client.HTTPException, OSError)):
+            conn.request("GET", "/echo/rtunnel-2", hdrs)
+        assert time.monotonic() - t0 < 1.5  # closed by the revocation, not by a timeout
+    assert [r["path"] for r in up.requests_seen.snapshot()] == ["/echo/rtunnel-1"]
 
 
 def test_absolute_form_keepalive_is_rechecked(srv: SweptServer, up: Forger) -> None:
