@@ -20,7 +20,14 @@ from agent_vault.errors import InvalidRequest
 
 @app.command("migrate-db")
 def migrate_db(
-    to: Annotated[str, typer.Option("--to", help="postgresql://USER@HOST:PORT/DB (an empty database).")],
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            help="postgresql://USER@HOST:PORT/DB (an empty database; a password goes in PGPASSWORD or "
+            "~/.pgpass, not on the command line).",
+        ),
+    ],
     source: Annotated[
         str | None, typer.Option("--from", help="sqlite:///PATH (default: the home's agent-vault.db).")
     ] = None,
