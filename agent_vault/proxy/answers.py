@@ -59,6 +59,7 @@ _CAUSES: tuple[tuple[tuple[str, ...], str], ...] = (
     (("name or service", "getaddrinfo", "nodename", "no address associated"), "name does not resolve"),
     (("no route",), "no route to host"),
     (("unreachable",), "network unreachable"),
+    (("more than its response",), "the upstream sent more than its response"),  # h1bounds
     (("cannot parse http response", "unexpected server response"), "malformed response from the upstream"),
     (("server closed connection",), "the upstream closed the connection before answering"),
     (("head over the limit",), "the upstream's response head is over the proxy's limit"),

@@ -50,7 +50,7 @@ try:  # every private mitmproxy module agent-vault touches
         ResponseProtocolError,
     )
     from mitmproxy.proxy.layers.http._hooks import HttpErrorHook
-    from mitmproxy.proxy.layers.http._http2 import Http2Server
+    from mitmproxy.proxy.layers.http._http2 import Http2Client, Http2Server
 except ImportError as e:  # pragma: no cover - only on an untested engine
     _import_problems.append(f"private module {e.name or e} is gone ({type(e).__name__})")
 
@@ -58,6 +58,7 @@ __all__ = [
     "TESTED_TEXT",
     "EngineIncompatible",
     "ErrorCode",
+    "Http2Client",
     "Http2Server",
     "HttpErrorHook",
     "ReceiveHttp",
@@ -319,6 +320,19 @@ def _patch_points() -> Iterator[tuple[str, Callable[[], bool]]]:
         ),
     )
     yield (
+        "HttpLayer and HttpClient build HTTP/2 upstream connections through the module name Http2Client, "
+        "which queues DATA in h2_conn.stream_buffers and requests awaiting a free stream in stream_queue "
+        "(h2bounds.BoundedHttp2Client)",
+        lambda: (
+            "Http2Client" in _names(mhttp.HttpLayer._handle_event)
+            and "Http2Client" in _names(mhttp.HttpClient._handle_event)
+            and isinstance(mhttp.__dict__.get("Http2Client"), type)
+            and issubclass(mhttp.__dict__["Http2Client"], Http2Client)
+            and "stream_queue" in _names(Http2Client.__init__)
+            and "stream_queue" in _names(Http2Client._handle_event)
+        ),
+    )
+    yield (
         "ConnectionHandler.handle_connection awaits drain_writers after each read, in the task kept as "
         "transports[conn].handler (h2bounds holds an upstream's read loop back there)",
         lambda: (
@@ -346,6 +360,18 @@ def _patch_points() -> Iterator[tuple[str, Callable[[], bool]]]:
             and "wait" in _names(_http1.Http1Server.mark_done)
             and {"mark_done", "ResponseEndOfMessage"} <= _names(_http1.Http1Server.send)
             and callable(getattr(_http1.Http1Server, "wait", None))
+        ),
+    )
+    own = vars(_http1.Http1Client).get("_handle_event")
+    yield (
+        "Http1Client inherits Http1Connection._handle_event, which appends input to self.buf before its "
+        "state (not in passthrough); mark_done tracks request_done/response_done; done ends it (h1bounds "
+        "refuses input past a complete response and caps an upstream's unparsed input)",
+        lambda: (
+            (own is None or getattr(own, "__wrapped__", None) is _http1.Http1Connection._handle_event)
+            and {"buf", "state", "passthrough"} <= _names(_http1.Http1Connection._handle_event)
+            and {"request_done", "response_done"} <= _names(_http1.Http1Connection.mark_done)
+            and callable(getattr(_http1.Http1Connection, "done", None))
         ),
     )
 

@@ -18,6 +18,17 @@ sends while its request waits is kept in memory. Two places did so without limit
   buffer is dropped, and so is everything after it; the in-flight request still gets its response
   (with `Connection: close` when its head is not out yet) and its audit record, then the
   connection closes. The dropped bytes are never parsed as a request.
+* `install()` also wraps `Http1Client._handle_event`: an upstream that answers before the request
+  body is sent whole (the engine streams uploads) and then keeps sending had every further byte
+  appended to the client's receive buffer (kept until the upload ends), and each read crashed the
+  stream layer (mitmproxy re-reported the finished response: one traceback logged per read). Now
+  any byte after a complete response, while the request is still sent, and any unparsed input past
+  `UPSTREAM_INPUT_CAP` in whatever state (far above a head at its limit or a chunk line plus one
+  read, which are refused earlier), is an overrun: the buffer is dropped, the upstream connection
+  closed and the stream gets a protocol error. With a response already sent (the early answer),
+  the agent's HTTP/1 connection is closed (HTTP/2: the stream is reset), as when an upstream closes
+  early; otherwise the agent gets a 502 `upstream_unreachable` JSON and the request an error audit
+  record. The fast path reads an upstream only after the request is sent whole (TCP backpressure).
 
 Also the pure head checks the engine's `read_headers` wrapper uses (`blank_lines`, `smuggling_prone`).
 Private mitmproxy names used here are checked by `engine_compat._patch_points`.
@@ -25,6 +36,7 @@ Private mitmproxy names used here are checked by `engine_compat._patch_points`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -34,10 +46,13 @@ from mitmproxy.proxy import commands, events, layer
 
 from agent_vault.proxy.answers import MAX_HEAD_BYTES
 from agent_vault.proxy.engine_compat import (
+    ErrorCode,
+    ReceiveHttp,
     RequestData,
     RequestEndOfMessage,
     ResponseEndOfMessage,
     ResponseHeaders,
+    ResponseProtocolError,
     _http1,
 )
 
@@ -46,6 +61,12 @@ from agent_vault.proxy.engine_compat import (
 # stops reading the socket, so both paths hold at most this much of a waiting client's bytes.
 WAITING_INPUT_CAP = 4 * MAX_HEAD_BYTES
 _OVERFLOW = "_agent_vault_overflow"  # Http1Server attribute: input past the cap was dropped
+# Unparsed input kept from an upstream (Http1Client): a response head over MAX_HEAD_BYTES, or a chunk
+# line over `bodyreader.MAX_BODY_LINE`, is refused before the buffer gets near this.
+UPSTREAM_INPUT_CAP = WAITING_INPUT_CAP
+UPSTREAM_OVERRUN = "the upstream sent more than its response"  # answers._CAUSES names it; no bytes in it
+
+log = logging.getLogger("agent_vault.proxy")
 
 
 class HeldBodyCap(layer.Layer):
@@ -112,28 +133,68 @@ def _bounded_send(orig: Callable[..., Any]) -> Callable[..., Any]:
     return send
 
 
-_saved: tuple[Any, Any] | None = None
+def _bounded_upstream_input(orig: Callable[..., Any]) -> Callable[..., Any]:
+    """Http1Client._handle_event that refuses an upstream sending past its complete response while
+    the request is still sent, or whose unparsed input would pass UPSTREAM_INPUT_CAP (see the module
+    docstring). Not a generator itself: no extra frame per event."""
+
+    def _handle_event(self: Any, event: events.Event) -> layer.CommandGenerator[None]:
+        if (
+            isinstance(event, events.DataReceived)
+            and (
+                (self.response_done and not self.request_done)  # reset to False once both are done
+                or len(self.buf) + len(event.data) > UPSTREAM_INPUT_CAP
+            )
+            and self.state != self.passthrough  # a tunnel or an upgrade: relayed, never buffered
+            and self.state != self.done
+        ):
+            return _upstream_overrun(self)
+        return orig(self, event)  # type: ignore[no-any-return]
+
+    _handle_event.__wrapped__ = orig  # type: ignore[attr-defined]  # engine_compat checks it
+    return _handle_event
+
+
+def _upstream_overrun(client: Any) -> layer.CommandGenerator[None]:
+    """Drop the upstream's input, close it, fail its stream (mitmproxy's own protocol-error steps)."""
+    client.buf.maybe_extract_at_most(len(client.buf))  # nothing of it is parsed, kept or echoed
+    client.state = client.done
+    log.warning("upstream %s sent more than its response: connection closed", client.conn.address)
+    yield commands.CloseConnection(client.conn)
+    if client.stream_id is not None:
+        yield ReceiveHttp(
+            ResponseProtocolError(client.stream_id, UPSTREAM_OVERRUN, ErrorCode.GENERIC_SERVER_ERROR)
+        )
+
+
+_saved: tuple[Any, Any, Any] | None = None
 
 
 def install() -> None:
-    """Bound the input of an HTTP/1 client waiting for its response (idempotent; engine.install)."""
+    """Bound the input of an HTTP/1 client waiting for its response and of an HTTP/1 upstream
+    (idempotent; engine.install)."""
     global _saved
     if _saved is None:
-        server = _http1.Http1Server
-        _saved = (server.__dict__.get("wait"), server.__dict__.get("send"))
+        server, client = _http1.Http1Server, _http1.Http1Client
+        _saved = (
+            server.__dict__.get("wait"),
+            server.__dict__.get("send"),
+            client.__dict__.get("_handle_event"),
+        )
         setattr(server, "wait", _bounded_wait(server.wait))  # noqa: B010 - read as self.wait (state)
         setattr(server, "send", _bounded_send(server.send))  # noqa: B010
+        setattr(client, "_handle_event", _bounded_upstream_input(client._handle_event))  # noqa: B010
 
 
 def uninstall() -> None:
     global _saved
     if _saved is not None:
-        server = _http1.Http1Server
-        for name, orig in zip(("wait", "send"), _saved, strict=True):
+        targets = (_http1.Http1Server, _http1.Http1Server, _http1.Http1Client)
+        for cls, name, orig in zip(targets, ("wait", "send", "_handle_event"), _saved, strict=True):
             if orig is None:
-                delattr(server, name)  # inherited from Http1Connection
+                delattr(cls, name)  # inherited from Http1Connection
             else:
-                setattr(server, name, orig)
+                setattr(cls, name, orig)
         _saved = None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from helpers.env import base_env
 from mitmproxy.proxy.layers import http as mhttp
 
 from agent_vault.proxy import engine, engine_compat
+from agent_vault.proxy.engine_compat import _http1
 
 
 def test_installed_engine_is_compatible() -> None:
@@ -50,6 +52,20 @@ def test_a_patch_point_the_engine_no_longer_reads_is_found(monkeypatch: pytest.M
 def test_a_missing_state_method_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(mhttp.HttpStream, "state_consume_request_body")
     assert any("HttpStream state methods" in p for p in engine_compat.problems())
+
+
+def test_the_upstream_client_patch_points_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """h1bounds wraps the input handling Http1Client inherits, h2bounds replaces the name HttpClient
+    builds HTTP/2 upstreams through: an engine that does either differently is refused."""
+
+    def own(self: object, event: object) -> Iterator[object]:
+        yield from ()
+
+    monkeypatch.setattr(_http1.Http1Client, "_handle_event", own)
+    monkeypatch.setattr(mhttp.HttpClient, "_handle_event", own)
+    found = engine_compat.problems()
+    assert any(p.startswith("patch point missing: Http1Client inherits") for p in found), found
+    assert any("module name Http2Client" in p for p in found), found
 
 
 def _server_with_engine_version(tmp_path: Path, version: str) -> subprocess.CompletedProcess[str]:

@@ -8,6 +8,8 @@
   engine's HTTP/1 server appended them all to its receive buffer. Now it keeps at most
   `h1bounds.WAITING_INPUT_CAP`: the in-flight request still gets its response (with `Connection:
   close`) and its audit record, then the connection closes.
+* The upstream's side of that: an upstream that answers while the agent still uploads and then keeps
+  sending. The engine's HTTP/1 client kept it all; now the upstream and the agent's connection close.
 
 Each scenario runs on both paths (`--fast-path on`, where the lean loop applies TCP backpressure,
 and `off`, the engine). The server's RSS is watched as in `test_adversarial_bombs` (a watchdog
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +30,7 @@ from typing import Any
 import pytest
 import trustme
 from helpers.proxy import basic
+from helpers.raw_tls import RawTLSServer, read_head
 from helpers.server import OWNER_PASSWORD
 from helpers.upstream import TLSUpstream
 from security.conftest import Sweep, SweptServer, audit_rows, proxy_error, start_server
@@ -39,6 +43,7 @@ MAX_GROWTH = 64 * MiB
 PIECE = bytes(64 << 10)
 HOST = "api.upstream.test"
 HELD_HOST = "other.upstream.test"  # the service whose POSTs wait for approval
+EARLY_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
 
 
 @pytest.fixture(scope="module")
@@ -260,17 +265,103 @@ def test_input_while_a_response_is_awaited_is_bounded(
     assert row["status"] == 200 and row.get("error") is None, row
 
 
+# ---- 3. an upstream that answers before the upload ends, then keeps sending ---------------------------
+
+
+class Early:
+    """A hostile upstream: per connection, it reads the request head, answers at once (`200`, `ok`),
+    then sends up to SENT bytes of junk as fast as the proxy reads them (`sent` counts them)."""
+
+    def __init__(self, ca: trustme.CA) -> None:
+        self.sent = 0
+        self.server = RawTLSServer(ca, self.handle)
+        self.port = self.server.port
+
+    def handle(self, tls: ssl.SSLSocket) -> None:
+        self.sent = 0
+        read_head(tls)
+        tls.sendall(EARLY_ANSWER)
+        while self.sent < SENT:
+            tls.sendall(PIECE)
+            self.sent += len(PIECE)
+
+
+@pytest.fixture(scope="module")
+def early(upstream_ca: trustme.CA) -> Iterator[Early]:
+    e = Early(upstream_ca)
+    with e.server:
+        yield e
+    assert not e.server.errors, e.server.errors
+
+
+def test_upstream_input_after_an_early_answer_is_bounded(
+    srv: SweptServer, early: Early, token: str, rss: RssWatch
+) -> None:
+    """The upstream answers while the agent still uploads, then floods: the engine's HTTP/1 client kept
+    every byte after the answer in its receive buffer (it waits for the upload to end before it parses
+    anything more). Now a byte after a complete answer, while the upload goes on, closes the upstream
+    and the agent's connection (the agent already has its answer); the fast path reads the upstream
+    only after the upload."""
+    bearer = {"type": "bearer", "token": "H1_KEY"}
+    srv.add_service({"name": "early", "host": HOST, "port": early.port, "auth": bearer})
+    path = f"/early/{srv.extra_args[-1]}"
+    stop = threading.Event()
+
+    async def trickle(writer: asyncio.StreamWriter) -> None:
+        """A slow upload (1 KiB every 50 ms) that is still going when the upstream answers."""
+        try:
+            while not stop.is_set():
+                writer.write(b"400\r\n" + bytes(1024) + b"\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        except (ConnectionError, ssl.SSLError, RuntimeError):
+            pass  # the proxy closed the connection
+
+    async def scenario() -> tuple[int, bytes, bytes]:
+        reader, writer = await _tunnel(srv, token, HOST, early.port)
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/octet-stream\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n".encode()
+        )
+        task = asyncio.create_task(trickle(writer))
+        last, still_since, end = -1, time.monotonic(), time.monotonic() + 15
+        while time.monotonic() < end and early.sent < SENT and rss.peak - rss.base < MAX_GROWTH:
+            await asyncio.sleep(0.1)
+            if early.sent != last:
+                last, still_since = early.sent, time.monotonic()
+            elif time.monotonic() - still_since > 1.5 and early.sent > 0:
+                break  # the proxy stopped reading the upstream (or closed it)
+        await asyncio.to_thread(_small, srv, rss)  # the upload is still going
+        stop.set()
+        await task
+        status, _, body = await _response(reader)
+        rest = await _rest(reader) if srv.extra_args[-1] == "off" else b""
+        writer.transport.abort()
+        return status, body, rest
+
+    status, body, rest = asyncio.run(scenario())
+    assert (status, body) == (200, b"ok")
+    assert rest == b"", rest[:200]  # engine: then the connection closed
+    assert early.sent < SENT, "the proxy read everything the upstream sent after its answer"
+    assert "has crashed" not in srv.stderr_text()  # mitmproxy's stream layer crashed on each read
+    row = _audit(srv, path)
+    assert row["status"] == 200, row
+
+
 def test_install_is_idempotent_and_uninstall_restores_mitmproxy() -> None:
     from agent_vault.proxy import h1bounds
     from agent_vault.proxy.engine_compat import _http1
 
     if h1bounds._saved is not None:  # pragma: no cover - a live engine in this process owns the patch
         pytest.skip("the engine is installed in this process")
-    server = _http1.Http1Server
-    wait, send = server.wait, server.send
+    server, client = _http1.Http1Server, _http1.Http1Client
+    wait, send, handle = server.wait, server.send, client._handle_event
     h1bounds.install()
     h1bounds.install()
-    assert server.wait is not wait and server.send is not send
+    assert server.wait is not wait and server.send is not send and client._handle_event is not handle
     h1bounds.uninstall()
     h1bounds.uninstall()
     assert "wait" not in server.__dict__ and server.wait is wait and server.send is send
+    assert "_handle_event" not in client.__dict__ and client._handle_event is handle

@@ -7,6 +7,9 @@
 * One HTTP/2 connection sending request after request that the proxy refuses itself (403 at the
   request head, with and without a request body): each refused stream's state is freed when its
   stream ends, so the RSS does not grow with the number of streams.
+* An HTTP/2 upstream that keeps its flow-control window at 0 while an agent uploads as fast as it can:
+  the proxy stops reading the agent once its send queue toward that upstream is full (backpressure),
+  instead of queueing the whole upload (up to --max-request-bytes).
 
 A watchdog (`RssWatch`) SIGKILLs the server (our own child, by pid) if its RSS explodes.
 """
@@ -26,6 +29,7 @@ import h2.settings
 import pytest
 import trustme
 from helpers.proxy import basic
+from helpers.raw_tls import RawTLSServer
 from helpers.upstream import TLSUpstream, UpstreamRequest, UpstreamResponse, download_payload
 from security.conftest import Sweep, SweptServer, proxy_error, start_server
 from security.test_adversarial_bombs import RssWatch
@@ -243,3 +247,84 @@ def test_refused_h2_streams_are_freed(srv: SweptServer, refusing: Fast, token: s
     assert not rss.killed, "the server's RSS exploded (killed by the watchdog)"
     assert growth < REFUSED_GROWTH, f"server RSS grew by {growth / MiB:.1f} MiB for {REFUSED} refused streams"
     _still_answers(srv, token, fast.port)
+
+
+# ---- an upload toward an HTTP/2 upstream whose window stays closed ---------------------------------
+
+
+class ClosedWindow:
+    """A hostile HTTP/2 upstream (written with `h2`): its SETTINGS give every stream a flow-control
+    window of 0 and it never sends WINDOW_UPDATE, so no request body can ever be sent to it. It never
+    answers; `requests` counts the requests it saw, `received` the body bytes that reached it anyway
+    (what a client may send before it sees the SETTINGS)."""
+
+    def __init__(self, ca: trustme.CA) -> None:
+        self.requests = self.received = 0
+        self.server = RawTLSServer(ca, self.handle, alpn=("h2",))
+        self.port = self.server.port
+
+    def handle(self, tls: ssl.SSLSocket) -> None:
+        conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        tls.sendall(conn.data_to_send())
+        while data := tls.recv(1 << 16):
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.RequestReceived):
+                    self.requests += 1
+                elif isinstance(ev, h2.events.DataReceived):
+                    self.received += len(ev.data)  # never acknowledged: the window stays closed
+            tls.sendall(conn.data_to_send())
+
+
+@pytest.fixture(scope="module")
+def closed_window(upstream_ca: trustme.CA) -> Iterator[ClosedWindow]:
+    c = ClosedWindow(upstream_ca)
+    with c.server:
+        yield c
+    assert not c.server.errors, c.server.errors
+
+
+def test_upload_to_a_closed_h2_window_gets_backpressure_not_a_growing_queue(
+    srv: SweptServer, closed_window: ClosedWindow, refusing: Fast, token: str, rss: RssWatch
+) -> None:
+    _service(srv, "window0", "api.upstream.test", closed_window.port)
+    target = f"api.upstream.test:{closed_window.port}"
+    tls, h2c = _h2_tls(srv, token, target)
+    with tls:
+        sid = h2c.get_next_available_stream_id()
+        h2c.send_headers(sid, _headers("POST", target, "/upload"), end_stream=False)
+        tls.sendall(h2c.data_to_send())
+        tls.settimeout(10)
+        while h2c.local_flow_control_window(sid) < FLOOD:  # the proxy's SETTINGS + WINDOW_UPDATE
+            for ev in h2c.receive_data(tls.recv(1 << 16)):
+                assert not isinstance(ev, h2.events.ResponseReceived | h2.events.StreamReset), ev
+            tls.sendall(h2c.data_to_send())
+        # The agent uploads as fast as the proxy reads; the upstream takes nothing.
+        tls.settimeout(1.5)
+        sent, piece = 0, bytes(PIECE)
+        try:
+            while sent < FLOOD and rss.peak - rss.base < MAX_GROWTH:
+                h2c.send_data(sid, piece)
+                tls.sendall(h2c.data_to_send())
+                sent += PIECE
+        except TimeoutError:
+            pass  # the proxy stopped reading this connection
+        growth = rss.growth()
+        assert not rss.killed, "the server's RSS exploded (killed by the watchdog)"
+        assert growth < MAX_GROWTH, f"server RSS grew by {growth / MiB:.0f} MiB ({sent / MiB:.0f} MiB taken)"
+        assert sent < FLOOD, "the proxy read the whole upload although the upstream took nothing"
+        assert closed_window.requests == 1 and closed_window.received <= 65535, vars(closed_window)
+        _still_answers(srv, token, refusing.port)
+
+
+def test_a_large_h2_upload_is_held_back_and_let_go_again(srv: SweptServer, fast: Fast, token: str) -> None:
+    """The other side of that backpressure: an upload several times the cap, to an upstream that opens
+    its window as it reads, arrives whole (the agent's reads are held and resumed, never stalled)."""
+    _service(srv, "fast", "api.upstream.test", fast.port)
+    body = b"u" * (4 * MiB)
+    with srv.agent_client(token, http2=True) as c:
+        r = c.post(f"https://api.upstream.test:{fast.port}/echo/upload", content=body)
+    assert r.status_code == 200 and r.http_version == "HTTP/2", r.text[:200]
+    assert r.json()["body_length"] == len(body)
+    assert hashlib.sha256(r.json()["body"].encode()).digest() == hashlib.sha256(body).digest()
