@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import sys
 from typing import Annotated
@@ -23,7 +24,7 @@ from agent_vault.cli.common import (
     vault_grants,
 )
 from agent_vault.cli.output import out
-from agent_vault.cli.prompts import password
+from agent_vault.cli.prompts import password, read_stdin_line
 from agent_vault.domain.names import check_email
 from agent_vault.errors import InvalidRequest
 
@@ -112,13 +113,36 @@ def parse_invite(text: str) -> tuple[str, str | None]:
 @user_app.command("accept")
 def accept(
     invite_ref: Annotated[
-        str, typer.Argument(metavar="URL_OR_TOKEN", help="The invite URL or its av_inv_ token.")
-    ],
+        str | None,
+        typer.Argument(
+            metavar="[URL_OR_TOKEN]",
+            help="The invite URL or its av_inv_ token (omit it to keep it off the command line: it is "
+            "then asked for, or read with --invite-stdin).",
+        ),
+    ] = None,
+    invite_stdin: Annotated[
+        bool,
+        typer.Option("--invite-stdin", help="Read the invite URL or token from the first line of stdin."),
+    ] = False,
     password_stdin: Annotated[
-        bool, typer.Option("--password-stdin", help="Read the new password from the first line of stdin.")
+        bool,
+        typer.Option(
+            "--password-stdin",
+            help="Read the new password from the first line of stdin (the next one with --invite-stdin).",
+        ),
     ] = False,
 ) -> None:
     """Accept an invite: choose your password, then the CLI is logged in as you."""
+    if invite_ref is not None and invite_stdin:
+        raise InvalidRequest("give the invite either as an argument or with --invite-stdin, not both")
+    if invite_stdin:
+        invite_ref = read_stdin_line()
+    elif invite_ref is None:
+        if not sys.stdin.isatty():
+            raise InvalidRequest(
+                "the invite URL or token is required", hint="Pass it as an argument or with --invite-stdin."
+            )
+        invite_ref = getpass.getpass("Invite URL or token: ")
     token, base = parse_invite(invite_ref)
     if password_stdin:
         pw = password("", True)

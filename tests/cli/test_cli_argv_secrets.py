@@ -45,7 +45,7 @@ NOT_SECRET = {  # looks like a secret by name, is not one
 }
 # (command, parameter, reason): CAN carry a secret on argv today (see the report); allowed for the reason only
 _ON_ARGV = [
-    ("user accept", "invite_ref", "SPEC §10 verbatim, `user accept URL_OR_TOKEN`: a single-use 48 h invite"),
+    ("user accept", "invite_ref", "SPEC §10 `user accept URL_OR_TOKEN`; optional: prompt or --invite-stdin"),
     ("init", "database_url", "SPEC §2.1 `--database-url`; a postgresql:// URL may embed a password"),
     ("server", "database_url", "SPEC §2.1; the help says to prefer DATABASE_URL for a password"),
     ("migrate-db", "to", "a postgresql:// URL; the help's example has no password, none is refused"),

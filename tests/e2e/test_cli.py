@@ -478,3 +478,24 @@ def test_reveal_on_a_terminal_after_typed_confirmation(mserver: ServerProc) -> N
     )
     assert (SECRET + "-reveal").encode() in out
     assert OWNER_PASSWORD.encode() not in out  # hidden input is not echoed
+
+
+def test_user_accept_takes_the_invite_from_stdin_never_needing_argv(
+    mserver: ServerProc, tmp_path: Path
+) -> None:
+    """SPEC §14.11: the invite token can stay off the command line (`--invite-stdin`, then the password
+    on the next line); without it and without a terminal, a one-line error names both ways."""
+    invited = mserver.cli(
+        "user", "invite", "stdin-dev@example.com", "--vault", "default:member", "--password-stdin", input=PW
+    )
+    url = invited.stdout.strip()
+    env = base_env(tmp_path, AGENT_VAULT_HOME=str(tmp_path / "stdin-dev-home"))
+    missing = mserver.cli("user", "accept", "--password-stdin", input="x\n", env=env, check=False)
+    assert missing.returncode != 0 and "--invite-stdin" in missing.stderr, missing.stderr
+    assert "Traceback" not in missing.stderr
+    accepted = mserver.cli(
+        "user", "accept", "--invite-stdin", "--password-stdin", input=f"{url}\nstdin-dev-pass-1\n", env=env
+    )
+    assert "stdin-dev@example.com" in accepted.stdout
+    me = json.loads(mserver.cli("auth", "status", "--json", env=env).stdout)
+    assert me["name"] == "stdin-dev@example.com"
