@@ -52,6 +52,7 @@ def is_proxy_answer(resp: http.Response | None) -> bool:
 # (words in the engine's message, the cause we report). The engine builds some messages from raw
 # upstream or request bytes (`Cannot parse HTTP response: Bad HTTP response line: b'...'`), which can
 # hold an injected value: a cause is therefore always one of these fixed phrases, never a copy.
+UPSTREAM_OVERRUN = "the upstream sent more than its response"  # h1bounds' protocol error (no bytes in it)
 _CAUSES: tuple[tuple[tuple[str, ...], str], ...] = (
     (("timed out", "timeout"), "timed out"),
     (("refused",), "connection refused"),
@@ -59,7 +60,7 @@ _CAUSES: tuple[tuple[tuple[str, ...], str], ...] = (
     (("name or service", "getaddrinfo", "nodename", "no address associated"), "name does not resolve"),
     (("no route",), "no route to host"),
     (("unreachable",), "network unreachable"),
-    (("more than its response",), "the upstream sent more than its response"),  # h1bounds
+    ((UPSTREAM_OVERRUN,), UPSTREAM_OVERRUN),  # h1bounds: an upstream sending past its response
     (("cannot parse http response", "unexpected server response"), "malformed response from the upstream"),
     (("server closed connection",), "the upstream closed the connection before answering"),
     (("head over the limit",), "the upstream's response head is over the proxy's limit"),

@@ -44,7 +44,7 @@ from mitmproxy import http
 from mitmproxy.net.http.validate import validate_headers
 from mitmproxy.proxy import commands, events, layer
 
-from agent_vault.proxy.answers import MAX_HEAD_BYTES
+from agent_vault.proxy.answers import MAX_HEAD_BYTES, UPSTREAM_OVERRUN
 from agent_vault.proxy.engine_compat import (
     ErrorCode,
     ReceiveHttp,
@@ -64,7 +64,6 @@ _OVERFLOW = "_agent_vault_overflow"  # Http1Server attribute: input past the cap
 # Unparsed input kept from an upstream (Http1Client): a response head over MAX_HEAD_BYTES, or a chunk
 # line over `bodyreader.MAX_BODY_LINE`, is refused before the buffer gets near this.
 UPSTREAM_INPUT_CAP = WAITING_INPUT_CAP
-UPSTREAM_OVERRUN = "the upstream sent more than its response"  # answers._CAUSES names it; no bytes in it
 
 log = logging.getLogger("agent_vault.proxy")
 

@@ -451,43 +451,23 @@ def test_websocket_message_over_the_cap_closes_with_1009(
 # ---- HTTP/2 trailers --------------------------------------------------------------------------------
 
 
-def _h2_post_with_trailers(
-    tls: ssl.SSLSocket, authority: str, path: str, trailers: list[tuple[str, str]]
-) -> tuple[int, bytes]:
-    """One HTTP/2 POST whose body is followed by `trailers`; (status, body)."""
+def _h2_request(
+    tls: ssl.SSLSocket,
+    authority: str,
+    path: str,
+    method: str = "GET",
+    request_trailers: list[tuple[str, str]] | None = None,
+) -> tuple[int, bytes, list[Any]]:
+    """One HTTP/2 request (with `request_trailers`: a 2-byte body, then those trailers); (status, body,
+    response trailers)."""
     conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
     sid = conn.get_next_available_stream_id()
-    head = [(":method", "POST"), (":scheme", "https"), (":authority", authority), (":path", path)]
-    conn.send_headers(sid, head)
-    conn.send_data(sid, b"hi")
-    conn.send_headers(sid, trailers, end_stream=True)
-    tls.sendall(conn.data_to_send())
-    tls.settimeout(10)
-    status, body = 0, bytearray()
-    while True:
-        data = tls.recv(65536)
-        assert data, "connection closed"
-        for ev in conn.receive_data(data):
-            if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == sid:
-                status = int(dict(ev.headers)[b":status"])
-            elif isinstance(ev, h2.events.DataReceived) and ev.stream_id == sid:
-                body += ev.data
-                conn.acknowledge_received_data(ev.flow_controlled_length, sid)
-            elif isinstance(ev, h2.events.StreamEnded | h2.events.StreamReset) and ev.stream_id == sid:
-                return status, bytes(body)
-        tls.sendall(conn.data_to_send())
-
-
-def _h2_get_with_trailers(tls: ssl.SSLSocket, authority: str, path: str) -> tuple[int, bytes, list[Any]]:
-    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
-    conn.initiate_connection()
-    sid = conn.get_next_available_stream_id()
-    conn.send_headers(
-        sid,
-        [(":method", "GET"), (":scheme", "https"), (":authority", authority), (":path", path)],
-        end_stream=True,
-    )
+    head = [(":method", method), (":scheme", "https"), (":authority", authority), (":path", path)]
+    conn.send_headers(sid, head, end_stream=request_trailers is None)
+    if request_trailers is not None:
+        conn.send_data(sid, b"hi")
+        conn.send_headers(sid, request_trailers, end_stream=True)
     tls.sendall(conn.data_to_send())
     tls.settimeout(10)
     status, body, trailers = 0, bytearray(), []
@@ -518,7 +498,7 @@ def test_http2_trailers_are_redacted(srv: SweptServer, hostile: Hostile, token: 
         assert conn.connect(target, {"Proxy-Authorization": basic(token)}).status == 200
         tls = conn.start_tls("api.upstream.test", srv.ca_bundle, alpn=["h2"])
         assert tls.selected_alpn_protocol() == "h2"
-        status, body, trailers = _h2_get_with_trailers(tls, target, path)
+        status, body, trailers = _h2_request(tls, target, path)
     srv.sweep.record("h2 trailers", repr(trailers))
     assert status == 200 and body == b"ok"
     assert trailers == [(b"x-reflected", b"Bearer [REDACTED:BOMB_KEY]")]
@@ -534,7 +514,7 @@ def test_http2_trailers_cannot_forge_proxy_fields(srv: SweptServer, hostile: Hos
         assert conn.connect(target, {"Proxy-Authorization": basic(token)}).status == 200
         tls = conn.start_tls("api.upstream.test", srv.ca_bundle, alpn=["h2"])
         assert tls.selected_alpn_protocol() == "h2"
-        status, body, trailers = _h2_get_with_trailers(tls, target, "/forge-trailer")
+        status, body, trailers = _h2_request(tls, target, "/forge-trailer")
     assert status == 200 and body == b"ok"
     assert trailers == [(b"x-fine", b"1")], trailers
 
@@ -556,7 +536,7 @@ def test_http2_request_trailers_cannot_carry_proxy_fields_upstream(
         assert conn.connect(target, {"Proxy-Authorization": basic(token)}).status == 200
         tls = conn.start_tls("api.upstream.test", srv.ca_bundle, alpn=["h2"])
         assert tls.selected_alpn_protocol() == "h2"
-        status, _ = _h2_post_with_trailers(tls, target, "/sink?trailers=1", sent)
+        status, _, _ = _h2_request(tls, target, "/sink?trailers=1", "POST", sent)
     assert status == 200
     seen = [r for r in hostile.requests_seen.snapshot() if r["path"] == "/sink?trailers=1"]
     assert len(seen) == 1 and seen[0]["http_version"] == "HTTP/2", seen
