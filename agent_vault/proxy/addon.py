@@ -40,6 +40,7 @@ from agent_vault.proxy.fast import entry as fast
 from agent_vault.proxy.fast.client import client_tls_failed
 from agent_vault.proxy.flowlog import FlowLog, FlowState, incident
 from agent_vault.proxy.live import ByteCounter, TunnelLayer
+from agent_vault.proxy.ownapi import own_api_address
 from agent_vault.proxy.pinning import Pinning
 from agent_vault.proxy.request_phase import RequestPhase, content_length
 from agent_vault.proxy.response_phase import ResponsePhase
@@ -189,7 +190,10 @@ class VaultAddon:
 
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         self.connect_watch.arm(data.client.id, data.server)  # SPEC §6 upstream_timeout (deadlines)
-        await self.pinning.connect(data.server)
+        addr, own = data.server.address, None
+        if addr is not None:  # agent-vault's own API, for an agent on this machine (ownapi)
+            own = own_api_address(self.core.api_url, data.client.peername, str(addr[0]), int(addr[1]))
+        await self.pinning.connect(data.server, own)
 
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
         self.connect_watch.connected(data.server)

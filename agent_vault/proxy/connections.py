@@ -28,6 +28,7 @@ from agent_vault.proxy import live
 from agent_vault.proxy.decide import Identity, authenticate, recheck, wants_mitm
 from agent_vault.proxy.flowlog import FlowLog
 from agent_vault.proxy.live import ByteCounter
+from agent_vault.proxy.ownapi import own_api_address
 from agent_vault.proxy.ssrf import Egress
 from agent_vault.ratelimit import Limits
 
@@ -114,8 +115,8 @@ class Connections:
         st = self.table.setdefault(flow.client_conn.id, ConnState())
         host, port = normalized_target(flow.request.host, flow.request.port)
         mitm = wants_mitm(self.core.runtime.snapshot.vaults[ident.vault], ident.policy, host, port)
-        if not mitm:
-            await self.egress.address(host, port)
+        if not mitm and own_api_address(self.core.api_url, flow.client_conn.peername, host, port) is None:
+            await self.egress.address(host, port)  # (agent-vault's own API is dialled as such: ownapi)
         self.bind(flow.client_conn.id, st, ident)
         st.target, st.mode = (host, port), ("mitm" if mitm else "tunnel")
         flow.request.host = host  # normalised; server_connect pins the checked address

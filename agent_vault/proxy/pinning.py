@@ -21,12 +21,14 @@ class Pinning:
         self.egress = egress
         self.pinned: dict[str, tuple[str, int]] = {}  # server connection id -> its target (name, port)
 
-    async def connect(self, server: connection.Server) -> None:
+    async def connect(self, server: connection.Server, own_api: str | None = None) -> None:
+        """Resolve, check and pin `server`'s target; `own_api` is the address of agent-vault's own API
+        when the target is that API for an agent on this machine (`ownapi`): dialled unchecked."""
         if server.address is None or server.id in self.pinned:
             return
         host, port = str(server.address[0]), int(server.address[1])
         try:
-            ip = await self.egress.address(host, port)
+            ip = own_api or await self.egress.address(host, port)
         except AgentVaultError as e:
             server.error = f"refused by the proxy ({e.code})"
             return

@@ -20,15 +20,16 @@ from mitmproxy.net.http import url
 
 from agent_vault.authtypes import BROKERED_AUTH_TYPES
 from agent_vault.core import Core
-from agent_vault.errors import BodyTooLarge, HoldInterrupted, RateLimited, VaultForbidden
+from agent_vault.errors import BodyTooLarge, HoldInterrupted, RateLimited, ServiceNotAllowed, VaultForbidden
 from agent_vault.metrics import Metrics
 from agent_vault.proxy import hygiene, inject
 from agent_vault.proxy.brokered import SIGN_BUFFER, Broker
 from agent_vault.proxy.connections import Connections, normalized_target
-from agent_vault.proxy.decide import Identity, decide, recheck
+from agent_vault.proxy.decide import Decision, Identity, decide, recheck
 from agent_vault.proxy.engine import BUFFER_WHOLE
 from agent_vault.proxy.flowlog import FlowState
 from agent_vault.proxy.guard import Guard
+from agent_vault.proxy.ownapi import own_api_address
 from agent_vault.proxy.sources import SourceResolver
 from agent_vault.proxy.ssrf import Egress
 from agent_vault.proxy.streams import buffer_whole, counter, limited_upload
@@ -91,22 +92,32 @@ class RequestPhase:
             view, fs.sources = await self.sources.overlay(view, host, port, req.method, req.path, req.scheme)
             fs.values = view.values
         base = self.core.public_url
-        fs.decision = d = decide(
-            view,
-            ident,
-            host,
-            port,
-            req.method,
-            req.path,
-            f"{base}/v1/proposals",
-            f"{base}/v1/discover",
-            req.scheme,
-        )
+        own_api = own_api_address(self.core.api_url, flow.client_conn.peername, host, port)
+        try:
+            d = decide(
+                view,
+                ident,
+                host,
+                port,
+                req.method,
+                req.path,
+                f"{base}/v1/proposals",
+                f"{base}/v1/discover",
+                req.scheme,
+            )
+        except ServiceNotAllowed:
+            if own_api is None:
+                raise
+            d = Decision("unmatched_passthrough")  # agent-vault's own API, from this machine (ownapi)
+        if own_api is not None and d.kind == "would_deny" and d.would_deny_code == ServiceNotAllowed.code:
+            d = Decision("unmatched_passthrough")
+        fs.decision = d
         self.guard.head(flow, fs, view, d)  # before DNS and before any upstream connection
         self.guard.quota(fs, view, d)
         self.guard.budget(flow, view, d)
         self.guard.learn(view, d, host, port, req.method)
-        await self.egress.address(host, port)
+        if own_api is None:  # else dialled at the API's own address (server_connect)
+            await self.egress.address(host, port)
         svc, inj = d.service, d.injection
         if inj is not None and svc is not None and svc.auth.type in BROKERED_AUTH_TYPES:
             fs.signing = await self.broker.prepare(view, svc, inj)  # OAuth2 token fetch, AWS keys
