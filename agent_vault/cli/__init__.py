@@ -242,6 +242,16 @@ def build_command(args: Sequence[str] = ()) -> Any:
     return polish(typer.main.get_command(app))
 
 
+def _completion_init() -> None:
+    """Register Typer's bash/zsh/fish completion classes, which the scripts of `agent-vault completion`
+    call back into (`_AGENT_VAULT_COMPLETE=complete_bash ...`). `add_completion=False` (no hidden
+    --install-completion/--show-completion options) also skips this registration, without which every
+    callback fails with "Shell bash not supported."; typer.completion is already imported by typer."""
+    from typer._completion_classes import completion_init
+
+    completion_init()
+
+
 def _usage_message(e: Exception) -> str:
     """Click's message, except that stray arguments are not echoed: a secret typed as an argument
     (`vault credential set KEY VALUE`) must not be repeated into terminals and CI logs (SPEC §10)."""
@@ -264,6 +274,8 @@ def main(argv: list[str] | None = None) -> None:
         args = extract_globals(args)
         with gcpolicy.paused():  # imports only: nothing to collect yet
             command = build_command(args)
+        if os.environ.get(COMPLETE_VAR):
+            _completion_init()
         rc = command.main(args=args, prog_name=PROG, complete_var=COMPLETE_VAR, standalone_mode=False)
         sys.exit(rc if isinstance(rc, int) else 0)
     except AgentVaultError as e:
