@@ -10,8 +10,9 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from agent_vault import validation
 from agent_vault.errors import InvalidRequest
 
 RateProfile = Literal["default", "strict", "off"]
@@ -104,39 +105,56 @@ class Settings(BaseModel):
         return (self.database_url or "").startswith(("postgresql://", "postgres://", "postgresql+psycopg://"))
 
 
+# field -> the environment variable it is read from (flags override it)
+_ENV_VARS = {
+    "host": "AGENT_VAULT_HOST",
+    "port": "AGENT_VAULT_PORT",
+    "proxy_host": "AGENT_VAULT_PROXY_HOST",
+    "proxy_port": "AGENT_VAULT_PROXY_PORT",
+    "public_url": "AGENT_VAULT_PUBLIC_URL",
+    "database_url": "DATABASE_URL",
+    "log_level": "AGENT_VAULT_LOG_LEVEL",
+    "upstream_ca": "AGENT_VAULT_UPSTREAM_CA",
+    "max_request_bytes": "AGENT_VAULT_MAX_REQUEST_BYTES",
+    "max_buffered_bytes": "AGENT_VAULT_MAX_BUFFERED_BYTES",
+    "rate_limits": "AGENT_VAULT_RATE_LIMITS",
+    "audit_retention_days": "AGENT_VAULT_AUDIT_RETENTION_DAYS",
+    "idle_timeout": "AGENT_VAULT_IDLE_TIMEOUT",
+    "auth_timeout": "AGENT_VAULT_AUTH_TIMEOUT",
+    "connect_timeout": "AGENT_VAULT_CONNECT_TIMEOUT",
+    "first_byte_timeout": "AGENT_VAULT_FIRST_BYTE_TIMEOUT",
+    "max_unauthenticated": "AGENT_VAULT_MAX_UNAUTHENTICATED",
+    "fast_path": "AGENT_VAULT_FAST_PATH",
+    "offer_h2": "AGENT_VAULT_OFFER_H2",
+    "reuse_port": "AGENT_VAULT_REUSE_PORT",
+    "freshness_bound": "AGENT_VAULT_FRESHNESS_BOUND",
+}
+_ENV_LISTS = {"allow_net": "AGENT_VAULT_ALLOW_NET", "notify_url": "AGENT_VAULT_NOTIFY_URL"}  # comma lists
+
+
 def env_settings(**overrides: object) -> Settings:
-    """Settings from AGENT_VAULT_* env vars, then explicit (non-None) overrides."""
+    """Settings from AGENT_VAULT_* env vars, then explicit (non-None) overrides.
+
+    An invalid value is one InvalidRequest: a value from the environment names its variable (the
+    hint too: nothing on the command line is wrong), a flag's names the setting."""
     env = os.environ
     values: dict[str, object] = {}
-    mapping = {
-        "host": "AGENT_VAULT_HOST",
-        "port": "AGENT_VAULT_PORT",
-        "proxy_host": "AGENT_VAULT_PROXY_HOST",
-        "proxy_port": "AGENT_VAULT_PROXY_PORT",
-        "public_url": "AGENT_VAULT_PUBLIC_URL",
-        "database_url": "DATABASE_URL",
-        "log_level": "AGENT_VAULT_LOG_LEVEL",
-        "upstream_ca": "AGENT_VAULT_UPSTREAM_CA",
-        "max_request_bytes": "AGENT_VAULT_MAX_REQUEST_BYTES",
-        "max_buffered_bytes": "AGENT_VAULT_MAX_BUFFERED_BYTES",
-        "rate_limits": "AGENT_VAULT_RATE_LIMITS",
-        "audit_retention_days": "AGENT_VAULT_AUDIT_RETENTION_DAYS",
-        "idle_timeout": "AGENT_VAULT_IDLE_TIMEOUT",
-        "auth_timeout": "AGENT_VAULT_AUTH_TIMEOUT",
-        "connect_timeout": "AGENT_VAULT_CONNECT_TIMEOUT",
-        "first_byte_timeout": "AGENT_VAULT_FIRST_BYTE_TIMEOUT",
-        "max_unauthenticated": "AGENT_VAULT_MAX_UNAUTHENTICATED",
-        "fast_path": "AGENT_VAULT_FAST_PATH",
-        "offer_h2": "AGENT_VAULT_OFFER_H2",
-        "reuse_port": "AGENT_VAULT_REUSE_PORT",
-        "freshness_bound": "AGENT_VAULT_FRESHNESS_BOUND",
-    }
-    for field, var in mapping.items():
+    for field, var in _ENV_VARS.items():
         if env.get(var):
             values[field] = env[var]
-    if env.get("AGENT_VAULT_ALLOW_NET"):
-        values["allow_net"] = tuple(x.strip() for x in env["AGENT_VAULT_ALLOW_NET"].split(",") if x.strip())
-    if env.get("AGENT_VAULT_NOTIFY_URL"):
-        values["notify_url"] = tuple(x.strip() for x in env["AGENT_VAULT_NOTIFY_URL"].split(",") if x.strip())
-    values.update({k: v for k, v in overrides.items() if v is not None and v != ()})
-    return Settings.model_validate(values)
+    for field, var in _ENV_LISTS.items():
+        if env.get(var):
+            values[field] = tuple(x.strip() for x in env[var].split(",") if x.strip())
+    given = {k: v for k, v in overrides.items() if v is not None and v != ()}
+    values.update(given)
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as e:
+        first = validation.fields(e.errors()[:1])[0]
+        field = first["loc"].split(".", 1)[0]
+        env_var = _ENV_VARS.get(field) or _ENV_LISTS.get(field)
+        if env_var is not None and field not in given:
+            raise InvalidRequest(
+                f"invalid {env_var}: {first['msg']}", hint=f"Fix {env_var} in the environment, or unset it."
+            ) from None
+        raise InvalidRequest(f"invalid setting {first['loc']}: {first['msg']}") from None

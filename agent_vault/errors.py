@@ -57,7 +57,7 @@ class InvalidRequest(AgentVaultError):
 class BadRequest(AgentVaultError):
     code = "bad_request"
     status = 400
-    hint = ""
+    hint = "Send a well-formed request: through the proxy an absolute URL or CONNECT, to the API valid JSON."
 
 
 class Unauthenticated(AgentVaultError):
@@ -75,19 +75,19 @@ class StepUpFailed(AgentVaultError):
 class Forbidden(AgentVaultError):
     code = "forbidden"
     status = 403
-    hint = ""
+    hint = "Ask a vault admin (or the instance owner) for the role this needs."
 
 
 class NotFound(AgentVaultError):
     code = "not_found"
     status = 404
-    hint = ""
+    hint = "Check the name or id; the matching 'list' command shows what exists."
 
 
 class Conflict(AgentVaultError):
     code = "conflict"
     status = 409
-    hint = ""
+    hint = "Check the current state with the matching 'list' or 'show' command, then retry."
 
 
 class RateLimited(AgentVaultError):
@@ -111,13 +111,13 @@ class NotInitialised(AgentVaultError):
 class WrongMasterPassword(AgentVaultError):
     code = "wrong_master_password"
     status = 401
-    hint = ""
+    hint = "Type the master password chosen at init (not your login password)."
 
 
 class VaultRequired(AgentVaultError):
     code = "vault_required"
     status = 400
-    hint = ""
+    hint = "Name the vault: the proxy URL's password (http://<token>:<vault>@host:port) or an X-Vault header."
 
 
 class VaultForbidden(AgentVaultError):
@@ -385,7 +385,7 @@ class KeyMaterialUnavailable(AgentVaultError):
 
     code = "key_material_unavailable"
     status = 500
-    hint = ""
+    hint = "The home's key files are missing or were changed; restore the home from a backup."
 
 
 class MasterPasswordRequired(AgentVaultError):
@@ -399,7 +399,7 @@ class ConfigError(AgentVaultError):
 
     code = "config_invalid"
     status = 400
-    hint = ""
+    hint = "Fix the setting named in the message ('agent-vault server --help' lists them)."
 
 
 class ServerStartError(AgentVaultError):
@@ -407,7 +407,7 @@ class ServerStartError(AgentVaultError):
 
     code = "server_start_failed"
     status = 500
-    hint = ""
+    hint = "See the messages above; check that the ports are free and the home is writable."
 
 
 class ServerUnreachable(AgentVaultError):
@@ -423,7 +423,7 @@ class BadServerResponse(AgentVaultError):
 
     code = "bad_server_response"
     status = 502
-    hint = ""
+    hint = "Check that --addr (or AGENT_VAULT_ADDR) points at an agent-vault server of this version."
 
 
 class FileAccessError(AgentVaultError):
@@ -431,7 +431,7 @@ class FileAccessError(AgentVaultError):
 
     code = "file_access_failed"
     status = 500
-    hint = ""
+    hint = "Check that the path exists and that you may read and write there."
 
 
 class DatabaseUnreadable(AgentVaultError):
@@ -439,7 +439,7 @@ class DatabaseUnreadable(AgentVaultError):
 
     code = "database_unreadable"
     status = 500
-    hint = ""
+    hint = "Check the database file's permissions, or that PostgreSQL is reachable."
 
 
 class InstallationIncomplete(AgentVaultError):
@@ -447,4 +447,4 @@ class InstallationIncomplete(AgentVaultError):
 
     code = "installation_incomplete"
     status = 500
-    hint = ""
+    hint = "Reinstall agent-vault (pip install --force-reinstall agent-vault)."

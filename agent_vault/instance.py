@@ -62,13 +62,22 @@ def _check_init(
         raise InvalidRequest(PG_PASSWORDLESS, hint="Use --key-mode password or keyring.")
     check_email(email)
     if len(owner_password) < 8:
-        raise InvalidRequest("the owner's login password must be at least 8 characters")
+        raise InvalidRequest(
+            "the owner's login password must be at least 8 characters", hint="Choose a longer one."
+        )
     if key_mode != "passwordless":
         if master is None:
             raise InvalidRequest("a master password is required", hint="Set AGENT_VAULT_MASTER_PASSWORD.")
         keys.check_master_password(master)
         if master == owner_password:
-            raise InvalidRequest("the master password must differ from the owner's login password")
+            raise InvalidRequest(
+                "the master password must differ from the owner's login password",
+                hint=keys.master_source_hint(
+                    master,
+                    typed="Choose another master password.",
+                    env="Set AGENT_VAULT_MASTER_PASSWORD to another password.",
+                ),
+            )
 
 
 def _already(row: InstanceState) -> Conflict:

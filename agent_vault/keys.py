@@ -49,7 +49,14 @@ def kdf_profile() -> crypto.KdfProfile:
 
 def check_master_password(password: str) -> None:
     if len(password) < 12:
-        raise InvalidRequest("the master password must be at least 12 characters")
+        raise InvalidRequest(
+            "the master password must be at least 12 characters",
+            hint=master_source_hint(
+                password,
+                typed="Choose a longer one (12+ characters).",
+                env="Set AGENT_VAULT_MASTER_PASSWORD to 12+ characters.",
+            ),
+        )
 
 
 def owner_password_matches(store: Store, password: str) -> bool:
@@ -107,12 +114,13 @@ def unwrap_dek(home: Home, store: Store, instance_id: str, mode: str, master_pas
     try:
         return crypto.open_sealed(kek, row.wrapped_dek, dek_aad(instance_id))
     except crypto.DecryptionError:
-        from_env = _env_digest is not None and hmac.compare_digest(_digest(master_password), _env_digest)
         raise WrongMasterPassword(
             "wrong master password",
-            hint="Check AGENT_VAULT_MASTER_PASSWORD."
-            if from_env
-            else "Type the master password chosen at init (not your login password).",
+            hint=master_source_hint(
+                master_password,
+                typed="Type the master password chosen at init (not your login password).",
+                env="Check AGENT_VAULT_MASTER_PASSWORD.",
+            ),
         ) from None
 
 
@@ -143,6 +151,18 @@ _env_digest: bytes | None = None
 
 def _digest(password: str) -> bytes:
     return hashlib.sha256(password.encode()).digest()
+
+
+def from_env(password: str) -> bool:
+    """Whether `password` is the one last read from AGENT_VAULT_MASTER_PASSWORD."""
+    return _env_digest is not None and hmac.compare_digest(_digest(password), _env_digest)
+
+
+def master_source_hint(password: str, *, typed: str, env: str) -> str:
+    """The hint of an error about `password`: `env` (naming the variable) when it came from
+    AGENT_VAULT_MASTER_PASSWORD, since the user typed nothing ("check the command's arguments" would
+    send them the wrong way), else `typed`."""
+    return env if from_env(password) else typed
 
 
 def master_password_from_env() -> str | None:
@@ -327,7 +347,11 @@ def change_key_mode(
     if owner_password_matches(store, new_password):  # checked after the unwrap: no oracle without the key
         raise InvalidRequest(
             "the master password must differ from the owner's login password",
-            hint="Choose another master password.",
+            hint=master_source_hint(
+                new_password,
+                typed="Choose another master password.",
+                env="Set AGENT_VAULT_MASTER_PASSWORD to another password.",
+            ),
         )
     profile = kdf_profile()
     salt = os.urandom(16)

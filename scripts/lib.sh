@@ -15,13 +15,14 @@ pick_python() {
   return 1
 }
 
-# make_venv DIR: a fresh virtualenv with a current pip (quiet; the log is DIR.log on failure).
+# make_venv DIR: a fresh virtualenv with a current pip (quiet; its tail is printed on failure). The log
+# is DIR/make-venv.log, inside the venv: beside it (DIR.log) it would be an untracked file in the checkout.
 make_venv() {
   local dir=$1 py
   py=$(pick_python) || return 1
   rm -rf "$dir"
   $py -m venv "$dir"
-  quietly "$dir.log" "$dir/bin/python" -m pip install --upgrade pip
+  quietly "$dir/make-venv.log" "$dir/bin/python" -m pip install --upgrade pip
 }
 
 # quietly LOG CMD...: run CMD with its output in LOG; on failure print the log's tail and fail.

@@ -41,7 +41,7 @@ def guard_fields(core: Any, vault: str, svc: ServiceDef, p: Principal | None) ->
 def discover_body(core: Any, vault: str, role: str, principal: Principal | None = None) -> J:
     view = core.runtime.snapshot.vaults.get(vault)
     if view is None:
-        raise NotFound(f"vault {vault} not found")
+        raise NotFound(f"vault {vault} not found", hint="List vaults with 'agent-vault vault list'.")
     svcs = []
     for svc in view.services:
         d = public(svc)

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
-from agent_vault import __version__
+from agent_vault import __version__, validation
 from agent_vault.api import admin, agent, csrf, identity, instance, ratelimit
 from agent_vault.errors import AgentVaultError
 
@@ -103,10 +103,7 @@ def create_app(allowed_hosts: Callable[[], set[str]] | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        fields = [
-            {"loc": ".".join(str(x) for x in e.get("loc", ())), "msg": e.get("msg", "invalid")}
-            for e in exc.errors()
-        ]
+        fields = validation.fields(exc.errors())
         return JSONResponse(
             {
                 "error": "invalid_request",
@@ -123,9 +120,9 @@ def create_app(allowed_hosts: Callable[[], set[str]] | None = None) -> FastAPI:
         code, hint = {
             400: ("bad_request", "Send a well-formed UTF-8 JSON body."),
             413: ("body_too_large", "Send less data."),
-            404: ("not_found", ""),
-            405: ("method_not_allowed", ""),
-        }.get(exc.status_code, ("http_error", ""))
+            404: ("not_found", "Check the URL; the API's paths start with /v1/."),
+            405: ("method_not_allowed", "Use a method this path accepts (the Allow header lists them)."),
+        }.get(exc.status_code, ("http_error", "Check the request against the API reference."))
         body: dict[str, object] = {"error": code, "message": str(exc.detail), "hint": hint}
         if exc.status_code == 413:
             body["limit_bytes"] = MAX_BODY

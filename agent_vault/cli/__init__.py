@@ -103,7 +103,7 @@ def _root(
         metavar="URL",
         envvar="AGENT_VAULT_ADDR",
         show_envvar=True,
-        help="Server API address (default: the login's, then http://127.0.0.1:14321).",
+        help="Server API address (default: this home's running server, then the login's, then http://127.0.0.1:14321).",
     ),
     _home: str | None = typer.Option(
         None,

@@ -57,8 +57,10 @@ def login(
         if password_stdin or not sys.stdin.isatty():
             raise InvalidRequest("--email is required without a terminal")
         email = typer.prompt("Email")
-    pw = password(f"Password for {email}: ", password_stdin)
     c = client()
+    if not password_stdin:  # an unreachable server is said before a password is typed for it
+        c.check_reachable()
+    pw = password(f"Password for {email}: ", password_stdin)
     try:
         result = c.request(
             "POST",

@@ -1,4 +1,9 @@
-"""The CLI's HTTP client: base URL + bearer token; API errors become AgentVaultError (exit 1)."""
+"""The CLI's HTTP client: base URL + bearer token; API errors become AgentVaultError (exit 1).
+
+Which server (`resolve_addr`): `--addr` > AGENT_VAULT_ADDR > `.agent-vault.toml` `addr` (those three are
+the caller's `addr`, see cli/common.api_addr) > the server running now for this home (its
+`<home>/server.json`, the addresses `status` shows) > the stored login's addr > http://127.0.0.1:14321.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,9 @@ from agent_vault.cli.loginstore import clear_login as clear_login
 from agent_vault.cli.loginstore import load_login as load_login
 from agent_vault.cli.loginstore import save_login as save_login
 from agent_vault.cli.loginstore import session_file as session_file
-from agent_vault.errors import AgentVaultError, ServerUnreachable, Unauthenticated
+from agent_vault.errors import AgentVaultError, ServerStartError, ServerUnreachable, Unauthenticated
+from agent_vault.home import Home
+from agent_vault.lifecycle import probe
 
 DEFAULT_ADDR = "http://127.0.0.1:14321"
 
@@ -26,23 +33,70 @@ def _tls() -> ssl.SSLContext:
     return httpx.create_ssl_context(trust_env=False)
 
 
+#: The hint of a step-up refusal when the CLI sent no password (no terminal to ask on, no --password-stdin).
+NO_TERMINAL_HINT = "No terminal to ask for your password: pass --password-stdin and pipe it on stdin."
+
+
+def delay_words(seconds: int) -> str:
+    """`882` -> `14m 42s`; `45` -> `45s`; `3600` -> `1h 0m`."""
+    h, rest = divmod(max(0, seconds), 3600)
+    m, s = divmod(rest, 60)
+    if h:
+        return f"{h}h {m}m"
+    return f"{m}m {s}s" if m else f"{s}s"
+
+
 class ApiError(AgentVaultError):
-    """An error answered by the server, carrying its code and status."""
+    """An error answered by the server, carrying its code and status. A 429 says how long to wait
+    (the body's `retry_after`) in its message, so that the one error line does."""
 
     def __init__(self, status: int, body: dict[str, Any]) -> None:
-        super().__init__(str(body.get("message") or f"HTTP {status}"), hint=str(body.get("hint") or ""))
+        message = str(body.get("message") or f"HTTP {status}")
+        wait = body.get("retry_after")
+        if status == 429 and isinstance(wait, int | float) and not isinstance(wait, bool):
+            message += f"; retry after {delay_words(int(wait))}"
+        super().__init__(message, hint=str(body.get("hint") or ""))
         self.status = status
         self.code = str(body.get("error") or "error")
         self.extra = {k: v for k, v in body.items() if k not in ("error", "message", "hint")}
 
 
+def running_api(home: Path) -> str | None:
+    """The API address of the server running now for `home` (None: none runs, or it is still starting)."""
+    try:
+        running = probe(Home(home))
+    except ServerStartError:  # an unreadable lock file: no server of this home to point at
+        return None
+    return running.api if running is not None else None
+
+
+def resolve_addr(addr: str | None, home: Path, login: dict[str, Any] | None) -> str:
+    """The API address for this invocation: `addr` (--addr / AGENT_VAULT_ADDR / .agent-vault.toml) >
+    AGENT_VAULT_ADDR > the server running now for this home > the stored login's addr > the default.
+
+    The running server wins over the stored login when they differ: the login's addr records where the
+    CLI logged in once (an old port, say), the server's state file is where this home's server listens
+    now. Letting a stale login win sent the next `auth login` password (and every command's token) to
+    whatever listens on the old port, possibly someone else's instance. A login to a server elsewhere is
+    still used whenever no server runs for this home, and --addr, AGENT_VAULT_ADDR or the project file
+    select it explicitly. The login token is only ever sent to the login's own addr (`Client`)."""
+    chosen = (
+        addr
+        or os.environ.get("AGENT_VAULT_ADDR")
+        or running_api(home)
+        or (login or {}).get("addr")
+        or DEFAULT_ADDR
+    )
+    return str(chosen).rstrip("/")
+
+
 class Client:
-    """Talks to the control API. Token: AGENT_VAULT_TOKEN, else the stored CLI login."""
+    """Talks to the control API (address: `resolve_addr`). Token: AGENT_VAULT_TOKEN, else the stored CLI
+    login when it was made at this address."""
 
     def __init__(self, addr: str | None, home: Path, token: str | None = None) -> None:
         login = load_login(home)
-        self.addr = addr or os.environ.get("AGENT_VAULT_ADDR") or (login or {}).get("addr") or DEFAULT_ADDR
-        self.addr = self.addr.rstrip("/")
+        self.addr = resolve_addr(addr, home, login)
         self.token = (
             token
             or os.environ.get("AGENT_VAULT_TOKEN")
@@ -91,12 +145,21 @@ class Client:
                 body = r.json()
             except ValueError:
                 body = {"error": "http_error", "message": f"HTTP {r.status_code}"}
-            raise ApiError(r.status_code, body if isinstance(body, dict) else {"message": str(body)})
+            err = ApiError(r.status_code, body if isinstance(body, dict) else {"message": str(body)})
+            sent = json_body.get("password", "") if isinstance(json_body, dict) else ""
+            if err.code == "step_up_failed" and sent is None:  # cli/common.step_up had no terminal
+                err.hint = NO_TERMINAL_HINT
+            raise err
         if raw:
             return r
         if r.status_code == 204 or not r.content:
             return None
         return r.json()
+
+    def check_reachable(self) -> None:
+        """ServerUnreachable (one line) unless the server answers: called before asking for a password
+        that would only be sent to it, so that nobody types a password for an unreachable server."""
+        self.request("GET", "/v1/status", auth=False)
 
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)

@@ -121,7 +121,8 @@ def vault_name(explicit: str | None) -> str:
 
 
 def api_addr() -> str | None:
-    """--addr > AGENT_VAULT_ADDR > .agent-vault.toml `addr`; None lets the Client use the login's."""
+    """--addr > AGENT_VAULT_ADDR > .agent-vault.toml `addr`; None lets the Client choose (the server
+    running for this home, then the login's addr, then the default: cli/client.resolve_addr)."""
     if G.addr or os.environ.get("AGENT_VAULT_ADDR"):
         return G.addr or os.environ.get("AGENT_VAULT_ADDR")
     addr = project_settings()[1].get("addr")
@@ -141,10 +142,14 @@ def step_up(password_stdin: bool) -> str | None:
     """The user's password for a step-up action (SPEC §3.4): first stdin line or a hidden prompt.
 
     Without a terminal and without --password-stdin, None is sent: a server started with
-    --no-step-up accepts that; any other answers 401 step_up_failed (a clear one-line error).
+    --no-step-up accepts that; any other answers 401 step_up_failed without counting it as a failed
+    login, and the CLI's one error line says to pass --password-stdin (cli/client.NO_TERMINAL_HINT).
+    Before the prompt, the server must answer: an unreachable one is reported before a password is typed.
     """
     if not password_stdin and not sys.stdin.isatty():
         return None
+    if not password_stdin:
+        client().check_reachable()
     return password("Your login password (confirmation): ", password_stdin)
 
 

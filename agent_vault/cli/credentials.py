@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from agent_vault.cli.common import VaultOpt, YesOpt, client, confirm, seg, step_up, vault_app, vault_name
+from agent_vault.cli.durations import format_duration
 from agent_vault.cli.output import out
 from agent_vault.cli.prompts import secret_value
 from agent_vault.domain.names import check_key
@@ -39,11 +40,19 @@ FromFileOpt = Annotated[
 def list_credentials(vault: VaultOpt = None) -> None:
     """Key names and metadata; values are never shown."""
     data = client().get(f"/v1/vaults/{seg(vault_name(vault))}/credentials")
+    rows = [{**r, "ttl": _ttl_words(r.get("ttl"))} for r in data["credentials"]]  # --json: as the API said
     out.table(
         data,
-        data["credentials"],
+        rows,
         ["key", "has_value", "source", "ttl", "version", "updated_at", "used_by", "description"],
     )
+
+
+def _ttl_words(ttl: object) -> object:
+    """A source's TTL in seconds as the duration `--ttl` takes (`300.0` -> `5m`); anything else as is."""
+    if isinstance(ttl, int | float) and not isinstance(ttl, bool):
+        return format_duration(ttl)
+    return ttl
 
 
 def _write(
@@ -66,7 +75,10 @@ def _write(
     ):  # rotate + new description: PUT, once it is known to exist
         known = {x["key"] for x in c.get(f"/v1/vaults/{seg(v)}/credentials")["credentials"]}
         if key not in known:
-            raise NotFound(f"credential {key} not found in vault {v}")
+            raise NotFound(
+                f"credential {key} not found in vault {v}",
+                hint="List them with 'agent-vault vault credential list'.",
+            )
         action = "set"
     if action == "set":
         body: dict[str, str] = {"value": value}
@@ -93,11 +105,13 @@ def _set_source(
         body["description"] = description
     data = client().put(f"/v1/vaults/{seg(v)}/credentials/{seg(key)}", body)
     ttl = data.get("ttl")
-    every = f"cached {ttl:g}s" if isinstance(ttl, int | float) else "re-read when it changes"
+    every = f"cached {_ttl_words(ttl)}" if isinstance(ttl, int | float) else "re-read when it changes"
     out.data(
         data,
         f"set {key} in vault {v} from a {data.get('source')} source ({every}; version {data.get('version')})",
     )
+    for warning in data.get("warnings") or []:  # accepted, but it will not serve a value as it is
+        out.warn(f"warning: {warning}")
 
 
 @credential_app.command("set")

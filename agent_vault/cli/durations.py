@@ -39,3 +39,16 @@ def duration_param(text: str | None, flag: str) -> int | None:
         return parse_duration(text)
     except InvalidRequest as e:
         raise typer.BadParameter(f"{e.message} ({e.hint})", param_hint=flag) from None
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as the CLI accepts it back: `300.0` -> `5m`, `5400` -> `1h30m`, `90` -> `1m30s`,
+    `0.5` -> `0.5s`. Whole seconds only are split into units."""
+    if seconds != int(seconds) or seconds <= 0:
+        return f"{seconds:g}s"
+    rest, parts = int(seconds), []
+    for unit in ("d", "h", "m", "s"):
+        n, rest = divmod(rest, _UNITS[unit])
+        if n:
+            parts.append(f"{n}{unit}")
+    return "".join(parts)

@@ -111,7 +111,16 @@ class Out:
             t.add_column(Text(inert(c)))
         for r in rows:
             t.add_row(*[Text(inert(_cell(r.get(c)))) for c in columns])
-        self.console.print(t)
+        if self.console.is_terminal:
+            self.console.print(t)  # fitted to the terminal (long cells wrap)
+            return
+        # Piped or redirected: the reader is a program or a file, not a screen of COLUMNS (rich assumes
+        # 80), so the table takes the width its cells need and never cuts a value (`has_va…`).
+        from rich.measure import Measurement
+
+        console = self.console
+        need = Measurement.get(console, console.options.update_width(_PIPED_MAX_WIDTH), t).maximum
+        _console(stderr=False, width=max(need, console.width)).print(t)
 
     def line(self, text: str) -> None:
         """A plain stdout line (tokens, paths): printed even with --quiet; inert, newlines kept."""
@@ -147,12 +156,15 @@ class Out:
         print(f"error: {inert(msg)}", file=sys.stderr)
 
 
-def _console(stderr: bool) -> Console:
+_PIPED_MAX_WIDTH = 1 << 16  # far beyond any real row; a bound for rich's measurement only
+
+
+def _console(stderr: bool, width: int | None = None) -> Console:
     from rich.console import Console
 
     no_color = bool(os.environ.get("NO_COLOR"))  # read at first use: `--no-color` has set it by then
     kw: dict[str, Any] = {"no_color": no_color, "highlight": False, "soft_wrap": True, "emoji": False}
-    return Console(stderr=stderr, markup=False, **kw)
+    return Console(stderr=stderr, markup=False, width=width, **kw)
 
 
 def words(v: Any) -> str:

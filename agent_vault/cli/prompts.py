@@ -32,7 +32,10 @@ def password(prompt: str, password_stdin: bool) -> str:
 def new_password(prompt: str, *, what: str, minimum: int, differs_from: str | None = None) -> str:
     """A new password typed twice on the terminal, checked as it is typed: too short, equal to
     `differs_from` or a repeat that does not match is said (never the value) and asked again, up to
-    TRIES times; then InvalidRequest naming the last problem."""
+    TRIES times; then InvalidRequest naming the last problem. Without a terminal: InvalidRequest at once
+    (callers check first and name their own flags; this is the backstop: never getpass without one)."""
+    if not sys.stdin.isatty():  # getpass would warn, maybe echo, or read EOF and look like Ctrl-C
+        raise InvalidRequest(f"no terminal to type the {what} on", hint="See --help for other sources.")
     problem = ""
     for _ in range(TRIES):
         value = getpass.getpass(prompt)

@@ -30,7 +30,7 @@ from agent_vault.cli import G, app, choice
 from agent_vault.cli import isolate as isolation
 from agent_vault.cli.certs import fetch_ca, write_ca_files
 from agent_vault.cli.client import Client
-from agent_vault.cli.common import VaultOpt, client, exit_with, resolve_vault, vault_app
+from agent_vault.cli.common import PROJECT_FILE, VaultOpt, client, exit_with, resolve_vault, vault_app
 from agent_vault.cli.durations import parse_duration
 from agent_vault.cli.output import out
 from agent_vault.cli.runenv import build_child_env
@@ -157,7 +157,29 @@ def open_session(
         "unmatched_policy": policy,
         **narrow,
     }
-    return _minted(c.post("/v1/sessions", body), ttl)
+    try:
+        return _minted(c.post("/v1/sessions", body), ttl)
+    except AgentVaultError as e:
+        raise _name_the_source(e, name, source) from None
+
+
+def _name_the_source(e: AgentVaultError, vault: str, source: str) -> AgentVaultError:
+    """`e` about `vault`, saying where the name came from when the user did not type it on this command
+    line (a `.agent-vault.toml`, AGENT_VAULT_VAULT, 'vault use'): that is the place to fix."""
+    if source in ("--vault", "default") or e.code not in ("not_found", "vault_forbidden"):
+        return e
+    if not e.message.endswith(f"vault {vault}") and not e.message.startswith(f"vault {vault} "):
+        return e  # about something else (--agent NAME)
+    if source == "AGENT_VAULT_VAULT":
+        e.message += " (from AGENT_VAULT_VAULT)"
+        e.hint = "Fix or unset AGENT_VAULT_VAULT, or pass --vault NAME ('agent-vault vault list' shows them)."
+    elif Path(source).name == PROJECT_FILE:
+        e.message += f" (named in {source})"
+        e.hint = f"Fix `vault = ...` in {source}, or pass --vault NAME ('agent-vault vault list' shows them)."
+    else:  # cli/context, written by `vault use`
+        e.message += " (chosen with 'agent-vault vault use')"
+        e.hint = "Choose another with 'agent-vault vault use NAME', or pass --vault NAME."
+    return e
 
 
 def _minted(data: dict[str, Any], ttl: int, *, child: bool = False) -> RunSession:
@@ -206,6 +228,19 @@ def spawn(argv: list[str], env: dict[str, str]) -> int:
     return 128 - rc if rc < 0 else rc
 
 
+def unmatched_behaviour(discover: dict[str, Any]) -> str:
+    """What the proxy does with a host no service matches, as it will act: under `dry-run` (or `learn`)
+    enforcement nothing is refused (a `deny` only logs), which the bare policy name would hide."""
+    policy = str(discover.get("unmatched_policy"))
+    enforcement = discover.get("enforcement")
+    if enforcement not in ("dry-run", "learn"):
+        return policy
+    what = "logged and drafted as proposals" if enforcement == "learn" else "logged"
+    if policy == "deny":
+        return f"deny ({enforcement}: {what}, not enforced)"
+    return f"{policy}; enforcement {enforcement}: refusals {what}, not enforced"
+
+
 def _banner(s: RunSession, addr: str, proxy: str, discover: dict[str, Any], *, isolated: bool) -> None:
     n = len(discover.get("services", []))
     when = (
@@ -213,7 +248,7 @@ def _banner(s: RunSession, addr: str, proxy: str, discover: dict[str, Any], *, i
     )
     out.info(
         f"agent-vault: vault {s.vault} via proxy {proxy}{when}; {n} service(s), unmatched hosts: "
-        f"{discover.get('unmatched_policy')}" + ("; isolated: the proxy is the only way out" * isolated)
+        f"{unmatched_behaviour(discover)}" + ("; isolated: the proxy is the only way out" * isolated)
     )
     out.info(f'agent-vault: discover: curl -H "Authorization: Bearer $AGENT_VAULT_TOKEN" {addr}/v1/discover')
     out.info(
@@ -363,7 +398,9 @@ def run_command(
     try:
         code = isolation.run(bwrap, sandbox, argv, env, home=G.home) if sandbox else spawn(argv, env)
         if not out.quiet:
-            report_unmatched(c, session, start_seq)
+            report_unmatched(
+                c, session, start_seq, [str(x.get("host")) for x in discover.get("services", [])]
+            )
     finally:
         if renewer is not None:
             renewer.stop()

@@ -4,7 +4,8 @@ the vault (nothing injected there), read from the audit log once the server has 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from agent_vault.cli import G
 from agent_vault.cli.client import Client
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from agent_vault.cli.run import RunSession
 
 UNMATCHED = ("tunnel", "unmatched_passthrough")  # the proxy let the request through, injecting nothing
+WOULD_DENY_UNMATCHED = "service_not_allowed"  # policy deny under dry-run/learn: let through, logged
 MAX_HOSTS_REPORTED = 10
 SETTLE_SECONDS = 0.5  # without the settle call (older server): the audit writer commits every 0.2 s
 SETTLE_WAIT_SECONDS = 3.0  # the most the server waits for the child's connections to close
@@ -35,8 +37,34 @@ def latest_seq(c: Client, vault: str) -> int | None:
         return None
 
 
-def unmatched_hosts(c: Client, session: RunSession, after: int) -> list[str]:
-    """Hosts this session's requests reached without matching a service, first seen first."""
+def host_pattern_covers(pattern: str, host: str) -> bool:
+    """Whether a service host (`api.example.com`, `*.example.com`: one more label) names `host`."""
+    if pattern.startswith("*."):
+        return host.partition(".")[2] == pattern[2:]
+    return pattern == host
+
+
+def target_label(host: str, port: object, service_hosts: Sequence[str]) -> str:
+    """How to name what the child reached: the host alone, or host:port when a service of the vault is
+    on that host (then the port, or the path, is what matched no service: the host alone would read as
+    "no service for this host" and contradict the service list)."""
+    if not isinstance(port, int) or not any(host_pattern_covers(p, host) for p in service_hosts):
+        return host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _unmatched(rec: dict[str, Any]) -> bool:
+    decision = rec.get("decision")
+    return decision in UNMATCHED or (
+        decision == "would_deny" and rec.get("would_deny_code") == WOULD_DENY_UNMATCHED
+    )
+
+
+def unmatched_hosts(
+    c: Client, session: RunSession, after: int, service_hosts: Sequence[str] = ()
+) -> list[str]:
+    """Hosts (host:port where a service is on the host: `target_label`) this session's requests
+    reached without matching a service, first seen first."""
     prefix = f"session:{session.session_id}:"
     hosts: list[str] = []
     cursor = after
@@ -48,25 +76,29 @@ def unmatched_hosts(c: Client, session: RunSession, after: int) -> list[str]:
         for rec in page["logs"]:
             if (
                 str(rec.get("actor", "")).startswith(prefix)
-                and rec.get("decision") in UNMATCHED
+                and _unmatched(rec)
                 and rec.get("service") is None
                 and rec.get("host")
-                and str(rec["host"]) not in hosts
             ):
-                hosts.append(str(rec["host"]))
+                label = target_label(str(rec["host"]), rec.get("port"), service_hosts)
+                if label not in hosts:
+                    hosts.append(label)
         if len(page["logs"]) < 500:
             break
         cursor = int(page["next_cursor"])
     return hosts
 
 
-def report_unmatched(c: Client, session: RunSession, start_seq: int | None) -> None:
-    """Once, after the child exits: one stderr line per host it reached that matched no service."""
+def report_unmatched(
+    c: Client, session: RunSession, start_seq: int | None, service_hosts: Sequence[str] = ()
+) -> None:
+    """Once, after the child exits: one stderr line per host it reached that matched no service
+    (`service_hosts`: the hosts of the vault's services, from discover)."""
     if session.session_id is None or start_seq is None:
         return
     _settle(c, session)
     try:
-        hosts = unmatched_hosts(c, session, start_seq)
+        hosts = unmatched_hosts(c, session, start_seq, service_hosts)
     except (AgentVaultError, KeyError, TypeError, ValueError):
         return
     for host in hosts[:MAX_HOSTS_REPORTED]:

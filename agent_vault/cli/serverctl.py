@@ -193,10 +193,12 @@ def server(
         master: str | None = None  # typed just now by `init`: not asked a third time
         if not settings.uses_postgres and not home.initialised():  # PostgreSQL: the database says
             if srv.foreground_tty():
-                from agent_vault.cli.setup import init
+                from agent_vault.cli.setup import initialise
 
                 with contextlib.redirect_stdout(sys.stderr):  # stdout: the ready line alone (SPEC §2.1)
-                    master = init(key_mode="password", owner_email=None, password_stdin=False, yes=False)
+                    master = initialise(
+                        key_mode="password", owner_email=None, password_stdin=False, starting_server=True
+                    )
             else:
                 raise NotInitialised(
                     f"{settings.home} is not initialised yet (no terminal to ask for passwords)",

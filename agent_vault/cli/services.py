@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from agent_vault import validation
 from agent_vault.cli import authflags as af
 from agent_vault.cli import choice
 from agent_vault.cli.approvalflags import set_approval, set_limits
@@ -52,8 +53,8 @@ def validate(definition: dict[str, Any]) -> dict[str, Any]:
     try:
         svc = ServiceDef.model_validate(definition)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"]) or "definition"
+        err = validation.fields(e.errors()[:1])[0]
+        loc = err["loc"] or "definition"
         raise InvalidRequest(f"invalid service definition: {loc}: {err['msg']}") from None
     return svc.model_dump(mode="json", by_alias=True)
 

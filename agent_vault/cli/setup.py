@@ -28,11 +28,44 @@ def init(
         str | None,
         typer.Option(help="postgresql://USER@HOST:PORT/DB to create the instance in (or DATABASE_URL)."),
     ] = None,
-) -> str | None:
-    """Create the home, database, keys, CA, the owner and vault `default` (server stopped). Returns the
-    master password (None when passwordless), so a first `server` start need not ask for it again.
+) -> None:
+    """Create the home, database, keys, CA, the owner and vault `default` (server stopped).
+
+    Without a terminal: --owner-email, --password-stdin (the owner's login password, one line) and,
+    unless --key-mode passwordless, the master password in AGENT_VAULT_MASTER_PASSWORD.
 
     With PostgreSQL, run it once per database; every replica then starts with the master password."""
+    initialise(
+        key_mode=key_mode, owner_email=owner_email, password_stdin=password_stdin, database_url=database_url
+    )
+
+
+def _no_terminal_sources(owner_email: str | None, password_stdin: bool, need_master: bool) -> list[str]:
+    """What init cannot ask for without a terminal and was not given another way (flag / env)."""
+    missing = []
+    if owner_email is None:
+        missing.append("--owner-email")
+    if not password_stdin:
+        missing.append("--password-stdin (the owner's login password)")
+    if need_master:
+        missing.append("AGENT_VAULT_MASTER_PASSWORD (the master password)")
+    return missing
+
+
+def initialise(
+    *,
+    key_mode: str,
+    owner_email: str | None,
+    password_stdin: bool,
+    database_url: str | None = None,
+    starting_server: bool = False,
+) -> str | None:
+    """The work of `init`. Returns the master password (None when passwordless), so that a first
+    `server` start, which calls this with `starting_server=True`, need not ask for it again.
+
+    The master password comes from AGENT_VAULT_MASTER_PASSWORD (SPEC §10, removed from the environment
+    once read), else a prompt. Without a terminal nothing is ever prompted for: a missing source is one
+    InvalidRequest line naming the flags/env to use (getpass would warn, echo or read EOF)."""
     from agent_vault import keys
     from agent_vault.instance import init_instance
 
@@ -46,20 +79,20 @@ def init(
             hint=f"{home.root} holds an instance: start it with 'agent-vault server', "
             "or pass another --home for a new one.",
         )
+    master = keys.master_password_from_env() if key_mode != "passwordless" else None
+    ask_master = key_mode != "passwordless" and master is None
+    if not sys.stdin.isatty():
+        missing = _no_terminal_sources(owner_email, password_stdin, ask_master)
+        if missing:
+            env = "" if key_mode == "passwordless" else "AGENT_VAULT_MASTER_PASSWORD=... "
+            mode = "--key-mode passwordless " if key_mode == "passwordless" else ""
+            raise InvalidRequest(
+                f"no terminal to ask on: init needs {', '.join(missing)}",
+                hint=f"e.g. printf '%s\\n' LOGIN_PASSWORD | {env}agent-vault init {mode}"
+                "--owner-email you@example.com --password-stdin",
+            )
     if owner_email is None:
-        if not sys.stdin.isatty():
-            raise InvalidRequest("--owner-email is required without a terminal")
         owner_email = typer.prompt("Owner email")
-    master: str | None = None
-    ask_master = False
-    if key_mode != "passwordless":
-        master = keys.master_password_from_env()
-        if master is None:
-            if not sys.stdin.isatty():
-                raise InvalidRequest(
-                    "the master password is required", hint="Set AGENT_VAULT_MASTER_PASSWORD."
-                )
-            ask_master = True
     if not password_stdin:
         out.info(
             f"The login password is how you log in to the CLI and the web UI "
@@ -92,10 +125,10 @@ def init(
         assert master is not None
         _keyring_note(keys.keyring_set(instance_id, master))
     where = "the PostgreSQL database" if settings.uses_postgres else str(settings.home)
+    then = "starting the server" if starting_server else "start it with 'agent-vault server'"
     out.data(
         {"instance_id": instance_id, "home": str(settings.home), "key_mode": key_mode},
-        f"initialised {where} (instance {instance_id[:8]}, key mode {key_mode}); "
-        f"start it with 'agent-vault server'",
+        f"initialised {where} (instance {instance_id[:8]}, key mode {key_mode}); {then}",
     )
     return master
 

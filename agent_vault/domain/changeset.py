@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlmodel import Session, col, select
 
+from agent_vault import validation
 from agent_vault.domain.credentials import check_value, write_value
 from agent_vault.domain.services import delete_in_tx, parse_service, public, upsert_in_tx
 from agent_vault.errors import InvalidRequest, UnknownCredential, ValueNotAllowed
@@ -89,7 +90,7 @@ class ChangeSet:
 
 
 def _fields(e: ValidationError) -> list[dict[str, str]]:
-    return [{"loc": ".".join(str(x) for x in err["loc"]), "msg": err["msg"]} for err in e.errors()]
+    return validation.fields(e.errors())
 
 
 def has_value_field(obj: Any) -> bool:

@@ -39,16 +39,30 @@ def login_limiter(core: Core) -> FailureLimiter:
     return lim
 
 
+#: What a step-up request without a password is told (the CLI sends none when it has no terminal to ask on).
+STEP_UP_MISSING_HINT = (
+    'Send your login password in the "password" field; with the CLI, run it at a terminal '
+    "or pass --password-stdin and pipe the password on stdin."
+)
+
+
 def step_up(core: Core, p: Principal, password: str | None) -> None:
-    """Require the user's own password in the request (SPEC §3.4) unless --no-step-up."""
+    """Require the user's own password in the request (SPEC §3.4) unless --no-step-up.
+
+    A wrong password counts toward the login limiter and is audited as `auth.login_failed`. A missing
+    (None or empty) one is not a guess: it is refused (401 step_up_failed, hint naming --password-stdin)
+    without counting or auditing, so scripted admin commands without a terminal cannot lock the owner out.
+    """
     p.require_user()
     if core.settings.no_step_up:
         return
+    if not password:
+        raise StepUpFailed("this action needs your login password (step-up)", hint=STEP_UP_MISSING_HINT)
     limiter = login_limiter(core)
     check_limiter(limiter, p.name)
     with core.store.read() as s:
         user = s.get(User, p.user_id)
-    if not password or user is None or not verify_password(user.password_hash, password):
+    if user is None or not verify_password(user.password_hash, password):
         limiter.fail(p.name)
         core.record("auth.login_failed", p.actor, details={"reason": "step_up"})
         raise StepUpFailed("password confirmation failed")

@@ -10,6 +10,9 @@ never put into messages, audit details or return values (except `reveal`).
 
 from __future__ import annotations
 
+import os
+import shutil
+import stat
 from typing import Any
 
 from sqlmodel import select
@@ -88,7 +91,10 @@ def set_credential(
         c = s.exec(select(Credential).where(Credential.vault_id == v.id, Credential.key == key)).first()
         if c is None:
             if must_exist:
-                raise NotFound(f"credential {key} not found in vault {vault}")
+                raise NotFound(
+                    f"credential {key} not found in vault {vault}",
+                    hint="List them with 'agent-vault vault credential list'.",
+                )
             c = Credential(vault_id=v.id, key=key)
         existed = c.ciphertext is not None
         write_value(c, value, core.dek)
@@ -134,6 +140,7 @@ def set_source(
     if description is not None and len(description) > 500:
         raise InvalidRequest("description is longer than 500 characters")
     step_up(core, p, password)
+    warnings = source_warnings(spec, key)  # after step-up: only a confirmed owner learns about paths
     with core.store.write() as s:
         v = get_vault(s, vault)
         assert v.id is not None
@@ -157,7 +164,45 @@ def set_source(
         target=key,
         details={"version": c.version, "source": spec.kind, "ttl": spec.ttl},
     )
-    return {"key": key, "version": c.version, "source": spec.kind, "ttl": spec.ttl}
+    out: dict[str, Any] = {"key": key, "version": c.version, "source": spec.kind, "ttl": spec.ttl}
+    if warnings:
+        out["warnings"] = warnings
+    return out
+
+
+def source_warnings(spec: credsource.SourceSpec, key: str) -> list[str]:
+    """Check a source where the server will use it (its user, its PATH) before storing it.
+
+    A path that exists but is not a regular file (a directory, a device, a pipe) is refused: it can
+    never serve a value. What may change later is accepted with a warning: a file that does not exist
+    yet, one the server cannot read now, a program not on the server's PATH. A shell command is not
+    checked (only the shell knows what it runs). Messages name the path or program, never the command."""
+    fails = f"requests that need {key} fail (credential_unavailable) until it"
+    if spec.kind == "file":
+        assert spec.path is not None
+        try:
+            st = os.stat(spec.path)
+        except FileNotFoundError:
+            return [f"{spec.path} does not exist yet; {fails} does"]
+        except OSError:
+            return [f"{spec.path} cannot be checked by the server's user; {fails} can be read"]
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidRequest(
+                f"{spec.path} is not a regular file",
+                hint="A file source reads a regular file (not a directory, device or pipe).",
+            )
+        if not os.access(spec.path, os.R_OK):
+            return [f"{spec.path} is not readable by the server's user; {fails} is"]
+        return []
+    if spec.shell:
+        return []
+    program = spec.argv()[0]
+    if "/" in program:
+        if not (os.path.isfile(program) and os.access(program, os.X_OK)):
+            return [f"program {program} is not an executable file; {fails} is"]
+    elif shutil.which(program) is None:
+        return [f"program {program} was not found on the server's PATH; {fails} is (or give its full path)"]
+    return []
 
 
 def delete_credential(core: Core, p: Principal, vault: str, key: str, force: bool = False) -> None:
@@ -169,7 +214,10 @@ def delete_credential(core: Core, p: Principal, vault: str, key: str, force: boo
         v = get_vault(s, vault)
         c = s.exec(select(Credential).where(Credential.vault_id == v.id, Credential.key == key)).first()
         if c is None:
-            raise NotFound(f"credential {key} not found in vault {vault}")
+            raise NotFound(
+                f"credential {key} not found in vault {vault}",
+                hint="List them with 'agent-vault vault credential list'.",
+            )
         s.delete(c)
     core.runtime.reload()
     core.record("credential.delete", p.actor, vault=vault, target=key)
@@ -187,7 +235,10 @@ def reveal(core: Core, p: Principal, vault: str, key: str, password: str | None)
             hint="Run the command or read the file yourself.",
         )
     if c is None or c.ciphertext is None:
-        raise NotFound(f"credential {key} not found in vault {vault}")
+        raise NotFound(
+            f"credential {key} not found in vault {vault}",
+            hint="List them with 'agent-vault vault credential list'.",
+        )
     try:
         value = crypto.open_sealed(
             core.dek, c.ciphertext, crypto.credential_aad(c.vault_id, c.key, c.key_version)

@@ -77,7 +77,10 @@ def _exempt(core: Core, p: Principal, vault: str, service: str, agent: str) -> N
         v = get_vault(s, vault)
         row = s.exec(select(Service).where(Service.vault_id == v.id, Service.name == service)).first()
         if row is None:
-            raise NotFound(f"service {service} not found in vault {vault}")
+            raise NotFound(
+                f"service {service} not found in vault {vault}",
+                hint="List them with 'agent-vault vault service list'.",
+            )
         d = json.loads(row.definition)
         approval = dict(d.get("approval") or {})
         approval["exempt"] = [*approval.get("exempt", []), agent]

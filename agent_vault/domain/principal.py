@@ -10,6 +10,16 @@ from agent_vault.errors import Forbidden
 ROLE_RANK = {"proxy": 0, "member": 1, "admin": 2}
 
 
+def _role_hint(p: Principal, role: str) -> str:
+    """What to do about a role too low: a session token only proxies (SPEC §3.1), others ask for a grant."""
+    if p.kind == "session":
+        return (
+            "A session token (vault run) has role proxy only; run this with your own login or an "
+            "agent token that holds the role."
+        )
+    return f"Ask a vault admin for role {role} on the vault."
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """An authenticated actor. `grants` maps vault name -> role. Never holds the token text."""
@@ -75,7 +85,10 @@ class Principal:
         if human and not self.is_human:
             raise Forbidden("this action is reserved to humans", hint="Propose the change instead.")
         if ROLE_RANK[have] < ROLE_RANK[role]:
-            raise Forbidden(f"this action needs role {role} on vault {vault} (you have {have})")
+            raise Forbidden(
+                f"this action needs role {role} on vault {vault} (you have {have})",
+                hint=_role_hint(self, role),
+            )
 
     def require_user(self) -> None:
         if not self.is_human:
@@ -84,4 +97,6 @@ class Principal:
     def require_owner(self) -> None:
         self.require_user()
         if not self.is_owner:
-            raise Forbidden("this action needs the instance owner role")
+            raise Forbidden(
+                "this action needs the instance owner role", hint="Ask an instance owner to do it."
+            )

@@ -54,7 +54,10 @@ def _sees_all(p: Principal, vault: str) -> bool:
 def _row(s: Session, v: Vault, seq: int) -> Proposal:
     pr = s.exec(select(Proposal).where(Proposal.vault_id == v.id, Proposal.seq == seq)).first()
     if pr is None:
-        raise NotFound(f"proposal {seq} not found in vault {v.name}")
+        raise NotFound(
+            f"proposal {seq} not found in vault {v.name}",
+            hint="List them with 'agent-vault vault proposal list'.",
+        )
     return pr
 
 
@@ -174,7 +177,10 @@ def get_own(core: Core, p: Principal, vault: str, seq: int) -> J:
     with core.store.read() as s:
         pr = _row(s, get_vault(s, vault), seq)
     if not _sees_all(p, vault) and _owner(pr.actor) != _owner(p.actor):
-        raise NotFound(f"proposal {seq} not found in vault {vault}")
+        raise NotFound(
+            f"proposal {seq} not found in vault {vault}",
+            hint="List them with 'agent-vault vault proposal list'.",
+        )
     return _view(pr, vault)
 
 
@@ -229,7 +235,10 @@ def get_full(core: Core, p: Principal | None, vault: str, seq: int, token: str |
                 hint="Log in as a member of the vault to review the proposal.",
             )
         if v is None or pr is None:
-            raise NotFound(f"proposal {seq} not found in vault {vault}")
+            raise NotFound(
+                f"proposal {seq} not found in vault {vault}",
+                hint="List them with 'agent-vault vault proposal list'.",
+            )
         ch = _changes(pr)
         st = cs.vault_state(s, v)
     out = _view(pr, vault)
@@ -265,7 +274,10 @@ def approve(
         pr = _row(s, get_vault(s, vault), seq)
     p.require(vault, _changes(pr).needed_role, human=True)
     if pr.status not in OPEN:
-        raise Conflict(f"proposal {seq} is {pr.status}, not pending")
+        raise Conflict(
+            f"proposal {seq} is {pr.status}, not pending",
+            hint="Only a pending proposal can be decided; see 'agent-vault vault proposal show'.",
+        )
     cs.check_values(values)
     if note is not None and len(note) > MAX_TEXT:
         raise InvalidRequest(f"the note is longer than {MAX_TEXT} characters")
@@ -274,7 +286,10 @@ def approve(
         v = get_vault(s, vault)
         pr = _row(s, v, seq)
         if pr.status not in OPEN:
-            raise Conflict(f"proposal {seq} is {pr.status}, not pending")
+            raise Conflict(
+                f"proposal {seq} is {pr.status}, not pending",
+                hint="Only a pending proposal can be decided; see 'agent-vault vault proposal show'.",
+            )
         ch = _changes(pr)
         st = cs.vault_state(s, v)
         cs.check_refs(ch, st)
@@ -303,7 +318,10 @@ def reject(core: Core, p: Principal, vault: str, seq: int, reason: str | None = 
     with core.store.write() as s:
         pr = _row(s, get_vault(s, vault), seq)
         if pr.status not in OPEN:
-            raise Conflict(f"proposal {seq} is {pr.status}, not pending")
+            raise Conflict(
+                f"proposal {seq} is {pr.status}, not pending",
+                hint="Only a pending proposal can be decided; see 'agent-vault vault proposal show'.",
+            )
         pr.status, pr.reviewed_by, pr.reviewed_at = "rejected", p.actor, utcnow()
         pr.review_note, pr.approval_digest = reason or None, None
         s.add(pr)

@@ -23,7 +23,10 @@ def store_rotated(core: Core, vault: str, key: str, value: str, *, service: str)
         v = get_vault(s, vault)
         c = s.exec(select(Credential).where(Credential.vault_id == v.id, Credential.key == key)).first()
         if c is None:
-            raise NotFound(f"credential {key} not found in vault {vault}")
+            raise NotFound(
+                f"credential {key} not found in vault {vault}",
+                hint="List them with 'agent-vault vault credential list'.",
+            )
         write_value(c, value, core.dek)
         c.updated_by = f"service:{service}"
         s.add(c)

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
+from agent_vault import validation
 from agent_vault.core import Core
 from agent_vault.domain.common import get_vault, step_up
 from agent_vault.domain.principal import Principal
@@ -27,7 +28,7 @@ def parse_service(data: Any) -> ServiceDef:
     try:
         return ServiceDef.model_validate(data)
     except ValidationError as e:
-        fields = [{"loc": ".".join(str(x) for x in err["loc"]), "msg": err["msg"]} for err in e.errors()]
+        fields = validation.fields(e.errors())
         first = fields[0] if fields else {"loc": "", "msg": "invalid"}
         raise InvalidRequest(
             f"invalid service definition: {first['loc']}: {first['msg']}", fields=fields
@@ -46,7 +47,7 @@ def list_services(core: Core, p: Principal, vault: str) -> dict[str, Any]:
     p.require(vault, "proxy")
     view = core.runtime.snapshot.vaults.get(vault)
     if view is None:
-        raise NotFound(f"vault {vault} not found")
+        raise NotFound(f"vault {vault} not found", hint="List vaults with 'agent-vault vault list'.")
     return {"services": [public(svc) for svc in view.services]}
 
 
@@ -54,7 +55,9 @@ def get_service(core: Core, p: Principal, vault: str, name: str) -> dict[str, An
     for svc in list_services(core, p, vault)["services"]:
         if svc["name"] == name:
             return svc  # type: ignore[no-any-return]
-    raise NotFound(f"service {name} not found in vault {vault}")
+    raise NotFound(
+        f"service {name} not found in vault {vault}", hint="List them with 'agent-vault vault service list'."
+    )
 
 
 def _rows(s: Session, v: Vault) -> list[Service]:
@@ -81,7 +84,10 @@ def upsert_in_tx(s: Session, v: Vault, svc: ServiceDef, *, create_only: bool = F
 def delete_in_tx(s: Session, v: Vault, name: str) -> None:
     row = next((r for r in _rows(s, v) if r.name == name), None)
     if row is None:
-        raise NotFound(f"service {name} not found in vault {v.name}")
+        raise NotFound(
+            f"service {name} not found in vault {v.name}",
+            hint="List them with 'agent-vault vault service list'.",
+        )
     s.delete(row)
 
 
@@ -107,7 +113,10 @@ def set_enabled(
         v = get_vault(s, vault)
         row = next((r for r in _rows(s, v) if r.name == name), None)
         if row is None:
-            raise NotFound(f"service {name} not found in vault {vault}")
+            raise NotFound(
+                f"service {name} not found in vault {vault}",
+                hint="List them with 'agent-vault vault service list'.",
+            )
         d = json.loads(row.definition)
         d["enabled"] = enabled
         row.definition = json.dumps(d, sort_keys=True)

@@ -50,11 +50,11 @@ def create_session(
     services, methods = _narrowing(core, vault, only_services, only_methods)
     if p.kind == "session":
         return _child_session(core, p, vault, ttl, label, unmatched_policy, services, methods)
-    if p.role_on(vault) is None:
+    if p.role_on(vault) is None:  # never says whether a vault the caller may not see exists
         raise VaultForbidden(f"this token may not use vault {vault}")
     view = core.runtime.snapshot.vaults.get(vault)
-    if view is None:
-        raise VaultForbidden(f"this token may not use vault {vault}")
+    if view is None:  # an owner may use any vault: this one does not exist
+        raise NotFound(f"vault {vault} not found", hint="List vaults with 'agent-vault vault list'.")
     if unmatched_policy is not None:
         if unmatched_policy not in POLICY_RANK:
             raise InvalidRequest("unmatched_policy must be tunnel, passthrough or deny")
@@ -69,7 +69,7 @@ def create_session(
         with core.store.read() as s:
             a = s.exec(select(Agent).where(Agent.name == agent)).first()
         if a is None or a.status != "active" or core.runtime.snapshot.principals is None:
-            raise NotFound(f"agent {agent} not found")
+            raise NotFound(f"agent {agent} not found", hint="List agents with 'agent-vault agent list'.")
         agent_id = a.id
         grants = {pp.name: pp for pp in core.runtime.snapshot.principals.values() if pp.kind == "agent"}
         if agent in grants and vault not in grants[agent].grants:
@@ -216,13 +216,19 @@ def _load(core: Core, p: Principal, session_id: int) -> tuple[Token, str]:
     with core.store.read() as s:
         row = s.get(Token, session_id)
         if row is None or row.kind != "session":
-            raise NotFound(f"session {session_id} not found")
+            raise NotFound(
+                f"session {session_id} not found",
+                hint="List live sessions with 'agent-vault vault session list'.",
+            )
         from agent_vault.models import Vault
 
         v = s.get(Vault, row.vault_id)
     vault = v.name if v else ""
     if not _own(core, p, row) and (p.role_on(vault) not in ("member", "admin") or not p.is_human):
-        raise NotFound(f"session {session_id} not found")
+        raise NotFound(
+            f"session {session_id} not found",
+            hint="List live sessions with 'agent-vault vault session list'.",
+        )
     return row, vault
 
 

@@ -247,7 +247,7 @@ def remove_user(core: Core, p: Principal, password: str | None, email: str) -> N
     with core.store.write() as s:
         u = s.exec(select(User).where(User.email == email)).first()
         if u is None:
-            raise NotFound(f"user {email} not found")
+            raise NotFound(f"user {email} not found", hint="List users with 'agent-vault user list'.")
         if u.role == "owner" and _owners(core) <= 1:
             raise Conflict("the last owner cannot be removed")
         for g in s.exec(select(Grant).where(Grant.subject_kind == "user", Grant.subject_id == u.id)):
@@ -268,7 +268,7 @@ def set_role(core: Core, p: Principal, password: str | None, email: str, role: s
     with core.store.write() as s:
         u = s.exec(select(User).where(User.email == email.lower())).first()
         if u is None:
-            raise NotFound(f"user {email} not found")
+            raise NotFound(f"user {email} not found", hint="List users with 'agent-vault user list'.")
         if u.role == "owner" and role != "owner" and _owners(core) <= 1:
             raise Conflict("the last owner cannot be demoted")
         u.role = role

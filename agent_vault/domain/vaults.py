@@ -248,9 +248,9 @@ def _subject_id(s: Any, kind: str, subject: str) -> int:
     if kind == "agent":
         a = s.exec(select(Agent).where(Agent.name == subject)).first()
         if a is None:
-            raise NotFound(f"agent {subject} not found")
+            raise NotFound(f"agent {subject} not found", hint="List agents with 'agent-vault agent list'.")
         return int(a.id)
     u = s.exec(select(User).where(User.email == check_email(subject))).first()
     if u is None:
-        raise NotFound(f"user {subject} not found")
+        raise NotFound(f"user {subject} not found", hint="List users with 'agent-vault user list'.")
     return int(u.id)
