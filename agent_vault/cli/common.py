@@ -48,6 +48,7 @@ YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confir
 class Cancelled(AgentVaultError):
     code = "cancelled"
     status = 400
+    hint = "Nothing was changed; run the command again to start over."
 
 
 def exit_with(code: int) -> NoReturn:

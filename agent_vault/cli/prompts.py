@@ -62,7 +62,10 @@ def secret_value(name: str, *, stdin: bool, from_env: str | None, from_file: Pat
         value = value[:-1] if value.endswith("\r") else value
     elif from_env:
         if from_env not in os.environ:
-            raise InvalidRequest(f"environment variable {from_env} is not set")
+            raise InvalidRequest(
+                f"environment variable {from_env} is not set",
+                hint=f"Export {from_env} first, or use --stdin or --from-file PATH.",
+            )
         value = os.environ[from_env]
     elif from_file:
         try:

@@ -343,7 +343,10 @@ def stop(
     home = Home(G.home)
     running = probe(home)
     if running is None or running.pid is None:
-        raise ServerUnreachable(f"no agent-vault server is running for {home.root}", hint="")
+        raise ServerUnreachable(
+            f"no agent-vault server is running for {home.root}",
+            hint="Check --home / AGENT_VAULT_HOME; 'agent-vault status' shows what runs for a home.",
+        )
     os.kill(running.pid, signal.SIGTERM)  # the lock is held: this pid is the live server, not a stale one
     deadline = time.monotonic() + timeout
     while probe(home) is not None or not _exited(running.pid):

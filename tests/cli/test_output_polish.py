@@ -159,3 +159,15 @@ def test_make_venv_leaves_no_log_beside_the_venv(tmp_path: Path) -> None:
         ["git", "check-ignore", "-q", ".venv/make-venv.log"], cwd=ROOT, capture_output=True, timeout=30
     )
     assert ignored.returncode == 0  # in the checkout itself, git does not see it
+
+
+def test_cli_only_errors_have_hints_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent_vault.cli.common import Cancelled
+    from agent_vault.cli.prompts import secret_value
+    from agent_vault.errors import InvalidRequest
+
+    assert Cancelled("cancelled").hint
+    monkeypatch.delenv("AV_TEST_UNSET_VAR", raising=False)
+    with pytest.raises(InvalidRequest) as e:
+        secret_value("KEY", stdin=False, from_env="AV_TEST_UNSET_VAR", from_file=None)
+    assert "AV_TEST_UNSET_VAR" in e.value.hint

@@ -156,7 +156,8 @@ def test_detach_status_stop_round_trip(
     ], st
     cp = _run(["server", "stop"], srv.env)
     assert cp.returncode == 1 and _errors(cp) == [
-        f"error: no agent-vault server is running for {srv.home}"
+        f"error: no agent-vault server is running for {srv.home} "
+        "(Check --home / AGENT_VAULT_HOME; 'agent-vault status' shows what runs for a home.)"
     ], cp
 
 
