@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from agent_vault.cli import G
 from agent_vault.cli.client import Client
@@ -60,12 +61,24 @@ def _unmatched(rec: dict[str, Any]) -> bool:
     )
 
 
+def api_target(addr: str) -> tuple[str, int] | None:
+    """(host, port) of the API address the child was given (AGENT_VAULT_ADDR), None if it has none."""
+    try:
+        parts = urlsplit(addr)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    return (parts.hostname, port) if parts.hostname else None
+
+
 def unmatched_hosts(
     c: Client, session: RunSession, after: int, service_hosts: Sequence[str] = ()
 ) -> list[str]:
     """Hosts (host:port where a service is on the host: `target_label`) this session's requests
-    reached without matching a service, first seen first."""
+    reached without matching a service, first seen first. The child's own calls to agent-vault's API
+    (through the proxy when loopback is not in its NO_PROXY: proxy/ownapi.py) are not reported."""
     prefix = f"session:{session.session_id}:"
+    own_api = api_target(c.addr)
     hosts: list[str] = []
     cursor = after
     for _ in range(20):  # at most 10 000 records
@@ -79,6 +92,7 @@ def unmatched_hosts(
                 and _unmatched(rec)
                 and rec.get("service") is None
                 and rec.get("host")
+                and (rec.get("host"), rec.get("port")) != own_api
             ):
                 label = target_label(str(rec["host"]), rec.get("port"), service_hosts)
                 if label not in hosts:
