@@ -120,7 +120,10 @@ def me(p: Principal) -> dict[str, Any]:
     else:
         vaults = [{"name": n, "role": r} for n, r in sorted(p.grants.items())]
     role = p.instance_role if p.kind == "user" else "proxy"
-    return {"kind": p.kind, "name": p.name, "role": role, "vaults": vaults}
+    out: dict[str, Any] = {"kind": p.kind, "name": p.name, "role": role, "vaults": vaults}
+    if p.kind == "session":  # its own id: what POST /v1/sessions/{id}/settle takes
+        out["session_id"] = p.token_id
+    return out
 
 
 def list_users(core: Core, p: Principal) -> dict[str, Any]:

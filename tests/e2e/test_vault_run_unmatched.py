@@ -74,3 +74,16 @@ def test_settle_waits_for_the_sessions_connections_and_their_audit(
 
     with mserver.http(mserver.make_agent("stranger")) as other:  # not its session: not even found
         assert other.post(f"/v1/sessions/{sid}/settle", json={}).status_code == 404
+
+
+def test_a_session_learns_its_own_id_and_settles_itself(mserver: ServerProc) -> None:
+    """README: the session itself may call settle; `/v1/auth/me` gives a session token its id."""
+    with mserver.http() as api:
+        sess = api.post("/v1/sessions", json={"ttl_seconds": 600}).raise_for_status().json()
+    with mserver.http(sess["token"]) as own:
+        me = own.get("/v1/auth/me").raise_for_status().json()
+        assert me["kind"] == "session" and me["session_id"] == sess["id"], me
+        r = own.post(f"/v1/sessions/{me['session_id']}/settle", json={"wait_seconds": 1})
+        assert r.status_code == 200 and r.json()["settled"] is True, r.text
+    with mserver.http() as api:  # a user's own answer carries no session id
+        assert "session_id" not in api.get("/v1/auth/me").raise_for_status().json()
