@@ -86,6 +86,7 @@ def _addon(home: Path) -> tuple[VaultAddon, _Audit]:
         runtime=runtime,
         audit=audit,
         public_url="http://127.0.0.1:14321",
+        api_url="http://127.0.0.1:14321",
     )
     return VaultAddon(core, Metrics()), audit  # type: ignore[arg-type]
 

@@ -83,6 +83,7 @@ def make_addon(tmp_path: Path, policy: str = "tunnel", **settings: Any) -> tuple
         runtime=runtime,
         audit=audit,
         public_url="http://127.0.0.1:14321",
+        api_url="http://127.0.0.1:14321",
     )
     return VaultAddon(core, Metrics()), audit  # type: ignore[arg-type]
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
 import threading
 import time
@@ -365,3 +366,48 @@ def test_install_is_idempotent_and_uninstall_restores_mitmproxy() -> None:
     h1bounds.uninstall()
     assert "wait" not in server.__dict__ and server.wait is wait and server.send is send
     assert "_handle_event" not in client.__dict__ and client._handle_event is handle
+
+
+# ---- 4. a refused upload: the answer is not lost to a reset (RFC 9112 §9.6) --------------------------
+
+
+def _blocking_tunnel(srv: SweptServer, token: str, host: str, port: int) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", srv.proxy_port), timeout=30)
+    target = f"{host}:{port}"
+    raw.sendall(
+        f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {basic(token)}\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += raw.recv(1)
+    assert head.split(b" ")[1] == b"200", head
+    ctx = ssl.create_default_context(cafile=str(srv.ca_bundle))
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx.wrap_socket(raw, server_hostname=host)
+
+
+def test_a_refused_upload_keeps_being_read_after_the_answer(
+    srv: SweptServer, upstream: TLSUpstream, token: str, rss: RssWatch
+) -> None:
+    """A POST announcing more than --max-request-bytes is refused at its head (413) and the connection
+    closes. An agent that goes on sending its body (as upload clients do until they look at the answer)
+    must not have the connection reset under it at once: a reset can discard the 413 before the agent
+    reads it. Both paths go on reading (the fast path reads and discards what still comes, bounded:
+    2 s, 16 MiB, `fast/session.Session._linger`; without it this test fails on the fast path)."""
+    conn = _blocking_tunnel(srv, token, HOST, upstream.port)
+    try:
+        conn.sendall(
+            f"POST /echo/refused HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {LIMIT * 2}\r\n\r\n".encode()
+        )
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += conn.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+        time.sleep(0.3)  # the proxy has answered and, without lingering, closed by now
+        sent = 0
+        while sent < 4 * MiB:  # well within the linger (16 MiB, 2 s)
+            conn.sendall(PIECE)
+            sent += len(PIECE)
+    finally:
+        conn.close()
+    _small(srv, rss)

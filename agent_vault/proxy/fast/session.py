@@ -33,6 +33,10 @@ from agent_vault.proxy.fast.upstream import Upstream, UpstreamFailed, open_upstr
 from agent_vault.proxy.flowlog import incident
 
 log = logging.getLogger("agent_vault.proxy")
+#: After an answer to a request whose body was not read (a refusal), how long and how much of what the
+#: agent still sends is read and discarded before the connection closes (RFC 9112 §9.6)
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 16 << 20
 
 
 class Session:
@@ -51,6 +55,7 @@ class Session:
         self.creader = Reader(client)
         self.up: Upstream | None = None
         self._close = close
+        self.unread_body = False  # the last request's body was not (all) read: linger before closing
 
     async def _upstream(self) -> Upstream:
         if self.up is not None and self.up.reusable_now():
@@ -66,17 +71,34 @@ class Session:
         return self.up
 
     async def run(self) -> None:
+        cancelled = False
         try:
             while await self._one():
                 pass
         except asyncio.CancelledError:
-            pass
+            cancelled = True
         finally:
             if self.up is not None:
                 self.up.close()
             with contextlib.suppress(Exception):
                 self.client.shutdown()
+            if self.unread_body and not cancelled:
+                await self._linger()
             self._close()
+
+    async def _linger(self) -> None:
+        """RFC 9112 §9.6: the answer went out while the agent may still be sending the body the proxy
+        refused. Closing now, with its bytes unread, makes the kernel reset the connection, and a reset
+        can discard the answer before the agent reads it (its own write fails first). So what it still
+        sends is read and thrown away, for at most LINGER_SECONDS and LINGER_BYTES; nothing is kept."""
+        got = 0
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(LINGER_SECONDS):
+                while got < LINGER_BYTES:
+                    data = await self.client.read()
+                    if not data:
+                        return
+                    got += len(data)
 
     async def _one(self) -> bool:
         """Serve one request; True to read the next one."""
@@ -108,7 +130,9 @@ class Session:
             return False
         ex = Exchange(self.addon, flow, size, self.client, self.creader, self._upstream)
         try:
-            return await ex.run()
+            keep = await ex.run()
+            self.unread_body = not ex.body_read
+            return keep
         except asyncio.CancelledError:  # the agent hung up mid-exchange: audited like the engine does
             flow.error = mflow.Error("Client disconnected.")
             self.addon.error(flow)
@@ -117,6 +141,7 @@ class Session:
             self.addon._finish(flow)
             return False
         except Exception as e:  # fail closed: 502 if nothing was sent, close in any case
+            self.unread_body = not ex.body_read
             err = e if isinstance(e, AgentVaultError) else incident(e)
             if not ex.sent:
                 flow.response = error_response(err)
