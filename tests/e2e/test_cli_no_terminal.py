@@ -16,11 +16,10 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
-from helpers.cli_fixtures import Call, parallel
+from helpers.cli_fixtures import Call, parallel, run_cli
 from helpers.env import base_env
 from helpers.server import OWNER_EMAIL, OWNER_PASSWORD, ServerProc
 from helpers.terminal import Term
@@ -91,15 +90,7 @@ def test_wrong_step_up_passwords_still_lock_out_and_the_error_says_how_long(serv
 
 def _cli(env: dict[str, str], *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
     """The CLI with `env` as is: no AGENT_VAULT_ADDR (ServerProc.cli would add one)."""
-    return subprocess.run(
-        [sys.executable, "-m", "agent_vault", *args],
-        input=input,
-        stdin=None if input is not None else subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    return run_cli(list(args), env, input=input, timeout=60)
 
 
 def test_the_cli_talks_to_this_homes_server_not_to_a_stale_login(server: ServerProc) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trustme
+from helpers.cli_fixtures import run_cli
 from helpers.server import MASTER_PASSWORD, ServerProc
 from helpers.wait import wait_until
 
@@ -28,18 +29,7 @@ RUNNING = re.compile(
 )
 
 
-def _run(
-    args: list[str], env: dict[str, str], *, input: str | None = None, timeout: float = 40
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent_vault", *args],
-        input=input,
-        stdin=None if input is not None else subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
+_run = run_cli
 
 
 def _errors(cp: subprocess.CompletedProcess[str]) -> list[str]:

@@ -5,6 +5,8 @@ Module scope keeps the CLI suite fast: a server start costs seconds, every CLI s
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -89,3 +91,19 @@ def parallel(server: ServerProc, *calls: Call) -> list[Any]:
     with ThreadPoolExecutor(max_workers=len(calls)) as pool:
         futures = [pool.submit(server.cli, *c.args, **c.kwargs) for c in calls]
         return [f.result() for f in futures]
+
+
+def run_cli(
+    args: list[str], env: dict[str, str], *, input: str | None = None, timeout: float = 40
+) -> subprocess.CompletedProcess[str]:
+    """The real CLI with `env` exactly as given (unlike ServerProc.cli, no AGENT_VAULT_ADDR is added);
+    stdin is /dev/null unless `input` is given."""
+    return subprocess.run(
+        [sys.executable, "-m", "agent_vault", *args],
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
