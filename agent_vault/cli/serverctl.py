@@ -385,10 +385,11 @@ def _describe(home: Home, running: Running | None) -> str:
 def status() -> None:
     """Whether a server runs for this home (pid, addresses), then its version, key mode, login."""
     from agent_vault import keys
+    from agent_vault.cli.common import api_addr  # --addr > AGENT_VAULT_ADDR > .agent-vault.toml
 
     home = Home(G.home)
     running = probe(home)
-    explicit = G.addr or os.environ.get("AGENT_VAULT_ADDR")
+    explicit = api_addr()
     if running is None and not explicit:
         raise ServerUnreachable(
             f"no agent-vault server is running for {home.root}",

@@ -163,3 +163,17 @@ def test_first_start_on_a_terminal_says_the_server_is_starting(tmp_path: Path) -
             t.proc.send_signal(signal.SIGTERM)
         rc, _ = t.finish()
     assert rc == 0
+
+
+def test_status_follows_the_project_files_addr(server: ServerProc, tmp_path: Path) -> None:
+    """`.agent-vault.toml`'s `addr` picks the server for `status` as for every other command (it said
+    "no agent-vault server is running" for a home without one, ignoring the project file)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / ".agent-vault.toml").write_text(f'addr = "{server.api}"\n')
+    env = base_env(tmp_path / "elsewhere")  # another home, where no server runs
+    st = run_cli(["--json", "status"], env, cwd=project)
+    assert st.returncode == 0, st.stderr
+    assert json.loads(st.stdout)["addr"] == server.api
+    outside = run_cli(["status"], env, cwd=tmp_path)
+    assert outside.returncode == 1 and "no agent-vault server is running" in outside.stderr

@@ -94,12 +94,18 @@ def parallel(server: ServerProc, *calls: Call) -> list[Any]:
 
 
 def run_cli(
-    args: list[str], env: dict[str, str], *, input: str | None = None, timeout: float = 40
+    args: list[str],
+    env: dict[str, str],
+    *,
+    input: str | None = None,
+    timeout: float = 40,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """The real CLI with `env` exactly as given (unlike ServerProc.cli, no AGENT_VAULT_ADDR is added);
     stdin is /dev/null unless `input` is given."""
     return subprocess.run(
         [sys.executable, "-m", "agent_vault", *args],
+        cwd=cwd,
         input=input,
         stdin=None if input is not None else subprocess.DEVNULL,
         capture_output=True,
