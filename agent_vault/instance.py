@@ -70,14 +70,7 @@ def _check_init(
             raise InvalidRequest("a master password is required", hint="Set AGENT_VAULT_MASTER_PASSWORD.")
         keys.check_master_password(master)
         if master == owner_password:
-            raise InvalidRequest(
-                "the master password must differ from the owner's login password",
-                hint=keys.master_source_hint(
-                    master,
-                    typed="Choose another master password.",
-                    env="Set AGENT_VAULT_MASTER_PASSWORD to another password.",
-                ),
-            )
+            raise keys.same_as_login(master)
 
 
 def _already(row: InstanceState) -> Conflict:

@@ -153,16 +153,24 @@ def _digest(password: str) -> bytes:
     return hashlib.sha256(password.encode()).digest()
 
 
-def from_env(password: str) -> bool:
-    """Whether `password` is the one last read from AGENT_VAULT_MASTER_PASSWORD."""
-    return _env_digest is not None and hmac.compare_digest(_digest(password), _env_digest)
-
-
 def master_source_hint(password: str, *, typed: str, env: str) -> str:
-    """The hint of an error about `password`: `env` (naming the variable) when it came from
-    AGENT_VAULT_MASTER_PASSWORD, since the user typed nothing ("check the command's arguments" would
-    send them the wrong way), else `typed`."""
-    return env if from_env(password) else typed
+    """The hint of an error about `password`: `env` (naming the variable) when it is the one last read
+    from AGENT_VAULT_MASTER_PASSWORD, since the user typed nothing ("check the command's arguments"
+    would send them the wrong way), else `typed`."""
+    from_env = _env_digest is not None and hmac.compare_digest(_digest(password), _env_digest)
+    return env if from_env else typed
+
+
+def same_as_login(password: str) -> InvalidRequest:
+    """The refusal of a master password equal to the owner's login password (init, key-mode change)."""
+    return InvalidRequest(
+        "the master password must differ from the owner's login password",
+        hint=master_source_hint(
+            password,
+            typed="Choose another master password.",
+            env="Set AGENT_VAULT_MASTER_PASSWORD to another password.",
+        ),
+    )
 
 
 def master_password_from_env() -> str | None:
@@ -345,14 +353,7 @@ def change_key_mode(
         raise InvalidRequest("a new master password is required")
     check_master_password(new_password)
     if owner_password_matches(store, new_password):  # checked after the unwrap: no oracle without the key
-        raise InvalidRequest(
-            "the master password must differ from the owner's login password",
-            hint=master_source_hint(
-                new_password,
-                typed="Choose another master password.",
-                env="Set AGENT_VAULT_MASTER_PASSWORD to another password.",
-            ),
-        )
+        raise same_as_login(new_password)
     profile = kdf_profile()
     salt = os.urandom(16)
     kek = crypto.derive_kek(new_password, salt, profile)

@@ -28,7 +28,6 @@ from agent_vault.cli.output import out
 from agent_vault.config import Settings, env_settings
 from agent_vault.errors import (
     AgentVaultError,
-    InvalidRequest,
     MasterPasswordRequired,
     NotInitialised,
     ServerStartError,
@@ -144,8 +143,6 @@ def server(
     password comes from AGENT_VAULT_MASTER_PASSWORD or --password-stdin."""
     if ctx.invoked_subcommand is not None:
         return
-    from pydantic import ValidationError
-
     from agent_vault.proxy import engine_compat
 
     engine_compat.require_compatible()  # before the patching modules are imported: one line, exit 1
@@ -176,11 +173,7 @@ def server(
         "freshness_bound": freshness_bound,
         "notify_url": tuple(notify_url or ()),
     }
-    try:
-        settings = env_settings(home=G.home, **options)
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise InvalidRequest(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    settings = env_settings(home=G.home, **options)  # an invalid value: one InvalidRequest line
     home = Home(settings.home)
     if detach:
         _detach(home, options, password_stdin, settings.database_url)

@@ -69,6 +69,14 @@ def list_credentials(core: Core, p: Principal, vault: str) -> dict[str, Any]:
     return {"credentials": out}
 
 
+def no_credential(key: str, vault: str) -> NotFound:
+    """The 404 for a credential key the vault does not hold."""
+    return NotFound(
+        f"credential {key} not found in vault {vault}",
+        hint="List them with 'agent-vault vault credential list'.",
+    )
+
+
 def set_credential(
     core: Core,
     p: Principal,
@@ -91,10 +99,7 @@ def set_credential(
         c = s.exec(select(Credential).where(Credential.vault_id == v.id, Credential.key == key)).first()
         if c is None:
             if must_exist:
-                raise NotFound(
-                    f"credential {key} not found in vault {vault}",
-                    hint="List them with 'agent-vault vault credential list'.",
-                )
+                raise no_credential(key, vault)
             c = Credential(vault_id=v.id, key=key)
         existed = c.ciphertext is not None
         write_value(c, value, core.dek)
@@ -214,10 +219,7 @@ def delete_credential(core: Core, p: Principal, vault: str, key: str, force: boo
         v = get_vault(s, vault)
         c = s.exec(select(Credential).where(Credential.vault_id == v.id, Credential.key == key)).first()
         if c is None:
-            raise NotFound(
-                f"credential {key} not found in vault {vault}",
-                hint="List them with 'agent-vault vault credential list'.",
-            )
+            raise no_credential(key, vault)
         s.delete(c)
     core.runtime.reload()
     core.record("credential.delete", p.actor, vault=vault, target=key)
@@ -235,10 +237,7 @@ def reveal(core: Core, p: Principal, vault: str, key: str, password: str | None)
             hint="Run the command or read the file yourself.",
         )
     if c is None or c.ciphertext is None:
-        raise NotFound(
-            f"credential {key} not found in vault {vault}",
-            hint="List them with 'agent-vault vault credential list'.",
-        )
+        raise no_credential(key, vault)
     try:
         value = crypto.open_sealed(
             core.dek, c.ciphertext, crypto.credential_aad(c.vault_id, c.key, c.key_version)

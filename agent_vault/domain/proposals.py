@@ -51,13 +51,23 @@ def _sees_all(p: Principal, vault: str) -> bool:
     return ROLE_RANK.get(p.role_on(vault) or "", -1) >= ROLE_RANK["member"]
 
 
+def _not_found(seq: int, vault: str) -> NotFound:
+    return NotFound(
+        f"proposal {seq} not found in vault {vault}", hint="List them with 'agent-vault vault proposal list'."
+    )
+
+
+def _not_pending(seq: int, status: str) -> Conflict:
+    return Conflict(
+        f"proposal {seq} is {status}, not pending",
+        hint="Only a pending proposal can be decided; see 'agent-vault vault proposal show'.",
+    )
+
+
 def _row(s: Session, v: Vault, seq: int) -> Proposal:
     pr = s.exec(select(Proposal).where(Proposal.vault_id == v.id, Proposal.seq == seq)).first()
     if pr is None:
-        raise NotFound(
-            f"proposal {seq} not found in vault {v.name}",
-            hint="List them with 'agent-vault vault proposal list'.",
-        )
+        raise _not_found(seq, v.name)
     return pr
 
 
@@ -177,10 +187,7 @@ def get_own(core: Core, p: Principal, vault: str, seq: int) -> J:
     with core.store.read() as s:
         pr = _row(s, get_vault(s, vault), seq)
     if not _sees_all(p, vault) and _owner(pr.actor) != _owner(p.actor):
-        raise NotFound(
-            f"proposal {seq} not found in vault {vault}",
-            hint="List them with 'agent-vault vault proposal list'.",
-        )
+        raise _not_found(seq, vault)
     return _view(pr, vault)
 
 
@@ -235,10 +242,7 @@ def get_full(core: Core, p: Principal | None, vault: str, seq: int, token: str |
                 hint="Log in as a member of the vault to review the proposal.",
             )
         if v is None or pr is None:
-            raise NotFound(
-                f"proposal {seq} not found in vault {vault}",
-                hint="List them with 'agent-vault vault proposal list'.",
-            )
+            raise _not_found(seq, vault)
         ch = _changes(pr)
         st = cs.vault_state(s, v)
     out = _view(pr, vault)
@@ -274,10 +278,7 @@ def approve(
         pr = _row(s, get_vault(s, vault), seq)
     p.require(vault, _changes(pr).needed_role, human=True)
     if pr.status not in OPEN:
-        raise Conflict(
-            f"proposal {seq} is {pr.status}, not pending",
-            hint="Only a pending proposal can be decided; see 'agent-vault vault proposal show'.",
-        )
+        raise _not_pending(seq, pr.status)
     cs.check_values(values)
     if note is not None and len(note) > MAX_TEXT:
         raise InvalidRequest(f"the note is longer than {MAX_TEXT} characters")
@@ -286,10 +287,7 @@ def approve(
         v = get_vault(s, vault)
         pr = _row(s, v, seq)
         if pr.status not in OPEN:
-            raise Conflict(
-                f"proposal {seq} is {pr.status}, not pending",
-                hint="Only a pending proposal can be decided; see 'agent-vault vault proposal show'.",
-            )
+            raise _not_pending(seq, pr.status)
         ch = _changes(pr)
         st = cs.vault_state(s, v)
         cs.check_refs(ch, st)
@@ -318,10 +316,7 @@ def reject(core: Core, p: Principal, vault: str, seq: int, reason: str | None = 
     with core.store.write() as s:
         pr = _row(s, get_vault(s, vault), seq)
         if pr.status not in OPEN:
-            raise Conflict(
-                f"proposal {seq} is {pr.status}, not pending",
-                hint="Only a pending proposal can be decided; see 'agent-vault vault proposal show'.",
-            )
+            raise _not_pending(seq, pr.status)
         pr.status, pr.reviewed_by, pr.reviewed_at = "rejected", p.actor, utcnow()
         pr.review_note, pr.approval_digest = reason or None, None
         s.add(pr)

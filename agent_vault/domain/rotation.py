@@ -11,8 +11,7 @@ from sqlmodel import select
 
 from agent_vault.core import Core
 from agent_vault.domain.common import get_vault
-from agent_vault.domain.credentials import check_value, write_value
-from agent_vault.errors import NotFound
+from agent_vault.domain.credentials import check_value, no_credential, write_value
 from agent_vault.models import Credential
 
 
@@ -23,10 +22,7 @@ def store_rotated(core: Core, vault: str, key: str, value: str, *, service: str)
         v = get_vault(s, vault)
         c = s.exec(select(Credential).where(Credential.vault_id == v.id, Credential.key == key)).first()
         if c is None:
-            raise NotFound(
-                f"credential {key} not found in vault {vault}",
-                hint="List them with 'agent-vault vault credential list'.",
-            )
+            raise no_credential(key, vault)
         write_value(c, value, core.dek)
         c.updated_by = f"service:{service}"
         s.add(c)
