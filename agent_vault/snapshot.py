@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from agent_vault.credsource import SourceSpec
+from agent_vault.domain.names import shown
 from agent_vault.domain.principal import Principal
 from agent_vault.errors import VaultForbidden, VaultRequired
 from agent_vault.matching import ServiceIndex
@@ -74,7 +75,7 @@ def select_vault(vaults: Mapping[str, object], p: Principal, hint: str | None, *
         return p.session_vault
     if hint:
         if hint not in vaults or p.role_on(hint) is None:
-            raise VaultForbidden(f"this token may not use vault {hint}")
+            raise VaultForbidden(f"this token may not use vault {shown(hint)}")
         return hint
     names = sorted(n for n in vaults if p.role_on(n) is not None)
     if len(names) == 1:

@@ -13,6 +13,14 @@ EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 RESERVED_VAULTS = {"users", "admin", "all"}
 
 
+def shown(text: str) -> str:
+    """`text`, which arrived where a name goes, as an error message may quote it: itself when it has a
+    name's shape, else withheld (a token or value pasted there must not come back: SPEC §6)."""
+    if 3 <= len(text) <= 64 and NAME_RE.fullmatch(text):
+        return text
+    return "(not a valid name: not shown)"
+
+
 def check_name(name: str, what: str = "name") -> str:
     if not (3 <= len(name) <= 64) or not NAME_RE.fullmatch(name):
         raise InvalidRequest(

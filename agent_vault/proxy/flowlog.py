@@ -31,7 +31,7 @@ from agent_vault.proxy import engine, inject
 from agent_vault.proxy.answers import is_proxy_answer, upstream_error
 from agent_vault.proxy.decide import Decision, Identity
 from agent_vault.proxy.live import ByteCounter
-from agent_vault.proxy.redact import contains_secret
+from agent_vault.proxy.redact import contains_secret, value_forms
 from agent_vault.servicedef import ServiceDef
 
 log = logging.getLogger("agent_vault.proxy")
@@ -77,7 +77,8 @@ class FlowState:
         items = list(inj.secrets) if inj is not None else []
         for key, value in values.items():
             if len(value) >= inject.MIN_REDACT_LEN:
-                items += [(key, value.encode()), (key, quote(value, safe="").encode())]
+                items += [(key, form) for form in value_forms(value)]
+                items.append((key, quote(value, safe="").encode()))
         for item in items:
             if item not in self.secrets:
                 self.secrets.append(item)

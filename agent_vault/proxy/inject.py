@@ -25,6 +25,7 @@ from agent_vault.proxy.hygiene import is_multidict, remove_header
 from agent_vault.proxy.redact import StreamRedactor as StreamRedactor
 from agent_vault.proxy.redact import redact_bytes as redact_bytes
 from agent_vault.proxy.redact import redact_text as redact_text
+from agent_vault.proxy.redact import value_forms
 from agent_vault.servicedef import (
     PLACEHOLDER_PATTERN,
     ApiKeyAuth,
@@ -73,9 +74,9 @@ class Injection:
 
     def _secret(self, key: str, value: str) -> None:
         if len(value) >= MIN_REDACT_LEN:
-            item = (key, value.encode("utf-8", "surrogateescape"))
-            if item not in self.secrets:
-                self.secrets.append(item)
+            for form in value_forms(value):
+                if (key, form) not in self.secrets:
+                    self.secrets.append((key, form))
 
 
 def _value(values: Mapping[str, str], key: str) -> str:

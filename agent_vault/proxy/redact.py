@@ -4,6 +4,7 @@ chunk boundaries of a streamed body. Pure: no mitmproxy. Danger: holds secret by
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
@@ -26,6 +27,25 @@ def _compiled(secrets: tuple[tuple[str, bytes], ...]) -> tuple[re.Pattern[bytes]
     # Longest first: at one position the longest secret wins, as the reference semantics require.
     alternatives = sorted(keys, key=len, reverse=True)
     return re.compile(b"|".join(re.escape(s) for s in alternatives)), keys
+
+
+@lru_cache(maxsize=256)  # bounded; the values are the snapshot's (a rotation ages them out)
+def value_forms(value: str) -> tuple[bytes, ...]:
+    """The byte forms of an injected `value` that redaction replaces: the raw UTF-8 bytes, then the inside
+    of a JSON string holding it as echoes write it (`json.dumps` escapes, non-ASCII as is or as `\\u`
+    escapes, `/` as `\\/` or not). Only forms that differ are added: a plain token has one."""
+    raw = value.encode("utf-8", "surrogateescape")
+    out = [raw]
+    for ascii_only in (True, False):
+        inside = json.dumps(value, ensure_ascii=ascii_only)[1:-1]
+        for form in (inside, inside.replace("/", "\\/")):
+            try:
+                b = form.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:  # a lone surrogate outside surrogateescape's range
+                continue
+            if b not in out:
+                out.append(b)
+    return tuple(out)
 
 
 def _marker(key: str) -> bytes:

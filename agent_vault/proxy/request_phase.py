@@ -20,7 +20,14 @@ from mitmproxy.net.http import url
 
 from agent_vault.authtypes import BROKERED_AUTH_TYPES
 from agent_vault.core import Core
-from agent_vault.errors import BodyTooLarge, HoldInterrupted, RateLimited, ServiceNotAllowed, VaultForbidden
+from agent_vault.errors import (
+    BadRequest,
+    BodyTooLarge,
+    HoldInterrupted,
+    RateLimited,
+    ServiceNotAllowed,
+    VaultForbidden,
+)
 from agent_vault.metrics import Metrics
 from agent_vault.proxy import hygiene, inject
 from agent_vault.proxy.brokered import SIGN_BUFFER, Broker
@@ -41,6 +48,27 @@ STREAM_THRESHOLD = 1 << 20  # bodies larger than this (or of unknown length) are
 def content_length(headers: http.Headers) -> int | None:
     value = headers.get("content-length")
     return int(value) if value is not None and value.strip().isdigit() else None
+
+
+def origin_form(req: http.Request, target: tuple[str, int]) -> None:
+    """An HTTP/1 request inside a CONNECT tunnel in absolute form (`GET https://host/path`) is sent on in
+    origin form (`GET /path`), and only when its URL names the tunnel's target (400 otherwise). An origin
+    server routes by the request line's authority before Host (RFC 9112 §3.2.2): forwarded as it came,
+    the absolute form would let the agent choose which virtual host of the upstream receives the
+    credential injected for the CONNECT target."""
+    if not req.authority or req.method == "CONNECT" or not req.http_version.startswith("HTTP/1"):
+        return
+    try:
+        host, port = url.parse_authority(req.authority, check=True)
+        same = normalized_target(host, port or url.default_port(req.scheme) or 443) == target
+    except (ValueError, BadRequest):
+        same = False
+    if not same:
+        raise BadRequest(
+            "the request's absolute URL names another host than its CONNECT target",
+            hint="Send the path only (origin form), or CONNECT to the host the URL names.",
+        )
+    req.authority = ""
 
 
 class RequestPhase:
@@ -64,6 +92,7 @@ class RequestPhase:
             xv = req.headers.get("x-vault")
             if xv and xv != ident.vault:
                 raise VaultForbidden(f"this connection is bound to vault {ident.vault}")
+            origin_form(req, st.target)
             host, port = st.target
             return ident, host, port
         fs.ident = ident = self.conns.authenticate(

@@ -23,6 +23,7 @@ from agent_vault.proxy.request_phase import STREAM_THRESHOLD, content_length
 from agent_vault.proxy.streams import (
     WsState,
     redact_fields,
+    redact_reason,
     response_filter,
     trim_ws_history,
     ws_message,
@@ -45,6 +46,7 @@ class ResponsePhase:
         svc = d.service if d is not None and d.kind in ("injected", "passthrough") else None
         hygiene.strip_response_headers(resp.headers, svc is not None and not svc.effective_forward_set_cookie)
         redact_fields(resp.headers, fs)
+        redact_reason(resp, fs)
         if resp.status_code < 200 or resp.status_code in (204, 304) or flow.request.method == "HEAD":
             return  # no body (a 101 becomes a WebSocket): nothing to stream or frame
         clen = content_length(resp.headers)

@@ -21,13 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mitmproxy import http
+from mitmproxy.net.http import status_codes
 from mitmproxy.websocket import WebSocketMessage
 
 from agent_vault.errors import AgentVaultError, BodyTooLarge, ProxyInternal, ResponseTooLarge
 from agent_vault.proxy import decoding, inject, live
 from agent_vault.proxy.engine import BodyOverLimit, BufferWhole
 from agent_vault.proxy.flowlog import FlowState
-from agent_vault.proxy.redact import contains_secret
+from agent_vault.proxy.redact import contains_secret, redact_bytes
 from agent_vault.runtime import Runtime
 
 Filter = Callable[[bytes], bytes]
@@ -129,15 +130,45 @@ def response_filter(fs: FlowState, flow: http.HTTPFlow, limit: int) -> StreamFn:
 
 
 def redact_fields(headers: http.Headers, fs: FlowState) -> None:
-    """Redact injected values from header (or trailer) fields in place, noting the keys in `fs`."""
-    if not fs.secrets or not contains_secret(b"\n".join(v for _, v in headers.fields), fs.secrets):
+    """Redact injected values from header (or trailer) fields in place, noting the keys in `fs`.
+
+    A value inside a field's value is replaced by `[REDACTED:KEY]`; a field whose NAME holds a value
+    (an upstream echoing it into a name; in any case, as HTTP/2 lower-cases names) is dropped, since a
+    name cannot carry the marker. One pass over the fields and one assignment: linear in their number
+    (a hostile upstream sends thousands of fields; a per-name rewrite was quadratic)."""
+    secrets = fs.secrets
+    if not secrets:
         return
-    for name in set(headers.keys()):
-        red = [inject.redact_text(v, fs.secrets) for v in headers.get_all(name)]
-        if any(keys for _, keys in red):
-            headers.set_all(name, [v for v, _ in red])
-            for _, keys in red:
-                fs.redacted |= keys
+    fields = headers.fields
+    low = b"\n".join(b"%s:%s" % f for f in fields).lower()
+    if not any(value.lower() in low for _, value in secrets):
+        return
+    lowered = [(key, value.lower()) for key, value in secrets]
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in fields:
+        lname = name.lower()
+        hit = next((key for key, v in lowered if v in lname), None)
+        if hit is not None:
+            fs.redacted.add(hit)
+            continue
+        if contains_secret(value, secrets):
+            value, keys = redact_bytes(value, secrets)
+            fs.redacted |= keys
+        out.append((name, value))
+    headers.fields = tuple(out)
+
+
+def redact_reason(resp: http.Response, fs: FlowState) -> None:
+    """An HTTP/1 reason phrase holding an injected value (any case) becomes the status code's standard
+    phrase (empty for an unknown code), the key noted in `fs`."""
+    reason = resp.data.reason
+    if not fs.secrets or not reason:
+        return
+    low = reason.lower()
+    hit = next((key for key, value in fs.secrets if value.lower() in low), None)
+    if hit is not None:
+        resp.reason = status_codes.RESPONSES.get(resp.status_code, "")
+        fs.redacted.add(hit)
 
 
 @dataclass(slots=True)

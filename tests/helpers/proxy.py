@@ -31,6 +31,7 @@ class Resp:
     headers: dict[str, str]
     body: bytes
     header_list: list[tuple[str, str]] = field(default_factory=list)
+    reason: str = ""
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -129,7 +130,7 @@ class RawConn:
         r = http.client.HTTPResponse(_FileSock(self.f), method=method)  # type: ignore[arg-type]
         r.begin()
         data = r.read()
-        return Resp(r.status, {k.lower(): v for k, v in r.getheaders()}, data, r.getheaders())
+        return Resp(r.status, {k.lower(): v for k, v in r.getheaders()}, data, r.getheaders(), r.reason)
 
 
 def free_port() -> int:

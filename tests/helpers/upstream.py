@@ -202,6 +202,7 @@ class UpstreamResponse:
     headers: list[tuple[str, str]]
     body: bytes | AsyncIterator[bytes] = b""
     trailers: list[tuple[str, str]] | None = None  # sent after the body over HTTP/2 only
+    reason: str = ""  # the HTTP/1 reason phrase (h11's default: none)
 
 
 def _json_response(status: int, obj: Any, headers: Iterable[tuple[str, str]] = ()) -> UpstreamResponse:
@@ -599,7 +600,9 @@ class _BaseUpstream:
         no_body = _no_body(req.method, resp.status)
         if (length := _implicit_length(resp)) is not None:
             headers.append(("Content-Length", str(length)))
-        _write(writer, conn.send(h11.Response(status_code=resp.status, headers=_h1_headers(headers))))
+        reason = resp.reason.encode()
+        head = h11.Response(status_code=resp.status, headers=_h1_headers(headers), reason=reason)
+        _write(writer, conn.send(head))
         await writer.drain()
         if no_body:
             await _discard(resp.body)

@@ -497,7 +497,28 @@ class Forger(TLSUpstream):
                 ("Proxy-Authenticate", 'Basic realm="evil"'),
             ]
             return UpstreamResponse(200, headers, b'{"forged": true}')
+        if req.path.startswith("/forge/"):
+            return self._echo_elsewhere(req)
         return await super().handle(req)
+
+    @staticmethod
+    def _echo_elsewhere(req: UpstreamRequest) -> UpstreamResponse:
+        """Echoes of the request's credential where header-value and body redaction do not look:
+        `/forge/reason` in the HTTP/1 reason phrase, `/forge/name` as a header name, `/forge/many?n=N`
+        in one header among N empty ones, `/forge/jecho` in a JSON echo of the headers that writes `/`
+        as `\\/` (PHP's json_encode does)."""
+        auth = req.header("authorization") or ""
+        token = auth.rpartition(" ")[2]
+        text = [("Content-Type", "text/plain")]
+        if req.path == "/forge/reason":
+            return UpstreamResponse(200, text, b"ok", reason=f"OK {token}")
+        if req.path == "/forge/name":
+            return UpstreamResponse(200, [*text, (token, "1"), (f"X-{token}-Tail", "2")], b"ok")
+        if req.path == "/forge/many":
+            many = [(f"{i:x}", "") for i in range(int(req.params.get("n", "100")))]
+            return UpstreamResponse(200, [*text, ("X-Echo", auth), *many], b"ok")
+        body = json.dumps(req.header_dict()).replace("/", "\\/").encode()
+        return UpstreamResponse(200, [("Content-Type", "application/json")], body)
 
 
 @pytest.fixture(scope="module")

@@ -334,3 +334,28 @@ def test_server_survived_everything_without_a_traceback(srv: SweptServer, token:
         assert c.get(f"https://api.upstream.test:{up.port}/echo/ok").status_code == 200
     log = srv.stderr_text()
     assert "Traceback" not in log, log[-3000:]
+
+
+@pytest.mark.parametrize("alpn", [["http/1.1"], None], ids=["http1-alpn", "no-alpn"])
+def test_absolute_form_inside_a_tunnel_goes_on_in_origin_form(
+    srv: SweptServer, token: str, up: Forger, alpn: list[str] | None
+) -> None:
+    """`GET https://host/path` inside CONNECT: an origin server routes by the request line's authority
+    before Host (RFC 9112 §3.2.2), so forwarded as it came, the agent would choose which virtual host of
+    the upstream gets the credential injected for the CONNECT target. The upstream gets the origin form;
+    a URL naming another host than the tunnel's is refused (400) and nothing is forwarded. ALPN
+    `http/1.1` takes the fast path, no ALPN the engine."""
+    target = f"api.upstream.test:{up.port}"
+    with srv.raw() as conn:
+        assert conn.connect(target, {"Proxy-Authorization": basic(token)}).status == 200
+        conn.start_tls("api.upstream.test", srv.ca_bundle, alpn)
+        same = conn.request("GET", f"https://{target}/echo/same?q=1", {"Host": target})
+        other = conn.request("GET", f"https://evil.upstream.test:{up.port}/echo/steal", {"Host": target})
+        no_port = conn.request("GET", "https://api.upstream.test/echo/port", {"Host": target})
+    assert same.status == 200, same.body[:200]
+    assert [r["path"] for r in up.requests_seen.wait_for(1)] == ["/echo/same?q=1"]
+    assert carries(up.requests_seen.snapshot()[0], V["VICTIM_KEY"])
+    for refused in (other, no_port):  # (without a port the URL means 443, not the tunnel's port)
+        assert refused.status == 400, refused.body[:200]
+        assert proxy_error(refused.status, refused.headers, refused.body) == "bad_request"
+    assert len(up.requests_seen.snapshot()) == 1

@@ -8,14 +8,16 @@ hygiene both ways. Every kind of denial leaves a fresh upstream without a single
 
 from __future__ import annotations
 
+import http.client
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 import trustme
-from helpers.proxy import basic
+from helpers.proxy import Resp, basic
 from helpers.wsclient import ws_via_proxy
 from security.conftest import (
     Forger,
@@ -44,6 +46,7 @@ def srv(
             PASS_KEY=new_secret("/+="),
             CUSTOM_KEY=new_secret("/+=&z"),
             QUERY_KEY=new_secret("/+=&q"),
+            JSON_KEY=new_secret('/"\\j'),
         )
         for key, value in V.items():
             s.set_credential(key, value)
@@ -66,6 +69,7 @@ def srv(
             },
         )
         svc("query-api", "/echo/query", {"type": "api-key", "key": "QUERY_KEY", "query": "key"})
+        svc("json-api", "/forge/jecho", {"type": "api-key", "key": "JSON_KEY", "header": "X-Key"})
         s.add_service(
             {"name": "open-api", "host": "upstream.test", "port": up.port, "auth": {"type": "passthrough"}}
         )
@@ -319,3 +323,68 @@ def test_denied_requests_open_no_upstream_connection(
         with srv.agent_client(token) as c:  # the same host is reachable: the zero above means something
             assert c.get(f"{url}/echo/ok").status_code == 200
         assert fresh.connection_count == 1
+
+
+# ---- echoes outside header values and plain bodies --------------------------------------------------
+
+PATHS = pytest.mark.parametrize("alpn", [["http/1.1"], None], ids=["fast", "engine"])
+
+
+def _raw_get(srv: SweptServer, token: str, target: str, alpn: list[str] | None, *paths: str) -> list[Resp]:
+    """GETs on one CONNECT tunnel; ALPN `http/1.1` is served by the fast path, no ALPN by the engine."""
+    host = target.rpartition(":")[0]
+    with srv.raw() as conn:
+        assert conn.connect(target, {"Proxy-Authorization": basic(token)}).status == 200
+        conn.start_tls(host, srv.ca_bundle, alpn)
+        return [conn.request("GET", p, {"Host": target}) for p in paths]
+
+
+@PATHS
+def test_echoes_in_the_reason_phrase_and_header_names_are_removed(
+    srv: SweptServer, up: Forger, token: str, alpn: list[str] | None
+) -> None:
+    """A name cannot carry the marker: a field whose name holds the value is dropped; a reason phrase
+    holding it becomes the status code's standard phrase."""
+    reason, name = _raw_get(srv, token, f"api.upstream.test:{up.port}", alpn, "/forge/reason", "/forge/name")
+    assert (reason.status, reason.reason, reason.body) == (200, "OK", b"ok")
+    assert name.status == 200 and name.body == b"ok"
+    assert [k.lower() for k, _ in name.header_list if "sk-sec-" in k.lower()] == []
+    for r in (reason, name):
+        head = f"{r.reason}\n" + "\n".join(f"{k}: {v}" for k, v in r.header_list)
+        _clean(head, "a reason phrase or header name")
+
+
+def test_echoed_header_names_are_removed_over_http2(srv: SweptServer, up: Forger, token: str) -> None:
+    with srv.agent_client(token, http2=True) as c:
+        r = c.get(f"https://api.upstream.test:{up.port}/forge/name")
+    assert r.status_code == 200 and r.http_version == "HTTP/2"
+    _clean(_response_text(r), "an HTTP/2 header name")
+
+
+@PATHS
+def test_a_value_echoed_among_thousands_of_headers_is_redacted_in_linear_time(
+    srv: SweptServer, up: Forger, token: str, alpn: list[str] | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hostile upstream's 7,500 fields (under the 64 KiB head limit) plus one echoing the value: the
+    redaction rewrites the fields once (it used to rewrite them per name: ~20 s of a stalled event loop)."""
+    monkeypatch.setattr(http.client, "_MAXHEADERS", 10_000)  # the test's own client reads them all
+    started = time.monotonic()
+    (r,) = _raw_get(srv, token, f"api.upstream.test:{up.port}", alpn, "/forge/many?n=7500")
+    took = time.monotonic() - started
+    assert r.status == 200 and r.headers["x-echo"] == "Bearer [REDACTED:BEARER_KEY]"
+    assert len(r.header_list) > 7500
+    assert took < 5, f"{took:.1f} s for one response"
+
+
+@PATHS
+def test_a_value_echoed_in_json_escaped_form_is_redacted(
+    srv: SweptServer, up: Forger, token: str, alpn: list[str] | None
+) -> None:
+    """A value with `/`, `"` and `\\` echoed by a JSON encoder that escapes them (`\\/` as PHP writes it)."""
+    (r,) = _raw_get(srv, token, f"other.upstream.test:{up.port}", alpn, "/forge/jecho")
+    assert r.status == 200
+    assert r.json()["x-key"] == "[REDACTED:JSON_KEY]"
+    escaped = json.dumps(V["JSON_KEY"])[1:-1]
+    for form in (escaped, escaped.replace("/", "\\/")):
+        assert form.encode() not in r.body
+    _clean(r.body, "a JSON echo")

@@ -418,3 +418,20 @@ def test_session_dies_with_vault_run_even_for_a_daemon_it_left_behind(
         pytest.raises(httpx.ProxyError, match="407"),
     ):
         c.get(url + "/fresh")
+
+
+def test_a_token_sent_as_the_vault_name_is_not_echoed(srv: SweptServer, up: Forger) -> None:
+    """An agent that puts a token where the vault name goes (`X-Vault: <token>`, or as the userinfo's
+    password) gets 403 `vault_forbidden` whose message withholds it (SPEC §6: never values or tokens);
+    a well-formed name that is not the agent's is still named, for the human reading the error."""
+    target = f"api.upstream.test:{up.port}"
+    t = srv.make_agent("vault-echo")
+    for auth, vault in ((f"Bearer {t}", t), (basic(t, t), None)):
+        with srv.raw() as conn:
+            headers = {"Proxy-Authorization": auth} | ({"X-Vault": vault} if vault else {})
+            r = conn.connect(target, headers)
+        assert (r.status, proxy_error(r.status, r.headers, r.body)) == (403, "vault_forbidden")
+        assert t.encode() not in r.body and b"not shown" in r.body, r.body
+    with srv.raw() as conn:
+        r = conn.connect(target, {"Proxy-Authorization": basic(t, "no-such-vault")})
+    assert r.status == 403 and "vault no-such-vault" in r.json()["message"]
