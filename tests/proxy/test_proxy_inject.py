@@ -343,3 +343,17 @@ def test_stream_redactor_matches_whole_buffer_redaction(
         assert s not in joined
         for out in outputs:
             assert s not in out
+
+
+@given(st.text(min_size=8, max_size=40).filter(lambda v: not any(0xD800 <= ord(c) <= 0xDFFF for c in v)))
+@settings(max_examples=200, deadline=None)
+def test_every_json_echo_of_an_injected_value_is_redacted(value: str) -> None:
+    """Whatever an echo's JSON encoder escapes (quotes, backslashes, control and non-ASCII characters,
+    `/` as `\\/` or not), the echoed value is found and replaced (SPEC §5.9)."""
+    inj = Injection()
+    inj._secret("K", value)
+    for ascii_only in (True, False):
+        inside = json.dumps({"v": value}, ensure_ascii=ascii_only)
+        for echo in (inside, inside.replace("/", "\\/")):
+            out, keys = redact_bytes(echo.encode("utf-8", "surrogateescape"), inj.secrets)
+            assert keys == {"K"} and json.loads(out) == {"v": "[REDACTED:K]"}, (value, echo)
