@@ -25,6 +25,7 @@ from urllib.parse import urlencode, urlsplit
 
 from agent_vault.authtypes import AwsSigV4Auth
 from agent_vault.errors import CredentialNotFound, CredentialUnavailable
+from agent_vault.proxy.redact import value_forms
 from agent_vault.proxy.tokencache import TokenCache
 from agent_vault.proxy.tokenfetch import TokenFetch, host_header, unavailable
 
@@ -50,8 +51,8 @@ class AwsKeys:
 
     def secrets(self, name: str) -> list[tuple[str, bytes]]:
         """(name, value) pairs to redact from responses."""
-        out = [(name, v.encode()) for v in (self.access_key, self.secret_key, self.token) if v]
-        return [x for x in out if len(x[1]) >= 8]
+        values = [v for v in (self.access_key, self.secret_key, self.token) if v and len(v) >= 8]
+        return [(name, form) for v in values for form in value_forms(v)]
 
 
 __all__ = [

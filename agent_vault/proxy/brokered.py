@@ -27,7 +27,7 @@ from agent_vault.core import Core
 from agent_vault.domain.rotation import store_rotated
 from agent_vault.errors import BadRequest, BodyTooLarge
 from agent_vault.proxy import aws
-from agent_vault.proxy.inject import MIN_REDACT_LEN, Injection
+from agent_vault.proxy.inject import Injection
 from agent_vault.proxy.oauth2 import OAuth2Tokens
 from agent_vault.proxy.ssrf import Egress
 from agent_vault.proxy.tokenfetch import TokenFetch
@@ -74,8 +74,7 @@ class Broker:
             token = await self.oauth.access_token(view.name, svc.name, auth, view.values)
             inj.headers["Authorization"] = "Bearer " + token
             inj.used_keys[:] = auth.referenced_keys()
-            if len(token) >= MIN_REDACT_LEN:
-                inj.secrets.append((f"{svc.name}:access_token", token.encode()))
+            inj.add_secret(f"{svc.name}:access_token", token)
             return None
         if isinstance(auth, AwsSigV4Auth):
             keys = await self.aws.keys(view.name, svc.name, auth, view.values)

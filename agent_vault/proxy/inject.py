@@ -69,10 +69,11 @@ class Injection:
     def _use(self, key: str, value: str) -> str:
         if key not in self.used_keys:
             self.used_keys.append(key)
-        self._secret(key, value)
+        self.add_secret(key, value)
         return value
 
-    def _secret(self, key: str, value: str) -> None:
+    def add_secret(self, key: str, value: str) -> None:
+        """Redact `value` (if long enough: MIN_REDACT_LEN) and its escaped forms from the response as KEY."""
         if len(value) >= MIN_REDACT_LEN:
             for form in value_forms(value):
                 if (key, form) not in self.secrets:
@@ -110,7 +111,7 @@ def build_injection(auth: AuthSpec, values: Mapping[str, str]) -> Injection:
         inj.headers["Authorization"] = "Basic " + encoded
         owner = auth.password or auth.username
         if owner is not None and (password or auth.username is not None):
-            inj._secret(owner, encoded)
+            inj.add_secret(owner, encoded)
     elif isinstance(auth, ApiKeyAuth):
         value = auth.prefix + inj._use(auth.key, _value(values, auth.key))
         header = auth.header_name
@@ -119,7 +120,7 @@ def build_injection(auth: AuthSpec, values: Mapping[str, str]) -> Injection:
         else:
             assert auth.query is not None
             inj.query[auth.query] = value
-            inj._secret(auth.key, quote(values[auth.key], safe=""))
+            inj.add_secret(auth.key, quote(values[auth.key], safe=""))
     elif isinstance(auth, CustomAuth):
 
         def render(template: str) -> str:
@@ -130,7 +131,7 @@ def build_injection(auth: AuthSpec, values: Mapping[str, str]) -> Injection:
         for param, template in auth.query.items():
             inj.query[param] = render(template)
             for m in PLACEHOLDER_RE.finditer(template):  # the URL carries it %-encoded: redact that too
-                inj._secret(m.group(1), quote(values[m.group(1)], safe=""))
+                inj.add_secret(m.group(1), quote(values[m.group(1)], safe=""))
     return inj
 
 

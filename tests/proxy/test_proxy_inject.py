@@ -351,7 +351,7 @@ def test_every_json_echo_of_an_injected_value_is_redacted(value: str) -> None:
     """Whatever an echo's JSON encoder escapes (quotes, backslashes, control and non-ASCII characters,
     `/` as `\\/` or not), the echoed value is found and replaced (SPEC §5.9)."""
     inj = Injection()
-    inj._secret("K", value)
+    inj.add_secret("K", value)
     for ascii_only in (True, False):
         inside = json.dumps({"v": value}, ensure_ascii=ascii_only)
         for echo in (inside, inside.replace("/", "\\/")):
