@@ -98,6 +98,10 @@ class Token(SQLModel, table=True):
     unmatched_policy: str | None = None  # session override (stricter only)
     only_services: str | None = None  # narrowed session: JSON list of service names (None: all)
     only_methods: str | None = None  # narrowed session: JSON list of methods (None: all)
+    # The session that minted this one (a child session, issue 19): revoking, expiring or deleting the
+    # parent does the same to it. No foreign key: a child shares its parent's agent/user and vault, so
+    # every path that deletes the parent deletes the child too (and the ORM deletes them row by row).
+    parent_id: int | None = Field(default=None, index=True)
     created_at: datetime = Field(default_factory=utcnow)
     expires_at: datetime | None = None
     revoked_at: datetime | None = None

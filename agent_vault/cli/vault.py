@@ -267,13 +267,14 @@ def user_remove(
 
 @session_app.command("list")
 def session_list(vault: VaultOpt = None) -> None:
-    """Live session tokens of the vault (ids only; tokens are never shown again)."""
+    """Live session tokens of the vault (ids only; tokens are never shown again). `parent_id`: the
+    session that minted it (revoking that one revokes this one too)."""
     data = client().get("/v1/sessions", params={"vault": vault_name(vault)})
-    out.table(data, data["sessions"], ["id", "label", "actor", "created_at", "expires_at"])
+    out.table(data, data["sessions"], ["id", "label", "actor", "parent_id", "created_at", "expires_at"])
 
 
 @session_app.command("revoke")
 def session_revoke(session_id: Annotated[int, typer.Argument(metavar="ID")], vault: VaultOpt = None) -> None:
-    """Revoke a session token now (its open connections are cut)."""
+    """Revoke a session token now, and every session it minted (their open connections are cut)."""
     client().delete(f"/v1/sessions/{session_id}")
     out.data({"revoked": session_id}, f"revoked session {session_id}")

@@ -61,9 +61,23 @@ def list_agents(core: Core, p: Principal) -> dict[str, Any]:
 
 
 def get_agent(core: Core, p: Principal, name: str) -> dict[str, Any]:
+    """One agent; `previous_token_expires_at`: when the latest token still in its `rotate --grace`
+    period stops working (None: no graced token; a rotation without grace ends them all)."""
     p.require_user()
     with core.store.read() as s:
-        return _public(s, _get(s, name))
+        a = _get(s, name)
+        now = utcnow()
+        graced = [
+            t.expires_at
+            for t in s.exec(
+                select(Token).where(
+                    Token.agent_id == a.id, Token.kind == "agent", col(Token.revoked_at).is_(None)
+                )
+            )
+            if t.expires_at is not None and t.expires_at > now
+        ]
+        live = a.status == "active" and graced
+        return _public(s, a) | {"previous_token_expires_at": iso(max(graced)) if live else None}
 
 
 def _new_token(s: Session, agent_id: int) -> str:

@@ -9,7 +9,7 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from agent_vault import crypto
 from agent_vault.core import Core
@@ -21,6 +21,7 @@ from agent_vault.snapshot import POLICY_RANK
 
 MIN_TTL, MAX_TTL, DEFAULT_TTL = 300, 7 * 86400, 86400
 _METHOD = re.compile(r"^[A-Z]{1,32}$")
+_LIST_HINT = "List live sessions with 'agent-vault vault session list'."
 
 
 def _ttl(ttl_seconds: int | None) -> int:
@@ -158,7 +159,8 @@ def _child_session(
     services: list[str] | None,
     methods: list[str] | None,
 ) -> dict[str, Any]:
-    """A session minting a narrower session of itself (nested `vault run --only-service`)."""
+    """A session minting a narrower session of itself (nested `vault run --only-service`). The child
+    records its parent (`parent_id`): it never outlives it, and revoking the parent revokes it."""
     if services is None and methods is None:
         raise Forbidden(
             "a session token can only mint a narrower session", hint="Reuse the session token as is."
@@ -184,8 +186,10 @@ def _child_session(
     token = crypto.mint_token("av_sess_")
     with core.store.write() as s:
         parent = s.get(Token, p.token_id)
-        if parent is None or parent.revoked_at is not None:
+        if parent is None or parent.revoked_at is not None or _expired(parent, now):
             raise NotFound("this session is revoked")
+        if parent.expires_at is not None and parent.expires_at < expires:
+            expires = parent.expires_at  # the stored expiry: a renewal may have moved it since
         row = Token(
             digest=crypto.digest(token),
             kind="session",
@@ -197,6 +201,7 @@ def _child_session(
             unmatched_policy=unmatched_policy or p.session_policy,
             only_services=None if services is None else json.dumps(services),
             only_methods=None if methods is None else json.dumps(methods),
+            parent_id=parent.id,
         )
         s.add(row)
     return _minted(
@@ -233,6 +238,8 @@ def _load(core: Core, p: Principal, session_id: int) -> tuple[Token, str]:
 
 
 def list_sessions(core: Core, p: Principal, vault: str) -> dict[str, Any]:
+    """The vault's live sessions (member). `parent_id` names the session that minted a child session
+    (None otherwise): revoking the parent revokes the child too."""
     p.require(vault, "member")
     with core.store.read() as s:
         v = get_vault(s, vault)
@@ -253,6 +260,7 @@ def list_sessions(core: Core, p: Principal, vault: str) -> dict[str, Any]:
                 "actor": creators[r.id],
                 "created_at": iso(r.created_at),
                 "expires_at": iso(r.expires_at),
+                "parent_id": r.parent_id,
             }
             for r in rows
             if r.expires_at and r.expires_at > now
@@ -272,24 +280,55 @@ def _creator(s: Any, row: Token) -> str | None:
 def renew_session(
     core: Core, p: Principal, session_id: int, ttl_seconds: int | None = None
 ) -> dict[str, Any]:
+    """Move a live session's expiry to now + ttl (its creator only). A child session never outlives its
+    parent (capped at the parent's expiry); the sessions a renewal shortens past are shortened too, so
+    a parent's expiry ends its children as its revocation does."""
     row, vault = _load(core, p, session_id)
     # A session may revoke itself (a narrowing) but never extend itself: its TTL is the dead-man
     # switch when the `vault run` wrapper dies (SPEC §7.1); renewal is the creator's (§9).
     if p.kind == "session" or not _own(core, p, row):
         raise Forbidden("only the creator can renew a session")
-    if row.revoked_at is not None or (row.expires_at and row.expires_at <= utcnow()):
-        raise NotFound(f"session {session_id} is expired or revoked")
-    expires = utcnow() + timedelta(seconds=_ttl(ttl_seconds))
+    ttl = _ttl(ttl_seconds)
     with core.store.write() as s:
+        now = utcnow()
         r = s.get(Token, session_id)
         assert r is not None
+        if r.revoked_at is not None or _expired(r, now):
+            raise NotFound(f"session {session_id} is expired or revoked")
+        expires = now + timedelta(seconds=ttl)
+        parent = s.get(Token, r.parent_id) if r.parent_id is not None else None
+        if parent is not None and parent.expires_at is not None and parent.expires_at < expires:
+            expires = parent.expires_at
         r.expires_at = expires
         s.add(r)
+        for d in _descendants(s, session_id):
+            if d.expires_at is None or d.expires_at > expires:
+                d.expires_at = expires
+                s.add(d)
     core.runtime.reload(vaults=False)
     core.record(
         "session.renew", p.actor, vault=vault, target=str(session_id), details={"expires_at": iso(expires)}
     )
     return {"id": session_id, "expires_at": iso(expires)}
+
+
+def _expired(row: Token, now: datetime) -> bool:
+    return row.expires_at is not None and row.expires_at <= now
+
+
+def _descendants(s: Session, session_id: int) -> list[Token]:
+    """Every session minted by `session_id`, transitively (children, their children, ...), in the
+    caller's transaction. Revoked ones are walked through too: they may have been revoked alone."""
+    out: list[Token] = []
+    seen = {session_id}
+    frontier = [session_id]
+    while frontier:
+        rows = list(s.exec(select(Token).where(col(Token.parent_id).in_(frontier), Token.kind == "session")))
+        fresh = [r for r in rows if r.id is not None and r.id not in seen]
+        frontier = [r.id for r in fresh if r.id is not None]
+        seen.update(frontier)
+        out.extend(fresh)
+    return out
 
 
 def _open_connections(core: Core, session_id: int) -> int:
@@ -318,12 +357,30 @@ async def settle_session(core: Core, p: Principal, session_id: int, wait_seconds
     return {"id": session_id, "settled": flushed and not still_open, "open_connections": still_open}
 
 
-def revoke_session(core: Core, p: Principal, session_id: int) -> None:
+def revoke_session(core: Core, p: Principal, session_id: int) -> list[int]:
+    """Revoke a session and every session it minted, transitively, in one transaction; effective on
+    the very next request (the snapshot is reloaded before this returns). Returns the ids of the
+    descendants revoked with it. 404 `not_found` for a session already revoked or expired: nothing is
+    written and nothing audited a second time."""
     _row, vault = _load(core, p, session_id)
     with core.store.write() as s:
+        now = utcnow()
         r = s.get(Token, session_id)
         assert r is not None
-        r.revoked_at = r.revoked_at or utcnow()
+        if r.revoked_at is not None:
+            raise NotFound(f"session {session_id} is already revoked", hint=_LIST_HINT)
+        if _expired(r, now):
+            raise NotFound(f"session {session_id} has already expired", hint=_LIST_HINT)
+        r.revoked_at = now
         s.add(r)
+        cascade: list[int] = []
+        for d in _descendants(s, session_id):
+            if d.revoked_at is None:
+                d.revoked_at = now
+                s.add(d)
+                assert d.id is not None
+                cascade.append(d.id)
     core.runtime.reload(vaults=False)
-    core.record("session.revoke", p.actor, vault=vault, target=str(session_id))
+    details = {"cascade": cascade} if cascade else None
+    core.record("session.revoke", p.actor, vault=vault, target=str(session_id), details=details)
+    return cascade

@@ -245,6 +245,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         PG[5],
     ),
     Migration(6, "replica change counter", _V6, _V6),  # the same text on both engines
+    Migration(
+        7,
+        "session parents",
+        (
+            "ALTER TABLE tokens ADD COLUMN parent_id INTEGER",
+            "CREATE INDEX ix_tokens_parent_id ON tokens (parent_id)",
+        ),
+        PG[7],
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 _CREATE = "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL)"

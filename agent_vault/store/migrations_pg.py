@@ -183,4 +183,8 @@ PG: dict[int, tuple[str, ...]] = {
 	PRIMARY KEY (id)
 )""",
     ),
+    7: (
+        "ALTER TABLE tokens ADD COLUMN parent_id INTEGER",
+        "CREATE INDEX ix_tokens_parent_id ON tokens (parent_id)",
+    ),
 }

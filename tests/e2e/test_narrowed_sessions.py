@@ -14,6 +14,7 @@ import httpx
 import pytest
 from helpers.server import OWNER_EMAIL, OWNER_PASSWORD, ServerProc
 from helpers.upstream import TLSUpstream
+from helpers.wait import wait_until
 
 SECRET_A, SECRET_B = "sk-narrow-a-value-1f2e3d", "sk-narrow-b-value-4c5b6a"
 
@@ -110,3 +111,50 @@ def test_vault_run_only_service_and_nested(two_services: ServerProc, upstream: T
     with server.http() as api:
         live = {s["id"] for s in api.get("/v1/sessions", params={"vault": "default"}).json()["sessions"]}
     assert live == {outer["id"]}  # the child was revoked when the command exited
+
+
+def test_revoking_a_session_revokes_the_sessions_it_minted(
+    two_services: ServerProc, upstream: TLSUpstream
+) -> None:
+    """QA repro: an agent mints P, P mints a narrower C, a human revokes P: C is refused on its very next
+    request (also on its open proxy connection). `session list` names C's parent; a second revoke of P
+    is one `already revoked` line, exit 1, with no second audit record."""
+    server = two_services
+    agent_env = {**server.env, "AGENT_VAULT_TOKEN": server.make_agent("tree-bot")}
+    cp = server.cli("session", "create", "--ttl", "10m", "--label", "parent", "--json", env=agent_env)
+    parent = json.loads(cp.stdout)
+    cp = server.cli(
+        "session", "create", "--service", "svc-a", "--label", "child", "--json",
+        env={**server.env, "AGENT_VAULT_TOKEN": parent["token"]},
+    )  # fmt: skip
+    child = json.loads(cp.stdout)
+    listed = json.loads(server.cli("vault", "session", "list", "--json").stdout)["sessions"]
+    assert {s["id"]: s["parent_id"] for s in listed} == {parent["id"]: None, child["id"]: parent["id"]}
+    table = server.cli("vault", "session", "list").stdout
+    assert "parent_id" in table and str(parent["id"]) in table
+    base = f"https://localhost:{upstream.port}/echo"
+    with _px(server, child["token"]) as c:
+        assert c.get(f"{base}/svc-a/before").status_code == 200  # the connection stays open
+        revoked = server.cli("vault", "session", "revoke", str(parent["id"]))
+        assert revoked.stdout.strip() == f"revoked session {parent['id']}"
+        after = c.get(f"{base}/svc-a/after")
+        assert after.status_code == 407, after.text
+    for token in (parent["token"], child["token"]):
+        with server.http(token) as api:
+            assert api.get("/v1/discover").status_code == 401
+    assert [r["path"] for r in upstream.requests_seen.snapshot()] == ["/echo/svc-a/before"]
+    again = server.cli("vault", "session", "revoke", str(parent["id"]), check=False)
+    assert again.returncode == 1 and again.stdout == ""
+    assert len(again.stderr.strip().splitlines()) == 1 and "already revoked" in again.stderr
+    assert "Traceback" not in again.stderr and parent["token"] not in again.stderr + again.stdout
+    with server.http() as api:
+        marker = api.post("/v1/sessions", json={"vault": "default", "label": "marker"}).json()["id"]
+
+        def revokes() -> list[dict[str, Any]] | None:
+            got = api.get("/v1/vaults/default/logs", params={"kind": "session.*", "limit": 100}).json()
+            recs = got["logs"]
+            done = any(r["kind"] == "session.create" and r["target"] == str(marker) for r in recs)
+            return [r for r in recs if r["kind"] == "session.revoke"] if done else None
+
+        records = wait_until(revokes, "the marker session's audit record")
+    assert [(r["target"], r["details"]) for r in records] == [(str(parent["id"]), {"cascade": [child["id"]]})]

@@ -140,8 +140,8 @@ def test_released_migrations_are_frozen() -> None:
 
 
 FROZEN_DIGEST_1_4 = "be413a755e74fd5bfc5019745ba8e1f3fb53987281cc1ac0fdde8809be0edf61"
-FROZEN_DIGEST = "b9f5f38736ca4eb548aa3f2469bd02ef581c8b9da5d4866d35a98f7dbd97d432"
-FROZEN_DIGEST_PG = "919d576c0f8e33ca24ffe6ad43fe89a6620093245226b100ca427d7dc5196db8"
+FROZEN_DIGEST = "6bb009850c00ed7b70f25d3bbf18fe1bf9485367a8e5f23d6f95972862715c88"
+FROZEN_DIGEST_PG = "a196a377024ffc67000276a87884199d7b790b5863f3d3d149ee2b067eaed810"
 
 
 def test_database_from_the_old_create_all_migration_keeps_opening(tmp_path: Path) -> None:
@@ -156,6 +156,8 @@ def test_database_from_the_old_create_all_migration_keeps_opening(tmp_path: Path
             conn.exec_driver_sql(f"ALTER TABLE tokens DROP COLUMN {column}")
         conn.exec_driver_sql("DROP TABLE instance_state")  # migration 5
         conn.exec_driver_sql("DROP TABLE changes")  # migration 6
+        conn.exec_driver_sql("DROP INDEX ix_tokens_parent_id")  # migration 7
+        conn.exec_driver_sql("ALTER TABLE tokens DROP COLUMN parent_id")
         conn.exec_driver_sql(
             "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL)"
         )

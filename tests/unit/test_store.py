@@ -34,6 +34,8 @@ def test_upgrade_from_v1_adds_the_vault_rate_limits_column_and_keeps_rows(tmp_pa
             conn.execute(f"ALTER TABLE tokens DROP COLUMN {column}")
         conn.execute("DROP TABLE instance_state")  # migration 5
         conn.execute("DROP TABLE changes")  # migration 6
+        conn.execute("DROP INDEX ix_tokens_parent_id")  # migration 7
+        conn.execute("ALTER TABLE tokens DROP COLUMN parent_id")
         conn.execute("DELETE FROM schema_migrations WHERE version >= 2")
         conn.execute(
             "INSERT INTO vaults (name, unmatched_policy, enforcement, next_proposal_seq, created_at) "
