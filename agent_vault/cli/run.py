@@ -36,7 +36,7 @@ from agent_vault.cli.output import out
 from agent_vault.cli.runenv import build_child_env
 from agent_vault.cli.runreport import acting_client, latest_seq, report_unmatched
 from agent_vault.domain.names import check_key
-from agent_vault.errors import AgentVaultError, BadServerResponse, InvalidRequest, Unauthenticated
+from agent_vault.errors import AgentVaultError, BadServerResponse, InvalidRequest, NotFound, Unauthenticated
 from agent_vault.isolate.sandbox import probe, sandbox_certs
 from agent_vault.proxy.exfil import CANARY_PREFIX  # pure: no engine
 
@@ -414,6 +414,8 @@ def _revoke(c: Client, session: RunSession | None) -> None:
     try:
         acting_client(c, session).delete(f"/v1/sessions/{session.session_id}")
     except AgentVaultError as e:
+        if e.code == NotFound.code:  # revoked already (by a human, or with the session that minted it)
+            return
         out.warn(
             f"agent-vault: warning: could not revoke session {session.session_id} ({e.message}); "
             f"it expires by itself"

@@ -173,3 +173,18 @@ def test_agent_mode_and_nested_run(
     assert child["NESTED"] == session  # nested run reuses the session as is
     assert proxy_status(mserver, session, echo) == 407  # revoked by the outer wrapper only
     assert proxy_status(mserver, agent_token, echo) == 200  # the agent token itself is untouched
+
+
+def test_a_session_revoked_during_the_run_is_not_reported_at_exit(mserver: ServerProc) -> None:
+    """The child's session revoked before the command ends (by itself here; by a human, or with the
+    session that minted it, in life): the wrapper's own revoke at exit finds it gone (404) and says
+    nothing, where it used to warn that it "could not revoke" a session that no longer works."""
+    script = (
+        "import httpx, os; a = os.environ['AGENT_VAULT_ADDR']; "
+        "h = {'Authorization': 'Bearer ' + os.environ['AGENT_VAULT_TOKEN']}; "
+        "sid = httpx.get(a + '/v1/auth/me', headers=h, trust_env=False).json()['session_id']; "
+        "print('REVOKED', httpx.delete(f'{a}/v1/sessions/{sid}', headers=h, trust_env=False).status_code)"
+    )
+    cp = mserver.cli("vault", "run", "--", sys.executable, "-c", script)
+    assert "REVOKED 204" in cp.stdout
+    assert "could not revoke" not in cp.stderr and "warning" not in cp.stderr, cp.stderr
