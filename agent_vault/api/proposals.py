@@ -6,7 +6,7 @@ route) refuses every state-changing request carried by that cookie unless its `O
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -15,9 +15,12 @@ from agent_vault import crypto
 from agent_vault.api.deps import CoreDep, PrincipalDep, RowId, bearer_token, select_vault
 from agent_vault.domain import proposals
 from agent_vault.domain.principal import Principal
+from agent_vault.errors import InvalidRequest
 
 router = APIRouter()
 J = dict[str, Any]
+#: `?status=`: anything else is a 422 like every other invalid parameter.
+Status = Literal["pending", "applied", "rejected", "expired", "draft"]
 
 
 class ApproveIn(BaseModel):
@@ -49,12 +52,19 @@ MaybePrincipal = Annotated[Principal | None, Depends(optional_principal)]
 def create_proposal(
     data: Annotated[dict[str, Any], Body()], request: Request, core: CoreDep, p: PrincipalDep
 ) -> J:
+    """SPEC §9: a body that fails validation on its own (shape, limits, names) is 422 `invalid_request`,
+    like a malformed one; checks against the vault (unknown or unused keys, deletes) stay 400 (§8)."""
     vault = select_vault(core, p, request.headers.get("x-vault"))
-    return proposals.create(core, p, vault, data)
+    try:
+        changes = proposals.parse(data)
+    except InvalidRequest as e:
+        e.status = 422  # this answer only; the app's error handler words and sends it as usual
+        raise
+    return proposals.create(core, p, vault, changes)
 
 
 @router.get("/v1/proposals")
-def list_my_proposals(request: Request, core: CoreDep, p: PrincipalDep, status: str | None = None) -> J:
+def list_my_proposals(request: Request, core: CoreDep, p: PrincipalDep, status: Status | None = None) -> J:
     vault = select_vault(core, p, request.headers.get("x-vault"))
     return proposals.list_own(core, p, vault, status)
 
@@ -69,7 +79,7 @@ def get_my_proposal(pid: RowId, request: Request, core: CoreDep, p: PrincipalDep
 
 
 @router.get("/v1/vaults/{v}/proposals")
-def list_proposals(v: str, core: CoreDep, p: PrincipalDep, status: str | None = None) -> J:
+def list_proposals(v: str, core: CoreDep, p: PrincipalDep, status: Status | None = None) -> J:
     return proposals.list_all(core, p, v, status)
 
 

@@ -39,6 +39,8 @@ cursor:pointer}
 .tag{display:inline-block;padding:0 .4rem;border-radius:4px;background:#e8ecf1;font-size:12px;
 margin-left:.4rem}
 .err{color:#a11}.muted{color:#5b6570}
+.warn{background:#fff4d6;border-left:4px solid #b36b00;padding:.35rem .6rem;font-weight:600;color:#6b3f00}
+.stale{background:#fbe4e2;border-left:4px solid #a11;padding:.35rem .6rem;font-weight:600;color:#a11}
 blockquote{margin:.5rem 0;padding-left:.8rem;border-left:3px solid #c5ccd4}
 """
 
@@ -79,9 +81,15 @@ function render(d) {
   setText($("role"), d.required_role);
   const byName = {};
   for (const s of d.services) byName[s.name] = s;
+  const stale = $("stale"); stale.replaceChildren();
+  for (const r of d.out_of_date || []) {
+    stale.append(el("p", "Out of date: " + r + ". Approving would fail: reject this proposal.", "stale"));
+  }
   const svc = $("services"); svc.replaceChildren();
   for (const c of d.changes.services) {
     const h = el("h3", c.name); h.append(el("span", c.effect, "tag")); svc.append(h);
+    if (c.out_of_date) svc.append(el("p", "Out of date: " + c.out_of_date, "stale"));
+    for (const w of c.warnings || []) svc.append(el("p", "Warning: " + w, "warn"));
     if (c.effect !== "delete") {
       const after = Object.assign({}, byName[c.name]); delete after.action;
       svc.append(el("p", c.effect === "add" ? "New service:" : "New definition:", "muted"));
@@ -99,6 +107,7 @@ function render(d) {
   for (const c of d.changes.credentials) {
     const p = el("p"); p.append(el("b", c.key), el("span", c.effect, "tag"));
     if (d.missing_values.includes(c.key)) p.append(el("span", "value needed", "tag"));
+    if (c.out_of_date) p.append(el("div", "Out of date: " + c.out_of_date, "stale"));
     const m = meta[c.key] || {};
     if (m.description) p.append(el("div", "Description: " + m.description, "muted"));
     if (m.obtain) p.append(el("div", "How to obtain: " + m.obtain, "muted"));
@@ -166,6 +175,7 @@ _PAGE = """<!doctype html>
 <p>From <b id="actor"></b> &middot; status <b id="pstatus"></b> &middot;
 expires <span id="expires"></span></p>
 <blockquote id="message"></blockquote>
+<div id="stale"></div>
 <h2>Services</h2><div id="services"></div>
 <h2>Credentials</h2><div id="credentials"></div>
 <p class="muted">Approving needs the <b id="role"></b> role on this vault and your password.</p>

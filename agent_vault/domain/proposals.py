@@ -75,6 +75,24 @@ def _changes(pr: Proposal) -> cs.ChangeSet:
     return cs.load(pr.services, pr.credentials, pr.message)
 
 
+def _out_of_date(ch: cs.ChangeSet, st: cs.State) -> dict[str, str]:
+    """The items of a change set the vault has overtaken since it was filed (a service or credential
+    it deletes was deleted directly), by `service:NAME` / `credential:KEY`, each with a reason."""
+    gone = {f"service:{n}": f"service {n} no longer exists" for n in ch.deletes if n not in st.services}
+    gone |= {
+        f"credential:{k}": f"credential {k} no longer exists" for k in ch.cred_deletes if k not in st.creds
+    }
+    return gone
+
+
+def _stale(seq: int, vault: str, gone: dict[str, str]) -> Conflict:
+    return Conflict(
+        f"proposal {seq} is out of date: {'; '.join(gone.values())}",
+        hint=f"Reject it ('agent-vault vault proposal reject {seq} --vault {vault}'); the agent can "
+        "propose again against the vault as it is now.",
+    )
+
+
 def expire_due(core: Core, now: datetime | None = None) -> int:
     """Mark pending proposals past their 7-day life as expired; returns how many.
 
@@ -96,10 +114,17 @@ def expire_due(core: Core, now: datetime | None = None) -> int:
     return len(done)
 
 
+def parse(data: Any) -> cs.ChangeSet:
+    """Validate a proposal body on its own (SPEC §8): the shape, limits and names, not the vault."""
+    return cs.parse(data)
+
+
 def create(core: Core, p: Principal, vault: str, data: Any) -> J:
-    """File a proposal (any grant on the vault). The approval token appears only in this answer."""
+    """File a proposal (any grant on the vault). The approval token appears only in this answer.
+
+    `data` is the request body or a change set from `parse`."""
     p.require(vault, "proxy")
-    changes = cs.parse(data)
+    changes = data if isinstance(data, cs.ChangeSet) else cs.parse(data)
     expire_due(core)
     token = crypto.mint_token("av_appr_")
     now = utcnow()
@@ -139,8 +164,10 @@ def create(core: Core, p: Principal, vault: str, data: Any) -> J:
     }
 
 
-def _view(pr: Proposal, vault: str) -> J:
-    return {
+def _view(pr: Proposal, vault: str, st: cs.State | None = None) -> J:
+    """The proposal as filed, with `out_of_date`: for an open one checked against the vault's state
+    `st`, the reasons approving it would now fail with 409 (empty: it still applies)."""
+    out = {
         "id": pr.seq,
         "status": pr.status,
         "vault": vault,
@@ -152,6 +179,9 @@ def _view(pr: Proposal, vault: str) -> J:
         "reviewed_at": iso(pr.reviewed_at),
         "expires_at": iso(pr.expires_at),
     }
+    gone = _out_of_date(_changes(pr), st) if st is not None and pr.status in OPEN else {}
+    out["out_of_date"] = list(gone.values())
+    return out
 
 
 def _rows(core: Core, vault: str, status: str | None) -> list[Proposal]:
@@ -185,10 +215,12 @@ def get_own(core: Core, p: Principal, vault: str, seq: int) -> J:
     p.require(vault, "proxy")
     expire_due(core)
     with core.store.read() as s:
-        pr = _row(s, get_vault(s, vault), seq)
-    if not _sees_all(p, vault) and _owner(pr.actor) != _owner(p.actor):
-        raise _not_found(seq, vault)
-    return _view(pr, vault)
+        v = get_vault(s, vault)
+        pr = _row(s, v, seq)
+        if not _sees_all(p, vault) and _owner(pr.actor) != _owner(p.actor):
+            raise _not_found(seq, vault)
+        st = cs.vault_state(s, v) if pr.status in OPEN else None
+    return _view(pr, vault, st)
 
 
 def list_all(core: Core, p: Principal, vault: str, status: str | None = None) -> J:
@@ -245,7 +277,15 @@ def get_full(core: Core, p: Principal | None, vault: str, seq: int, token: str |
             raise _not_found(seq, vault)
         ch = _changes(pr)
         st = cs.vault_state(s, v)
-    out = _view(pr, vault)
+    out = _view(pr, vault, st)
+    changes = cs.describe(ch, st)
+    if pr.status in OPEN:  # mark each overtaken item where it is listed
+        gone = _out_of_date(ch, st)
+        for kind, key in (("services", "name"), ("credentials", "key")):
+            for c in changes[kind]:
+                reason = gone.get(f"{kind[:-1]}:{c[key]}")
+                if reason and c["effect"] == "delete":
+                    c["out_of_date"] = reason
     out.update(
         {
             "actor": pr.actor,
@@ -253,7 +293,7 @@ def get_full(core: Core, p: Principal | None, vault: str, seq: int, token: str |
             "required_role": ch.needed_role,
             "approval_expires_at": iso(pr.approval_expires_at),
             "missing_values": cs.missing(ch, st) if pr.status == "pending" else [],
-            "changes": cs.describe(ch, st),
+            "changes": changes,
         }
     )
     return out
@@ -275,10 +315,14 @@ def approve(
     p.require(vault, "member", human=True)
     expire_due(core)
     with core.store.read() as s:
-        pr = _row(s, get_vault(s, vault), seq)
+        v = get_vault(s, vault)
+        pr = _row(s, v, seq)
+        gone = _out_of_date(_changes(pr), cs.vault_state(s, v))
     p.require(vault, _changes(pr).needed_role, human=True)
     if pr.status not in OPEN:
         raise _not_pending(seq, pr.status)
+    if gone:
+        raise _stale(seq, vault, gone)
     cs.check_values(values)
     if note is not None and len(note) > MAX_TEXT:
         raise InvalidRequest(f"the note is longer than {MAX_TEXT} characters")
@@ -290,6 +334,9 @@ def approve(
             raise _not_pending(seq, pr.status)
         ch = _changes(pr)
         st = cs.vault_state(s, v)
+        gone = _out_of_date(ch, st)
+        if gone:
+            raise _stale(seq, vault, gone)
         cs.check_refs(ch, st)
         extra = sorted(set(values) - ch.value_keys())
         if extra:

@@ -25,7 +25,9 @@ AV.page("proposals", async ({main, vault}) => {
     const missing = new Set(detail.missing_values || []);
     return el("ul", {class: "changes"},
       detail.changes.services.map((c) => el("li", {}, badge(c.effect, effectKind[c.effect]), " service ",
-        el("b", {}, c.name), hostOf[c.name] ? el("span", {class: "mono"}, " " + hostOf[c.name]) : null)),
+        el("b", {}, c.name), hostOf[c.name] ? el("span", {class: "mono"}, " " + hostOf[c.name]) : null,
+        c.out_of_date ? el("div", {class: "bad"}, "Out of date: " + c.out_of_date) : null,
+        ...(c.warnings || []).map((w) => el("div", {class: "warn"}, "Warning: " + w)))),
       detail.changes.credentials.map((c) => el("li", {}, badge(c.effect, effectKind[c.effect]), " credential ",
         el("b", {class: "mono"}, c.key), missing.has(c.key) ? badge("value needed", "warn") : null)));
   }

@@ -161,19 +161,31 @@ def test_references_limits_and_shape_are_checked(api: TestClient) -> None:
     r = api.post("/v1/proposals", json=stray, headers=bot)
     assert r.status_code == 400 and "UNUSED_KEY" in r.json()["message"]
     assert _propose(api, bot, {"credentials": [{"key": "UNUSED_KEY"}]})["id"] == 2  # credential-only is fine
-    many = {"credentials": [{"key": f"K{i}"} for i in range(11)]}
-    assert api.post("/v1/proposals", json=many, headers=bot).status_code == 400
-    long_msg = {"credentials": [{"key": "K"}], "message": "x" * 2001}
-    assert api.post("/v1/proposals", json=long_msg, headers=bot).status_code == 400
-    for bad in (
+    # SPEC §9: a body that is invalid on its own is 422 invalid_request, like malformed JSON or a bad id
+    shape_failures: list[Any] = [
         {},
+        {"credentials": [{"key": f"K{i}"} for i in range(11)]},
+        {"credentials": [{"key": "K"}], "message": "x" * 2001},
         {"credentials": [{"key": "lower"}]},
         {"services": [{"action": "nuke", "name": "abc"}]},
-        {"services": [{"action": "delete", "name": "missing-svc"}]},
+        {"services": [{**_svc("bad", "*", "K")}], "credentials": [{"key": "K"}]},
+        {"credentials": [{"key": "K"}, {"key": "K"}]},
         {"surprise": 1},
-    ):
+        ["not", "an", "object"],
+    ]
+    for bad in shape_failures:
         r = api.post("/v1/proposals", json=bad, headers=bot)
-        assert r.status_code == 400 and r.json()["error"] == "invalid_request", bad
+        assert r.status_code == 422 and r.json()["error"] == "invalid_request", (bad, r.text)
+        assert r.json()["message"]
+    r = api.post("/v1/proposals", content=b"{not json", headers={**bot, "Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"] == "invalid_request"
+    assert api.get("/v1/proposals/one", headers=bot).status_code == 422
+    assert api.get("/v1/proposals", params={"status": "bogus"}, headers=bot).status_code == 422
+    # checks against the vault's state keep their SPEC §8 400s
+    r = api.post(
+        "/v1/proposals", json={"services": [{"action": "delete", "name": "missing-svc"}]}, headers=bot
+    )
+    assert r.status_code == 400 and r.json()["error"] == "invalid_request"
     assert len(api.get(ADMIN).json()["proposals"]) == 2
 
 
@@ -300,7 +312,7 @@ def test_reject_stores_the_reason_for_the_agent(api: TestClient, core: Core) -> 
     assert api.post(f"{ADMIN}/1/approve", json=APPROVE_1).status_code == 409
     assert core.runtime.snapshot.vaults["default"].services == ()
     assert api.get(ADMIN, params={"status": "rejected"}).json()["proposals"][0]["id"] == 1
-    assert api.get(ADMIN, params={"status": "bogus"}).status_code == 400
+    assert api.get(ADMIN, params={"status": "bogus"}).status_code == 422
 
 
 def test_pending_proposals_expire_after_seven_days(api: TestClient, core: Core) -> None:
@@ -389,3 +401,148 @@ def test_approval_page_is_self_contained_and_locked_down(api: TestClient) -> Non
     again = api.get("/ui/approve/default/1")
     assert again.headers["content-security-policy"] != csp  # a fresh nonce per response
     assert api.get("/ui/approve/Bad..Name/1").status_code == 404
+
+
+def _risky_update(api: TestClient) -> dict[str, Any]:
+    """An existing `beta` (port 443, GET only) and an agent's update to it: any port, all methods, plain
+    http allowed and responses unredacted; plus a new `gamma` on any port. Returns the full proposal."""
+    api.put("/v1/vaults/default/credentials/B_KEY", json={"value": "v-b"})
+    beta = {"name": "beta", "host": "beta.example.com", "port": 443, "methods": ["GET"]}
+    beta["auth"] = {"type": "bearer", "token": "B_KEY"}
+    r = api.post("/v1/vaults/default/services", json={"password": OWNER_PASSWORD, "service": beta})
+    assert r.status_code == 201, r.text
+    risky = {**_svc("beta", "beta.example.com", "B_KEY"), "allow_http": True, "redact_response": False}
+    body = {"services": [risky, _svc("gamma", "gamma.example.com", "B_KEY")], "message": "widen beta"}
+    _propose(api, _agent(api), body)
+    return dict(api.get(f"{ADMIN}/1").json())
+
+
+def test_the_terminal_review_shows_what_an_update_changes_and_every_warning(api: TestClient) -> None:
+    """`proposal show` / the approve preview (cli.proposals.describe) print the server's warnings, each
+    field an update changes (before -> after), and a null port as "any port"; the JSON carries them."""
+    from agent_vault.cli.proposals import describe
+
+    full = _risky_update(api)
+    beta = full["changes"]["services"][0]
+    assert beta["effect"] == "update" and beta["before"]["port"] == 443 and len(beta["warnings"]) == 2
+    text = describe(full)
+    lines = text.splitlines()
+    for w in beta["warnings"]:
+        assert f"    warning: beta: {w}" in lines, text
+    assert "      port: 443 -> any port" in lines, text
+    assert "      methods: GET -> all methods" in lines, text
+    assert "      allow_http: no -> yes" in lines, text
+    assert "      redact_response: default (on when it sends credentials) -> no" in lines, text
+    assert not any(line.strip().startswith(("host:", "auth:", "path:")) for line in lines)  # unchanged
+    assert any(line.startswith("  + gamma (add): host gamma.example.com, any port, path /") for line in lines)
+    assert "v-b" not in text
+
+
+def test_a_stale_proposal_says_so_and_cannot_be_approved(api: TestClient, core: Core) -> None:
+    """A service a pending proposal deletes was deleted directly: every view marks the item out of date
+    and approving is a 409 that says to reject the proposal (not a 400 blaming the arguments)."""
+    api.put("/v1/vaults/default/credentials/S_KEY", json={"value": "v-s"})
+    svc = {k: v for k, v in _svc("stripe", "api.stripe.com", "S_KEY").items() if k != "action"}
+    api.post("/v1/vaults/default/services", json={"password": OWNER_PASSWORD, "service": svc})
+    bot = _agent(api)
+    _propose(api, bot, {"services": [{"action": "delete", "name": "stripe"}]})
+    assert api.get(f"{ADMIN}/1").json()["out_of_date"] == []
+    assert api.get("/v1/proposals/1", headers=bot).json()["out_of_date"] == []
+    r = api.request("DELETE", "/v1/vaults/default/services/stripe", json={"password": OWNER_PASSWORD})
+    assert r.status_code == 204, r.text
+    full = api.get(f"{ADMIN}/1").json()
+    assert full["out_of_date"] == ["service stripe no longer exists"]
+    assert full["changes"]["services"][0]["out_of_date"] == "service stripe no longer exists"
+    assert api.get("/v1/proposals/1", headers=bot).json()["out_of_date"] == [
+        "service stripe no longer exists"
+    ]
+    r = api.post(f"{ADMIN}/1/approve", json={"password": OWNER_PASSWORD})
+    assert r.status_code == 409 and r.json()["error"] == "conflict", r.text
+    assert "out of date" in r.json()["message"] and "stripe" in r.json()["message"]
+    assert "agent-vault vault proposal reject 1" in r.json()["hint"]
+    from agent_vault.cli.proposals import describe
+
+    assert "    OUT OF DATE: service stripe no longer exists" in describe(full).splitlines()
+    assert api.post(f"{ADMIN}/1/reject", json={}).status_code == 200
+    assert api.get(f"{ADMIN}/1").json()["out_of_date"] == []  # decided: nothing left to go stale
+
+
+_FAKE_DOM = r"""
+"use strict";
+class FakeNode {
+  constructor(tag) { this.tag = tag; this.children = []; this._t = ""; this.dataset = {}; this.className = "";
+    this.hidden = false; }
+  set textContent(v) { this._t = v; }
+  get textContent() { return this._t; }
+  set innerHTML(v) { throw new Error("innerHTML used"); }
+  append(...xs) { this.children.push(...xs); }
+  replaceChildren(...xs) { this.children = []; this.append(...xs); }
+  addEventListener() {}
+}
+const nodes = {};
+const DATA = JSON.parse(process.argv[2]);
+globalThis.document = {
+  body: {dataset: {vault: "default", id: String(DATA.id)}},
+  getElementById: (i) => (nodes[i] = nodes[i] || new FakeNode("#" + i)),
+  createElement: (t) => new FakeNode(t),
+  querySelectorAll: () => [],
+};
+globalThis.location = {search: "", pathname: "/ui/approve/default/" + DATA.id};
+globalThis.history = {replaceState() {}};
+globalThis.fetch = async (path) => ({
+  ok: true, status: 200,
+  json: async () => (path.startsWith("/v1/auth/me") ? {kind: "user", name: "owner"} : DATA),
+});
+const shown = (n) =>
+  [n.textContent, n.className, ...n.children.filter((c) => typeof c === "object").map(shown)];
+process.on("exit", () => process.stdout.write(JSON.stringify(Object.values(nodes).map(shown))));
+"""
+
+
+def _render_approval_page(api: TestClient, data: dict[str, Any], tmp_path: Path) -> str:
+    """The approval page's own script run on `data` (node, a fake DOM that refuses HTML sinks): every
+    text it shows, flattened, with each node's class as `[class] text` lines."""
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the page's script cannot be run")
+    page = api.get(f"/ui/approve/default/{data['id']}", headers={"Authorization": ""}).text
+    m = re.search(r"<script nonce=\"[^\"]+\">(.*)</script>", page, re.S)
+    assert m is not None
+    js = tmp_path / "page.js"
+    js.write_text(_FAKE_DOM + m.group(1))
+    cp = subprocess.run(
+        [node, str(js), json.dumps(data)], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert cp.returncode == 0, cp.stderr
+
+    def walk(n: Any) -> list[str]:
+        own = [f"[{n[1] or ''}] {n[0]}"] if n[0] else []
+        return own + [line for child in n[2:] for line in walk(child)]
+
+    return "\n".join(line for root in json.loads(cp.stdout) for line in walk(root))
+
+
+def test_the_approval_page_shows_warnings_and_out_of_date_items(api: TestClient, tmp_path: Path) -> None:
+    full = _risky_update(api)
+    shown = _render_approval_page(api, full, tmp_path)
+    for w in full["changes"]["services"][0]["warnings"]:
+        assert f"[warn] Warning: {w}" in shown.splitlines(), shown
+    assert "Current definition:" in shown  # the before stays next to the new definition
+    api.post(f"{ADMIN}/1/reject", json={})
+    r = api.request("DELETE", "/v1/vaults/default/services/beta", json={"password": OWNER_PASSWORD})
+    assert r.status_code == 204, r.text
+    api.put("/v1/vaults/default/credentials/G_KEY", json={"value": "v-g"})
+    gamma = {k: v for k, v in _svc("gamma", "gamma.example.com", "G_KEY").items() if k != "action"}
+    api.post("/v1/vaults/default/services", json={"password": OWNER_PASSWORD, "service": gamma})
+    _propose(api, _agent(api, "second-bot"), {"services": [{"action": "delete", "name": "gamma"}]})
+    api.request("DELETE", "/v1/vaults/default/services/gamma", json={"password": OWNER_PASSWORD})
+    stale = api.get(f"{ADMIN}/2").json()
+    shown = _render_approval_page(api, stale, tmp_path)
+    assert "[stale] Out of date: service gamma no longer exists" in shown.splitlines(), shown
+    assert any(
+        line.startswith("[stale] Out of date: service gamma no longer exists. Approving would fail")
+        for line in shown.splitlines()
+    ), shown

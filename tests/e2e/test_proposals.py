@@ -217,3 +217,77 @@ def test_rejections_links_and_refusals(server: ServerProc, upstream: TLSUpstream
     for text in [*bodies, server.stderr_text()]:
         assert OTHER_SECRET not in text
     assert OTHER_SECRET.encode() not in (server.home / "agent-vault.db").read_bytes()
+
+
+def test_cli_review_warnings_stale_proposals_and_agents_reading_their_own(server: ServerProc) -> None:
+    """The real CLI: `proposal show` and approve's preview print every server warning and what an update
+    changes (`--json` unchanged: the API's answer); a proposal the vault has overtaken is shown out of
+    date and approving it says to reject it (409); an agent token lists and shows its own proposals."""
+    server.set_credential("B_KEY", OTHER_SECRET)
+    server.add_service(
+        {
+            "name": "beta",
+            "host": "beta.example.com",
+            "port": 443,
+            "auth": {"type": "bearer", "token": "B_KEY"},
+        }
+    )
+    server.add_service(
+        {"name": "stripe", "host": "api.stripe.com", "auth": {"type": "bearer", "token": "B_KEY"}}
+    )
+    token = server.make_agent("widen-bot")
+    agent = server.http(token)
+    risky = {"action": "set", "name": "beta", "host": "beta.example.com", "allow_http": True}
+    risky |= {"redact_response": False, "auth": {"type": "bearer", "token": "B_KEY"}}
+    assert agent.post("/v1/proposals", json={"services": [risky], "message": "widen"}).status_code == 201
+    drop = {"services": [{"action": "delete", "name": "stripe"}]}
+    assert agent.post("/v1/proposals", json=drop).status_code == 201
+    human = {**server.env, "AGENT_VAULT_TOKEN": server.owner_token}
+
+    shown = server.cli("vault", "proposal", "show", "1", env=human).stdout
+    lines = shown.splitlines()
+    assert (
+        "    warning: beta: allow_http: its credentials would also be sent over unencrypted http://" in lines
+    )
+    assert any(line.startswith("    warning: beta: redact_response: false") for line in lines), shown
+    assert "      port: 443 -> any port" in lines and "      allow_http: no -> yes" in lines, shown
+    as_json = json.loads(server.cli("--json", "vault", "proposal", "show", "1", env=human).stdout)
+    with server.http() as owner:
+        assert as_json == owner.get("/v1/vaults/default/proposals/1").json()
+    assert (
+        len(as_json["changes"]["services"][0]["warnings"]) == 2
+        and as_json["changes"]["services"][0]["before"]
+    )
+    preview = server.cli(
+        "vault", "proposal", "approve", "1", "--password-stdin", input="wrong\n", env=human, check=False
+    )
+    assert "warning: beta: allow_http" in preview.stderr and "port: 443 -> any port" in preview.stderr
+
+    with server.http() as owner:
+        r = owner.request("DELETE", "/v1/vaults/default/services/stripe", json={"password": OWNER_PASSWORD})
+        assert r.status_code == 204, r.text
+    stale = server.cli("vault", "proposal", "show", "2", env=human).stdout
+    assert "OUT OF DATE: service stripe no longer exists" in stale, stale
+    refused = _approve_cli(server, "2", env=human)
+    assert refused.returncode == 1, refused.stderr
+    err = refused.stderr.splitlines()[-1]
+    assert err.startswith("error: proposal 2 is out of date: service stripe no longer exists"), err
+    assert "agent-vault vault proposal reject 2" in err and "Check the command's arguments" not in err
+    with server.http() as owner:  # the server refuses it the same way when asked directly
+        r = owner.post("/v1/vaults/default/proposals/2/approve", json={"password": OWNER_PASSWORD})
+        assert r.status_code == 409 and "out of date" in r.json()["message"]
+
+    as_agent = {**server.env, "AGENT_VAULT_TOKEN": token}
+    listed = server.cli("--json", "vault", "proposal", "list", env=as_agent, check=False)
+    assert listed.returncode == 0, listed.stderr
+    assert [p["id"] for p in json.loads(listed.stdout)["proposals"]] == [1, 2]
+    table = server.cli("vault", "proposal", "list", "--status", "pending", env=as_agent, check=False)
+    assert table.returncode == 0 and "widen" in table.stdout, table.stderr
+    mine = server.cli("vault", "proposal", "show", "2", env=as_agent, check=False)
+    assert mine.returncode == 0, mine.stderr
+    assert "proposal 2 in vault default: pending" in mine.stdout and "- stripe (delete)" in mine.stdout
+    assert "OUT OF DATE: service stripe no longer exists" in mine.stdout
+    assert server.cli("vault", "proposal", "show", "1", env=as_agent, check=False).returncode == 0
+    agent.close()
+    for text in (shown, stale, preview.stdout, preview.stderr, refused.stderr, mine.stdout, table.stdout):
+        assert OTHER_SECRET not in text
