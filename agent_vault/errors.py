@@ -17,8 +17,7 @@ edge, never shown as such to a user (the tree's classes are for answers):
 - `hostpath.InvalidHost` (ValueError): -> 422 in service validation; the proxy's host checks.
 - `proxy.auth.MalformedProxyAuth` (ValueError): -> 407 proxy_auth_required (proxy.decide).
 - `proxy.ssrf.ResolveError`: -> 502 upstream_dns.
-- `proxy.engine.BodyOverLimit`: raised by a request-body stream, caught by the engine's HttpStream,
-  which cuts the upload and answers 413 body_too_large.
+- `proxy.engine.BodyOverLimit`: from a request-body stream; the engine's HttpStream cuts the upload (413).
 - `proxy.decoding.DecodedTooLarge` / `CorruptEncoding`: -> 502 response_too_large / internal.
 - `proxy.sources.SourceFailed`: -> 502 credential_unavailable (a command or file source failed).
 - `oskeyring.KeyringUnavailable`: -> a fallback (password sources, the 0600 login file) and one note.
@@ -52,6 +51,7 @@ class InvalidRequest(AgentVaultError):
     code = "invalid_request"
     status = 400
     hint = "Check the command's arguments."
+    api_hint = "Check the request body's fields (and path and query parameters)."  # over HTTP (api/app)
 
 
 class BadRequest(AgentVaultError):

@@ -168,24 +168,32 @@ class HoldManager:
         raise HoldInterrupted("the server stopped while the request was held; it was not forwarded")
 
     def cancel_client(self, client_id: str) -> None:
-        """The held connection closed: its holds end (loop thread)."""
+        """The held connection closed: its pending holds end, `hold.decided` with status "cancelled"
+        tells the webhook that nobody needs to decide any more (loop thread)."""
         with self._lock:
-            gone = [h for h in self._holds.values() if h.client_id == client_id]
+            gone = [h for h in self._holds.values() if h.client_id == client_id and h.status == "pending"]
+            for h in gone:
+                h.status = "cancelled"
         for h in gone:
-            h.status = "cancelled"
             if not h.future.done():
                 h.future.set_result("cancelled")
-                self.record("hold.cancel", "server", vault=h.vault, target=h.id, details=self._details(h))
+            self.record("hold.cancel", "server", vault=h.vault, target=h.id, details=self._details(h))
+            self._notify("hold.decided", h)
 
     def shutdown(self) -> int:
-        """Answer every pending hold with 503 (loop thread); returns how many there were."""
+        """Answer every pending hold with 503 (loop thread), each a `hold.decided` with status
+        "interrupted"; returns how many there were."""
         with self._lock:
             self._closed = True
             pending = list(self._holds.values())
+            ending = [h for h in pending if h.status == "pending"]
+            for h in ending:
+                h.status = "interrupted"
         for h in pending:
-            h.status = "interrupted"
             if not h.future.done():
                 h.future.set_result("shutdown")
+        for h in ending:
+            self._notify("hold.decided", h)
         return len(pending)
 
     # ---- the API side (any thread) ----------------------------------------------------------------

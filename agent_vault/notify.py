@@ -10,13 +10,15 @@ Contracts and dangers:
 * Every URL goes through the egress guard (`address(host, port)`: the SSRF check of the proxy, with
   `--allow-net`), and the checked address is the one dialled (TLS still verifies the URL's host name).
 * A Slack incoming-webhook URL (`hooks.slack.com`) gets a Slack body (`{"text": ...}`); any other URL
-  the plain JSON event. Webhook URLs can themselves be secrets (Slack's are): logs name the host only.
+  the plain JSON event. Webhook URLs can themselves be secrets (Slack's are): logs name host:port and
+  path (`describe_url`: no userinfo, no query, key-like path segments masked).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import ssl
 import uuid
@@ -41,6 +43,29 @@ def check_url(url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("--notify-url must be an http:// or https:// URL with a host")
     return url.strip()
+
+
+def _segment(seg: str) -> str:
+    """A path segment for a log line: one that could be a key (16+ characters, or 8+ with letters and
+    digits: Slack's and Discord's webhook keys) becomes `*` and a short digest, which tells two URLs
+    apart without showing the key."""
+    keyish = len(seg) >= 16 or (
+        len(seg) >= 8 and any(c.isdigit() for c in seg) and any(c.isalpha() for c in seg)
+    )
+    return "*" + hashlib.sha256(seg.encode()).hexdigest()[:6] if keyish else seg
+
+
+def describe_url(url: str) -> str:
+    """A webhook URL for a log line: host:port and path, never the userinfo or the query (either may be a
+    secret), key-like path segments masked (`_segment`), so that two URLs on one host differ."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        port = 443 if parts.scheme == "https" else 80
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return netloc + ("/".join(_segment(seg) for seg in parts.path.split("/")) or "/")
 
 
 def is_slack(url: str) -> bool:
@@ -120,7 +145,12 @@ class Notifier:
         self._loop = asyncio.get_running_loop()
         self._tasks = [asyncio.create_task(self._work(), name=f"notify-{i}") for i in range(self._workers)]
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 2.0) -> None:
+        """Stop the workers, first giving the queued events (a stop's `hold.decided`) up to `grace`
+        seconds to go out."""
+        if self._tasks:  # join returns at once when nothing is queued or in delivery
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.queue.join(), grace)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -178,7 +208,7 @@ class Notifier:
         body: dict[str, Any] = item.body
         if is_slack(item.url):
             body = {"text": summary(str(body["event"]), {**body["data"], "vault": body["vault"]})}
-        host = urlsplit(item.url).hostname or ""
+        where = describe_url(item.url)
         for attempt in range(self.attempts):
             try:
                 await self._post(item.url, body)
@@ -189,7 +219,7 @@ class Notifier:
             if attempt + 1 < self.attempts:
                 await asyncio.sleep(self.backoff * (2**attempt))
         self.failed += 1
-        log.warning("webhook to %s failed after %d attempts (%s)", host, self.attempts, reason)
+        log.warning("webhook to %s failed after %d attempts (%s)", where, self.attempts, reason)
 
     async def _post(self, url: str, body: dict[str, Any]) -> None:
         parts = urlsplit(url)

@@ -15,11 +15,32 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from agent_vault import __version__, validation
 from agent_vault.api import admin, agent, csrf, identity, instance, ratelimit
-from agent_vault.errors import AgentVaultError
+from agent_vault.api.deps import agent_caller
+from agent_vault.errors import AgentVaultError, InvalidRequest, NotFound
 
 log = logging.getLogger("agent_vault.api")
 MAX_BODY = 1 << 20
 OPTIONAL_ROUTERS = ("proposals", "observability", "ui", "console", "holds")
+
+
+#: An agent's own proposal (GET /v1/proposals/{id}), not found: an agent lists them over HTTP.
+AGENT_PROPOSAL_NOT_FOUND_HINT = (
+    "Check the id that POST /v1/proposals returned; GET /v1/proposals lists your proposals."
+)
+
+
+def api_hint(request: Request, err: AgentVaultError) -> None:
+    """Default hints worded for an HTTP caller: a refused value is a field of the request (the CLI's
+    client words it back for its own users), and an agent looks for its proposal over HTTP."""
+    if isinstance(err, InvalidRequest) and err.hint == InvalidRequest.hint:
+        err.hint = InvalidRequest.api_hint
+    elif (
+        type(err) is NotFound
+        and request.method == "GET"
+        and request.url.path.startswith("/v1/proposals/")
+        and agent_caller(request)
+    ):
+        err.hint = AGENT_PROPOSAL_NOT_FOUND_HINT
 
 
 def error_response(err: AgentVaultError) -> JSONResponse:
@@ -98,7 +119,8 @@ def create_app(allowed_hosts: Callable[[], set[str]] | None = None) -> FastAPI:
             )
 
     @app.exception_handler(AgentVaultError)
-    async def on_error(_request: Request, exc: AgentVaultError) -> JSONResponse:
+    async def on_error(request: Request, exc: AgentVaultError) -> JSONResponse:
+        api_hint(request, exc)
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)

@@ -49,13 +49,42 @@ def bearer_token(request: Request) -> str | None:
     return authorization_bearer(request) or request.cookies.get(UI_COOKIE) or None
 
 
+#: Token prefixes of agents (av_agt_) and their sessions (av_sess_): callers that cannot log in.
+AGENT_PREFIXES = ("av_agt_", "av_sess_")
+#: A rejected agent or session bearer: agents cannot log in, they need a working token.
+REJECTED_AGENT_HINT = (
+    "Check the agent's token (AGENT_VAULT_TOKEN): it is wrong, expired or revoked. A session token ends "
+    "with its 'vault run'; for a new agent token ask a human ('agent-vault agent rotate NAME')."
+)
+#: A rejected bearer of no known kind: it may be either's.
+REJECTED_BEARER_HINT = (
+    "Humans: log in with 'agent-vault auth login'. Agents: check AGENT_VAULT_TOKEN or ask a human for a "
+    "new token ('agent-vault agent rotate NAME')."
+)
+
+
+def agent_caller(request: Request) -> bool:
+    """Whether the request's bearer is an agent's or a session's token (by its prefix alone: cheap,
+    and good enough to word a hint; never an authorisation decision)."""
+    return (authorization_bearer(request) or "").startswith(AGENT_PREFIXES)
+
+
+def rejected_token_hint(token: str) -> str:
+    """What to do about a bearer the server does not accept: humans log in, agents need a new token."""
+    if token.startswith(AGENT_PREFIXES):
+        return REJECTED_AGENT_HINT
+    if token.startswith("av_usr_"):
+        return Unauthenticated.hint
+    return REJECTED_BEARER_HINT
+
+
 def get_principal(request: Request, core: CoreDep) -> Principal:
     token = bearer_token(request)
     if token is None:
         raise Unauthenticated("missing bearer token")
     p = core.runtime.principal(crypto.digest(token))
     if p is None:
-        raise Unauthenticated("invalid, expired or revoked token")
+        raise Unauthenticated("invalid, expired or revoked token", hint=rejected_token_hint(token))
     users.keep_alive(core, p)  # a user login's idle expiry slides on use (SPEC §3.1)
     core.services.last_used.note(p)  # an agent's (or its session's) last use (SPEC §9)
     return p

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 from agent_vault.api.deps import UI_COOKIE, CoreDep, PrincipalDep, RowId, select_vault
 from agent_vault.domain import agents, logins, sessions, users
 from agent_vault.domain.vaults import visible_vaults
+from agent_vault.errors import Forbidden
 from agent_vault.schemas import (
     AgentCreate,
     AgentRotate,
@@ -24,6 +25,11 @@ from agent_vault.schemas import (
 
 router = APIRouter()
 J = dict[str, Any]
+#: A narrowed session asked for a wider session: no role fixes that (Forbidden's default hint).
+NARROWED_SESSION_HINT = (
+    "A narrowed session can only mint sessions within its own services and methods: ask for a subset of "
+    "them, or mint the wider session from the agent token (outside this 'vault run')."
+)
 
 
 @router.post("/v1/auth/login")
@@ -106,17 +112,26 @@ def revoke_agent(name: str, core: CoreDep, p: PrincipalDep) -> J:
 @router.post("/v1/sessions", status_code=201)
 def create_session(body: SessionCreate, core: CoreDep, p: PrincipalDep) -> J:
     vault = select_vault(core, p, body.vault) if p.kind != "user" or body.vault is None else body.vault
-    return sessions.create_session(
-        core,
-        p,
-        vault,
-        body.ttl_seconds,
-        body.agent,
-        body.label,
-        body.unmatched_policy,
-        body.only_services,
-        body.only_methods,
-    )
+    try:
+        return sessions.create_session(
+            core,
+            p,
+            vault,
+            body.ttl_seconds,
+            body.agent,
+            body.label,
+            body.unmatched_policy,
+            body.only_services,
+            body.only_methods,
+        )
+    except Forbidden as e:
+        # a narrowed session asked for more than it has: no role fixes that (domain.sessions leaves
+        # the generic role hint), say what it may mint
+        if p.kind == "session" and p.narrowed and e.hint == Forbidden.hint:
+            own = [f"{what} {', '.join(names)}" for what, names in
+                   (("services", p.only_services), ("methods", p.only_methods)) if names]  # fmt: skip
+            e.hint = NARROWED_SESSION_HINT + f" This one has: {'; '.join(own)}."
+        raise
 
 
 @router.get("/v1/sessions")

@@ -19,7 +19,13 @@ from agent_vault.cli.loginstore import clear_login as clear_login
 from agent_vault.cli.loginstore import load_login as load_login
 from agent_vault.cli.loginstore import save_login as save_login
 from agent_vault.cli.loginstore import session_file as session_file
-from agent_vault.errors import AgentVaultError, ServerStartError, ServerUnreachable, Unauthenticated
+from agent_vault.errors import (
+    AgentVaultError,
+    InvalidRequest,
+    ServerStartError,
+    ServerUnreachable,
+    Unauthenticated,
+)
 from agent_vault.home import Home
 from agent_vault.lifecycle import probe
 
@@ -35,6 +41,13 @@ def _tls() -> ssl.SSLContext:
 
 #: The hint of a step-up refusal when the CLI sent no password (no terminal to ask on, no --password-stdin).
 NO_TERMINAL_HINT = "No terminal to ask for your password: pass --password-stdin and pipe it on stdin."
+#: A rejected AGENT_VAULT_TOKEN (it wins over the stored login): logging in would not help.
+REJECTED_ENV_HINT = (
+    "Check AGENT_VAULT_TOKEN: the token is wrong, expired or revoked. Ask a human for a new agent token "
+    "('agent-vault agent rotate NAME'), or unset AGENT_VAULT_TOKEN to use your own login."
+)
+#: `vault_required` at the command line: the API's hint speaks of the X-Vault header the CLI sends itself.
+CLI_VAULT_REQUIRED_HINT = "Set AGENT_VAULT_VAULT or pass --vault NAME."
 
 
 def delay_words(seconds: int) -> str:
@@ -55,6 +68,10 @@ class ApiError(AgentVaultError):
         wait = body.get("retry_after")
         if status == 429 and isinstance(wait, int | float) and not isinstance(wait, bool):
             message += f"; retry after {delay_words(int(wait))}"
+        fields = body.get("fields")
+        if isinstance(fields, list) and fields:  # a 422: name what to fix (locations, no input values)
+            named = [f"{f.get('loc')}: {f.get('msg')}" for f in fields[:5] if isinstance(f, dict)]
+            message += f": {'; '.join(named)}" if named else ""
         super().__init__(message, hint=str(body.get("hint") or ""))
         self.status = status
         self.code = str(body.get("error") or "error")
@@ -97,16 +114,38 @@ class Client:
     def __init__(self, addr: str | None, home: Path, token: str | None = None) -> None:
         login = load_login(home)
         self.addr = resolve_addr(addr, home, login)
+        env_token = os.environ.get("AGENT_VAULT_TOKEN")
+        #: where the token came from: "argument", "AGENT_VAULT_TOKEN", "login" (None: no token)
+        self.auth_source: str | None = "argument" if token else "AGENT_VAULT_TOKEN" if env_token else None
         self.token = (
             token
-            or os.environ.get("AGENT_VAULT_TOKEN")
+            or env_token
             or (
                 (login or {}).get("token")
                 if login and login.get("addr", self.addr).rstrip("/") == self.addr
                 else None
             )
         )
+        if self.token and self.auth_source is None:
+            self.auth_source = "login"
         self.home = home
+
+    def _for_the_cli(self, err: ApiError, authed: bool) -> None:
+        """Hints written for API callers, reworded for someone at this command line: a rejected
+        AGENT_VAULT_TOKEN is no reason to log in, a vault is named with --vault or AGENT_VAULT_VAULT
+        (not an X-Vault header), and a refused value is one of the command's arguments."""
+        if err.code == "unauthenticated" and authed and self.auth_source == "AGENT_VAULT_TOKEN":
+            err.hint = REJECTED_ENV_HINT
+        elif err.code == "vault_required":
+            names = err.extra.get("vaults")
+            may_use = (
+                f" (this token may use: {', '.join(map(str, names))})"
+                if isinstance(names, list) and names
+                else ""
+            )
+            err.hint = CLI_VAULT_REQUIRED_HINT.rstrip(".") + may_use + "."
+        elif err.code == "invalid_request" and err.hint == InvalidRequest.api_hint:
+            err.hint = InvalidRequest.hint
 
     def request(
         self,
@@ -149,6 +188,7 @@ class Client:
             sent = json_body.get("password", "") if isinstance(json_body, dict) else ""
             if err.code == "step_up_failed" and sent is None:  # cli/common.step_up had no terminal
                 err.hint = NO_TERMINAL_HINT
+            self._for_the_cli(err, auth)
             raise err
         if raw:
             return r

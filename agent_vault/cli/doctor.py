@@ -205,5 +205,12 @@ def _login_check(c: Client) -> Check:
     try:
         me: dict[str, Any] = c.get("/v1/auth/me")
     except ApiError as e:
-        return _check("login", "warn", f"the token is not accepted ({e.message})")
+        if e.status != 401:  # rate limited, a server error: the token may be fine
+            return _check("login", "warn", f"the login could not be checked ({e.message})")
+        # a token that is set but refused fails every command that needs it: a failure, not a warning
+        if c.auth_source == "AGENT_VAULT_TOKEN":
+            return _check("login", "fail", f"the token from AGENT_VAULT_TOKEN is rejected ({e.message})")
+        return _check(
+            "login", "fail", f"the stored login is rejected ({e.message}; 'agent-vault auth login')"
+        )
     return _check("login", "ok", f"{me.get('kind')} {me.get('name')}")

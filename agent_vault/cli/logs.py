@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
-from agent_vault.cli import G, app
+from agent_vault.cli import G, app, choice
 from agent_vault.cli.client import ApiError, Client
 from agent_vault.cli.common import VaultOpt, client, exit_with, seg, vault_name
 from agent_vault.cli.durations import parse_duration
@@ -47,6 +47,8 @@ SinceOpt = Annotated[
 AgentOpt = Annotated[str | None, typer.Option(help="Only this agent (and its sessions).")]
 ServiceOpt = Annotated[str | None, typer.Option(help="Only requests matched to this service.")]
 HostOpt = Annotated[str | None, typer.Option(help="Only requests to this host (exact, any case).")]
+#: The decisions a proxy record carries (audit.chain.DECISIONS, not imported: the CLI starts lighter).
+DECISIONS = ("injected", "passthrough", "unmatched_passthrough", "tunnel", "denied", "would_deny", "error")
 DecisionOpt = Annotated[
     str | None,
     typer.Option(help="injected, passthrough, unmatched_passthrough, tunnel, denied, would_deny or error."),
@@ -84,7 +86,7 @@ def _filters(
         "agent": agent,
         "service": service,
         "host": host,
-        "decision": decision,
+        "decision": choice(decision, DECISIONS, "--decision") if decision is not None else None,
         "status": status,
         "since": parse_since(since) if since else None,
     }
@@ -350,7 +352,7 @@ def verify(
 ) -> None:
     """Owner: recompute every hash; exit 1 naming the first bad record (works with the server stopped)."""
     if expect_head is not None and not re.fullmatch(r"[0-9a-f]{64}", expect_head):
-        raise InvalidRequest("--expect-head must be a 64-character lowercase hex hash")
+        raise typer.BadParameter("must be a 64-character lowercase hex hash", param_hint="--expect-head")
     api = client()
     if not offline and _server_reachable(api):
         result: dict[str, Any] = api.post(

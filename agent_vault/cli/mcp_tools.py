@@ -10,9 +10,11 @@ from typing import Any
 
 import httpx
 from mcp.server.mcpserver import MCPServer
-from mcp.types import CallToolResult, TextContent
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import CallToolResult, InputRequiredResult, TextContent
+from pydantic import ValidationError
 
-from agent_vault import __version__
+from agent_vault import __version__, validation
 
 INSTRUCTIONS = (
     "agent-vault brokers API credentials: your HTTPS requests go through its proxy, which injects the "
@@ -56,17 +58,41 @@ class AgentApi:
         return r.status_code < 400, data
 
 
-def build_server(api: AgentApi) -> MCPServer[Any]:
-    """The MCPServer with the four tools (names as the issue writes them)."""
-    server: MCPServer[Any] = MCPServer(
-        "agent-vault", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING"
+def result(ok: bool, data: dict[str, Any]) -> CallToolResult:
+    """A tool answer: the JSON body as text and as structured content; a failure is an MCP tool error."""
+    text = json.dumps(data, ensure_ascii=False)
+    return CallToolResult(
+        content=[TextContent(type="text", text=text)], structured_content=data, is_error=not ok
     )
 
-    def result(ok: bool, data: dict[str, Any]) -> CallToolResult:
-        text = json.dumps(data, ensure_ascii=False)
-        return CallToolResult(
-            content=[TextContent(type="text", text=text)], structured_content=data, is_error=not ok
-        )
+
+class _Server(MCPServer[Any]):
+    """The SDK's server, except that arguments failing a tool's schema get the SPEC §6 body (field
+    locations and pydantic's short messages) like every other tool error, instead of the SDK's text,
+    which repeats the whole input (an agent may have put a credential value in it)."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        try:
+            answer: CallToolResult | InputRequiredResult = await super().call_tool(name, arguments, context)
+        except ToolError as e:
+            cause = e.__cause__
+            if not isinstance(cause, ValidationError):
+                raise
+            return result(
+                False,
+                _error(
+                    "invalid_request",
+                    f"the arguments of tool {name} are invalid",
+                    "Fix the fields listed (the tool's input schema describes them).",
+                    fields=validation.fields(cause.errors(include_input=False)),
+                ),
+            )
+        return answer
+
+
+def build_server(api: AgentApi) -> MCPServer[Any]:
+    """The MCPServer with the four tools (names as the issue writes them)."""
+    server = _Server("agent-vault", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
 
     async def discover() -> CallToolResult:
         """The services of your vault (host, path, methods, auth type, credential key names) and the
@@ -78,14 +104,17 @@ def build_server(api: AgentApi) -> MCPServer[Any]:
         return result(ok, data)
 
     async def propose(
-        message: str,
         services: list[dict[str, Any]] | None = None,
         credentials: list[dict[str, Any]] | None = None,
+        message: str | None = None,
     ) -> CallToolResult:
         """Ask a human for access: the body of POST /v1/proposals. `services`: [{action: "set",
         name, host, path?, methods?, auth: {type, token|key|...: KEY}}]; `credentials`: [{action:
-        "set", key, description, obtain?}] (never values: the human enters them); `message`: why."""
-        body = {"services": services or [], "credentials": credentials or [], "message": message}
+        "set", key, description, obtain?}] (never values: the human enters them); `message`
+        (optional, as in the API): why, for the human who reviews it."""
+        body: dict[str, Any] = {"services": services or [], "credentials": credentials or []}
+        if message is not None:
+            body["message"] = message
         return result(*await api.call("POST", "/v1/proposals", body))
 
     async def proposal_status(id: int) -> CallToolResult:
@@ -95,7 +124,10 @@ def build_server(api: AgentApi) -> MCPServer[Any]:
                 False,
                 _error("invalid_request", "id must be a positive integer", "Use the id propose returned."),
             )
-        return result(*await api.call("GET", f"/v1/proposals/{id}"))
+        ok, data = await api.call("GET", f"/v1/proposals/{id}")
+        if not ok and data.get("error") == "not_found":
+            data["hint"] = "Use the id that propose returned (GET /v1/proposals on the API lists yours)."
+        return result(ok, data)
 
     async def list_holds() -> CallToolResult:
         """Your requests that are waiting for a human's approval (method, host, path, expiry)."""

@@ -93,7 +93,7 @@ def test_events_reach_json_and_slack_receivers_and_a_dead_one_is_retried(
             assert "proposes NEW_KEY in vault default" in texts[0]["text"]
             assert "agent:pay-bot waits for approval: POST localhost/echo/pay" in texts[1]["text"]
             wait_until(
-                lambda: "webhook to 127.0.0.1 failed after 4 attempts" in server.stderr_text(),
+                lambda: f"webhook to 127.0.0.1:{dead}/down failed after 4 attempts" in server.stderr_text(),
                 "the dead webhook to be reported",
                 timeout=30,
             )
@@ -112,7 +112,10 @@ def test_the_egress_guard_applies_to_webhooks(tmp_path: Path, upstream_ca: trust
                 r = agent.post("/v1/proposals", json={"credentials": [{"action": "set", "key": "K1"}]})
                 assert r.status_code == 201
             wait_until(
-                lambda: "webhook to localhost failed after 4 attempts (SsrfBlocked)" in server.stderr_text(),
+                lambda: (
+                    f"webhook to localhost:{hook.port}/echo/hook failed after 4 attempts (SsrfBlocked)"
+                    in server.stderr_text()
+                ),
                 "the blocked webhook to be reported",
                 timeout=30,
             )

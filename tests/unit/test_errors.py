@@ -21,7 +21,7 @@ import agent_vault
 from agent_vault import errors
 from agent_vault.api.app import create_app
 from agent_vault.cli.client import ApiError
-from agent_vault.errors import AgentVaultError
+from agent_vault.errors import AgentVaultError, InvalidRequest
 
 # Internal control flow of pure cores, always caught and mapped at the edge (errors.py docstring).
 INTERNAL = {
@@ -145,7 +145,9 @@ def test_api_answers_exactly_the_class_status_and_code(cls: type[AgentVaultError
     body: dict[str, Any] = r.json()
     assert body["error"] == cls.code
     assert body["message"] == exc.message
-    assert body["hint"] == cls.hint
+    # the command-line wording of InvalidRequest's default hint is reworded for an HTTP caller
+    api_wording = issubclass(cls, InvalidRequest) and cls.hint == InvalidRequest.hint
+    assert body["hint"] == (InvalidRequest.api_hint if api_wording else cls.hint)
 
 
 def test_api_replays_a_mirrored_server_error() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from agent_vault.errors import ApprovalDenied, ApprovalTimeout, HoldInterrupted, TooManyHolds
 from agent_vault.holds import HoldManager
-from agent_vault.notify import Notifier, check_url, is_slack, summary
+from agent_vault.notify import Notifier, check_url, describe_url, is_slack, summary
 from agent_vault.servicedef import ServiceDef
 
 SVC = ServiceDef.model_validate(
@@ -195,3 +195,88 @@ def test_a_webhook_answer_is_never_read_whole() -> None:
 
     n = asyncio.run(scenario())
     assert n.delivered == 1 and n.failed == 0
+
+
+def test_a_hold_that_ends_without_a_decision_still_sends_hold_decided() -> None:
+    """The webhook that got `hold.created` learns that nobody needs to decide any more: the agent went
+    away (status "cancelled") or the server stops (status "interrupted"); same payload as a decision."""
+    sent: list[tuple[str, dict[str, Any]]] = []
+    m = HoldManager(Recorder().record, lambda event, data: sent.append((event, data)))
+
+    async def scenario() -> None:
+        gone = asyncio.create_task(_gate(m, client="c1"))
+        other = asyncio.create_task(_gate(m, client="c2"))
+        await _pending(m, 2)
+        m.cancel_client("c1")
+        m.cancel_client("c1")  # a second close of the same client: no second event
+        with pytest.raises(HoldInterrupted):
+            await gone
+        m.shutdown()
+        with pytest.raises(HoldInterrupted):
+            await other
+
+    asyncio.run(scenario())
+    decided = [d for e, d in sent if e == "hold.decided"]
+    assert [d["status"] for d in decided] == ["cancelled", "interrupted"]
+    created = [d for e, d in sent if e == "hold.created"]
+    assert [d["id"] for d in decided] == [d["id"] for d in created]
+    assert set(decided[0]) == set(created[0])  # the payload's fields, unchanged
+    assert summary("hold.decided", decided[0]).endswith("was cancelled")
+
+
+def test_close_lets_queued_events_go_out_first() -> None:
+    """A stop's `hold.decided` is queued just before the workers stop: close gives it a moment."""
+    posted: list[str] = []
+
+    async def scenario() -> None:
+        async def address(host: str, port: int) -> str:
+            return "127.0.0.1"
+
+        n = Notifier(["https://a.example/x"], address, workers=1)
+
+        async def post(url: str, body: dict[str, Any]) -> None:
+            await asyncio.sleep(0.05)
+            posted.append(body["event"])
+
+        n._post = post  # type: ignore[method-assign]
+        n.start()
+        n.emit("hold.decided", "v", {"id": "1"})
+        await asyncio.sleep(0)  # the emit lands (call_soon_threadsafe)
+        await n.close()
+
+    asyncio.run(scenario())
+    assert posted == ["hold.decided"]
+
+
+def test_the_give_up_warning_tells_two_urls_on_one_host_apart(caplog: pytest.LogCaptureFixture) -> None:
+    async def refuse(host: str, port: int) -> str:
+        raise OSError("blocked")
+
+    urls = [
+        "http://user:pw@127.0.0.1:9001/hooks/one?token=qsecret",
+        "http://127.0.0.1:9002/hooks/two",
+        "https://hooks.slack.com/services/T0123ABC/B0456DEF/abcdEFGH1234ijklMNOP5678",
+    ]
+
+    async def scenario() -> Notifier:
+        n = Notifier(urls, refuse, workers=1, attempts=1, backoff=0)
+        n.start()
+        n.emit("hold.created", "v", {"id": "1"})
+        for _ in range(300):
+            if n.failed == 3:
+                break
+            await asyncio.sleep(0.01)
+        await n.close()
+        return n
+
+    with caplog.at_level("WARNING", logger="agent_vault.notify"):
+        assert asyncio.run(scenario()).failed == 3
+    lines = sorted(r.getMessage() for r in caplog.records)
+    assert lines == [
+        "webhook to 127.0.0.1:9001/hooks/one failed after 1 attempts (OSError)",
+        "webhook to 127.0.0.1:9002/hooks/two failed after 1 attempts (OSError)",
+        "webhook to hooks.slack.com:443/services/*9bd3d8/*7465b1/*05952d failed after 1 attempts (OSError)",
+    ]
+    text = "\n".join(lines)
+    assert "pw" not in text and "qsecret" not in text and "abcdEFGH" not in text
+    assert describe_url("https://hooks.slack.com/services/T000/B000/not-a-real-secret").endswith("/*ed24bc")
