@@ -49,7 +49,7 @@ class AgentVaultError(Exception):
 
 class InvalidRequest(AgentVaultError):
     code = "invalid_request"
-    status = 400
+    status = 422
     hint = "Check the command's arguments."
     api_hint = "Check the request body's fields (and path and query parameters)."  # over HTTP (api/app)
 

@@ -15,7 +15,6 @@ from agent_vault import crypto
 from agent_vault.api.deps import CoreDep, PrincipalDep, RowId, bearer_token, select_vault
 from agent_vault.domain import proposals
 from agent_vault.domain.principal import Principal
-from agent_vault.errors import InvalidRequest
 
 router = APIRouter()
 J = dict[str, Any]
@@ -52,15 +51,8 @@ MaybePrincipal = Annotated[Principal | None, Depends(optional_principal)]
 def create_proposal(
     data: Annotated[dict[str, Any], Body()], request: Request, core: CoreDep, p: PrincipalDep
 ) -> J:
-    """SPEC §9: a body that fails validation on its own (shape, limits, names) is 422 `invalid_request`,
-    like a malformed one; checks against the vault (unknown or unused keys, deletes) stay 400 (§8)."""
     vault = select_vault(core, p, request.headers.get("x-vault"))
-    try:
-        changes = proposals.parse(data)
-    except InvalidRequest as e:
-        e.status = 422  # this answer only; the app's error handler words and sends it as usual
-        raise
-    return proposals.create(core, p, vault, changes)
+    return proposals.create(core, p, vault, proposals.parse(data))
 
 
 @router.get("/v1/proposals")

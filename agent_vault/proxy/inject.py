@@ -63,7 +63,7 @@ class Injection:
     def __repr__(self) -> str:
         return (
             f"Injection(headers={sorted(self.headers)}, query={sorted(self.query)}, "
-            f"used_keys={self.used_keys}, secrets={[k for k, _ in self.secrets]})"
+            f"used_keys={self.used_keys}, secrets={list(dict.fromkeys(k for k, _ in self.secrets))})"
         )
 
     def _use(self, key: str, value: str) -> str:

@@ -25,7 +25,7 @@ def test_vault_names_are_validated_and_duplicates_refused(api: httpx.Client) -> 
     assert api.post("/v1/vaults", json={"name": "team-a"}).status_code == 201
     for bad in ("Team", "a", "-x-", "a--b", "admin", "x" * 65):
         r = api.post("/v1/vaults", json={"name": bad})
-        assert r.status_code == 400 and r.json()["error"] == "invalid_request", bad
+        assert r.status_code == 422 and r.json()["error"] == "invalid_request", bad
     r = api.post("/v1/vaults", json={"name": "team-a"})
     assert r.status_code == 409 and r.json()["error"] == "conflict"
     names = [v["name"] for v in api.get("/v1/vaults").json()["vaults"]]
@@ -43,8 +43,8 @@ def test_credentials_are_write_only(api: httpx.Client, core: Core) -> None:
 
 
 def test_bad_credential_input_is_refused_and_changes_nothing(api: httpx.Client) -> None:
-    assert api.put("/v1/vaults/default/credentials/API_KEY", json={"value": ""}).status_code == 400
-    assert api.put("/v1/vaults/default/credentials/bad-key", json={"value": SECRET}).status_code == 400
+    assert api.put("/v1/vaults/default/credentials/API_KEY", json={"value": ""}).status_code == 422
+    assert api.put("/v1/vaults/default/credentials/bad-key", json={"value": SECRET}).status_code == 422
     assert api.put("/v1/vaults/nope/credentials/API_KEY", json={"value": SECRET}).status_code == 404
     r = api.put("/v1/vaults/default/credentials/API_KEY", json={"value": SECRET, "extra": 1})
     assert r.status_code == 422 and SECRET not in r.text  # 422 never echoes input
@@ -62,7 +62,7 @@ def test_step_up_is_required_for_service_writes(api: httpx.Client) -> None:
     assert r.status_code == 409
     bad = {**svc, "name": "bad-host", "host": "*"}
     r = api.post("/v1/vaults/default/services", json={"password": OWNER_PASSWORD, "service": bad})
-    assert r.status_code == 400 and r.json()["fields"]
+    assert r.status_code == 422 and r.json()["fields"]
 
 
 def test_agent_token_shown_once_rotate_and_revoke_take_effect(api: httpx.Client, core: Core) -> None:
@@ -127,8 +127,8 @@ def test_agents_cannot_be_admins_and_names_are_checked(api: httpx.Client) -> Non
             "vaults": [{"vault": "default", "role": "admin"}],
         },
     )
-    assert r.status_code == 400
-    assert api.post("/v1/agents", json={"password": OWNER_PASSWORD, "name": "Bad Name"}).status_code == 400
+    assert r.status_code == 422
+    assert api.post("/v1/agents", json={"password": OWNER_PASSWORD, "name": "Bad Name"}).status_code == 422
     _agent(api, "dup-bot")
     assert api.post("/v1/agents", json={"password": OWNER_PASSWORD, "name": "dup-bot"}).status_code == 409
     assert (
@@ -149,7 +149,7 @@ def test_sessions_are_proxy_scoped_and_revocable(api: httpx.Client) -> None:
     s_hdr = {"Authorization": f"Bearer {sess['token']}"}
     assert api.get("/v1/discover", headers=s_hdr).json()["role"] == "proxy"
     assert api.post("/v1/sessions", json={}, headers=s_hdr).status_code == 403  # no minting from sessions
-    assert api.post("/v1/sessions", json={"ttl_seconds": 10}, headers=hdr).status_code == 400
+    assert api.post("/v1/sessions", json={"ttl_seconds": 10}, headers=hdr).status_code == 422
     r = api.post("/v1/sessions", json={"unmatched_policy": "deny"}, headers=hdr)
     assert r.status_code == 201
     assert api.delete(f"/v1/sessions/{sess['id']}", headers=hdr).status_code == 204

@@ -330,7 +330,7 @@ def test_logs_host_filter_is_exact_and_normalised(api: httpx.Client, core: Core)
     assert hosts(host="nothing.example") == []
     for bad in ("a b", "x/y", "a..b"):
         r = api.get("/v1/vaults/default/logs", params={"host": bad})
-        assert r.status_code == 400 and r.json()["error"] == "invalid_request"
+        assert r.status_code == 422 and r.json()["error"] == "invalid_request"
         assert bad not in r.json()["message"]
     r = api.get("/v1/vaults/default/logs", params={"host": "a" * 400})
     assert r.status_code == 422 and "a" * 400 not in r.text

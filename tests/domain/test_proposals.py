@@ -159,7 +159,7 @@ def test_references_limits_and_shape_are_checked(api: TestClient) -> None:
     stray = _stripe()
     stray["credentials"].append({"key": "UNUSED_KEY"})
     r = api.post("/v1/proposals", json=stray, headers=bot)
-    assert r.status_code == 400 and "UNUSED_KEY" in r.json()["message"]
+    assert r.status_code == 422 and "UNUSED_KEY" in r.json()["message"]
     assert _propose(api, bot, {"credentials": [{"key": "UNUSED_KEY"}]})["id"] == 2  # credential-only is fine
     # SPEC §9: a body that is invalid on its own is 422 invalid_request, like malformed JSON or a bad id
     shape_failures: list[Any] = [
@@ -181,11 +181,11 @@ def test_references_limits_and_shape_are_checked(api: TestClient) -> None:
     assert r.status_code == 422 and r.json()["error"] == "invalid_request"
     assert api.get("/v1/proposals/one", headers=bot).status_code == 422
     assert api.get("/v1/proposals", params={"status": "bogus"}, headers=bot).status_code == 422
-    # checks against the vault's state keep their SPEC §8 400s
+    # checks against the vault's state are validation failures too (SPEC §9: 422)
     r = api.post(
         "/v1/proposals", json={"services": [{"action": "delete", "name": "missing-svc"}]}, headers=bot
     )
-    assert r.status_code == 400 and r.json()["error"] == "invalid_request"
+    assert r.status_code == 422 and r.json()["error"] == "invalid_request"
     assert len(api.get(ADMIN).json()["proposals"]) == 2
 
 
@@ -235,7 +235,7 @@ def test_approve_needs_a_human_with_the_right_role_and_step_up(api: TestClient, 
         r.status_code == 400 and r.json()["error"] == "missing_value" and r.json()["keys"] == ["STRIPE_KEY"]
     )
     r = api.post(f"{ADMIN}/1/approve", json={"password": OWNER_PASSWORD, "credentials": {"STRIPE_KEY": ""}})
-    assert r.status_code == 400
+    assert r.status_code == 422
     view = core.runtime.snapshot.vaults["default"]
     assert view.services == () and view.values == {}  # every refusal left nothing applied
     r = api.post(f"{ADMIN}/1/approve", json={**ok_body, "note": "ok for tests"})

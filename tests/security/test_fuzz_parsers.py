@@ -591,11 +591,11 @@ def test_authorization_header_garbage_is_401(client: TestClient, value: str) -> 
 )
 @example("0001-01-01T00:00:00+14:00")
 @example("9999-12-31T23:59:59-14:00")
-def test_since_parses_to_a_usable_utc_time_or_400(text: str) -> None:
+def test_since_parses_to_a_usable_utc_time_or_422(text: str) -> None:
     try:
         when = _parse_since(text)
     except InvalidRequest as e:
-        assert e.status == 400
+        assert e.status == 422
         return
     assert when is not None
     utc_ts(when)  # what the query layer does with it: must not overflow
@@ -607,7 +607,7 @@ def test_since_extremes_over_the_api_are_4xx_not_5xx(client: TestClient, since: 
     for url in ("/v1/audit", "/v1/vaults/default/logs"):
         r = client.get(url, params={"since": since})
         _assert_error_shape(r)
-        assert r.status_code in (200, 400), r.text
+        assert r.status_code in (200, 422), r.text
 
 
 # --- CLI durations (SPEC §10) -----------------------------------------------------------------------
