@@ -31,11 +31,17 @@ _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 def parse_duration(text: str | float | int, what: str = "ttl") -> float:
     """`30`, `30s`, `5m`, `1h`, `1d` (or a number of seconds) -> seconds. InvalidRequest otherwise."""
+    bad = InvalidRequest(f"{what} is not a duration", hint="Use e.g. 30s, 5m, 1h or 1d.")  # never the input
     if isinstance(text, int | float) and not isinstance(text, bool):
-        return float(text)
-    m = _DURATION.match(str(text))
+        try:
+            return float(text)
+        except OverflowError:  # a JSON integer too large for a float
+            raise bad from None
+    if not isinstance(text, str) or len(text) > 64:
+        raise bad
+    m = _DURATION.match(text)
     if m is None:
-        raise InvalidRequest(f"{what} {text!r} is not a duration", hint="Use e.g. 30s, 5m, 1h or 1d.")
+        raise bad
     return float(m.group(1)) * _UNIT[m.group(2)]
 
 

@@ -54,6 +54,21 @@ _PLACEHOLDER = re.compile(PLACEHOLDER_PATTERN)
 _CTL = re.compile(r"[\x00-\x1f\x7f]")
 _CRLFNUL = re.compile(r"[\r\n\x00]")
 _HTTP_METHODS_MAX = 32
+#: Written in a method list, these mean "any method" (stored as null), as `*` does in discover.
+ANY_METHOD = frozenset({"*", "ALL", "ANY"})
+
+
+def normalize_methods(v: list[str], what: str) -> list[str] | None:
+    """Upper-cased, deduplicated HTTP methods; `*`, `ALL` or `ANY` alone means any method (None).
+    The message never repeats the input."""
+    out = _dedupe([m.strip().upper() for m in v])
+    if any(m in ANY_METHOD for m in out):
+        if len(out) > 1:
+            raise ValueError(f"{what}: '*' (or ALL/ANY) means any method and must be given alone")
+        return None
+    if not out or any(len(m) > _HTTP_METHODS_MAX or not _TOKEN.fullmatch(m) for m in out):  # RFC 9110 token
+        raise ValueError(f"{what} must be HTTP methods such as GET or POST, or '*' alone for any method")
+    return out
 
 
 def validate_name(s: str) -> str:
@@ -295,12 +310,7 @@ class Approval(_Model):
     @field_validator("methods")
     @classmethod
     def _methods(cls, v: list[str] | None) -> list[str] | None:
-        if v is None:
-            return None
-        out = _dedupe([m.strip().upper() for m in v])
-        if not out or any(len(m) > _HTTP_METHODS_MAX or not _TOKEN.fullmatch(m) for m in out):
-            raise ValueError("approval methods must be HTTP methods such as POST or DELETE")
-        return out
+        return None if v is None else normalize_methods(v, "approval methods")
 
     @field_validator("exempt")
     @classmethod
@@ -383,11 +393,7 @@ class ServiceDef(_Model):
             raise ValueError(
                 "methods must be null (all methods) or a non-empty list; disable the service instead"
             )
-        out = _dedupe([m.strip().upper() for m in v])
-        for m in out:
-            if len(m) > _HTTP_METHODS_MAX or not _TOKEN.fullmatch(m):
-                raise ValueError("each method must be an HTTP token such as GET or POST")
-        return out
+        return normalize_methods(v, "methods")
 
     @property
     def is_wildcard(self) -> bool:

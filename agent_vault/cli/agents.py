@@ -31,6 +31,7 @@ app.add_typer(agent_app, name="agent")
 app.add_typer(session_app, name="session")
 
 NameArg = Annotated[str, typer.Argument(metavar="NAME", help="Agent name.")]
+MAX_GRACE = 86400  # seconds: `agent rotate --grace` at most 24h (POST /v1/agents/{name}/rotate)
 
 
 def _print_token(data: dict[str, object], human_note: str) -> None:
@@ -119,6 +120,8 @@ def rotate(
 ) -> None:
     """Issue a new token (printed once); the old one dies now or after --grace (step-up)."""
     grace_s = duration_param(grace, "--grace") or 0
+    if grace_s > MAX_GRACE:  # the API's limit (SPEC §9): a bad flag value, not a server error
+        raise typer.BadParameter("must be at most 24h", param_hint="--grace")
     data = client().post(
         f"/v1/agents/{seg(name)}/rotate", {"password": step_up(password_stdin), "grace_seconds": grace_s}
     )

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from agent_vault import credsource
 from agent_vault.cli.common import VaultOpt, YesOpt, client, confirm, seg, step_up, vault_app, vault_name
 from agent_vault.cli.durations import format_duration
 from agent_vault.cli.output import out
@@ -55,6 +56,34 @@ def _ttl_words(ttl: object) -> object:
     return ttl
 
 
+def _usage(message: str, flag: str) -> typer.BadParameter:
+    """A usage error (exit 2, one line), as for any bad flag."""
+    return typer.BadParameter(message, param_hint=flag)
+
+
+def _one_value_source(stdin: bool, from_env: str | None, from_file: Path | None) -> None:
+    if sum(bool(x) for x in (stdin, from_env, from_file)) > 1:
+        raise _usage("use only one of --stdin, --from-env and --from-file", "--stdin/--from-env/--from-file")
+
+
+def _value(key: str, stdin: bool, from_env: str | None, from_file: Path | None) -> str:
+    """The value from the one chosen input; it must be UTF-8 text (the message never shows it)."""
+    not_text = InvalidRequest(
+        "the value must be UTF-8 text",
+        hint="Store text (for binary data, store its base64 encoding); nothing was written.",
+    )
+    try:
+        value = secret_value(key, stdin=stdin, from_env=from_env, from_file=from_file)
+    except UnicodeError:  # --stdin / --from-file bytes that do not decode
+        raise not_text from None
+    try:
+        value.encode("utf-8")  # --from-env, or a surrogate-escaped stdin: undecodable bytes as surrogates
+    except UnicodeError:
+        del value
+        raise not_text from None
+    return value
+
+
 def _write(
     action: str,
     key: str,
@@ -65,8 +94,9 @@ def _write(
     from_file: Path | None,
 ) -> None:
     check_key(key)
+    _one_value_source(stdin, from_env, from_file)
     verb = action
-    value = secret_value(key, stdin=stdin, from_env=from_env, from_file=from_file)
+    value = _value(key, stdin, from_env, from_file)
     v = vault_name(vault)
     c = client()
     path = f"/v1/vaults/{seg(v)}/credentials/{seg(key)}"
@@ -149,24 +179,32 @@ def set_credential(
     dynamic with --command CMD or --file PATH (instance owners; asks for your login password)."""
     if command is not None or file is not None:
         if command is not None and file is not None:
-            raise InvalidRequest("use only one of --command and --file")
+            raise _usage("use only one of --command and --file", "--command/--file")
         if stdin or from_env or from_file:
-            raise InvalidRequest("--command/--file take no value (--stdin, --from-env, --from-file)")
+            raise _usage(
+                "--command/--file take no value (--stdin, --from-env, --from-file)", "--command/--file"
+            )
         if shell and command is None:
-            raise InvalidRequest("--shell needs --command")
+            raise _usage("--shell needs --command", "--shell")
         source: dict[str, object] = (
             {"kind": "command", "command": command, "shell": shell}
             if command is not None
             else {"kind": "file", "path": str(Path(file or "").expanduser().absolute())}
         )
-        if ttl is not None:
-            source["ttl"] = ttl
-        if timeout is not None:
-            source["timeout"] = timeout
+        for flag, text, name in (("--ttl", ttl, "ttl"), ("--timeout", timeout, "timeout")):
+            if text is not None:
+                try:
+                    credsource.parse_duration(text, name)  # the server checks the range
+                except InvalidRequest as e:
+                    raise _usage(f"{e.message} ({e.hint})", flag) from None
+                source[name] = text
         _set_source(key, vault, description, source, password_stdin)
         return
     if ttl is not None or timeout is not None or shell or password_stdin:
-        raise InvalidRequest("--ttl, --timeout, --shell and --password-stdin go with --command or --file")
+        raise _usage(
+            "--ttl, --timeout, --shell and --password-stdin go with --command or --file",
+            "--ttl/--timeout/--shell/--password-stdin",
+        )
     _write("set", key, vault, description, stdin, from_env, from_file)
 
 
@@ -216,9 +254,28 @@ def get_credential(
             hint="Run it yourself in a terminal; it cannot be scripted.",
         )
     v = vault_name(vault)
+    _refuse_unrevealable(key, v)  # before any prompt: nothing to type for a value that cannot be shown
     typed = typer.prompt(f"This prints the value of {key} from vault {v}. Type {key} to confirm")
     if typed.strip() != key:
         raise InvalidRequest("confirmation did not match; nothing revealed")
     pw = step_up(False)
     data = client().post(f"/v1/vaults/{seg(v)}/credentials/{seg(key)}/reveal", {"password": pw})
     out.secret(str(data["value"]))
+
+
+def _refuse_unrevealable(key: str, vault: str) -> None:
+    """A key from a command or file source has no stored value to reveal; an absent key none at all.
+    (The server refuses both too, after the step-up; this answers before asking anything.)"""
+    listed = client().get(f"/v1/vaults/{seg(vault)}/credentials")["credentials"]
+    row = next((x for x in listed if x.get("key") == key), None)
+    if row is None or not row.get("has_value", True):
+        raise NotFound(
+            f"credential {key} {'not found' if row is None else 'has no value'} in vault {vault}",
+            hint="List them with 'agent-vault vault credential list'.",
+        )
+    source = row.get("source") or "static"
+    if source != "static":
+        raise InvalidRequest(
+            f"credential {key} comes from a {source} source; its value is never stored",
+            hint="Run the command or read the file yourself.",
+        )

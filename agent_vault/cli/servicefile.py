@@ -45,6 +45,7 @@ BROKERED_NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
     ),
 }
 SURFACES = ("header", "path", "query", "body", "websocket")
+TOKEN_AUTH = ("basic", "post")  # oauth2 `token_auth`: client credentials in HTTP Basic or the form
 
 
 @dataclass
@@ -125,9 +126,10 @@ def build_auth(f: AuthFlags, base: dict[str, Any] | None = None) -> dict[str, An
     return a
 
 
-def parse_surfaces(text: str) -> list[str]:
+def parse_surfaces(text: str, *, strict: bool = True) -> list[str]:
+    """The comma list of `--substitute-in`; `strict=False` leaves checking each item to the caller."""
     items = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in items if s not in SURFACES]
+    bad = [s for s in items if s not in SURFACES] if strict else []
     if bad or not items:
         raise InvalidRequest(f"--substitute-in takes a comma list of {', '.join(SURFACES)}")
     return items

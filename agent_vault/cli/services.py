@@ -8,10 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from agent_vault import validation
 from agent_vault.cli import authflags as af
 from agent_vault.cli import choice
-from agent_vault.cli.approvalflags import set_approval, set_limits
 from agent_vault.cli.common import (
     PasswordStdinOpt,
     VaultOpt,
@@ -26,13 +24,13 @@ from agent_vault.cli.common import (
 from agent_vault.cli.output import out
 from agent_vault.cli.servicefile import (
     AUTH_TYPES,
+    TOKEN_AUTH,
     AuthFlags,
-    build_auth,
     dump_services,
     load_services_file,
-    parse_surfaces,
     strip_nulls,
 )
+from agent_vault.cli.serviceflags import definition, keys_of, summary, validate
 from agent_vault.errors import AgentVaultError, InvalidRequest
 
 service_app = typer.Typer(
@@ -42,21 +40,6 @@ vault_app.add_typer(service_app, name="service")
 
 NameArg = Annotated[str, typer.Argument(metavar="NAME", help="Service name.")]
 Opt = typer.Option
-
-
-def validate(definition: dict[str, Any]) -> dict[str, Any]:
-    """Validate locally (the server's rules) and return the normalised definition; errors name fields only."""
-    from pydantic import ValidationError
-
-    from agent_vault.servicedef import ServiceDef
-
-    try:
-        svc = ServiceDef.model_validate(definition)
-    except ValidationError as e:
-        err = validation.fields(e.errors()[:1])[0]
-        loc = err["loc"] or "definition"
-        raise InvalidRequest(f"invalid service definition: {loc}: {err['msg']}") from None
-    return svc.model_dump(mode="json", by_alias=True)
 
 
 def _list(vault: str) -> list[dict[str, Any]]:
@@ -87,57 +70,6 @@ def show(name: NameArg, vault: VaultOpt = None) -> None:
     out.data(data, yaml.safe_dump(strip_nulls(data), sort_keys=False, allow_unicode=True).rstrip())
 
 
-def _definition(
-    name: str,
-    base: dict[str, Any] | None,
-    *,
-    host: str | None,
-    port: int | None,
-    path: str | None,
-    method: list[str] | None,
-    auth: AuthFlags,
-    substitute: list[str] | None,
-    substitute_in: str | None,
-    redact: bool | None,
-    forward_set_cookie: bool | None,
-    enabled: bool | None,
-    description: str | None,
-    allow_http: bool | None = None,
-    approval: tuple[bool | None, str | None, str | None] = (None, None, None),
-    limits: tuple[str | None, str | None] = (None, None),
-) -> dict[str, Any]:
-    d: dict[str, Any] = dict(base or {})
-    set_approval(d, *approval)
-    set_limits(d, *limits)
-    d["name"] = name
-    for k, v in (
-        ("host", host),
-        ("port", port),
-        ("path", path),
-        ("description", description),
-        ("redact_response", redact),
-        ("forward_set_cookie", forward_set_cookie),
-        ("allow_http", allow_http),
-        ("enabled", enabled),
-    ):
-        if v is not None:
-            d[k] = v
-    if method:
-        d["methods"] = [m.upper() for m in method]
-    if "host" not in d:
-        raise InvalidRequest("--host is required (or --from-catalog ID)")
-    if auth.auth_type or auth.any_field() or "auth" not in d:
-        d["auth"] = build_auth(auth, None if auth.auth_type else d.get("auth"))
-    if substitute or substitute_in:
-        subs = dict(d.get("substitutions") or {})
-        if substitute:
-            subs["keys"] = substitute
-        if substitute_in:
-            subs["in"] = parse_surfaces(substitute_in)
-        d["substitutions"] = subs
-    return validate(d)
-
-
 def _service_command(name: str, *, update: bool) -> Any:
     def command(
         ctx: typer.Context,
@@ -145,10 +77,20 @@ def _service_command(name: str, *, update: bool) -> Any:
         vault: VaultOpt = None,
         host: Annotated[str | None, Opt("--host", help="Host, or *.example.com.")] = None,
         port: Annotated[int | None, Opt("--port", help="Port (default: any).")] = None,
+        any_port: Annotated[
+            bool, Opt("--any-port", help="Match any port again (set: clears --port).")
+        ] = False,
         path: Annotated[str | None, Opt("--path", help="Path prefix, matched on whole segments.")] = None,
         method: Annotated[
-            list[str] | None, Opt("--method", help="Allowed method (repeatable; default all).")
+            list[str] | None,
+            Opt(
+                "--method",
+                help="Allowed HTTP method, e.g. GET (repeatable; default any; '*' alone = any method).",
+            ),
         ] = None,
+        any_method: Annotated[
+            bool, Opt("--any-method", help="Allow every method again (set: clears --method).")
+        ] = False,
         auth_type: Annotated[
             str | None,
             Opt(
@@ -238,6 +180,8 @@ def _service_command(name: str, *, update: bool) -> Any:
     ) -> None:
         if auth_type is not None:
             auth_type = choice(auth_type, AUTH_TYPES, "--auth-type")
+        if token_auth is not None:  # ctx.params feeds brokered_fields
+            ctx.params["token_auth"] = choice(token_auth, TOKEN_AUTH, "--token-auth")
         v = vault_name(vault)
         base: dict[str, Any] | None = None
         if from_catalog:
@@ -263,7 +207,7 @@ def _service_command(name: str, *, update: bool) -> Any:
             custom_header or [],
             af.brokered_fields(ctx.params),
         )
-        d = _definition(
+        d = definition(
             service_name,
             base,
             host=host,
@@ -271,6 +215,8 @@ def _service_command(name: str, *, update: bool) -> Any:
             path=path,
             method=method,
             auth=flags,
+            any_method=any_method,
+            any_port=any_port,
             substitute=substitute,
             substitute_in=substitute_in,
             redact=redact,
@@ -289,7 +235,7 @@ def _service_command(name: str, *, update: bool) -> Any:
             data = c.post(f"/v1/vaults/{seg(v)}/services", body)
         listed = c.get(f"/v1/vaults/{seg(v)}/credentials")["credentials"]
         have = {x["key"] for x in listed if x.get("has_value")}
-        out.data(data, _summary(data, v, "updated" if update else "added", have))
+        out.data(data, summary(data, v, "updated" if update else "added", have, keys_of(d)))
 
     command.__name__ = name
     command.__doc__ = (
@@ -298,22 +244,6 @@ def _service_command(name: str, *, update: bool) -> Any:
         else "Add a service from flags or a catalog template (step-up)."
     )
     return command
-
-
-def _summary(d: dict[str, Any], vault: str, verb: str, have: set[str]) -> str:
-    """One line: what was added, and which referenced credentials still need a value."""
-    a = d.get("auth", {})
-    names = ("token", "username", "password", "key", *af.KEY_FIELDS)
-    keys = [a[k] for k in names if a.get(k) and a[k] not in have]
-    port = f":{d['port']}" if d.get("port") else ""
-    text = f"{verb} service {d['name']} in vault {vault}: {d['host']}{port}{d['path']} ({a.get('type')})"
-    if d.get("allow_http"):
-        text += "; credentials also go over plain http://"
-    if d.get("approval"):
-        text += "; requests wait for approval ('agent-vault vault hold list')"
-    if keys:
-        text += f"; {keys[0]} has no value yet: set it with 'agent-vault vault credential set {keys[0]}'"
-    return text
 
 
 service_app.command("add")(_service_command("add", update=False))

@@ -163,7 +163,7 @@ class AwsCredentials:
         async def fetch() -> tuple[AwsKeys, float]:
             return await self._assume(service, auth, base, external)
 
-        return await self.cache.get(key, fetch)
+        return await self.cache.get(key, fetch, context=f"vault {vault}")
 
     async def _assume(
         self, service: str, auth: AwsSigV4Auth, base: AwsKeys, external: str | None

@@ -60,8 +60,13 @@ class Broker:
     def __init__(self, core: Core, egress: Egress) -> None:
         self.core = core
         self.fetch = TokenFetch(egress, core.settings.upstream_ca)
-        self.oauth = OAuth2Tokens(self.fetch, self._store_back)
+        self.oauth = OAuth2Tokens(self.fetch, self._store_back, self._is_dynamic)
         self.aws = aws.AwsCredentials(self.fetch)
+
+    def _is_dynamic(self, vault: str, key: str) -> bool:
+        """Whether `key` of `vault` comes from a command or file source (the live snapshot's view)."""
+        view = self.core.runtime.snapshot.vaults.get(vault)
+        return view is not None and key in view.sources
 
     async def _store_back(self, vault: str, service: str, key: str, value: str) -> None:
         await asyncio.to_thread(store_rotated, self.core, vault, key, value, service=service)

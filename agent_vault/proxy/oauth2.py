@@ -4,7 +4,10 @@
 The cache key is a digest of the vault, the service, its auth definition and every credential value
 the grant sends, so rotating a client secret (or subject token) makes the next request fetch anew.
 A refresh token the endpoint rotates is sealed back into its credential (`store_back`, off the
-loop) and remembered here, so the chain goes on under the same key.
+loop) and remembered here, so the chain goes on under the same key. When that credential comes from
+a command or file source (`is_dynamic`), the rotated token is NOT stored (values from sources never
+touch the database, and storing would silently replace the source): it is used from memory for this
+server's life, and one warning names the service and key so whoever maintains the source updates it.
 
 Danger: access, refresh and subject tokens and client secrets pass through here. They are sent
 only to the token endpoint, never logged, never in an error (errors carry the endpoint's `error`
@@ -42,6 +45,13 @@ _TOKEN_CHARS = re.compile(r"^[\x21-\x7e]+$")  # what a header value can carry un
 
 #: `store_back(vault, service, key, value)`: seal a rotated refresh token into the vault.
 StoreBack = Callable[[str, str, str, str], Awaitable[None]]
+#: `is_dynamic(vault, key)`: True when the key's value comes from a command or file source.
+IsDynamic = Callable[[str, str], bool]
+
+
+def no_sources(vault: str, key: str) -> bool:
+    """The `is_dynamic` of a vault with no command or file sources (the default)."""
+    return False
 
 
 def _digest(*parts: object) -> str:
@@ -87,9 +97,10 @@ def parse_answer(ans: Answer, service: str, host: str) -> dict[str, Any]:
 class OAuth2Tokens:
     """Access tokens per (vault, service, definition, credential values)."""
 
-    def __init__(self, fetch: TokenFetch, store_back: StoreBack) -> None:
+    def __init__(self, fetch: TokenFetch, store_back: StoreBack, is_dynamic: IsDynamic | None = None) -> None:
         self.fetch = fetch
         self.store_back = store_back
+        self.is_dynamic = is_dynamic or no_sources
         self.cache: TokenCache[str] = TokenCache()
         self._latest_rt: dict[str, str] = {}  # cache key -> newest refresh token (rotated)
         self._rt_alias: dict[str, str] = {}  # digest of a rotated refresh token -> its chain's first
@@ -118,7 +129,7 @@ class OAuth2Tokens:
         async def fetch() -> tuple[str, float]:
             return await self._fetch(key, vault, service, auth, snapshot)
 
-        return await self.cache.get(key, fetch)
+        return await self.cache.get(key, fetch, context=f"vault {vault}")
 
     def _form(self, key: str, auth: OAuth2Auth, values: Mapping[str, str]) -> dict[str, str]:
         form: dict[str, str] = {}
@@ -160,7 +171,8 @@ class OAuth2Tokens:
         self, key: str, vault: str, service: str, auth: OAuth2RefreshTokenAuth, used: str, new: object
     ) -> None:
         """Keep the chain going with a rotated refresh token: in memory at once, sealed into the
-        vault in the background of this fetch (a failure to store is logged, by key only)."""
+        vault in the background of this fetch (a failure to store is logged, by key only) unless the
+        key comes from a source: then memory only, and a warning (service and key, never the value)."""
         if not isinstance(new, str) or not new or new == used or len(new) > MAX_TOKEN_LEN:
             return
         if len(self._rt_alias) > 4096:
@@ -168,6 +180,17 @@ class OAuth2Tokens:
         used_d = _digest(used)
         self._rt_alias[_digest(new)] = self._rt_alias.get(used_d, used_d)
         self._latest_rt[key] = new
+        if self.is_dynamic(vault, auth.refresh_token):
+            log.warning(
+                "the token endpoint of service %s (vault %s) rotated the refresh token %s, whose value comes "
+                "from a command or file source: the new refresh token is used from memory until the server "
+                "restarts and is not stored; whoever maintains the source must update it (the old one may "
+                "no longer work)",
+                service,
+                vault,
+                auth.refresh_token,
+            )
+            return
         try:
             await self.store_back(vault, service, auth.refresh_token, new)
         except Exception as e:  # the token still works from memory; the admin sees the log line

@@ -9,7 +9,9 @@ import pytest
 import yaml
 
 from agent_vault.cli.servicefile import AuthFlags, build_auth, dump_services, load_services_file
-from agent_vault.cli.services import _definition, plan_import, validate
+from agent_vault.cli.serviceflags import definition as _definition
+from agent_vault.cli.serviceflags import validate
+from agent_vault.cli.services import plan_import
 from agent_vault.errors import InvalidRequest
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "services.yaml"

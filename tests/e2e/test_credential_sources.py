@@ -272,7 +272,9 @@ def test_cli_sets_a_command_source_with_step_up(srv: ServerProc, tmp_path: Path)
         input=OWNER_PASSWORD + "\n",
         check=False,
     )
-    assert bad.returncode == 1 and "not a duration" in bad.stderr and "Traceback" not in bad.stderr
+    # a bad flag value: a usage error (exit 2), checked before the password is used; never echoed
+    assert bad.returncode == 2 and "not a duration" in bad.stderr and "Traceback" not in bad.stderr
+    assert "soon" not in bad.stderr
     f = tmp_path / "cli-file"
     f.write_text("v")
     cp = srv.cli(

@@ -307,7 +307,7 @@ def test_cli_flags_add_the_new_auth_types(srv: ServerProc, api: TLSUpstream, idp
         "--aws-region", "eu-west-1", "--aws-service", "s3", "--aws-role-arn",
         "arn:aws:iam::123456789012:role/x", "--aws-sts-endpoint", "https://sts.example.com/", input=pw,
     )  # fmt: skip
-    assert "NEW_AWS_ID has no value yet" in cp.stdout
+    assert "NEW_AWS_ID, NEW_AWS_SECRET have no value yet" in cp.stdout
     bad = srv.cli(
         "vault", "service", "add", "cli-aws2", *common, "--auth-type", "aws-sigv4",
         "--aws-access-key-id-key", "A", "--aws-secret-access-key-key", "B", "--aws-region", "moon",

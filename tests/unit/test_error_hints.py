@@ -88,7 +88,7 @@ def test_pydantic_prefixes_are_dropped_and_locations_kept() -> None:
 
 
 def test_the_cli_service_validator_drops_the_prefix_too() -> None:
-    from agent_vault.cli.services import validate
+    from agent_vault.cli.serviceflags import validate
 
     with pytest.raises(InvalidRequest) as e:
         validate({"name": "t1", "host": "api.example.com", "auth": {"type": "bearer", "token": "K"}})
