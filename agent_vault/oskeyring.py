@@ -1,7 +1,8 @@
 """The OS keyring (python `keyring`), service `agent-vault` (SPEC §4.2, §4.4): one place that talks to it.
 
-Entries: `master-password:<instance_id>` (key mode `keyring`, server side) and `session:<addr>` (the
-CLI login). `AGENT_VAULT_KEYRING=0` turns the keyring off; `PYTHON_KEYRING_BACKEND` picks a backend
+Entries: `master-password:<instance_id>` (key mode `keyring`, server side) and
+`session:<addr>|home:<home id>` (the CLI login of one home, see cli/loginstore.py; older versions used
+`session:<addr>`). `AGENT_VAULT_KEYRING=0` turns the keyring off; `PYTHON_KEYRING_BACKEND` picks a backend
 (keyring's own variable). A keyring that is present but fails (locked, no backend, D-Bus errors) is
 reported as `KeyringUnavailable` with a short reason: callers fall back (to the password sources, to
 the 0600 file) and print one note. Danger: values read here are secrets; reasons never include them.

@@ -229,22 +229,32 @@ def _detach_password(home: Home, password_stdin: bool, database_url: str | None)
     from agent_vault import server as srv
     from agent_vault.cli.prompts import read_stdin_line
     from agent_vault.instance import identify
+    from agent_vault.oskeyring import KeyringUnavailable
 
     settings = env_settings(home=home.root, database_url=database_url)
-    key_mode = identify(settings).key_mode
-    if key_mode == "passwordless":
+    ident = identify(settings)
+    if ident.key_mode == "passwordless":
         return None
     pw = keys.master_password_from_env()
     if pw is None and password_stdin:
         pw = read_stdin_line()
-    if pw is None and key_mode == "password":
+    why = ""  # key mode keyring: why the keyring gave no password
+    if pw is None and ident.key_mode == "keyring":  # read here: its failure is said here, not in the log
+        try:
+            pw = keys.keyring_get(ident.instance_id) or None
+            why = "" if pw else "there is no master password in the OS keyring for this instance"
+        except KeyringUnavailable as e:
+            why = f"the OS keyring is unavailable ({e})"
+        if pw is None and srv.foreground_tty():
+            out.warn(f"note: {why}; asking for the master password")
+    if pw is None:
         if not srv.foreground_tty():
             raise MasterPasswordRequired(
-                "the master password is required to start a detached server",
+                "the master password is required to start a detached server" + (f": {why}" if why else ""),
                 hint="Set AGENT_VAULT_MASTER_PASSWORD or pass --password-stdin",
             )
         pw = srv.prompted_unlock(lambda typed: _checked(settings, typed))  # 3 attempts, here
-    return pw  # keyring mode without one: the server reads the keyring itself
+    return pw  # to the child through a pipe (key mode keyring too: the keyring is read once, here)
 
 
 def _checked(settings: Settings, password: str) -> str:
@@ -322,6 +332,10 @@ def _detach(home: Home, options: dict[str, object], password_stdin: bool, databa
                 f"the server was not ready within {DETACH_TIMEOUT_S:g} s (stopped it)", hint=f"log: {log}"
             )
         time.sleep(0.05)
+    if state.key_mode == "passwordless":  # SPEC §4.2: at every start, not only in server.log
+        from agent_vault.keys import PASSWORDLESS_WARNING
+
+        out.warn(PASSWORDLESS_WARNING.format(path=home.dek_file))
     out.data(
         {**state.as_dict(), "log": str(log)},
         f"agent-vault server running: pid {state.pid}, api {state.api}, proxy {state.proxy}, log {log}",
@@ -392,12 +406,21 @@ def status() -> None:
     client = Client(explicit or (running.api if running else None), G.home)
     info = client.request("GET", "/v1/status", auth=False)
     me = None
+    rejected: str | None = None  # why the token that is set does not log in
     if client.token:
         try:
             me = client.get("/v1/auth/me")
-        except AgentVaultError:
+        except AgentVaultError as e:
             me = None
+            if e.status == 401:
+                rejected = (
+                    f"the token from AGENT_VAULT_TOKEN was rejected ({e.message})"
+                    if client.auth_source == "AGENT_VAULT_TOKEN"
+                    else f"the stored login was rejected ({e.message}; run 'agent-vault auth login')"
+                )
     info = {**local, **info, "addr": client.addr, "logged_in_as": (me or {}).get("name")}
+    if rejected is not None:
+        info["login_problem"] = rejected
     if running is not None and running.proxy:
         info.setdefault("proxy", running.proxy)
     if info.get("key_mode") == "passwordless":

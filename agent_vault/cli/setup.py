@@ -148,75 +148,154 @@ master_app = typer.Typer(no_args_is_help=True, help="Change how the data key is 
 app.add_typer(master_app, name="master-password")
 
 
-def _rewrap(new_mode: str | None, password_stdin: bool, *, need_new: bool) -> None:
-    """Unwrap with the current password (env/stdin/prompt), re-wrap for the new mode/password."""
+def _stdin_passwords(command: str, wanted: list[str], env_given: bool) -> list[str]:
+    """Exactly the passwords `wanted` (their descriptions, in order), one per stdin line. A different
+    number of lines is refused: a password silently taken from the wrong line (or ignored) would leave
+    the instance under a password the user does not know."""
+    lines = sys.stdin.read().splitlines()
+    while lines and not lines[-1]:
+        lines.pop()  # a trailing blank line is not a password
+    if len(lines) != len(wanted):
+        got = f"{len(lines)} line{'s' if len(lines) != 1 else ''}"
+        hint = (
+            "AGENT_VAULT_MASTER_PASSWORD is not read with --password-stdin: put every password on stdin."
+            if env_given
+            else "One password per line."
+        )
+        raise InvalidRequest(
+            f"stdin has {got}; 'master-password {command} --password-stdin' reads {len(wanted)}: "
+            + ", then ".join(wanted),
+            hint=hint,
+        )
+    return lines
+
+
+def _refuse_if_running(home: Home, uses_postgres: bool) -> None:
+    """The key mode changes only while no server of this home runs (as `migrate-db`)."""
+    from agent_vault.lifecycle import probe
+
+    running = probe(home)
+    if running is not None:
+        raise Conflict(
+            f"an agent-vault server is running for {home.root}: {running.describe()}",
+            hint="Stop it first ('agent-vault server stop')"
+            + ("; with PostgreSQL stop every replica" if uses_postgres else "")
+            + ", then run this command again.",
+        )
+
+
+def _rewrap(command: str, new_mode: str | None, password_stdin: bool, *, need_new: bool) -> None:
+    """Unwrap with the current password, re-wrap for the new mode/password (no server running).
+
+    Passwords: with --password-stdin, stdin holds every password the command needs, one per line (the
+    current one unless passwordless, then the new one) and AGENT_VAULT_MASTER_PASSWORD is not read;
+    without it, the current one comes from AGENT_VAULT_MASTER_PASSWORD, else a prompt, and the new one
+    from a prompt (typed twice)."""
     import json
 
     from agent_vault import keys
     from agent_vault.home import write_private
     from agent_vault.instance import identify
+    from agent_vault.lifecycle import ServerLock
     from agent_vault.store import Store
 
     settings = env_settings(home=G.home)
     home = Home(settings.home)
     ident = identify(settings)
-    info = {"instance_id": ident.instance_id, "key_mode": ident.key_mode}
-    lines = iter(sys.stdin.read().splitlines()) if password_stdin else None
-
-    def ask(prompt: str) -> str:
-        if lines is not None:
-            value = next(lines, None)
-            if value is None:
-                raise InvalidRequest("expected one password per line on stdin")
-            return str(value)
-        return password(prompt, False)
-
-    old_mode = info["key_mode"]
-    old = (
-        None
-        if old_mode == "passwordless"
-        else (keys.master_password_from_env() or ask("Current master password: "))
-    )
-    mode = new_mode or (old_mode if old_mode != "passwordless" else "password")
-    new = ask(f"New master password ({MASTER_MIN}+ characters): ") if need_new else None
-    store = Store(settings.sqlalchemy_url())
-    try:
-        note = keys.change_key_mode(home, store, info["instance_id"], old_mode, old, mode, new)
-    finally:
-        store.close()
-    if not settings.uses_postgres:
-        write_private(home.instance_file, json.dumps({**home.instance(), "key_mode": mode}, indent=2))
+    old_mode = ident.key_mode
+    if new_mode == "passwordless" and old_mode == "passwordless":
+        raise InvalidRequest("this instance is already passwordless", hint="Nothing to remove.")
+    _refuse_if_running(home, settings.uses_postgres)
+    with ServerLock(home):  # no server of this home starts while the data key is re-wrapped
+        env_pw = keys.master_password_from_env()  # removed from the environment in every case
+        need_old = old_mode != "passwordless"
+        mode = new_mode or (old_mode if old_mode != "passwordless" else "password")
+        new_prompt = f"New master password ({MASTER_MIN}+ characters): "
+        if password_stdin:
+            wanted = ["the current master password"] if need_old else []
+            wanted += ["the new master password"] if need_new else []
+            given = _stdin_passwords(command, wanted, env_pw is not None)
+            old = given[0] if need_old else None
+            new = given[-1] if need_new else None
+        else:
+            old = (env_pw or password("Current master password: ", False)) if need_old else None
+            new = None
+            if need_new:
+                if not sys.stdin.isatty():
+                    raise InvalidRequest(
+                        "no terminal to type the new master password on",
+                        hint=f"Pipe the passwords, one per line: agent-vault master-password {command} "
+                        "--password-stdin",
+                    )
+                new = new_password(new_prompt, what="master password", minimum=MASTER_MIN)
+        store = Store(settings.sqlalchemy_url())
+        try:
+            note = keys.change_key_mode(home, store, ident.instance_id, old_mode, old, mode, new)
+        finally:
+            store.close()
+        if not settings.uses_postgres:
+            write_private(home.instance_file, json.dumps({**home.instance(), "key_mode": mode}, indent=2))
     if mode == "keyring":
         _keyring_note(note)
+    if mode == "passwordless":
+        out.warn(keys.PASSWORDLESS_WARNING.format(path=home.dek_file))
     out.data({"key_mode": mode}, f"key mode is now {mode}")
+
+
+_KEYRING_HELP = "Key mode keyring: also store the new password in the OS keyring."
 
 
 @master_app.command("change")
 def master_change(
-    password_stdin: Annotated[bool, typer.Option(help="Current, then new password on stdin.")] = False,
+    keyring: Annotated[bool, typer.Option(help=_KEYRING_HELP)] = False,
+    password_stdin: Annotated[
+        bool,
+        typer.Option(
+            help="Current, then new password on stdin, one per line (AGENT_VAULT_MASTER_PASSWORD is "
+            "then not read)."
+        ),
+    ] = False,
 ) -> None:
-    """Change the master password (current and new one: prompt, or two stdin lines)."""
-    _rewrap(None, password_stdin, need_new=True)
+    """Change the master password (server stopped). The key mode stays (keyring: the entry is updated)
+    unless --keyring switches a `password` instance to `keyring`.
+
+    The current password: stdin with --password-stdin, else AGENT_VAULT_MASTER_PASSWORD, else a prompt;
+    the new one: stdin with --password-stdin, else a prompt (typed twice)."""
+    _rewrap("change", "keyring" if keyring else None, password_stdin, need_new=True)
 
 
 @master_app.command("set")
 def master_set(
-    keyring: Annotated[bool, typer.Option(help="Also store it in the OS keyring.")] = False,
-    password_stdin: Annotated[bool, typer.Option(help="Read the new password from stdin.")] = False,
+    keyring: Annotated[bool, typer.Option(help=_KEYRING_HELP)] = False,
+    password_stdin: Annotated[
+        bool,
+        typer.Option(
+            help="Read the passwords from stdin, one per line: the current one (unless the instance is "
+            "passwordless), then the new one (AGENT_VAULT_MASTER_PASSWORD is then not read)."
+        ),
+    ] = False,
 ) -> None:
-    """Protect a passwordless instance with a master password."""
-    _rewrap("keyring" if keyring else "password", password_stdin, need_new=True)
+    """Set a new master password and the key mode: `password`, or `keyring` with --keyring (server stopped).
+
+    Protects a passwordless instance; on a protected one it replaces the password like `change` (the
+    current one is needed) and sets the mode (without --keyring a keyring entry is removed)."""
+    _rewrap("set", "keyring" if keyring else "password", password_stdin, need_new=True)
 
 
 @master_app.command("remove")
 def master_remove(
     yes: Annotated[bool, typer.Option("--yes", help="Confirm: the data key will sit in dek.key.")] = False,
-    password_stdin: Annotated[bool, typer.Option(help="Read the current password from stdin.")] = False,
+    password_stdin: Annotated[
+        bool,
+        typer.Option(
+            help="Read the current password from stdin (AGENT_VAULT_MASTER_PASSWORD is then not read)."
+        ),
+    ] = False,
 ) -> None:
-    """Switch to passwordless mode (DEK in <home>/dek.key, 0600). Needs --yes."""
+    """Switch to passwordless mode (DEK in <home>/dek.key, 0600; server stopped). Needs --yes."""
     if not yes:
         raise InvalidRequest("removing the master password needs --yes")
-    _rewrap("passwordless", password_stdin, need_new=False)
+    _rewrap("remove", "passwordless", password_stdin, need_new=False)
 
 
 from agent_vault.cli import serverctl  # noqa: E402, F401  (registers server, server stop, status)

@@ -1,11 +1,12 @@
 """Resolve dynamic credential sources (issue #16) for the proxy, off its event loop's critical path.
 
 A command runs as an asyncio subprocess (no shell unless the spec asks; stdin closed, stderr
-discarded, its own session so a timeout kills the whole group) with a timeout and at most
-`MAX_OUTPUT` bytes read; a file is read in a worker thread (regular files only, same bound). The value
-(one trailing newline stripped) is cached in memory until the TTL; a file is re-read when its
-stat changes (checked at most once a second). Concurrent requests share one run. A failure is
-held for `FAILURE_HOLD` seconds so a broken source is not re-run for every request.
+discarded, its own session so a timeout kills the whole group; the server's environment without the
+server's own secrets, `SCRUBBED_ENV`) with a timeout and at most `MAX_OUTPUT` bytes read; a file is
+read in a worker thread (regular files only, same bound). The value (one trailing newline stripped) is
+cached in memory until the TTL; a file is re-read when its stat changes (checked at most once a
+second). Concurrent requests share one run. A failure is held for `FAILURE_HOLD` seconds so a broken
+source is not re-run for every request.
 
 Dangers: the values are live credentials: never logged, stored, or put in messages. Errors say
 why in general terms (`CredentialUnavailable`) and never carry the output, stderr or the command.
@@ -26,12 +27,24 @@ from agent_vault.credsource import MAX_OUTPUT, SourceSpec
 from agent_vault.errors import CredentialUnavailable
 from agent_vault.hostpath import normalize_path
 from agent_vault.matching import Match
+from agent_vault.proxy.tokencache import limited
 from agent_vault.snapshot import VaultView
 
 FAILURE_HOLD = 1.0  # seconds a failure is answered from memory before the source is tried again
 FILE_CHECK = 1.0  # seconds between stat() checks of a file source
 MAX_ENTRIES = 4096  # cache bound (one entry per dynamic key; cleared past it)
 REAP_SECONDS = 2.0  # a killed command whose stdout stays open (an escaped child) is cut off after this
+# Secrets the server itself reads from its environment: a credential command never inherits them (the
+# master password is already popped from os.environ once read; listed in case it was not).
+SCRUBBED_ENV = frozenset(
+    {
+        "DATABASE_URL",  # may hold the database password
+        "PGPASSWORD",  # libpq's password for that database
+        "AGENT_VAULT_MASTER_PASSWORD",
+        "AGENT_VAULT_NOTIFY_URL",  # webhook URLs often embed a secret
+        "AGENT_VAULT_METRICS_TOKEN",
+    }
+)
 
 
 @dataclass(slots=True)
@@ -82,6 +95,11 @@ async def _reap(proc: asyncio.subprocess.Process) -> None:
             transport.close()
 
 
+def command_env() -> dict[str, str]:
+    """The server's environment minus its own secrets (SCRUBBED_ENV): what a credential command gets."""
+    return {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+
+
 async def run_command(spec: SourceSpec, limit: int = MAX_OUTPUT) -> str:
     """Run the command, return its cleaned output. Raises SourceFailed (timeout, exit status, size...)."""
     try:
@@ -90,6 +108,7 @@ async def run_command(spec: SourceSpec, limit: int = MAX_OUTPUT) -> str:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
+            env=command_env(),
             start_new_session=True,
         )
     except (OSError, ValueError):
@@ -236,6 +255,13 @@ class SourceResolver:
             if isinstance(v, str):
                 values[k] = v
                 used[k] = view.sources[k].kind
-            elif k in needed or not isinstance(v, CredentialUnavailable):
+                continue
+            if isinstance(v, CredentialUnavailable):  # why in general terms; never output or command
+                kind = view.sources[k].kind
+                why = v.message
+                limited.warning(
+                    ("source", view.name, k, why), "%s source failed: vault %s: %s", kind, view.name, why
+                )
+            if k in needed or not isinstance(v, CredentialUnavailable):
                 raise v  # a surprise goes to the addon's fail-closed boundary
         return replace(view, values=values), used

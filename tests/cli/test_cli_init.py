@@ -99,7 +99,8 @@ def test_wrong_master_password_hint_names_its_source(tmp_path: Path) -> None:
     assert typed.returncode == 1 and "Type the master password chosen at init" in typed.stderr
     assert "AGENT_VAULT_MASTER_PASSWORD" not in typed.stderr
     env = base_env(tmp_path, AGENT_VAULT_MASTER_PASSWORD="wrong-password-xx")
-    from_env = subprocess.run(
-        argv, input="new-master-pw-2\n", capture_output=True, text=True, env=env, timeout=60
-    )
+    # --password-stdin reads every password from stdin (the variable is then ignored): `remove` without
+    # it takes the current password from the variable
+    remove = [*argv[:-2], "remove", "--yes"]
+    from_env = subprocess.run(remove, input="", capture_output=True, text=True, env=env, timeout=60)
     assert from_env.returncode == 1 and "Check AGENT_VAULT_MASTER_PASSWORD." in from_env.stderr

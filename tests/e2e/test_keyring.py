@@ -15,6 +15,8 @@ import pytest
 import trustme
 from helpers.server import MASTER_PASSWORD, OWNER_EMAIL, OWNER_PASSWORD, ServerProc
 
+from agent_vault.cli.loginstore import keyring_user
+
 BACKEND = "keyrings.alt.file.PlaintextKeyring"
 
 
@@ -122,15 +124,17 @@ def test_cli_login_in_the_keyring_status_doctor_and_logout(tmp_path: Path, upstr
         pointer = json.loads(session.read_text())
         assert "token" not in pointer and pointer["stored_in"] == "keyring"
         assert "av_usr_" not in session.read_text()
-        token = keyring_get(s.env, f"session:{s.api}")
-        assert token is not None and token.startswith("av_usr_")
+        entry = keyring_get(s.env, keyring_user(s.home, s.api))
+        assert entry is not None and keyring_get(s.env, f"session:{s.api}") is None  # per home
+        token = json.loads(entry)["token"]
+        assert token.startswith("av_usr_") and json.loads(entry)["email"] == OWNER_EMAIL
         status = json.loads(s.cli("--json", "auth", "status").stdout)
         assert status["valid"] is True and status["source"] == "OS keyring"
         assert s.cli("vault", "credential", "list").returncode == 0  # the token is read back
         line = _doctor_line(s)
         assert line["status"] == "ok" and line["detail"] == f"OS keyring ({BACKEND})"
         s.cli("auth", "logout")
-        assert keyring_get(s.env, f"session:{s.api}") is None and not session.exists()
+        assert keyring_get(s.env, keyring_user(s.home, s.api)) is None and not session.exists()
         with s.http(token) as c:
             assert c.get("/v1/auth/me").status_code == 401  # revoked on the server too
 
@@ -173,6 +177,133 @@ def test_leaving_key_mode_keyring_removes_the_entry(tmp_path: Path, upstream_ca:
     cp = s.cli("master-password", "set", "--keyring", "--password-stdin", input="another-master-pass-1\n")
     assert "stored in the OS keyring" in cp.stderr
     assert keyring_get(s.env, f"master-password:{instance_id}") == "another-master-pass-1"
+
+
+def _detach(s: ServerProc, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent_vault", "server", "--detach", "--port", "0", "--proxy-port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+
+
+def test_detach_in_key_mode_keyring(tmp_path: Path, upstream_ca: trustme.CA) -> None:
+    s = ServerProc(tmp_path, upstream_ca, key_mode="keyring", env=keyring_env(tmp_path))
+    s.init()
+    cp = _detach(s, s.env)  # no other source, no terminal: the keyring's password
+    assert cp.returncode == 0, cp.stderr
+    try:
+        pid = json.loads((s.home / "server.json").read_text())["pid"]
+        assert MASTER_PASSWORD.encode() not in Path(f"/proc/{pid}/environ").read_bytes()
+    finally:
+        assert s.cli("server", "stop").returncode == 0
+    # a failing keyring: its reason in the one error line, and no advice to pass the --detach given
+    cp = _detach(s, dict(s.env, PYTHON_KEYRING_BACKEND="no.such.Backend"))
+    errors = [x for x in cp.stderr.splitlines() if x.startswith("error:")]
+    assert cp.returncode == 1 and len(errors) == 1 and cp.stdout == "", cp.stderr
+    assert "the OS keyring is unavailable (the keyring backend cannot load" in errors[0], errors
+    assert "--password-stdin" in errors[0]
+    assert "--detach" not in cp.stderr and "Traceback" not in cp.stderr
+    (tmp_path / "xdg-data" / "python_keyring" / "keyring_pass.cfg").unlink()  # the entry gone
+    cp = _detach(s, s.env)
+    assert cp.returncode == 1 and "no master password in the OS keyring" in cp.stderr, cp.stderr
+    assert "--detach" not in cp.stderr
+
+
+USER2, USER2_PASSWORD = "second@example.com", "second-user-pw-1"
+
+
+def keyring_set(env: dict[str, str], username: str, value: str) -> None:
+    code = "import keyring, sys; keyring.set_password('agent-vault', sys.argv[1], sys.stdin.read())"
+    subprocess.run(
+        [sys.executable, "-c", code, username], env=env, input=value, check=True, timeout=30, text=True
+    )
+
+
+def _second_user(s: ServerProc) -> None:
+    with s.http() as c:
+        inv = c.post(
+            "/v1/users/invites",
+            json={
+                "password": OWNER_PASSWORD,
+                "email": USER2,
+                "vaults": [{"vault": "default", "role": "admin"}],
+            },
+        )
+        inv.raise_for_status()
+        c.post(
+            f"/v1/invites/{inv.json()['token']}/accept", json={"password": USER2_PASSWORD}
+        ).raise_for_status()
+
+
+def _status(s: ServerProc, env: dict[str, str]) -> tuple[int, dict[str, object], str]:
+    cp = s.cli("--json", "auth", "status", env=env, check=False)
+    assert "Traceback" not in cp.stderr and "av_usr_" not in cp.stdout + cp.stderr
+    return cp.returncode, json.loads(cp.stdout), cp.stderr
+
+
+def test_logins_from_two_homes_to_one_server_stay_apart(tmp_path: Path, upstream_ca: trustme.CA) -> None:
+    with ServerProc(tmp_path, upstream_ca, env=keyring_env(tmp_path)) as s:
+        _second_user(s)
+        home_b = tmp_path / "home-b"
+        env_b = dict(s.env, AGENT_VAULT_HOME=str(home_b))
+        assert json.loads(_login(s).stdout)["stored_in"] == "OS keyring"  # home A: the owner
+        cp = s.cli(
+            "--json",
+            "auth",
+            "login",
+            "--email",
+            USER2,
+            "--password-stdin",
+            input=USER2_PASSWORD + "\n",
+            env=env_b,
+        )
+        assert json.loads(cp.stdout)["stored_in"] == "OS keyring"  # home B: another user, same server
+        code, a, _ = _status(s, s.env)
+        assert code == 0 and a["email"] == OWNER_EMAIL and a["name"] == OWNER_EMAIL  # not B's user
+        code, b, _ = _status(s, env_b)
+        assert code == 0 and b["email"] == USER2 and b["name"] == USER2
+        s.cli("auth", "logout", env=env_b)
+        code, a, _ = _status(s, s.env)  # B's logout left A's login alone
+        assert code == 0 and a["name"] == OWNER_EMAIL
+
+
+def test_an_older_versions_shared_entry_is_taken_over_only_by_its_own_user(
+    tmp_path: Path, upstream_ca: trustme.CA
+) -> None:
+    with ServerProc(tmp_path, upstream_ca, env=keyring_env(tmp_path)) as s:
+        _second_user(s)
+        legacy = f"session:{s.api}"
+        keyring_set(s.env, legacy, s.login())  # an older version's entry: the owner's bare token
+        home_b = tmp_path / "home-b"
+        for home, email in ((home_b, USER2), (s.home, OWNER_EMAIL)):  # the pointers older versions wrote
+            (home / "cli").mkdir(parents=True, exist_ok=True)
+            pointer = {"addr": s.api, "email": email, "expires_at": None, "stored_in": "keyring"}
+            (home / "cli" / "session.json").write_text(json.dumps(pointer))
+        code, b, err = _status(s, dict(s.env, AGENT_VAULT_HOME=str(home_b)))  # not B's user: not used
+        assert code == 1 and b["valid"] is False and "not used" in err and len(err.strip().splitlines()) == 1
+        assert keyring_get(s.env, legacy) is not None  # left alone for the home it belongs to
+        code, a, _ = _status(s, s.env)  # A's user: taken over, once
+        assert code == 0 and a["name"] == OWNER_EMAIL
+        assert keyring_get(s.env, legacy) is None
+        assert json.loads(keyring_get(s.env, keyring_user(s.home, s.api)) or "{}")["email"] == OWNER_EMAIL
+        assert _status(s, s.env)[0] == 0
+
+
+def test_an_entry_of_another_user_than_the_pointer_is_not_used(
+    tmp_path: Path, upstream_ca: trustme.CA
+) -> None:
+    with ServerProc(tmp_path, upstream_ca, env=keyring_env(tmp_path)) as s:
+        _second_user(s)
+        _login(s)
+        entry = json.dumps({"email": USER2, "token": s.login(USER2, USER2_PASSWORD)})
+        keyring_set(s.env, keyring_user(s.home, s.api), entry)
+        code, a, err = _status(s, s.env)
+        assert code == 1 and a["valid"] is False and a["email"] == OWNER_EMAIL
+        assert f"is {USER2}'s" in err and "agent-vault auth login" in err
 
 
 # -- the Secret Service (gnome-keyring on a private D-Bus session), when installed (.ci/run installs it)

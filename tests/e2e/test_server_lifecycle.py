@@ -107,6 +107,9 @@ def test_detach_status_stop_round_trip(
         stdin = MASTER_PASSWORD + "\n"
     cp = _run(args, env, input=stdin)
     assert cp.returncode == 0, cp
+    # SPEC §4.2: the passwordless warning at every start, on the terminal too (not only in server.log)
+    warning = f"WARNING: passwordless mode — anyone who can read {srv.home / 'dek.key'} can decrypt"
+    assert (warning in cp.stderr) == (key_mode == "passwordless"), cp.stderr
     lines = cp.stdout.splitlines()
     assert len(lines) == 1, cp.stdout
     m = RUNNING.match(lines[0])

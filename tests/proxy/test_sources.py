@@ -145,6 +145,22 @@ def test_a_failure_is_held_briefly_then_retried(tmp_path: Path) -> None:
     assert asyncio.run(main()) == "now-there"
 
 
+def test_a_command_does_not_inherit_the_servers_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    secrets = {
+        "DATABASE_URL": "postgresql://vault:db-s3cret@db/av",
+        "PGPASSWORD": "db-s3cret",
+        "AGENT_VAULT_MASTER_PASSWORD": "master-s3cret",
+        "AGENT_VAULT_NOTIFY_URL": "https://hooks.example/s3cret",
+        "AGENT_VAULT_METRICS_TOKEN": "metrics-s3cret",
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("KEEP_ME", "kept")
+    script = "import os; print(repr(sorted(k for k in os.environ if k in %r)), os.environ['KEEP_ME'])"
+    spec = make_spec({"kind": "command", "command": f'{sys.executable} -c "{script % sorted(secrets)}"'})
+    assert asyncio.run(SourceResolver().resolve(1, "K", spec)) == "[] kept"
+
+
 def test_file_sources_regular_files_only_and_bounded(tmp_path: Path) -> None:
     big = tmp_path / "big"
     big.write_bytes(b"x" * 2048)
