@@ -75,7 +75,7 @@ def test_api_hints_for_agents_and_http_callers(mserver: ServerProc) -> None:  # 
     assert "GET /v1/proposals" in missing.json()["hint"], missing.text
     assert "vault proposal list" not in missing.json()["hint"]
     # a value refused by the domain (not by the schema): the hint speaks of the request, not a command
-    assert invalid.status_code == 400 and invalid.json()["error"] == "invalid_request", invalid.text
+    assert invalid.status_code == 422 and invalid.json()["error"] == "invalid_request", invalid.text
     assert "request body" in invalid.json()["hint"] and "command" not in invalid.json()["hint"]
 
 

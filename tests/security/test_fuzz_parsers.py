@@ -397,12 +397,12 @@ def _has_value_key(obj: Any) -> bool:
 @example({"services": [{"action": "delete", "name": SECRET}]})
 @example({"credentials": [{"key": SECRET}]})
 def test_changeset_parse_accepts_or_refuses_cleanly(data: Any) -> None:
-    """Arbitrary JSON: a ChangeSet that survives its storage round trip, or a 400 that names fields
-    and never repeats free text (descriptions, messages, `value`s, unknown fields)."""
+    """Arbitrary JSON: a ChangeSet that survives its storage round trip, or a 422 (400 for a value) that
+    names fields and never repeats free text (descriptions, messages, `value`s, unknown fields)."""
     try:
         ch = cs.parse(data)
     except AgentVaultError as e:
-        assert e.status == 400 and e.code in ("invalid_request", "value_not_allowed"), e.code
+        assert (e.code, e.status) in (("invalid_request", 422), ("value_not_allowed", 400)), e.code
         if _has_value_key(data):
             assert e.code == "value_not_allowed"
         assert SECRET not in json.dumps(e.body()) and SECRET not in str(e)
