@@ -129,7 +129,7 @@ class VaultForbidden(AgentVaultError):
 class InUse(AgentVaultError):
     code = "in_use"
     status = 409
-    hint = "Remove the services that use it, or pass force."
+    hint = "Remove the services that use it first, or force it (--force; API: force=true)."
 
 
 class MissingValue(AgentVaultError):

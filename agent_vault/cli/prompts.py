@@ -70,8 +70,8 @@ def secret_value(name: str, *, stdin: bool, from_env: str | None, from_file: Pat
     elif from_file:
         try:
             value = from_file.read_text().rstrip("\r\n")
-        except OSError:
-            raise InvalidRequest(f"cannot read {from_file}") from None
+        except OSError as e:
+            raise InvalidRequest(f"cannot read {from_file}: {e.strerror or type(e).__name__}") from None
     elif sys.stdin.isatty():
         value = getpass.getpass(f"Value for {name}: ")
     else:

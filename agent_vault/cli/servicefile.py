@@ -143,8 +143,10 @@ def load_services_file(path: Path, text: str | None = None) -> list[dict[str, An
     if text is None:
         try:
             text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            raise InvalidRequest(f"cannot read {name}") from None
+        except OSError as e:
+            raise InvalidRequest(f"cannot read {name}: {e.strerror or type(e).__name__}") from None
+        except UnicodeDecodeError:
+            raise InvalidRequest(f"cannot read {name}: not UTF-8 text") from None
     suffix = path.suffix.lower()
     if suffix not in (".yaml", ".yml", ".toml", ""):
         raise InvalidRequest(f"{name}: unsupported file type", hint="Use .yaml, .yml or .toml.")

@@ -107,7 +107,10 @@ def create_agent(
     step_up(core, p, password)
     with core.store.write() as s:
         if s.exec(select(Agent).where(Agent.name == name)).first():
-            raise Conflict(f"agent {name} already exists")
+            raise Conflict(
+                f"agent {name} already exists",
+                hint=f"Pick another name, or see this one with 'agent-vault agent info {name}'.",
+            )
         vault_rows = {v: get_vault(s, v) for v in roles}
         a = Agent(name=name, description=description)
         s.add(a)

@@ -33,7 +33,9 @@ def check_name(name: str, what: str = "name") -> str:
 def check_vault_name(name: str) -> str:
     check_name(name, "vault name")
     if name in RESERVED_VAULTS:
-        raise InvalidRequest(f"vault name {name!r} is reserved")
+        raise InvalidRequest(
+            f"vault name {name!r} is reserved", hint="Choose another: users, admin and all are reserved."
+        )
     return name
 
 

@@ -154,7 +154,10 @@ def delete_vault(core: Core, p: Principal, name: str, password: str | None) -> N
     p.require(name, "admin", human=True)
     step_up(core, p, password)
     if name == "default":
-        raise Conflict("vault default cannot be deleted")
+        raise Conflict(
+            "vault default cannot be deleted",
+            hint="Every instance keeps it; remove what it holds instead ('vault service remove', ...).",
+        )
     with core.store.write() as s:
         v = get_vault(s, name)
         for row in [

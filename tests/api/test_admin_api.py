@@ -298,3 +298,20 @@ def test_discover_tells_agents_which_schemes_a_service_accepts(api: httpx.Client
     hdr = {"Authorization": f"Bearer {_agent(api)}"}
     schemes = {s["name"]: s["schemes"] for s in api.get("/v1/discover", headers=hdr).json()["services"]}
     assert schemes == {"tls-only": ["https"], "plain-ok": ["https", "http"]}
+
+
+def test_refusals_say_what_to_do_next(api: httpx.Client) -> None:
+    """SPEC §6: the hint is what to do next, specific to the refusal (not a generic 'retry')."""
+    r = api.request("DELETE", "/v1/vaults/default", json={"password": OWNER_PASSWORD})
+    assert r.status_code == 409 and "Every instance keeps it" in r.json()["hint"], r.text
+    _agent(api, "twin-bot")
+    r = api.post("/v1/agents", json={"password": OWNER_PASSWORD, "name": "twin-bot"})
+    assert r.status_code == 409 and "agent-vault agent info twin-bot" in r.json()["hint"], r.text
+    r = api.post("/v1/vaults", json={"name": "admin"})
+    assert r.status_code == 422 and "reserved" in r.json()["hint"], r.text
+    api.put("/v1/vaults/default/credentials/USED_KEY", json={"value": SECRET})
+    svc = {"name": "uses-it", "host": "api.example.com", "auth": {"type": "bearer", "token": "USED_KEY"}}
+    r = api.post("/v1/vaults/default/services", json={"password": OWNER_PASSWORD, "service": svc})
+    assert r.is_success, r.text
+    r = api.delete("/v1/vaults/default/credentials/USED_KEY")
+    assert r.status_code == 409 and "--force" in r.json()["hint"], r.text

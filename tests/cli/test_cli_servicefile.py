@@ -178,3 +178,12 @@ def test_plan_import() -> None:
     ]
     with pytest.raises(InvalidRequest, match="duplicate"):
         plan_import([a, a], [], replace=False)
+
+
+def test_an_unreadable_services_file_says_why(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequest, match="No such file or directory"):
+        load_services_file(tmp_path / "missing.yaml")
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"services: []\n# caf\xe9\n")
+    with pytest.raises(InvalidRequest, match="not UTF-8 text"):
+        load_services_file(latin)
