@@ -317,6 +317,12 @@ def verify_offline(home: Path, expect_head: str | None) -> VerifyResult:
     """Verify `<home>/agent-vault.db` directly (server stopped), read-only, against `<home>/audit.head`."""
     db = home / "agent-vault.db"
     if not db.is_file():
+        if os.environ.get("DATABASE_URL"):  # PostgreSQL: the chain is checked through a running server
+            raise NotInitialised(
+                f"no SQLite database at {db}, and DATABASE_URL is set",
+                hint="With PostgreSQL the chain is verified through a server: start one (any replica) and "
+                "run 'agent-vault logs verify' again.",
+            )
         raise NotInitialised(
             f"no database at {db}", hint="Pass --home (or set AGENT_VAULT_HOME) to the server home."
         )

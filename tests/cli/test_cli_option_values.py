@@ -43,3 +43,18 @@ def test_a_422_names_its_fields_without_input() -> None:
     }
     err = ApiError(422, body)
     assert err.message.endswith(": path.hid: String should match pattern '^[0-9a-f]+$'")
+
+
+def test_offline_verify_with_postgresql_points_at_a_server(tmp_path: Path) -> None:
+    """`logs verify` with no server reachable reads the home's SQLite file; with DATABASE_URL set there
+    is none, and the line says to verify through a running server (it named --home before)."""
+    env = base_env(
+        tmp_path,
+        AGENT_VAULT_HOME=str(tmp_path / "home"),
+        AGENT_VAULT_ADDR="http://127.0.0.1:9",  # nothing listens
+        DATABASE_URL="postgresql://vault@127.0.0.1:9/agentvault",
+    )
+    cp = run_cli(["logs", "verify"], env)
+    assert cp.returncode == 1, cp.stderr
+    assert "DATABASE_URL is set" in cp.stderr and "start one (any replica)" in cp.stderr, cp.stderr
+    assert "--home" not in cp.stderr and len(cp.stderr.strip().splitlines()) == 1
