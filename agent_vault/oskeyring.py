@@ -49,6 +49,12 @@ def backend_name() -> str:
     return f"{type(b).__module__}.{type(b).__name__}"
 
 
+def plaintext(backend: str) -> bool:
+    """Whether a backend (its `backend_name`) keeps secrets unencrypted on disk (keyrings.alt's
+    PlaintextKeyring: base64 in a file, a development tool), so a secret in it is as exposed as a file."""
+    return "plaintext" in backend.lower()
+
+
 def get(username: str) -> str | None:
     """The stored secret or None if there is no entry; KeyringUnavailable if the keyring fails."""
     b = _keyring()

@@ -203,6 +203,12 @@ def check(home: Path) -> dict[str, str]:
                 "status": "warn",
                 "detail": f"OS keyring, now unavailable ({why})",
             }
+        if oskeyring.plaintext(backend):
+            return {
+                "check": "login store",
+                "status": "warn",
+                "detail": f"OS keyring ({backend}): UNENCRYPTED on disk",
+            }
         return {"check": "login store", "status": "ok", "detail": f"OS keyring ({backend})"}
     fallback = f"file {session_file(home)} (0600)"
     detail = f"{fallback}; keyring {backend} usable from the next login" if backend else f"{fallback}; {why}"

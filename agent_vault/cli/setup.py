@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Annotated
 
 import typer
 
+from agent_vault import oskeyring
 from agent_vault.cli import G, app
 from agent_vault.cli.output import out
 from agent_vault.cli.prompts import new_password, password, read_stdin_line
@@ -137,6 +139,11 @@ def _keyring_note(reason: str | None) -> None:
     """One stderr line saying where the master password for mode `keyring` is (or why not)."""
     if reason is None:
         out.info("the master password is stored in the OS keyring; 'agent-vault server' reads it from there")
+        with contextlib.suppress(oskeyring.KeyringUnavailable):
+            if oskeyring.plaintext(backend := oskeyring.backend_name()):
+                out.warn(
+                    f"warning: the keyring backend {backend} stores it UNENCRYPTED on disk (development only)"
+                )
     else:
         out.warn(
             f"note: the master password is NOT in the OS keyring ({reason}); start the server with "

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import trustme
+from helpers.cli_fixtures import run_cli
+from helpers.env import base_env
 from helpers.server import MASTER_PASSWORD, OWNER_EMAIL, OWNER_PASSWORD, ServerProc
 
 from agent_vault.cli.loginstore import keyring_user
@@ -132,7 +134,8 @@ def test_cli_login_in_the_keyring_status_doctor_and_logout(tmp_path: Path, upstr
         assert status["valid"] is True and status["source"] == "OS keyring"
         assert s.cli("vault", "credential", "list").returncode == 0  # the token is read back
         line = _doctor_line(s)
-        assert line["status"] == "ok" and line["detail"] == f"OS keyring ({BACKEND})"
+        # keyrings.alt's PlaintextKeyring keeps it base64 in a file: doctor warns (real keyrings: ok)
+        assert line["status"] == "warn" and line["detail"] == f"OS keyring ({BACKEND}): UNENCRYPTED on disk"
         s.cli("auth", "logout")
         assert keyring_get(s.env, keyring_user(s.home, s.api)) is None and not session.exists()
         with s.http(token) as c:
@@ -369,3 +372,16 @@ def test_cli_login_in_the_secret_service_and_a_locked_one(tmp_path: Path, upstre
         assert "Traceback" not in cp.stderr and json.loads(session.read_text())["token"].startswith("av_usr_")
         cp = _ss_cli(s, tmp_path, "auth", "logout", unlock=True)
         assert cp.returncode == 0 and not session.exists()
+
+
+def test_init_warns_when_the_keyring_backend_keeps_secrets_in_plaintext(tmp_path: Path) -> None:
+    """keyrings.alt's PlaintextKeyring stores the master password base64 in a file: `init --key-mode
+    keyring` says so in one warning line (it used to store it silently, and doctor said `ok`)."""
+    env = base_env(
+        tmp_path, AGENT_VAULT_HOME=str(tmp_path / "home"), AGENT_VAULT_MASTER_PASSWORD=MASTER_PASSWORD
+    ) | keyring_env(tmp_path)
+    args = ["init", "--key-mode", "keyring", "--owner-email", OWNER_EMAIL, "--password-stdin"]
+    cp = run_cli(args, env, input=OWNER_PASSWORD + "\n")
+    assert cp.returncode == 0, cp.stderr
+    assert f"the keyring backend {BACKEND} stores it UNENCRYPTED on disk" in cp.stderr
+    assert MASTER_PASSWORD not in cp.stderr + cp.stdout and "Traceback" not in cp.stderr
