@@ -119,7 +119,9 @@ def me(p: Principal) -> dict[str, Any]:
         vaults = []  # filled by the API with every vault
     else:
         vaults = [{"name": n, "role": r} for n, r in sorted(p.grants.items())]
-    role = p.instance_role if p.kind == "user" else "proxy"
+    # users: their instance role; agents: their highest vault role (a member agent is not "proxy")
+    grants = [r for r in p.grants.values() if r in ROLE_RANK] if p.kind == "agent" else []
+    role = p.instance_role if p.kind == "user" else max(grants, key=ROLE_RANK.__getitem__, default="proxy")
     out: dict[str, Any] = {"kind": p.kind, "name": p.name, "role": role, "vaults": vaults}
     if p.kind == "session":  # its own id: what POST /v1/sessions/{id}/settle takes
         out["session_id"] = p.token_id

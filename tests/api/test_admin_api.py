@@ -315,3 +315,11 @@ def test_refusals_say_what_to_do_next(api: httpx.Client) -> None:
     assert r.is_success, r.text
     r = api.delete("/v1/vaults/default/credentials/USED_KEY")
     assert r.status_code == 409 and "--force" in r.json()["hint"], r.text
+
+
+def test_auth_me_gives_an_agent_its_highest_vault_role(api: httpx.Client) -> None:
+    """A member agent is not reported as `proxy` (the CLI's `auth status` prints this role)."""
+    for name, role in (("member-bot", "member"), ("proxy-bot", "proxy")):
+        token = _agent(api, name, role)
+        me = api.get("/v1/auth/me", headers={"Authorization": f"Bearer {token}"}).json()
+        assert (me["kind"], me["role"], me["vaults"]) == ("agent", role, [{"name": "default", "role": role}])
